@@ -1,0 +1,138 @@
+"""Classic CAM: the weights of the final Dense layer of a global-pooling + Dense head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcam._errors import unknown_name_message
+
+__all__ = ["cam_weights", "check_gap_dense_head", "resolve_fc_kernel"]
+
+
+def cam_weights(kernel: jax.Array, ids: jax.Array, /) -> jax.Array:
+  """CAM channel weights: the Dense kernel's column of each target class.
+
+  ``w_k = W[k, c]`` for a head ``logits = W^T GAP(A) + b``. kernel ``(C, classes)``, ids ``(..., K)`` ->
+  ``(..., K, C)``. On such a head Grad-CAM's weights are ``W[:, c] / (h w)``: the same map up to scale.
+
+  Zhou et al., "Learning Deep Features for Discriminative Localization", arXiv 1512.04150. Matches
+  torchcam's ``CAM`` (pytorch-grad-cam has no classic CAM).
+  """
+  return jnp.take(jnp.asarray(kernel).T, ids, axis=0, mode="clip")
+
+
+_LINEAR = {
+    "reduce_sum", "div", "mul", "convert_element_type", "dot_general", "add", "add_any", "reshape", "squeeze",
+    "broadcast_in_dim", "copy", "copy_p", "transpose", "expand_dims", "neg",
+}
+_CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat"}
+
+
+def _is_literal(v) -> bool:
+  return type(v).__name__ == "Literal"
+
+
+def _walk(jaxpr, dep_in, events) -> list[bool]:
+  dep = dict(zip(jaxpr.invars, dep_in))
+  for eqn in jaxpr.eqns:
+    din = [(not _is_literal(v)) and dep.get(v, False) for v in eqn.invars]
+    if not any(din):
+      for v in eqn.outvars:
+        dep[v] = False
+      continue
+    name = eqn.primitive.name
+    sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+    if name in _CALLS and sub is not None:
+      inner = getattr(sub, "jaxpr", sub)
+      dout = _walk(inner, din[-len(inner.invars):] if len(din) >= len(inner.invars) else din, events)
+    else:
+      events.append((name, eqn, din))
+      dout = [True] * len(eqn.outvars)
+    for v, d in zip(eqn.outvars, dout):
+      dep[v] = d
+  return [(not _is_literal(v)) and dep.get(v, False) for v in jaxpr.outvars]
+
+
+def check_gap_dense_head(head_fn, activations: jax.Array, *, layer: str = "layer") -> None:
+  """Raise `ValueError` unless ``head_fn(A)`` is global average pooling followed by one Dense layer.
+
+  Checked at trace time on the jaxpr: every operation that depends on A must be linear (sums, scalings,
+  reshapes, one matrix product and a bias), the spatial axes must be summed before the single matrix product,
+  and nothing else (ReLU, convolution, normalization) may sit in between.
+  """
+  closed = jax.make_jaxpr(head_fn)(activations)
+  events: list = []
+  (dep_out,) = _walk(closed.jaxpr, [True], events)[:1] or [False]
+  problems = []
+  if not dep_out:
+    problems.append("the logits do not depend on the layer")
+  bad = sorted({name for name, _, _ in events if name not in _LINEAR})
+  if bad:
+    problems.append("operations between the layer and the logits are not pooling + Dense: " + ", ".join(bad))
+  dots = [(eqn, din) for name, eqn, din in events if name == "dot_general"]
+  if len(dots) != 1:
+    problems.append(f"expected exactly one Dense matrix product after the layer, found {len(dots)}")
+  else:
+    eqn, din = dots[0]
+    shapes = [v.aval.shape for v, d in zip(eqn.invars, din) if d]
+    if len(shapes) != 1 or len(shapes[0]) != 2:
+      problems.append(f"the Dense layer does not read a pooled (B, C) vector (got {shapes})")
+  for name, eqn, din in events:
+    if name == "mul" and sum(din) > 1:
+      problems.append("the head multiplies the activations with themselves")
+      break
+  if problems:
+    raise ValueError(
+        f"CAM needs a head that is global average pooling + Dense after layer {layer!r}; "
+        + "; ".join(problems)
+        + ". Use Grad-CAM (identical up to scale on such heads) or tap the layer right before the pooling."
+    )
+
+
+def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
+  """The Dense kernel ``(C, classes)`` from `fc` (an array or a layer path) or the model's ``fc_layer``."""
+  from jaxcam import taps as taps_lib
+
+  if fc is not None and not isinstance(fc, (str, tuple)):
+    kernel = jnp.asarray(fc)
+    if kernel.ndim != 2:
+      raise ValueError(f"Expected `fc` to be a Dense kernel of shape (C, classes), got shape {kernel.shape}.")
+    return kernel
+  if isinstance(tap, taps_lib.LinenTap):
+    path = fc if fc is not None else getattr(tap.module, "fc_layer", None)
+    if path is None:
+      raise ValueError(
+          f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
+          f"{type(tap.module).__name__} declares no `fc_layer`."
+      )
+    parts = taps_lib.parse_path(path, argname="fc")
+    node = tap.variables["params"]
+    try:
+      for p in taps_lib._linen_module_path(node, parts):
+        node = node[p]
+    except (KeyError, TypeError):
+      raise taps_lib.LayerNotFoundError(
+          unknown_name_message("fc", taps_lib.format_path(parts), taps_lib._param_paths(tap.variables),
+                               "a Dense layer with parameters")
+      ) from None
+    if not hasattr(node, "keys") or "kernel" not in node:
+      raise ValueError(f"Expected `fc` to name a Dense layer with a 'kernel', got {path!r} with {list(node)}.")
+    return node["kernel"]
+  if isinstance(tap, taps_lib.NnxTap):
+    from flax import nnx
+
+    model = nnx.merge(tap.graphdef, tap.state)
+    path = fc if fc is not None else getattr(model, "fc_layer", None)
+    if path is None:
+      raise ValueError(
+          f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
+          f"{type(model).__name__} declares no `fc_layer`."
+      )
+    node = model
+    for p in taps_lib.parse_path(path, argname="fc"):
+      node = taps_lib._nnx_get(node, p)
+    return jnp.asarray(node.kernel[...])
+  raise ValueError("CAM on a function_tap needs `fc=` as a (C, classes) kernel array.")

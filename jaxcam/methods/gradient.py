@@ -1,0 +1,115 @@
+"""Gradient-family weight functions: pure functions of activations A and gradients g = dS/dA.
+
+All take arrays ``(..., h, w, C)`` (any leading batch axes, channels last) and return channel weights
+``(..., C)`` or spatial weights ``(..., h, w, C)``; the map is then ``sum_k w_k * A_k`` (see `postprocess`).
+Defaults follow pytorch-grad-cam (package ``grad-cam``) so that maps agree with it one to one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxcam import _spatial
+
+__all__ = [
+    "gradcam_weights",
+    "gradcam_pp_weights",
+    "xgradcam_weights",
+    "layercam_weights",
+    "hirescam_weights",
+    "gradcam_elementwise_weights",
+    "safe_divide",
+]
+
+
+def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+  """``num / den`` with 0 where ``den == 0`` (and a NaN-free gradient there)."""
+  zero = den == 0
+  return jnp.where(zero, 0.0, num / jnp.where(zero, 1.0, den))
+
+
+def gradcam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
+  """Grad-CAM channel weights: the spatial mean of the gradient.
+
+  ``w_k = (1/hw) sum_ij dS/dA_kij``. ``(..., h, w, C) -> (..., C)``.
+
+  Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
+  arXiv 1610.02391. Matches pytorch-grad-cam's ``GradCAM`` and torchcam's ``GradCAM``.
+
+  >>> import jax.numpy as jnp
+  >>> gradcam_weights(jnp.ones((2, 2, 1)), jnp.array([[[1.0], [2.0]], [[3.0], [6.0]]]))
+  Array([3.], dtype=float32)
+  """
+  del activations
+  return _spatial.feature_mean(grads, keepdims=False)
+
+
+def gradcam_pp_weights(
+    activations: jax.Array,
+    grads: jax.Array,
+    /,
+    *,
+    eps: float = 1e-6,
+    second: jax.Array | None = None,
+    third: jax.Array | None = None,
+) -> jax.Array:
+  """Grad-CAM++ channel weights (Eq. 19 of the paper, with pytorch-grad-cam's conventions).
+
+  ``alpha_kij = D2 / (2 D2 + (sum_ab A_kab) D3 + eps)``, 0 where ``g == 0``;
+  ``w_k = sum_ij relu(g_kij) alpha_kij``. By default ``D2 = g**2`` and ``D3 = g**3``: the paper's
+  approximation for Y = exp(S) through a piecewise-linear head. Passing the exact normalized derivatives
+  ``second = Y''/Y`` and ``third = Y'''/Y`` (see `jaxcam.derivatives`) gives exact Grad-CAM++. A zero
+  denominator gives alpha = 0 (documented; never NaN). ``(..., h, w, C) -> (..., C)``.
+
+  Chattopadhyay et al., "Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
+  arXiv 1710.11063. Matches pytorch-grad-cam's ``GradCAMPlusPlus`` (eps 1e-6, alpha = 0 where g = 0).
+  torchcam's ``GradCAMpp`` diverges: it computes alpha but applies it through a boolean-mask copy that is
+  never written back, so its weights are ``sum relu(g) * alpha`` only up to that bug (see tests/parity).
+  """
+  g2 = grads * grads if second is None else second
+  g3 = g2 * grads if third is None else third
+  sum_a = _spatial.feature_sum(activations)
+  alpha = safe_divide(g2, 2.0 * g2 + sum_a * g3 + eps)
+  alpha = jnp.where(grads != 0, alpha, 0.0)
+  return _spatial.feature_sum(jax.nn.relu(grads) * alpha, keepdims=False)
+
+
+def xgradcam_weights(activations: jax.Array, grads: jax.Array, /, *, eps: float = 1e-7) -> jax.Array:
+  """XGrad-CAM channel weights: gradients weighted by the normalized activations.
+
+  ``w_k = sum_ij g_kij A_kij / (sum_ab A_kab + eps)``. ``(..., h, w, C) -> (..., C)``.
+
+  Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
+  arXiv 2008.02312. Matches pytorch-grad-cam's ``XGradCAM`` (eps 1e-7) and torchcam's ``XGradCAM``.
+  """
+  sum_a = _spatial.feature_sum(activations)
+  return _spatial.feature_sum(grads * activations / (sum_a + eps), keepdims=False)
+
+
+def layercam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
+  """LayerCAM spatial weights: ``relu(g)`` per position. ``(..., h, w, C) -> (..., h, w, C)``.
+
+  Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization", IEEE TIP 2021.
+  Matches pytorch-grad-cam's ``LayerCAM`` and torchcam's ``LayerCAM``.
+  """
+  del activations
+  return jax.nn.relu(grads)
+
+
+def hirescam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
+  """HiResCAM spatial weights: the raw gradient ``g`` per position (map = sum_k g_k A_k).
+
+  Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of convolutional neural
+  networks", arXiv 2011.08891. Matches pytorch-grad-cam's ``HiResCAM``.
+  """
+  del activations
+  return grads
+
+
+def gradcam_elementwise_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
+  """Grad-CAM element-wise spatial weights: ``g`` where ``g*A > 0``, else 0 (map = sum_k relu(g_k A_k)).
+
+  pytorch-grad-cam's ``GradCAMElementWise`` (its own variant, no paper).
+  """
+  return jnp.where(grads * activations > 0, grads, jnp.zeros_like(grads))

@@ -1,0 +1,66 @@
+"""Post-processing as pure functions: combine, ReLU, normalize, upsample, multi-layer fusion.
+
+The default order is pytorch-grad-cam's, so maps compare one to one: per layer ``relu -> min-max normalize at
+layer resolution -> bilinear upsample``; several layers are then stacked, passed through ReLU, averaged and
+normalized again.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxcam import _spatial
+
+__all__ = ["combine", "normalize", "upsample", "fuse"]
+
+NORMALIZE_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image
+
+
+def combine(weights: jax.Array, activations: jax.Array) -> jax.Array:
+  """Weighted sum over channels ``sum_k w_k A_k``.
+
+  weights ``(..., C)`` (channel) or ``(..., h, w, C)`` (spatial); activations ``(..., h, w, C)`` ->
+  ``(..., h, w)``.
+  """
+  if weights.ndim == activations.ndim:
+    return jnp.sum(weights * activations, axis=-1)
+  return jnp.einsum("...hwc,...c->...hw", activations, weights, precision=jax.lax.Precision.HIGHEST)
+
+
+def normalize(maps: jax.Array, *, eps: float = NORMALIZE_EPS) -> jax.Array:
+  """Per-map min-max: ``(m - min) / (max - min + eps)``; a constant map gives zeros, never NaN.
+
+  ``(..., h, w) -> (..., h, w)``.
+  """
+  lo, hi = _spatial.map_min_max(maps)
+  return (maps - lo) / (hi - lo + eps)
+
+
+def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """Bilinear resize of ``(..., h, w)`` maps to ``size = (H, W)``.
+
+  ``jax.image.resize`` with ``antialias=False`` uses half-pixel centers, which matches torch's
+  ``interpolate(mode="bilinear", align_corners=False)`` and ``cv2.resize`` (pytorch-grad-cam) when upsampling.
+  """
+  size = tuple(int(s) for s in size)
+  if maps.shape[-2:] == size:
+    return maps
+  return jax.image.resize(maps, maps.shape[:-2] + size, method="bilinear", antialias=False)
+
+
+def fuse(maps: jax.Array, *, mode: str = "mean", normalized: bool = True, tanh_scale: bool = False) -> jax.Array:
+  """Fuse per-layer maps stacked on axis 0, ``(L, ..., H, W) -> (..., H, W)``.
+
+  mode "mean" is pytorch-grad-cam's (ReLU, mean, then normalize again when `normalized`); "max" is torchcam's
+  (element-wise max), where ``tanh_scale`` applies torchcam's LayerCAM rescale ``tanh(2 * cam)`` to each layer
+  first.
+  """
+  if mode == "mean":
+    out = jnp.mean(jax.nn.relu(maps), axis=0)
+    return normalize(out) if normalized else out
+  if mode == "max":
+    if tanh_scale:
+      maps = jnp.tanh(2.0 * maps)
+    return jnp.max(maps, axis=0)
+  raise ValueError(f"Expected `fusion` to be 'mean' or 'max', got {mode!r}.")

@@ -1,0 +1,644 @@
+"""Taps: one layer's activations of any Flax model, and a point to perturb them, without hooks.
+
+A tap is a pytree whose leaves are the model's arrays (variables or nnx state) and whose static part is the
+model structure and the layer path. It is a pure function of the input::
+
+    logits, A = tap(x)               # A: the chosen layer's output, (B, h, w, C)
+    logits, A = tap(x, delta)        # the layer's output becomes A + delta downstream
+    logits = tap.head(x, A2)         # the network with the layer's output replaced by A2
+
+The gradient of a score of `logits` with respect to a zero `delta` is exactly dS/dA, computed by the same
+forward and backward pass that yields A. Because taps are pytrees they pass through `jax.jit`, `jax.vmap` and
+`jax.grad` as ordinary arguments: new weights with the same structure never trigger a recompile.
+
+Layer paths have one syntax everywhere: a "/"-separated string ("layer4/1/conv2") or a tuple of names and
+ints (("blocks", 6)). Linen names list entries `blocks_6`; "blocks/6" matches it too. A *list* of paths asks
+for several layers at once: A and delta are then tuples with one array per layer, all from one forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxcam._errors import LayerNotFoundError, abbreviate, unknown_name_message
+
+
+__all__ = [
+    "Tap",
+    "LinenTap",
+    "NnxTap",
+    "FunctionTap",
+    "LayerInfo",
+    "linen_tap",
+    "nnx_tap",
+    "function_tap",
+    "list_layers",
+    "format_path",
+    "parse_path",
+]
+
+_COLLECTION = "jaxcam_taps"
+_WHERE = ("output", "input")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------------------
+
+
+def parse_path(layer: Any, *, argname: str = "layer") -> tuple[str, ...]:
+  """Canonical tuple-of-strings form of one layer path ("a/b/0" or ("a", "b", 0))."""
+  if isinstance(layer, str):
+    parts = tuple(p for p in layer.split("/") if p)
+  elif isinstance(layer, tuple) and all(isinstance(p, (str, int)) for p in layer):
+    parts = tuple(str(p) for p in layer)
+  else:
+    raise TypeError(
+        f"Expected `{argname}` to be a '/'-separated path string or a tuple of names and ints, got "
+        f"{type(layer).__name__} {layer!r}. Example: 'layer4/1' or ('blocks', 6); a list of paths asks for "
+        "several layers."
+    )
+  if not parts:
+    raise ValueError(f"Expected `{argname}` to name a submodule, got an empty path {layer!r}.")
+  return parts
+
+
+def format_path(path: Sequence[Any]) -> str:
+  """"/"-joined string form of a path tuple."""
+  return "/".join(str(p) for p in path)
+
+
+def _parse_layers(layer: Any) -> tuple[tuple[tuple[str, ...], ...], bool]:
+  """(paths, multi): a list of paths gives several layers, anything else one."""
+  if isinstance(layer, list):
+    if not layer:
+      raise ValueError("Expected `layer` to be a path or a non-empty list of paths, got [].")
+    paths = tuple(parse_path(l) for l in layer)
+    if len(set(paths)) != len(paths):
+      raise ValueError(f"Expected distinct layer paths in `layer`, got duplicates in {layer!r}.")
+    return paths, True
+  return (parse_path(layer),), False
+
+
+def _linen_aliases(parts: tuple[str, ...]) -> set[str]:
+  """Strings a linen module path may have for `parts`: "blocks/6" also matches linen's "blocks_6"."""
+  merged: list[str] = []
+  for p in parts:
+    if p.isdigit() and merged:
+      merged[-1] = f"{merged[-1]}_{p}"
+    else:
+      merged.append(p)
+  return {"/".join(parts), "/".join(merged)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Base class
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LayerInfo(NamedTuple):
+  """One entry of `list_layers`: the path, the output shape and the module type."""
+
+  path: str
+  shape: tuple[int, ...] | None
+  type: str
+
+  def __str__(self) -> str:
+    return f"{self.path:<40s} {str(self.shape):<22s} {self.type}"
+
+
+class Tap:
+  """Base class of taps. Subclasses implement `_run(x, deltas, replacements) -> (logits, activations)`."""
+
+  layers: tuple[tuple[str, ...], ...]
+  multi: bool
+
+  def _run(self, x, deltas, replacements):
+    raise NotImplementedError
+
+  @property
+  def layer(self) -> str | tuple[str, ...]:
+    """The tapped layer's path as a string (a tuple of strings for a multi-layer tap)."""
+    names = tuple(format_path(p) for p in self.layers)
+    return names if self.multi else names[0]
+
+  def _pack(self, acts: tuple) -> Any:
+    return acts if self.multi else acts[0]
+
+  def _unpack(self, value: Any, argname: str) -> tuple | None:
+    if value is None:
+      return None
+    if self.multi:
+      if not isinstance(value, (tuple, list)) or len(value) != len(self.layers):
+        raise ValueError(
+            f"Expected `{argname}` to be a tuple of {len(self.layers)} arrays (one per layer of a multi-layer "
+            f"tap), got {type(value).__name__}."
+        )
+      return tuple(value)
+    return (value,)
+
+  def __call__(self, x: jax.Array, delta: Any = None) -> tuple[jax.Array, Any]:
+    """`(logits, A)`; with `delta`, the layer's output becomes `A + delta` downstream."""
+    logits, acts = self._run(x, self._unpack(delta, "delta"), None)
+    return logits, self._pack(acts)
+
+  def head(self, x: jax.Array, activations: Any) -> jax.Array:
+    """Logits of the network whose tapped layer outputs `activations` (the rest may still read `x`)."""
+    logits, _ = self._run(x, None, self._unpack(activations, "activations"))
+    return logits
+
+  def activation_shape(self, x: jax.Array) -> Any:
+    """`jax.ShapeDtypeStruct` of A for input `x` (a tuple of them for a multi-layer tap); no FLOPs."""
+    return jax.eval_shape(lambda t, x: t(x)[1], self, x)
+
+
+def _check_logits(logits: Any, where: str) -> jax.Array:
+  if not hasattr(logits, "ndim") or logits.ndim != 2:
+    desc = getattr(logits, "shape", type(logits).__name__)
+    raise ValueError(
+        f"Expected the model ({where}) to return logits of shape (B, classes), got {desc}. Wrap the model so "
+        "that it returns one array of class scores."
+    )
+  return logits
+
+
+# ----------------------------------------------------------------------------------------------------------
+# flax.linen
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _freeze_kwargs(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+  items = tuple(sorted(kwargs.items()))
+  for k, v in items:
+    if k in ("mutable", "rngs"):
+      raise ValueError(
+          f"`linen_tap` evaluates the model in inference mode; got apply keyword {k!r}. Pass eval-mode "
+          "arguments only (e.g. train=False), so BatchNorm uses its running statistics."
+      )
+    try:
+      hash(v)
+    except TypeError:
+      raise TypeError(
+          f"Expected the apply keyword {k!r} of `linen_tap` to be hashable (it is static), got "
+          f"{type(v).__name__}. Pass arrays through a `function_tap` instead."
+      ) from None
+  return items
+
+
+def _param_paths(variables: Any) -> list[str]:
+  """Submodule paths that own parameters, from the variables tree (for hints without tracing)."""
+  out: list[str] = []
+
+  def walk(tree, prefix):
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+      for k, v in tree.items():
+        if hasattr(v, "items"):
+          out.append(format_path(prefix + (k,)))
+          walk(v, prefix + (k,))
+
+  for coll in variables.values() if hasattr(variables, "values") else []:
+    walk(coll, ())
+  return sorted(set(out))
+
+
+@jax.tree_util.register_pytree_node_class
+class LinenTap(Tap):
+  """A tap on a `flax.linen` module; see `linen_tap`."""
+
+  def __init__(self, module, variables, layers, multi, where, method, apply_kwargs):
+    self.module = module
+    self.variables = variables
+    self.layers = layers
+    self.multi = multi
+    self.where = where
+    self.method = method
+    self.apply_kwargs = apply_kwargs
+
+  def tree_flatten(self):
+    aux = (self.module, self.layers, self.multi, self.where, self.method, self.apply_kwargs)
+    return (self.variables,), aux
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    module, layers, multi, where, method, apply_kwargs = aux
+    return cls(module, children[0], layers, multi, where, method, apply_kwargs)
+
+  def __repr__(self) -> str:
+    return f"LinenTap({type(self.module).__name__}, layer={self.layer!r}, where={self.where!r})"
+
+  def _run(self, x, deltas, replacements):
+    import flax.linen as nn
+
+    aliases = [_linen_aliases(p) for p in self.layers]
+    hits = [0] * len(self.layers)
+    seen: list[str] = []
+
+    def match(path):
+      s = "/".join(path)
+      for i, names in enumerate(aliases):
+        if s in names:
+          return i
+      return None
+
+    def interceptor(next_fun, args, kwargs, context):
+      if context.method_name != "__call__" or not context.module.path:
+        return next_fun(*args, **kwargs)
+      i = match(context.module.path)
+      if i is None:
+        seen.append("/".join(context.module.path))
+        return next_fun(*args, **kwargs)
+      hits[i] += 1
+      if hits[i] > 1:
+        raise ValueError(
+            f"Layer {format_path(self.layers[i])!r} is called more than once in one forward pass (a shared "
+            "module or a module inside nn.scan), so it has no single output to explain. Tap a module that runs "
+            "once, e.g. one of its callers."
+        )
+      if self.where == "output":
+        if replacements is not None:
+          y = replacements[i]
+        else:
+          y = next_fun(*args, **kwargs)
+          context.module.sow(_COLLECTION, "a", y)
+        if deltas is not None:
+          y = y + deltas[i]
+        return y
+      if not args:
+        raise ValueError(
+            f"`where='input'` needs layer {format_path(self.layers[i])!r} to take its input positionally."
+        )
+      a = args[0]
+      if replacements is not None:
+        a = replacements[i]
+      else:
+        context.module.sow(_COLLECTION, "a", a)
+      if deltas is not None:
+        a = a + deltas[i]
+      return next_fun(a, *args[1:], **kwargs)
+
+    kwargs = dict(self.apply_kwargs)
+    if self.method is not None:
+      kwargs["method"] = self.method
+    with nn.intercept_methods(interceptor):
+      logits, state = self.module.apply(self.variables, x, mutable=[_COLLECTION], **kwargs)
+
+    missing = [i for i, h in enumerate(hits) if h == 0]
+    if missing:
+      given = format_path(self.layers[missing[0]])
+      raise LayerNotFoundError(
+          unknown_name_message(
+              "layer", given, list(dict.fromkeys(seen)), f"a submodule called by {type(self.module).__name__}"
+          )
+          + " Lists become 'name_i' in linen; 'name/i' is accepted too."
+      )
+    if replacements is not None:
+      return _check_logits(logits, "head"), tuple(replacements)
+    acts = []
+    tree = state[_COLLECTION]
+    for i, path in enumerate(self.layers):
+      node = tree
+      # linen stores the sown value under the module's own path (possibly 'blocks_6' for 'blocks/6').
+      for names in _linen_module_path(node, path):
+        node = node[names]
+      acts.append(node["a"][0])
+    return _check_logits(logits, type(self.module).__name__), tuple(acts)
+
+
+def _linen_module_path(tree, parts: tuple[str, ...]) -> list[str]:
+  """Keys leading to the sown value for a requested path, resolving 'blocks/6' vs 'blocks_6'."""
+  keys: list[str] = []
+  node = tree
+  i = 0
+  while i < len(parts):
+    p = parts[i]
+    if p in node:
+      keys.append(p)
+      node = node[p]
+      i += 1
+    elif i + 1 < len(parts) and f"{p}_{parts[i + 1]}" in node:
+      keys.append(f"{p}_{parts[i + 1]}")
+      node = node[keys[-1]]
+      i += 2
+    else:
+      raise LayerNotFoundError(f"No submodule {format_path(parts)!r} (stopped at {p!r}).")
+  return keys
+
+
+def linen_tap(
+    module,
+    variables,
+    layer: Any = None,
+    *,
+    where: str = "output",
+    method: Callable | str | None = None,
+    **apply_kwargs,
+) -> LinenTap:
+  """A tap on any `flax.linen` module, at any depth, with no edits to the model.
+
+  Args:
+    module: the `flax.linen.Module` (unbound).
+    variables: its variables, e.g. ``{"params": ..., "batch_stats": ...}`` (the tap's leaves).
+    layer: the submodule path ("layer4", "blocks/6", ("blocks", 6)), a list of paths for several layers, or
+      None for the model's ``default_layer`` attribute.
+    where: "output" taps what the submodule returns; "input" taps its first positional argument (for tensors
+      made by plain functions such as ``nn.relu`` that have no path of their own).
+    method: passed to ``module.apply`` (a method or its name).
+    **apply_kwargs: static keyword arguments of the forward pass, e.g. ``train=False`` so that BatchNorm uses
+      running statistics. No mutable collections: the model is evaluated in inference mode.
+
+  Returns:
+    A `LinenTap`: ``tap(x, delta=None) -> (logits, A)``, ``tap.head(x, A)``, ``tap.activation_shape(x)``.
+    An unknown layer raises `LayerNotFoundError` when first called (the path is checked against the
+    submodules that actually run), listing the available paths and the closest matches.
+  """
+  import flax.linen as nn
+
+  if not isinstance(module, nn.Module):
+    raise TypeError(f"Expected `module` to be a flax.linen.Module, got {type(module).__name__}.")
+  if hasattr(module, "scope") and module.scope is not None:
+    raise ValueError("Expected an unbound linen module for `module`; pass the module and its variables separately.")
+  if where not in _WHERE:
+    raise ValueError(f"Expected `where` to be one of {_WHERE}, got {where!r}.")
+  if not hasattr(variables, "keys") or "params" not in variables:
+    raise TypeError(
+        "Expected `variables` to be the dict returned by `module.init` (with a 'params' collection), got "
+        f"{type(variables).__name__}."
+    )
+  if layer is None:
+    layer = getattr(module, "default_layer", None)
+    if layer is None:
+      raise ValueError(
+          f"`layer` is None and {type(module).__name__} declares no `default_layer`. Pass `layer=`; submodules "
+          f"with parameters: {abbreviate(_param_paths(variables))}. `jaxcam.list_layers(module, variables, x)` "
+          "lists every path with its output shape."
+      )
+  layers, multi = _parse_layers(layer)
+  return LinenTap(module, variables, layers, multi, where, method, _freeze_kwargs(apply_kwargs))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# flax.nnx
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Probe:
+  """Stands in for an nnx submodule on a throwaway copy of the model, inside one traced call."""
+
+  def __init__(self, inner, index, record, deltas, replacements, where):
+    self.inner, self.index, self.record = inner, index, record
+    self.deltas, self.replacements, self.where = deltas, replacements, where
+
+  def __call__(self, *args, **kwargs):
+    i = self.index
+    if i in self.record:
+      raise ValueError(
+          f"The tapped nnx submodule (layer #{i}) is called more than once in one forward pass (a shared "
+          "module), so it has no single output to explain. Tap a module that runs once."
+      )
+    if self.where == "output":
+      y = self.replacements[i] if self.replacements is not None else self.inner(*args, **kwargs)
+      self.record[i] = y
+      return y + self.deltas[i] if self.deltas is not None else y
+    a = self.replacements[i] if self.replacements is not None else args[0]
+    self.record[i] = a
+    if self.deltas is not None:
+      a = a + self.deltas[i]
+    return self.inner(a, *args[1:], **kwargs)
+
+
+def _nnx_get(node, key: str):
+  if key.isdigit() and not hasattr(node, key):
+    return node[int(key)]
+  return getattr(node, key)
+
+
+def _nnx_set(node, key: str, value) -> None:
+  if key.isdigit() and not hasattr(node, key):
+    node[int(key)] = value
+  else:
+    object.__setattr__(node, key, value)  # bypass nnx's attribute checks: this copy is never split
+
+
+@jax.tree_util.register_pytree_node_class
+class NnxTap(Tap):
+  """A tap on a `flax.nnx` model snapshot; see `nnx_tap`."""
+
+  def __init__(self, graphdef, state, layers, multi, where, method):
+    self.graphdef = graphdef
+    self.state = state
+    self.layers = layers
+    self.multi = multi
+    self.where = where
+    self.method = method
+
+  def tree_flatten(self):
+    return (self.state,), (self.graphdef, self.layers, self.multi, self.where, self.method)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    graphdef, layers, multi, where, method = aux
+    return cls(graphdef, children[0], layers, multi, where, method)
+
+  def __repr__(self) -> str:
+    return f"NnxTap(layer={self.layer!r}, where={self.where!r})"
+
+  def _run(self, x, deltas, replacements):
+    from flax import nnx
+
+    model = nnx.merge(self.graphdef, self.state)
+    record: dict[int, Any] = {}
+    for i, path in enumerate(self.layers):
+      parent = model
+      for key in path[:-1]:
+        parent = _nnx_get(parent, key)
+      _nnx_set(parent, path[-1], _Probe(_nnx_get(parent, path[-1]), i, record, deltas, replacements, self.where))
+    fn = model if self.method is None else getattr(model, self.method)
+    logits = fn(x)
+    missing = [i for i in range(len(self.layers)) if i not in record]
+    if missing:
+      raise ValueError(
+          f"Layer {format_path(self.layers[missing[0]])!r} exists but did not run in the forward pass of "
+          f"{type(model).__name__}; tap a submodule that the forward pass calls."
+      )
+    return _check_logits(logits, type(model).__name__), tuple(record[i] for i in range(len(self.layers)))
+
+
+def _nnx_paths(model) -> list[tuple[str, ...]]:
+  from flax import nnx
+
+  return [tuple(str(p) for p in path) for path, _ in nnx.iter_modules(model) if path]
+
+
+def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | None = None, eval_mode: bool = True):
+  """A tap on a `flax.nnx` model.
+
+  The tap holds a *snapshot* of the model's state, taken now (on a clone switched to eval mode, so the user's
+  model is never mutated): after updating the model in place (an optimizer step), build a new tap; or build
+  it from ``(graphdef, state)`` returned by ``nnx.split`` and swap the state, which never recompiles. Each
+  traced call merges a private copy and substitutes the layer there.
+
+  Args:
+    model: an ``nnx.Module``, or a ``(graphdef, state)`` pair from ``nnx.split``.
+    layer: path such as "blocks/6" or ("blocks", 6) (ints index lists), a list of paths, or None for the
+      model's ``default_layer`` attribute.
+    where: "output" or "input" (the submodule's first positional argument).
+    method: name of the method to call instead of ``__call__``.
+    eval_mode: call ``.eval()`` on the clone (BatchNorm running statistics, no dropout).
+  """
+  from flax import nnx
+
+  if where not in _WHERE:
+    raise ValueError(f"Expected `where` to be one of {_WHERE}, got {where!r}.")
+  if isinstance(model, tuple) and len(model) == 2:
+    graphdef, state = model
+    model = nnx.merge(graphdef, state)
+  elif not isinstance(model, nnx.Module):
+    raise TypeError(f"Expected `model` to be an nnx.Module or a (graphdef, state) pair, got {type(model).__name__}.")
+  model = nnx.clone(model)
+  if eval_mode:
+    model.eval()
+  available = _nnx_paths(model)
+  if layer is None:
+    layer = getattr(model, "default_layer", None)
+    if layer is None:
+      raise ValueError(
+          f"`layer` is None and {type(model).__name__} declares no `default_layer`. Pass `layer=`; submodules: "
+          f"{abbreviate([format_path(p) for p in available])}."
+      )
+  layers, multi = _parse_layers(layer)
+  names = [format_path(p) for p in available]
+  for p in layers:
+    if p not in available:
+      raise LayerNotFoundError(
+          unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
+      )
+  graphdef, state = nnx.split(model)
+  return NnxTap(graphdef, state, layers, multi, where, method)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plain functions
+# ----------------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_pytree_node_class
+class FunctionTap(Tap):
+  """A tap on a network split by hand into `body_fn` and `head_fn`; see `function_tap`."""
+
+  def __init__(self, body_fn, head_fn, params, name="A"):
+    self.body_fn, self.head_fn, self.params = body_fn, head_fn, params
+    self.layers, self.multi = ((name,),), False
+
+  def tree_flatten(self):
+    return (self.params,), (self.body_fn, self.head_fn, self.layers[0][0])
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(aux[0], aux[1], children[0], aux[2])
+
+  def __repr__(self) -> str:
+    return f"FunctionTap({getattr(self.body_fn, '__name__', 'body')}, {getattr(self.head_fn, '__name__', 'head')})"
+
+  def _run(self, x, deltas, replacements):
+    a = replacements[0] if replacements is not None else self.body_fn(self.params, x)
+    downstream = a + deltas[0] if deltas is not None else a
+    return _check_logits(self.head_fn(self.params, x, downstream), "head_fn"), (a,)
+
+
+def function_tap(body_fn: Callable, head_fn: Callable, params: Any, *, name: str = "A") -> FunctionTap:
+  """A tap from two plain functions: ``body_fn(params, x) -> A`` and ``head_fn(params, x, A) -> logits``.
+
+  `params` are the tap's leaves, so gradients reach them and a training loop that passes new params never
+  retraces. `body_fn` and `head_fn` are static (hashable; define them once, not per step).
+  """
+  if not callable(body_fn) or not callable(head_fn):
+    raise TypeError(
+        f"Expected `body_fn` and `head_fn` to be callables, got {type(body_fn).__name__} and "
+        f"{type(head_fn).__name__}."
+    )
+  return FunctionTap(body_fn, head_fn, params, name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Listing layers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _shape_of(y) -> tuple[int, ...] | None:
+  return tuple(y.shape) if hasattr(y, "shape") else None
+
+
+def list_layers(module, variables=None, x=None, **apply_kwargs) -> list[LayerInfo]:
+  """Every submodule path with its output shape, in call order, to choose a layer.
+
+  ``list_layers(module, variables, x, **apply_kwargs)`` for linen; ``list_layers(model, x)`` for nnx. Costs
+  one abstract trace (no FLOPs).
+  """
+  from flax import nnx
+  import flax.linen as nn
+
+  if isinstance(module, nnx.Module):
+    if x is None:
+      x = variables
+    return _list_nnx(module, x)
+  if not isinstance(module, nn.Module):
+    raise TypeError(f"Expected a flax.linen.Module or an nnx.Module, got {type(module).__name__}.")
+  if x is None:
+    raise TypeError("`list_layers(module, variables, x)` needs an example input `x` for linen modules.")
+  found: dict[str, LayerInfo] = {}
+  order: dict[str, int] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name != "__call__" or not context.module.path:
+      return next_fun(*args, **kwargs)
+    p = format_path(context.module.path)
+    order.setdefault(p, len(order))  # call order: parents before their children
+    y = next_fun(*args, **kwargs)
+    found.setdefault(p, LayerInfo(p, _shape_of(y), type(context.module).__name__))
+    return y
+
+  def run(v, x):
+    with nn.intercept_methods(interceptor):
+      return module.apply(v, x, **apply_kwargs)
+
+  jax.eval_shape(run, variables, x)
+  return sorted(found.values(), key=lambda info: order[info.path])
+
+
+def _list_nnx(model, x) -> list[LayerInfo]:
+  from flax import nnx
+
+  model = nnx.clone(model)
+  model.eval()
+  paths = _nnx_paths(model)
+  found: dict[str, LayerInfo] = {}
+  order: dict[str, int] = {}
+
+  class Rec:
+    def __init__(self, inner, name):
+      self.inner, self.name = inner, name
+
+    def __call__(self, *a, **k):
+      order.setdefault(self.name, len(order))
+      y = self.inner(*a, **k)
+      found.setdefault(self.name, LayerInfo(self.name, _shape_of(y), type(self.inner).__name__))
+      return y
+
+  graphdef, state = nnx.split(model)
+
+  def run(state, x):
+    m = nnx.merge(graphdef, state)
+    for path in sorted(paths, key=len, reverse=True):  # children first, so parents wrap patched children
+      parent = m
+      for key in path[:-1]:
+        parent = _nnx_get(parent, key)
+      _nnx_set(parent, path[-1], Rec(_nnx_get(parent, path[-1]), format_path(path)))
+    return m(x)
+
+  jax.eval_shape(run, state, x)
+  return sorted(found.values(), key=lambda info: order[info.path])

@@ -1,0 +1,169 @@
+"""Targets: which score S of the logits each map explains.
+
+A target turns logits ``(B, classes)`` into scores ``(B, K)``: one score per image and requested class. The
+common case is an int array of class ids; `None` means each image's own top class. Score objects choose the
+function of the logits (`logit`, `softmax`, `log_softmax`) and are pytrees whose class ids are leaves, so
+they pass through `jax.jit` as ordinary arguments. Any callable ``logits -> (B,)`` or ``(B, K)`` works too.
+
+Class ids may be a scalar (every image), ``(B,)`` (one per image) or ``(B, K)`` (K classes per image from one
+forward pass; maps then come back as ``(B, K, H, W)``).
+
+Out-of-range ids: eager calls raise `ValueError` naming the ids. Under a user's `jax.jit` the ids are not
+known when tracing; the gather then uses ``mode="fill"`` and the maps of the affected images come back as NaN
+(every pixel), never as a silently wrong class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["ClassScore", "ScoreFn", "logit", "softmax", "log_softmax", "as_target"]
+
+_KINDS = ("logit", "softmax", "log_softmax")
+
+
+def _check_ids(classes: Any) -> Any:
+  if classes is None:
+    return None
+  if isinstance(classes, (bool, np.bool_)) or not (
+      isinstance(classes, (int, np.integer)) or jnp.issubdtype(jnp.result_type(classes), jnp.integer)
+  ):
+    raise TypeError(
+        f"Expected class ids to be ints (a scalar, (B,) or (B, K)), got {type(classes).__name__} of dtype "
+        f"{getattr(classes, 'dtype', type(classes).__name__)}. Pass e.g. jnp.array([281, 967]); for a custom "
+        "score pass a callable logits -> (B,)."
+    )
+  ndim = np.ndim(classes)
+  if ndim > 2:
+    raise ValueError(f"Expected class ids of rank 0, 1 (B,) or 2 (B, K), got shape {np.shape(classes)}.")
+  return classes
+
+
+@jax.tree_util.register_pytree_node_class
+class ClassScore:
+  """Score S = f(logits)[b, c] for class ids c (None: each image's argmax); f is `kind`."""
+
+  def __init__(self, kind: str, classes: Any = None):
+    if kind not in _KINDS:
+      raise ValueError(f"Expected `kind` to be one of {_KINDS}, got {kind!r}.")
+    self.kind = kind
+    self.classes = _check_ids(classes)
+
+  def tree_flatten(self):
+    return (self.classes,), self.kind
+
+  @classmethod
+  def tree_unflatten(cls, kind, children):
+    obj = object.__new__(cls)
+    obj.kind, obj.classes = kind, children[0]
+    return obj
+
+  def __repr__(self) -> str:
+    return f"jaxcam.targets.{self.kind}({self.classes!r})"
+
+  @property
+  def multi(self) -> bool:
+    """Whether K classes per image were asked for (maps gain a K axis)."""
+    return self.classes is not None and np.ndim(self.classes) == 2
+
+  def class_ids(self, logits: jax.Array) -> jax.Array:
+    """Class ids as ``(B, K)`` int32 (K = 1 unless ``(B, K)`` ids were given)."""
+    b = logits.shape[0]
+    if self.classes is None:
+      return jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)[:, None]
+    c = jnp.asarray(self.classes).astype(jnp.int32)
+    if c.ndim == 0:
+      return jnp.broadcast_to(c, (b, 1))
+    if c.shape[0] != b:
+      raise ValueError(
+          f"Expected class ids with one row per image: shape ({b},) or ({b}, K), got {c.shape} for a batch of {b}."
+      )
+    return c[:, None] if c.ndim == 1 else c
+
+  def scores(self, logits: jax.Array, ids: jax.Array) -> jax.Array:
+    """``(B, K)`` scores; NaN where an id is out of range (see the module docstring)."""
+    if self.kind == "softmax":
+      values = jax.nn.softmax(logits, axis=-1)
+    elif self.kind == "log_softmax":
+      values = jax.nn.log_softmax(logits, axis=-1)
+    else:
+      values = logits
+    return jnp.take_along_axis(values, ids, axis=-1, mode="fill", fill_value=jnp.nan)
+
+  def evaluate(self, logits: jax.Array) -> tuple[jax.Array, jax.Array, bool]:
+    """``(ids (B, K), scores (B, K), multi)``."""
+    ids = self.class_ids(logits)
+    return ids, self.scores(logits, ids), self.multi
+
+  def __call__(self, logits: jax.Array) -> jax.Array:
+    s = self.scores(logits, self.class_ids(logits))
+    return s if self.multi else s[:, 0]
+
+
+@jax.tree_util.register_pytree_node_class
+class ScoreFn:
+  """A user callable ``logits -> (B,)`` or ``(B, K)`` (static: hashable, defined once)."""
+
+  def __init__(self, fn: Callable[[jax.Array], jax.Array]):
+    self.fn = fn
+
+  def tree_flatten(self):
+    return (), self.fn
+
+  @classmethod
+  def tree_unflatten(cls, fn, children):
+    return cls(fn)
+
+  def __repr__(self) -> str:
+    return f"ScoreFn({getattr(self.fn, '__name__', self.fn)!r})"
+
+  def evaluate(self, logits: jax.Array) -> tuple[None, jax.Array, bool]:
+    """``(None, scores (B, K), multi)``: multi when the callable returns (B, K)."""
+    s = self._call_checked(logits)
+    return None, (s[:, None] if s.ndim == 1 else s), s.ndim == 2
+
+  def _call_checked(self, logits: jax.Array) -> jax.Array:
+    s = self.fn(logits)
+    b = logits.shape[0]
+    if not hasattr(s, "ndim") or s.ndim not in (1, 2) or s.shape[0] != b:
+      raise ValueError(
+          f"Expected the target callable {getattr(self.fn, '__name__', self.fn)!r} to return scores of shape "
+          f"({b},) or ({b}, K) for logits of shape {logits.shape}, got {getattr(s, 'shape', type(s).__name__)}."
+      )
+    return s
+
+  def __call__(self, logits: jax.Array) -> jax.Array:
+    return self._call_checked(logits)
+
+
+def logit(classes: Any = None) -> ClassScore:
+  """S = logits[c]: the raw class score (Grad-CAM's default)."""
+  return ClassScore("logit", classes)
+
+
+def softmax(classes: Any = None) -> ClassScore:
+  """S = softmax(logits)[c]: the class probability."""
+  return ClassScore("softmax", classes)
+
+
+def log_softmax(classes: Any = None) -> ClassScore:
+  """S = log_softmax(logits)[c]: the log-probability (exp(S) is the probability, see Grad-CAM++)."""
+  return ClassScore("log_softmax", classes)
+
+
+def as_target(target: Any) -> ClassScore | ScoreFn:
+  """Normalize `target` (None, ids, a score object or a callable) to a score object."""
+  if target is None:
+    return ClassScore("logit", None)
+  if isinstance(target, (ClassScore, ScoreFn)):
+    return target
+  if callable(target) and not hasattr(target, "dtype"):
+    return ScoreFn(target)
+  if isinstance(target, (list, tuple)):
+    target = np.asarray(target)
+  return ClassScore("logit", target)

@@ -1,0 +1,35 @@
+"""Strict JAX settings and session-scoped models shared by the test suite."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+# Strict rank promotion everywhere; float64 only inside tests that ask for it (jax.enable_x64).
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# Compiles dominate the suite's time: keep them across runs (CI starts from a fresh clone, same machine).
+jax.config.update("jax_compilation_cache_dir", os.environ.get(
+    "JAXCAM_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxcam-tests", "xla")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+@pytest.fixture(scope="session")
+def parity_data():
+  with np.load(os.path.join(FIXTURES, "cam_parity.npz")) as d:
+    return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="session")
+def small_linen():
+  """A conv net with a non-linear head after its 'body/1' layer, and its variables, at fixed shapes."""
+  from tests import models
+
+  module = models.ConvNet()
+  x = jax.random.normal(jax.random.key(0), (3, 12, 12, 3))
+  variables = module.init(jax.random.key(1), x)
+  return module, variables, x

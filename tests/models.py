@@ -1,0 +1,115 @@
+"""Small Flax models for the tests (linen and nnx), and the torch-layout weight converters they need."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class ConvBlock(nn.Module):
+  features: int
+  strides: int = 1
+  act: callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    pad = ((1, 1), (1, 1))
+    return self.act(nn.Conv(self.features, (3, 3), strides=self.strides, padding=pad, name="conv")(x))
+
+
+class ConvNet(nn.Module):
+  """body_0 -> body_1 (default layer) -> body_2 -> GAP -> fc: a head that is not piecewise affine-free."""
+
+  classes: int = 5
+  default_layer = "body/1"
+  fc_layer = "fc"
+
+  @nn.compact
+  def __call__(self, x):
+    x = ConvBlock(6, name="body_0")(x)
+    x = ConvBlock(8, strides=2, name="body_1")(x)
+    x = ConvBlock(8, name="body_2")(x)
+    return nn.Dense(self.classes, name="fc")(x.mean(axis=(1, 2)))
+
+
+class GapDense(nn.Module):
+  """conv -> relu (layer 'features') -> GAP -> Dense: dS/dA is W[:, c] / (h w) in closed form."""
+
+  classes: int = 4
+  fc_layer = "fc"
+  default_layer = "features"
+
+  @nn.compact
+  def __call__(self, x):
+    a = ConvBlock(5, name="features")(x)
+    return nn.Dense(self.classes, name="fc")(jnp.mean(a, axis=(1, 2)))
+
+
+class GapDenseNnx(nnx.Module):
+  fc_layer = "fc"
+
+  def __init__(self, rngs: nnx.Rngs, classes: int = 4):
+    self.features = nnx.Conv(3, 5, (3, 3), rngs=rngs)
+    self.fc = nnx.Linear(5, classes, rngs=rngs)
+
+  def __call__(self, x):
+    a = nnx.relu(self.features(x))
+    return self.fc(jnp.mean(a, axis=(1, 2)))
+
+
+class ResBlock(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(self.features, (3, 3), use_bias=False, name="conv1")(x)
+    y = nn.relu(nn.BatchNorm(use_running_average=True, name="bn1")(y))
+    y = nn.Conv(self.features, (3, 3), use_bias=False, name="conv2")(y)
+    y = nn.BatchNorm(use_running_average=True, name="bn2")(y)
+    return nn.relu(x + y)
+
+
+class ResNetTiny(nn.Module):
+  """stem -> layer_0 -> layer_1 (residual blocks, eval BatchNorm) -> GAP -> fc."""
+
+  classes: int = 6
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+    x = ResBlock(8, name="layer_0")(x)
+    x = ResBlock(8, name="layer_1")(x)
+    return nn.Dense(self.classes, name="fc")(x.mean(axis=(1, 2)))
+
+
+def randomize_batch_stats(variables, seed=0):
+  """Non-trivial running statistics so eval-mode BatchNorm is not the identity."""
+  rng = np.random.default_rng(seed)
+  stats = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape).astype(np.float32)),
+                       variables["batch_stats"])
+  return {**variables, "batch_stats": stats}
+
+
+class ParityCNN(nn.Module):
+  """The same network as scripts/make_fixtures.py's SmallCNN (torch padding=1 written explicitly)."""
+
+  fc_layer = "fc"
+  default_layer = "block2"
+
+  @nn.compact
+  def __call__(self, x):
+    x = ConvBlock(8, name="block1")(x)
+    x = ConvBlock(16, strides=2, name="block2")(x)
+    x = ConvBlock(16, name="block3")(x)
+    return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
+
+
+def parity_variables(data):
+  """Flax variables of ParityCNN from the torch state dict stored in the fixture (OIHW -> HWIO)."""
+  conv = lambda n: {"conv": {"kernel": jnp.asarray(np.transpose(data[f"w/{n}.0.weight"], (2, 3, 1, 0))),
+                             "bias": jnp.asarray(data[f"w/{n}.0.bias"])}}
+  return {"params": {"block1": conv("block1"), "block2": conv("block2"), "block3": conv("block3"),
+                     "fc": {"kernel": jnp.asarray(data["w/fc.weight"].T), "bias": jnp.asarray(data["w/fc.bias"])}}}

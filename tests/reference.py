@@ -1,0 +1,87 @@
+"""Independent numpy implementations of the CAM formulas (loops and plain numpy; no jaxcam code)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def gradcam_w(a, g):
+  return g.mean(axis=(-3, -2))
+
+
+def gradcam_pp_w(a, g, eps=1e-6):
+  out = np.zeros(g.shape[:-3] + g.shape[-1:], dtype=np.float64)
+  for idx in np.ndindex(*g.shape[:-3]):
+    for k in range(g.shape[-1]):
+      gk = g[idx][..., k].astype(np.float64)
+      s = a[idx][..., k].astype(np.float64).sum()
+      alpha = np.zeros_like(gk)
+      nz = gk != 0
+      alpha[nz] = gk[nz] ** 2 / (2 * gk[nz] ** 2 + s * gk[nz] ** 3 + eps)
+      out[idx + (k,)] = (np.maximum(gk, 0) * alpha).sum()
+  return out
+
+
+def xgradcam_w(a, g, eps=1e-7):
+  s = a.sum(axis=(-3, -2), keepdims=True)
+  return (g * a / (s + eps)).sum(axis=(-3, -2))
+
+
+def channel_map(w, a):
+  return np.einsum("...hwc,...c->...hw", a, w)
+
+
+def layercam_raw(a, g):
+  return (np.maximum(g, 0) * a).sum(-1)
+
+
+def hirescam_raw(a, g):
+  return (g * a).sum(-1)
+
+
+def gradcam_elementwise_raw(a, g):
+  return np.maximum(g * a, 0).sum(-1)
+
+
+def eigen_raw(f):
+  """First-principal-component projection, sign-aligned to the channel-sum energy (jaxcam's rule)."""
+  out = np.zeros(f.shape[:-1])
+  for idx in np.ndindex(*f.shape[:-3]):
+    x = f[idx].reshape(-1, f.shape[-1]).astype(np.float64)
+    xc = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(xc, full_matrices=True)
+    p = xc @ vt[0]
+    e = x.sum(-1)
+    if np.dot(p, e - e.mean()) < 0:
+      p = -p
+    out[idx] = p.reshape(f.shape[-3:-1])
+  return out
+
+
+def minmax(m, eps=1e-7):
+  lo = m.min(axis=(-2, -1), keepdims=True)
+  m = m - lo
+  return m / (m.max(axis=(-2, -1), keepdims=True) + eps)
+
+
+def bilinear(m, size):
+  """Half-pixel-centre bilinear resize of (..., h, w) maps (cv2 / torch align_corners=False, upsampling)."""
+  h, w = m.shape[-2:]
+  H, W = size
+
+  def axis_weights(n_in, n_out):
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    t = src - lo
+    mat = np.zeros((n_out, n_in))
+    mat[np.arange(n_out), lo] += 1 - t
+    mat[np.arange(n_out), hi] += t
+    return mat
+
+  return np.einsum("Hh,...hw,Ww->...HW", axis_weights(h, H), m, axis_weights(w, W))
+
+
+def postprocess(raw, size):
+  return bilinear(minmax(np.maximum(raw, 0)), size)

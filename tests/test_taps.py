@@ -1,0 +1,253 @@
+"""Taps: gradients equal closed forms / hand-split models; paths, multi-layer, nnx, errors."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxcam
+from jaxcam import derivatives
+from tests import models
+
+
+def _grads(tap, x, classes):
+  fwd = derivatives.forward_and_grads(tap, x, jnp.asarray(classes))
+  return fwd.activations[0], fwd.grads[0][:, 0], fwd.logits
+
+
+def _closed_form(kernel, a, classes):
+  """dS/dA for logits = W^T mean_hw(A) + b: W[:, c] / (h w), independent of A."""
+  b, h, w, c = a.shape
+  col = np.asarray(kernel)[:, classes].T  # (B, C)
+  return np.broadcast_to(col[:, None, None, :] / (h * w), (b, h, w, c))
+
+
+def test_linen_gradient_closed_form_gap_dense():
+  module = models.GapDense()
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  variables = module.init(jax.random.key(1), x)
+  classes = np.array([1, 3])
+  a, g, logits = _grads(jaxcam.linen_tap(module, variables), x, classes)
+  np.testing.assert_allclose(g, _closed_form(variables["params"]["fc"]["kernel"], a, classes), rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(logits, module.apply(variables, x), rtol=1e-6)
+
+
+def test_linen_input_tap_gradient_is_masked_by_relu():
+  """where='input' on the Dense sees the pooled vector; on 'features' the pre-activation is masked by ReLU."""
+  module = models.GapDense()
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  variables = module.init(jax.random.key(1), x)
+  classes = np.array([2, 0])
+  tap = jaxcam.linen_tap(module, variables, "features/conv")
+  pre, g, _ = _grads(tap, x, classes)
+  expected = _closed_form(variables["params"]["fc"]["kernel"], pre, classes) * (np.asarray(pre) > 0)
+  np.testing.assert_allclose(g, expected, rtol=1e-6, atol=1e-8)
+  # The same tensor tapped as the *input* of nothing else: tap the Dense's input (the pooled vector).
+  pooled_tap = jaxcam.linen_tap(module, variables, "fc", where="input")
+  logits, pooled = pooled_tap(x)
+  np.testing.assert_allclose(pooled, jnp.mean(nn.relu(pre), axis=(1, 2)), rtol=1e-6)
+
+
+def test_nnx_gradient_closed_form_and_model_untouched():
+  model = models.GapDenseNnx(nnx.Rngs(0))
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  classes = np.array([0, 2])
+  tap = jaxcam.nnx_tap(model, "features", where="output")
+  fwd = derivatives.forward_and_grads(tap, x, jnp.asarray(classes))
+  # The tapped tensor is the conv output (pre-ReLU): closed form masked by ReLU.
+  a = np.asarray(fwd.activations[0])
+  expected = _closed_form(model.fc.kernel[...], a, classes) * (a > 0)
+  np.testing.assert_allclose(fwd.grads[0][:, 0], expected, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(fwd.logits, model(x), rtol=1e-6)
+  after = jax.tree.map(np.asarray, nnx.state(model))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def _resnet():
+  module = models.ResNetTiny()
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+  variables = models.randomize_batch_stats(module.init(jax.random.key(3), x))
+  return module, variables, x
+
+
+@pytest.mark.parametrize("layer", ["layer_0", "layer_1/bn1", "layer_1/conv2"])
+def test_linen_deep_model_matches_hand_split(layer):
+  """A tap inside residual blocks with eval BatchNorm equals jax.grad of the model split by hand."""
+  module, variables, x = _resnet()
+  classes = np.array([4, 1])
+  tap = jaxcam.linen_tap(module, variables, layer)
+  a, g, logits = _grads(tap, x, classes)
+
+  # Hand split: run the model with the layer's output replaced by an explicit argument (flax's own
+  # intercept-free route: module.apply with a bound submodule is not available, so re-implement the net).
+  p, s = variables["params"], variables["batch_stats"]
+
+  def bn(y, name, block):
+    st, pp = s[block][name], p[block][name]
+    v = lambda t: t[None, None, None, :]
+    return (y - v(st["mean"])) / jnp.sqrt(v(st["var"]) + 1e-5) * v(pp["scale"]) + v(pp["bias"])
+
+  def conv(y, kernel):
+    return jax.lax.conv_general_dilated(y, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision="highest")
+
+  def block(y, name, replace=None):
+    pb = p[name]
+    t = conv(y, pb["conv1"]["kernel"])
+    if replace and replace[0] == "conv1":
+      t = replace[1]
+    t = bn(t, "bn1", name)
+    if replace and replace[0] == "bn1":
+      t = replace[1]
+    t = jax.nn.relu(t)
+    t = conv(t, pb["conv2"]["kernel"])
+    if replace and replace[0] == "conv2":
+      t = replace[1]
+    out = jax.nn.relu(y + bn(t, "bn2", name))
+    return out
+
+  def net(x, A):
+    y = jax.nn.relu(conv(x, p["stem"]["kernel"]) + p["stem"]["bias"][None, None, None, :])
+    blk, _, sub = layer.partition("/")
+    y = block(y, "layer_0", (sub, A) if blk == "layer_0" and sub else None)
+    if layer == "layer_0":
+      y = A
+    y = block(y, "layer_1", (sub, A) if blk == "layer_1" and sub else None)
+    return y.mean(axis=(1, 2)) @ p["fc"]["kernel"] + p["fc"]["bias"][None, :]
+
+  np.testing.assert_allclose(net(x, a), logits, rtol=1e-5, atol=1e-5)
+  g_ref = jax.grad(lambda A: net(x, A)[jnp.arange(2), classes].sum())(a)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_head_replaces_layer_and_residual_reads_x():
+  module, variables, x = _resnet()
+  tap = jaxcam.linen_tap(module, variables, "layer_1/conv2")
+  logits, a = tap(x)
+  np.testing.assert_allclose(tap.head(x, a), logits, rtol=1e-6)
+  assert not np.allclose(tap.head(x, a * 2.0), logits)
+  delta = 0.1 * jax.random.normal(jax.random.key(0), a.shape)
+  np.testing.assert_allclose(tap(x, delta)[0], tap.head(x, a + delta), rtol=1e-5, atol=1e-6)
+
+
+def test_multi_layer_single_forward_matches_single_taps():
+  module, variables, x = _resnet()
+  multi = jaxcam.linen_tap(module, variables, ["layer_0", "layer_1/conv1"])
+  assert multi.layer == ("layer_0", "layer_1/conv1")
+  logits, (a0, a1) = multi(x)
+  np.testing.assert_allclose(a0, jaxcam.linen_tap(module, variables, "layer_0")(x)[1])
+  np.testing.assert_allclose(a1, jaxcam.linen_tap(module, variables, "layer_1/conv1")(x)[1])
+  fwd = derivatives.forward_and_grads(multi, x, jnp.array([0, 1]))
+  g1 = derivatives.forward_and_grads(jaxcam.linen_tap(module, variables, "layer_1/conv1"), x, jnp.array([0, 1]))
+  np.testing.assert_allclose(fwd.grads[1], g1.grads[0], rtol=1e-6)
+
+
+def test_paths_accept_slash_index_and_tuple(small_linen):
+  module, variables, x = small_linen
+  a_ref = jaxcam.linen_tap(module, variables, "body_1")(x)[1]
+  for layer in ("body/1", ("body", 1), "body_1/", None):
+    np.testing.assert_array_equal(jaxcam.linen_tap(module, variables, layer)(x)[1], a_ref)
+
+
+def test_linen_remat_layer():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.remat(models.ConvBlock)(4, name="r")(x)
+      return nn.Dense(3)(x.mean((1, 2)))
+
+  m = Net()
+  x = jnp.ones((2, 6, 6, 3))
+  v = m.init(jax.random.key(0), x)
+  maps = jax.jit(jaxcam.gradcam)(jaxcam.linen_tap(m, v, "r"), x)
+  assert maps.shape == (2, 6, 6) and np.isfinite(maps).all()
+
+
+def test_function_tap_grads_reach_params():
+  w = jnp.array([[1.0, -2.0], [0.5, 3.0]])
+
+  def body(params, x):
+    return jnp.tanh(x @ params["w"])
+
+  def head(params, x, a):
+    return jnp.stack([a.sum((1, 2, 3)), (a**2).sum((1, 2, 3))], axis=-1)
+
+  x = jax.random.normal(jax.random.key(0), (2, 3, 3, 2))
+  tap = jaxcam.function_tap(body, head, {"w": w})
+  a, g, _ = _grads(tap, x, np.array([1, 1]))
+  np.testing.assert_allclose(g, 2 * a, rtol=1e-6)
+
+  def loss(params):
+    return jaxcam.gradcam(jaxcam.function_tap(body, head, params), x, target=1, normalize=False).sum()
+
+  grad_w = jax.grad(loss)({"w": w})["w"]
+  assert np.abs(grad_w).sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_unknown_layer_lists_available_and_closest(small_linen):
+  module, variables, x = small_linen
+  with pytest.raises(jaxcam.LayerNotFoundError) as err:
+    jaxcam.gradcam(jaxcam.linen_tap(module, variables, "body_3"), x)
+  msg = str(err.value)
+  assert "'body_3'" in msg and "Closest" in msg and "body_2" in msg and "fc" in msg
+
+
+def test_unknown_nnx_layer():
+  model = models.GapDenseNnx(nnx.Rngs(0))
+  with pytest.raises(KeyError, match="Closest: 'features'"):
+    jaxcam.nnx_tap(model, "feature")
+
+
+def test_no_default_layer_lists_candidates():
+  module, variables, _ = _resnet()
+  with pytest.raises(ValueError, match="declares no `default_layer`.*layer_0"):
+    jaxcam.linen_tap(module, variables)
+
+
+def test_layer_called_twice_is_an_error():
+  class Shared(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      block = models.ConvBlock(3, name="shared")
+      return nn.Dense(2)(block(block(x)).mean((1, 2)))
+
+  m = Shared()
+  x = jnp.ones((1, 5, 5, 3))
+  v = m.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="called more than once"):
+    jaxcam.gradcam(jaxcam.linen_tap(m, v, "shared"), x)
+
+
+def test_non_spatial_layer_and_bad_inputs(small_linen):
+  module, variables, x = small_linen
+  with pytest.raises(ValueError, match=r"layer 'fc'.*\(B, h, w, C\)"):
+    jaxcam.gradcam(jaxcam.linen_tap(module, variables, "fc"), x)
+  tap = jaxcam.linen_tap(module, variables)
+  with pytest.raises(ValueError, match="channels-first"):
+    jaxcam.gradcam(tap, jnp.moveaxis(x, -1, 1))
+  with pytest.raises(ValueError, match=r"x\[None\]"):
+    jaxcam.gradcam(tap, x[0])
+  with pytest.raises(TypeError, match="floating point"):
+    jaxcam.gradcam(tap, (x * 255).astype(jnp.uint8))
+  with pytest.raises(TypeError, match="path string"):
+    jaxcam.linen_tap(module, variables, 3)
+  with pytest.raises(ValueError, match="inference mode"):
+    jaxcam.linen_tap(module, variables, mutable=["batch_stats"])
+
+
+def test_list_layers(small_linen):
+  module, variables, x = small_linen
+  infos = jaxcam.list_layers(module, variables, x)
+  paths = [i.path for i in infos]
+  assert paths == ["body_0", "body_0/conv", "body_1", "body_1/conv", "body_2", "body_2/conv", "fc"]
+  assert dict((i.path, i.shape) for i in infos)["body_1"] == (3, 6, 6, 8)
+  nnx_infos = jaxcam.list_layers(models.GapDenseNnx(nnx.Rngs(0)), x)
+  assert [(i.path, i.shape) for i in nnx_infos] == [("features", (3, 12, 12, 5)), ("fc", (3, 4))]
