@@ -111,6 +111,8 @@ def _explain_impl(tap, x, target, fc_kernel, *, method, normalize, upsample, rel
     fwd = derivatives.forward_only(tap, x, target)
   opts = dict(options)
   fc_path = opts.pop("fc", None)
+  multi_layer = len(fwd.activations) > 1
+  tanh_scale = multi_layer and fusion == "max" and spec.name == "layercam"
   per_layer = []
   for i in range(len(fwd.activations)):
     m = _raw_maps(spec, tap, x, fwd, i, fc_kernel, fc_path, opts)
@@ -118,17 +120,18 @@ def _explain_impl(tap, x, target, fc_kernel, *, method, normalize, upsample, rel
       m = jax.nn.relu(m)
     if normalize:
       m = postprocess.normalize(m)
+    if tanh_scale:  # torchcam's LayerCAM rescale, at layer resolution as there
+      m = jnp.tanh(2.0 * m)
     if upsample:
       m = postprocess.upsample(m, x.shape[1:3])
     per_layer.append(m)
-  if len(per_layer) == 1:
-    maps = per_layer[0]
+  if multi_layer and len({m.shape for m in per_layer}) != 1:
+    raise ValueError("Fusing several layers needs `upsample=True` (their maps have different sizes).")
+  if fusion == "mean":
+    # pytorch-grad-cam aggregates even a single layer: relu, mean over layers, min-max again (after upsampling)
+    maps = postprocess.fuse(jnp.stack(per_layer), mode="mean", normalized=normalize, relu=relu)
   else:
-    if len({m.shape for m in per_layer}) != 1:
-      raise ValueError("Fusing several layers needs `upsample=True` (their maps have different sizes).")
-    maps = postprocess.fuse(
-        jnp.stack(per_layer), mode=fusion, normalized=normalize, tanh_scale=(spec.name == "layercam")
-    )
+    maps = postprocess.fuse(jnp.stack(per_layer), mode="max")
   if fwd.ids is not None:  # out-of-range ids under jit: the whole map is NaN (see jaxcam.targets)
     n = fwd.logits.shape[-1]
     valid = (fwd.ids >= 0) & (fwd.ids < n)

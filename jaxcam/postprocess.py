@@ -1,8 +1,8 @@
 """Post-processing as pure functions: combine, ReLU, normalize, upsample, multi-layer fusion.
 
 The default order is pytorch-grad-cam's, so maps compare one to one: per layer ``relu -> min-max normalize at
-layer resolution -> bilinear upsample``; several layers are then stacked, passed through ReLU, averaged and
-normalized again.
+layer resolution -> bilinear upsample``; the layers (one or several) are then stacked, passed through ReLU,
+averaged and min-max normalized again, at the output resolution.
 """
 
 from __future__ import annotations
@@ -49,18 +49,16 @@ def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jax.image.resize(maps, maps.shape[:-2] + size, method="bilinear", antialias=False)
 
 
-def fuse(maps: jax.Array, *, mode: str = "mean", normalized: bool = True, tanh_scale: bool = False) -> jax.Array:
+def fuse(maps: jax.Array, *, mode: str = "mean", normalized: bool = True, relu: bool = True) -> jax.Array:
   """Fuse per-layer maps stacked on axis 0, ``(L, ..., H, W) -> (..., H, W)``.
 
-  mode "mean" is pytorch-grad-cam's (ReLU, mean, then normalize again when `normalized`); "max" is torchcam's
-  (element-wise max), where ``tanh_scale`` applies torchcam's LayerCAM rescale ``tanh(2 * cam)`` to each layer
-  first.
+  mode "mean" is pytorch-grad-cam's (ReLU, mean, then normalize again when `normalized`, which it does for a
+  single layer too); "max" is torchcam's element-wise max (torchcam's LayerCAM first rescales each layer's
+  normalized map by ``tanh(2 * cam)``; `jaxcam.explain` does that at layer resolution, as torchcam).
   """
   if mode == "mean":
-    out = jnp.mean(jax.nn.relu(maps), axis=0)
+    out = jnp.mean(jax.nn.relu(maps) if relu else maps, axis=0)
     return normalize(out) if normalized else out
   if mode == "max":
-    if tanh_scale:
-      maps = jnp.tanh(2.0 * maps)
     return jnp.max(maps, axis=0)
   raise ValueError(f"Expected `fusion` to be 'mean' or 'max', got {mode!r}.")

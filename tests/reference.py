@@ -84,4 +84,5 @@ def bilinear(m, size):
 
 
 def postprocess(raw, size):
-  return bilinear(minmax(np.maximum(raw, 0)), size)
+  """pytorch-grad-cam's order: relu, min-max, resize, then (aggregation) relu and min-max again."""
+  return minmax(np.maximum(bilinear(minmax(np.maximum(raw, 0)), size), 0))
