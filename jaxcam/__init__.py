@@ -6,7 +6,7 @@ Importing jaxcam changes no global state (no XLA flags, no JAX config).
 from jaxcam import derivatives, postprocess, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
 from jaxcam.api import PUBLIC as _PUBLIC
-from jaxcam.api import Explanation, check_images, explain
+from jaxcam.api import Explanation, check_images, explain, explain_many
 from jaxcam.methods.table import METHODS, get_method, method_names
 from jaxcam.taps import FunctionTap, LayerInfo, LinenTap, NnxTap, Tap, function_tap, linen_tap, list_layers, nnx_tap
 
@@ -48,6 +48,7 @@ __all__ = [
     "eigencam",
     "eigengradcam",
     "explain",
+    "explain_many",
     "function_tap",
     "get_method",
     "gradcam",

@@ -104,7 +104,7 @@ class _TensorRef:
     view = np.lib.stride_tricks.as_strided(
         flat[self.offset:], shape=self.size, strides=[s * flat.itemsize for s in self.stride], writeable=False
     )
-    return np.array(view)  # own the memory, C-contiguous
+    return np.array(view, order="C")  # own the memory, C-contiguous
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -295,16 +295,21 @@ def zlib_error():
 def load_torch(path: str | os.PathLike) -> Any:
   """The object in a torch checkpoint (legacy or zip format), tensors as numpy arrays, without torch."""
   path = os.fspath(path)
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
-  with open(path, "rb") as f:
-    head = f.read(2)
-    if not head or head[0] != 0x80:
-      raise CheckpointError(
-          f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {head!r})"
-      )
-    f.seek(0)
-    return _load_legacy(f, path)
+  try:
+    if zipfile.is_zipfile(path):
+      return _load_zip(path)
+    with open(path, "rb") as f:
+      head = f.read(2)
+      if not head or head[0] != 0x80:
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {head!r})"
+        )
+      f.seek(0)
+      return _load_legacy(f, path)
+  except (CheckpointError, UnsafeCheckpointError):
+    raise
+  except Exception as e:  # any other failure while parsing means the bytes are not a valid checkpoint
+    raise CheckpointError(f"{path}: corrupt torch checkpoint ({type(e).__name__}: {e})") from None
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

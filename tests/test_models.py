@@ -1,0 +1,133 @@
+"""Shipped models: real EfficientNet-Lite0 logits vs timm, top-1 on photos, converters vs torchvision."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam import models
+from tests.conftest import FIXTURES
+from tests.seeded import seeded_state_dict
+
+
+@pytest.fixture(scope="session")
+def lite0():
+  return models.efficientnet_lite0(pretrained=True)
+
+
+@pytest.fixture(scope="session")
+def photos():
+  return models.sample_images(["chelsea", "coffee", "motorcycle"])
+
+
+@pytest.fixture(scope="session")
+def lite0_logits(lite0, photos):
+  module, variables = lite0
+  x = models.preprocess(list(photos.values()), "efficientnet_lite0")
+  return np.asarray(jax.jit(module.apply)(variables, x))
+
+
+def test_lite0_logits_match_timm_reference(lite0_logits):
+  with np.load(os.path.join(FIXTURES, "efficientnet_lite0.npz")) as d:
+    ref = d["logits"]
+  assert list(d_names := ["chelsea", "coffee", "motorcycle"]) == d_names
+  np.testing.assert_allclose(lite0_logits, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_lite0_top1_on_photos(lite0_logits):
+  p = jax.nn.softmax(lite0_logits, -1)
+  top = np.asarray(jnp.argmax(p, -1))
+  assert top[0] == 285 and float(p[0, 285]) == pytest.approx(0.79, abs=0.01)  # Egyptian cat
+  assert top[1] == 967 and float(p[1, 967]) == pytest.approx(0.90, abs=0.01)  # espresso
+  assert top[2] in (665, 670)  # moped / motor scooter
+  assert models.class_name(285) == "Egyptian cat" and models.imagenet_class("egyptian cat") == 285
+
+
+def test_model_metadata_and_default_layer(lite0):
+  module, variables = lite0
+  tap = jaxcam.linen_tap(module, variables)
+  assert tap.layer == "head" and module.fc_layer == "fc" and models.input_size("efficientnet_lite0") == 224
+  shape = tap.activation_shape(jnp.zeros((1, 224, 224, 3)))
+  assert shape.shape == (1, 7, 7, 1280)
+
+
+def test_cat_map_sits_on_the_cat(lite0, photos):
+  """Grad-CAM at the default layer peaks inside chelsea's face (rows/cols of the 300x451 photo)."""
+  module, variables = lite0
+  x = models.preprocess([photos["chelsea"]], "efficientnet_lite0")
+  maps = np.asarray(jaxcam.gradcam(jaxcam.linen_tap(module, variables), x, target=285))
+  r, c = jaxcam.viz.peak(maps[0], photos["chelsea"].shape[:2])
+  assert 40 <= r <= 260 and 120 <= c <= 400, (r, c)
+  # and the map is concentrated: the top decile of the map mostly lies inside the face box
+  full = jaxcam.viz.map_to_image(maps[0], photos["chelsea"].shape[:2])
+  hot = full >= np.quantile(full, 0.9)
+  assert hot[40:260, 120:400].sum() / hot.sum() > 0.8
+
+
+def test_imagenet_lookup_errors():
+  with pytest.raises(KeyError, match="Closest: 'Egyptian cat'"):
+    models.imagenet_class("egyptian kat")
+  with pytest.raises(ValueError, match=r"\[0, 1000\)"):
+    models.imagenet_class(1000)
+  with pytest.raises(KeyError, match="Closest: 'resnet50'"):
+    models.get_model("resnet05")
+  with pytest.raises(ValueError, match="never downloads"):
+    models.resnet50(pretrained=True)
+
+
+def _converted(name):
+  with np.load(os.path.join(FIXTURES, "converters.npz")) as d:
+    keys = [str(k) for k in d[f"{name}/keys"]]
+    shapes = json.loads(str(d[f"{name}/shapes"]))
+    x, logits = d[f"{name}/x"], d[f"{name}/logits"]
+  sd = seeded_state_dict(list(zip(keys, shapes)), seed=7)
+  module, variables = getattr(models, name)(weights=sd)
+  return module, variables, x, logits
+
+
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow),
+                                  pytest.param("vgg16", marks=pytest.mark.slow)])
+def test_torchvision_converters(name):
+  module, variables, x, ref = _converted(name)
+  out = np.asarray(jax.jit(module.apply)(variables, x))
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_converter_rejects_wrong_state_dicts():
+  module, variables, x, _ = _converted("resnet18")
+  with np.load(os.path.join(FIXTURES, "converters.npz")) as d:
+    keys = [str(k) for k in d["resnet18/keys"]]
+    shapes = json.loads(str(d["resnet18/shapes"]))
+  sd = seeded_state_dict(list(zip(keys, shapes)), seed=7)
+  extra = dict(sd, **{"layer5.0.conv1.weight": np.zeros((1, 1, 1, 1), np.float32)})
+  with pytest.raises(ValueError, match="unexpected key.*layer5"):
+    models.resnet18(weights=extra)
+  wrong = dict(sd, **{"fc.weight": np.zeros((10, 512), np.float32)})
+  with pytest.raises(ValueError, match="fc.weight has shape"):
+    models.resnet18(weights=wrong)
+
+
+def test_converted_resnet_from_a_torch_file(tmp_path):
+  """The loader and converter together: a seeded state dict stored as .npz and loaded by path."""
+  module, variables, x, ref = _converted("resnet18")
+  with np.load(os.path.join(FIXTURES, "converters.npz")) as d:
+    sd = seeded_state_dict(list(zip([str(k) for k in d["resnet18/keys"]], json.loads(str(d["resnet18/shapes"])))), 7)
+  np.savez(tmp_path / "r18.npz", **sd)
+  module, variables = models.resnet18(weights=str(tmp_path / "r18.npz"))
+  maps = jaxcam.gradcam(jaxcam.linen_tap(module, variables), jnp.asarray(x), target=jnp.array([1, 2]))
+  assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+
+def test_preprocess_inputs():
+  img = (np.random.default_rng(0).uniform(0, 255, (30, 40, 3))).astype(np.uint8)
+  x = models.preprocess([img, img[:20]], "efficientnet_lite0")
+  assert x.shape == (2, 224, 224, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+  assert models.preprocess(img, 64).shape == (1, 64, 64, 3)
+  with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+    models.preprocess(np.zeros((3, 30, 40)), 64)
