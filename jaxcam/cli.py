@@ -241,9 +241,13 @@ def cmd_layers(args) -> int:
     from jaxcam._errors import unknown_name_message
 
     raise CliError(unknown_name_message("--model", args.model, list(models.MODELS), "a shipped model"))
-  module, variables = models.get_model(args.model, pretrained=False)
+  import jax
+
+  module = models.get_module(args.model)
   size = models.input_size(args.model)
-  for info in jaxcam.list_layers(module, variables, jnp.zeros((1, size, size, 3), jnp.float32)):
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(module.init, jax.random.key(0), x)  # shapes only: no weights needed
+  for info in jaxcam.list_layers(module, variables, x):
     print(info)
   print(f"default layer: {getattr(module, 'default_layer', None)}; fc layer: {getattr(module, 'fc_layer', None)}")
   return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["overlay", "grid", "save_png", "map_to_image", "peak"]
+__all__ = ["overlay", "grid", "save_png", "map_to_image", "peak", "show"]
 
 
 def _as_uint8_image(image: Any) -> np.ndarray:
@@ -98,3 +98,14 @@ def grid(images: Sequence[Any], maps_by_method: Mapping[str, Sequence[Any]], tit
   if path is not None:
     fig.savefig(os.fspath(path), format="png", metadata={"Software": None})
   return fig
+
+
+def show(fig, *, dpi: int = 60):
+  """An `IPython.display.Image` of a figure (notebooks; no pyplot, no global backend)."""
+  import io
+
+  from IPython.display import Image
+
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  return Image(data=buf.getvalue(), format="png")

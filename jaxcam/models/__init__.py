@@ -19,7 +19,7 @@ from jaxcam.models.imagenet import class_name, imagenet_class, imagenet_classes
 from jaxcam.models.resnet import ResNet, VGG, resnet18, resnet50, vgg16, convert_resnet, convert_vgg
 
 __all__ = [
-    "EfficientNetLite", "ResNet", "VGG", "MODELS", "get_model", "efficientnet_lite0", "efficientnet_lite1",
+    "EfficientNetLite", "ResNet", "VGG", "MODELS", "get_model", "get_module", "efficientnet_lite0", "efficientnet_lite1",
     "efficientnet_lite2", "resnet18", "resnet50", "vgg16", "convert_resnet", "convert_vgg", "preprocess",
     "input_size", "imagenet_classes", "imagenet_class", "class_name", "sample_images",
 ]
@@ -43,6 +43,19 @@ def _model_entry(name: str):
   if name not in MODELS:
     raise UnknownNameError(unknown_name_message("model", name, list(MODELS), "a shipped model"))
   return MODELS[name]
+
+
+def get_module(name: str):
+  """The unbound flax module of a shipped model (no weights)."""
+  from jaxcam.models.efficientnet_lite import VARIANTS
+  from jaxcam.models.resnet import BasicBlock, Bottleneck
+
+  _model_entry(name)
+  if name in VARIANTS:
+    width, depth, size, _, _ = VARIANTS[name]
+    return EfficientNetLite(width=width, depth=depth, input_size=size)
+  return {"resnet18": lambda: ResNet(BasicBlock, (2, 2, 2, 2)), "resnet50": lambda: ResNet(Bottleneck, (3, 4, 6, 3)),
+          "vgg16": VGG}[name]()
 
 
 def get_model(name: str, **kwargs):

@@ -168,4 +168,4 @@ def efficientnet_lite(name: str, *, pretrained: bool = True, key: jax.Array | No
   if pretrained:
     return module, convert_efficientnet_lite(io.load_state_dict(weights_path(name)), module)
   key = jax.random.key(0) if key is None else key
-  return module, module.init(key, jnp.zeros((1, size, size, 3), jnp.float32))
+  return module, jax.jit(module.init)(key, jnp.zeros((1, size, size, 3), jnp.float32))

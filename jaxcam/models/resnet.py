@@ -215,7 +215,7 @@ def _build(module, converter, weights, key):
 
   if weights is None:
     key = jax.random.key(0) if key is None else key
-    return module, module.init(key, jnp.zeros((1, 64, 64, 3), jnp.float32))
+    return module, jax.jit(module.init)(key, jnp.zeros((1, 64, 64, 3), jnp.float32))
   state = io.load_state_dict(weights) if isinstance(weights, (str, os.PathLike)) else weights
   return module, converter(state, module)
 
