@@ -21,6 +21,7 @@ hirescam = _PUBLIC["hirescam"]
 gradcam_elementwise = _PUBLIC["gradcam_elementwise"]
 eigencam = _PUBLIC["eigencam"]
 eigengradcam = _PUBLIC["eigengradcam"]
+shapleycam = _PUBLIC["shapleycam"]
 
 
 def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loaders, matplotlib)
@@ -61,6 +62,7 @@ __all__ = [
     "method_names",
     "nnx_tap",
     "postprocess",
+    "shapleycam",
     "targets",
     "xgradcam",
 ]

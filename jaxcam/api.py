@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 
 from jaxcam import derivatives, postprocess
 from jaxcam import targets as targets_lib
-from jaxcam.methods import classic
+from jaxcam.methods import classic, gradient
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
 __all__ = ["Explanation", "explain", "explain_many", "check_images"]
@@ -98,6 +99,27 @@ def _raw_maps(spec: MethodSpec, tap, x, fwd, i: int, fc_kernel, fc_path, options
     raw = spec.fn(a, g) if g is not None else spec.fn(a)
     return jnp.broadcast_to(raw, raw.shape[:1] + (k,) + raw.shape[2:])
   a = jnp.broadcast_to(a, g.shape)
+  options = dict(options)
+  if spec.extra == "diagonals":
+    derivs, convention = options.pop("derivatives"), options.pop("convention")
+    strategy, chunk_size = options.pop("strategy"), options.pop("chunk_size")
+    if derivs not in ("approx", "exact"):
+      raise ValueError(f"Expected `derivatives` to be 'approx' or 'exact', got {derivs!r}.")
+    if derivs == "exact":
+      if tap.multi:
+        raise ValueError("derivatives='exact' needs a single-layer tap.")
+      d = derivatives.diagonals(tap, x, fwd.target, strategy=strategy, chunk_size=chunk_size, fwd=fwd)
+      second, third = _float(d.second), _float(d.third)
+    else:
+      second = third = jnp.zeros_like(g)
+    if derivs == "exact" or convention != "exp":
+      options["second"], options["third"] = gradient.gradcam_pp_derivative_terms(g, second, third,
+                                                                                 convention=convention)
+  elif spec.extra == "hvp":
+    if tap.multi:
+      raise ValueError(f"{spec.name} needs a single-layer tap.")
+    act = fwd.activations[i]
+    options["hvp"] = _float(derivatives.hvp(tap, x, fwd.target, act, act, ids=fwd.ids))
   return postprocess.combine(spec.fn(a, g, **options), a)
 
 
@@ -187,6 +209,23 @@ def _check_ids_in_range(target: Any, ex: Explanation) -> None:
     )
 
 
+def _check_exact_derivatives(spec: MethodSpec, opts: dict, ex: Explanation) -> None:
+  if spec.extra != "diagonals":
+    return
+  maps = np.asarray(ex.maps)
+  if opts.get("derivatives") == "exact" and np.isnan(maps).any():
+    raise ValueError(
+        "The structured exact-derivative strategy failed its cross-check against the generic strategy for layer "
+        f"{ex.layer!r}: its head is not global pooling of A. Use strategy='generic' or another layer."
+    )
+  if opts.get("convention") == "literal" and not np.any(maps):
+    warnings.warn(
+        "Grad-CAM++ with convention='literal' (Y = S): the second and third derivatives are all zero here (a "
+        "piecewise-linear head), so alpha is 0/0 and the maps are zeros. Use the paper's convention='exp'.",
+        stacklevel=3,
+    )
+
+
 def explain(
     method: str | MethodSpec,
     tap,
@@ -233,13 +272,14 @@ def explain(
   fc_kernel = None
   if "fc" in options and options["fc"] is not None and not isinstance(options["fc"], (str, tuple)):
     fc_kernel = options.pop("fc")
-  static_opts = tuple(sorted(options.items()))
+  static_opts = tuple(sorted({**dict(spec.options), **options}.items()))  # defaults filled in: one cache key
   ex = _explain_jit(
       tap, x, target, fc_kernel, method=spec.name, normalize=bool(normalize), upsample=bool(upsample),
       relu=bool(relu), fusion=fusion, options=static_opts,
   )
   if not _is_traced((tap, x, target)):
     _check_ids_in_range(target, ex)
+    _check_exact_derivatives(spec, dict(static_opts), ex)
   return ex
 
 

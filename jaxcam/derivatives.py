@@ -8,6 +8,7 @@ and the K backward passes are batched with `jax.vmap`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,8 @@ import jax.numpy as jnp
 
 from jaxcam import targets as targets_lib
 
-__all__ = ["Forward", "forward_and_grads", "forward_only"]
+__all__ = ["Forward", "Diagonals", "forward_and_grads", "forward_only", "diagonals", "hvp", "taylor3",
+           "enters_only_through_spatial_sum"]
 
 
 class Forward(NamedTuple):
@@ -32,6 +34,7 @@ class Forward(NamedTuple):
   ids: jax.Array | None
   scores: jax.Array
   multi: bool
+  target: Any = None
 
 
 def _as_tuple(a: Any) -> tuple:
@@ -56,7 +59,7 @@ def forward_only(tap, x: jax.Array, target: Any) -> Forward:
   acts = _as_tuple(acts) if tap.multi else (acts,)
   check_activations(tap, acts, x)
   ids, scores, multi = tgt.evaluate(logits)
-  return Forward(logits, acts, None, ids, scores, multi)
+  return Forward(logits, acts, None, ids, scores, multi, tgt)
 
 
 def forward_and_grads(tap, x: jax.Array, target: Any) -> Forward:
@@ -94,4 +97,225 @@ def forward_and_grads(tap, x: jax.Array, target: Any) -> Forward:
   else:
     stacked = jax.vmap(grads_for)(jnp.eye(k))  # tuple of (K, B, h, w, C)
     grads = tuple(jnp.moveaxis(g, 0, 1) for g in stacked)
-  return Forward(logits, acts, grads, ids, scores, multi)
+  return Forward(logits, acts, grads, ids, scores, multi, tgt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exact higher-order derivatives (diagonals of d^2 S / dA^2 and d^3 S / dA^3, Hessian-vector products)
+# ----------------------------------------------------------------------------------------------------------
+
+STRATEGIES = ("auto", "generic", "structured")
+DEFAULT_CHUNK_SIZE = 256  # directions evaluated at once (vmap) per chunk of jax.lax.map
+DEFAULT_MAX_GENERIC_DIRECTIONS = 8192  # "auto" refuses the generic strategy beyond this many directions
+_CHECK_POSITIONS = 4  # random positions at which the structured strategy is cross-checked against generic
+
+
+class Diagonals(NamedTuple):
+  """g = dS/dA, d2 = diag d^2S/dA^2, d3 = diag d^3S/dA^3, each ``(B, K, h, w, C)``; the strategy used; and
+  ``check``: the largest relative mismatch of the structured strategy against generic at a few random
+  positions (0 for generic)."""
+
+  grads: jax.Array
+  second: jax.Array
+  third: jax.Array
+  strategy: str
+  check: jax.Array
+
+
+def score_vector_fn(tap, x: jax.Array, target: Any):
+  """``F(A) -> (B, K)`` scores of the network whose tapped layer outputs A (one column per target)."""
+  tgt = targets_lib.as_target(target)
+  ids = None
+
+  def f(a):
+    logits = tap.head(x, a)
+    if isinstance(tgt, targets_lib.ClassScore):
+      return tgt.scores(logits, ids if ids is not None else tgt.class_ids(logits))
+    return tgt.evaluate(logits)[1]
+
+  return f
+
+
+def _fixed_ids_target(tgt, ids):
+  """A target that keeps the class ids chosen at A (argmax must not move along a direction)."""
+  if isinstance(tgt, targets_lib.ClassScore) and ids is not None:
+    return targets_lib.ClassScore(tgt.kind, ids)
+  return tgt
+
+
+def taylor3(f, a: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Second and third derivatives of ``t -> f(a + t v)`` at 0, by nested forward mode (exact, no jet)."""
+
+  def d1(p):
+    return jax.jvp(f, (p,), (v,))[1]
+
+  def d2(p):
+    return jax.jvp(d1, (p,), (v,))[1]
+
+  return jax.jvp(d2, (a,), (v,))
+
+
+def _batched_directions(fn, n: int, chunk_size: int):
+  """Evaluate ``fn(j)`` for j in range(n), `chunk_size` at a time (vmap inside lax.map): bounded memory."""
+  return jax.lax.map(fn, jnp.arange(n), batch_size=max(1, min(int(chunk_size), n)))
+
+
+def _generic(f, a, positions, chunk_size):
+  """(d2, d3) at flat positions ``positions`` (of h*w*C), each ``(len(positions), B, K)``."""
+  per_image = a.shape[1:]
+
+  def at(j):
+    v = jnp.broadcast_to(jax.nn.one_hot(j, math.prod(per_image), dtype=a.dtype).reshape(per_image), a.shape)
+    return taylor3(f, a, v)
+
+  return jax.lax.map(at, positions, batch_size=max(1, min(int(chunk_size), positions.shape[0])))
+
+
+def _structured(f, a, chunk_size):
+  """(d2, d3) per channel, each ``(C, B, K)``, for heads where A enters only through its spatial mean."""
+  h, w, c = a.shape[1:]
+
+  def at(k):
+    v = jnp.broadcast_to(jax.nn.one_hot(k, c, dtype=a.dtype), a.shape)  # channel k at every position
+    d2, d3 = taylor3(f, a, v)
+    return d2 / (h * w) ** 2, d3 / (h * w) ** 3
+
+  return _batched_directions(at, c, chunk_size)
+
+
+def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
+  """Whether ``head_fn(A)`` reads A only through sums over its spatial axes (1, 2), found on the jaxpr."""
+  closed = jax.make_jaxpr(head_fn)(a)
+  return _only_spatial_sums(closed.jaxpr, [True])[0]
+
+
+_PASS_THROUGH = {"convert_element_type", "copy", "copy_p"}
+_CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "checkpoint", "remat"}
+
+
+def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
+  raw = {v: r for v, r in zip(jaxpr.invars, raw_in) if r}
+  for eqn in jaxpr.eqns:
+    uses = [type(v).__name__ != "Literal" and raw.get(v, False) for v in eqn.invars]
+    if not any(uses):
+      continue
+    name = eqn.primitive.name
+    if name in _PASS_THROUGH:
+      raw[eqn.outvars[0]] = True
+    elif name == "reduce_sum" and set(eqn.params["axes"]) == {1, 2} and eqn.invars[0].aval.ndim == 4:
+      continue
+    elif name in _CALLS and ("jaxpr" in eqn.params or "call_jaxpr" in eqn.params):
+      sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+      inner = getattr(sub, "jaxpr", sub)
+      ok, raw_out = _only_spatial_sums(inner, uses[-len(inner.invars):])
+      if not ok:
+        return False, []
+      for v, r in zip(eqn.outvars, raw_out):
+        if r:
+          raw[v] = True
+    else:
+      return False, []
+  out = [type(v).__name__ != "Literal" and raw.get(v, False) for v in jaxpr.outvars]
+  return True, out
+
+
+def _declared_structured(tap) -> bool:
+  module = getattr(tap, "module", None)
+  declared = getattr(module, "head_structure", None)
+  return declared in ("gap", "gap_dense") and tap.layer == getattr(module, "default_layer", None)
+
+
+def diagonals(
+    tap,
+    x: jax.Array,
+    target: Any = None,
+    *,
+    strategy: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_generic_directions: int = DEFAULT_MAX_GENERIC_DIRECTIONS,
+    fwd: Forward | None = None,
+) -> Diagonals:
+  """Exact g, diag d^2S/dA^2 and diag d^3S/dA^3 of the target score S (not of exp(S)).
+
+  Strategies:
+    generic: one direction per element of A (h*w*C directions; nested `jax.jvp`, `chunk_size` directions at a
+      time), any head (convolutions, GELU, LayerNorm, attention, softmax).
+    structured: when A reaches the logits only through global average pooling (A -> mean_hw -> anything), all
+      positions of a channel share their diagonals, so C directions suffice. Elementwise operations between A
+      and the pooling (BatchNorm, ReLU6 on A) are *refused*, not folded: tap the layer after them. It is used
+      when the model declares ``head_structure = "gap"``/``"gap_dense"`` for its default layer or the jaxpr
+      shows A entering only through spatial sums, and is always cross-checked against the generic strategy
+      at a few random positions (``Diagonals.check``; eager callers get a ValueError on mismatch).
+    auto: structured where it applies; else generic up to `max_generic_directions` (default 8192), beyond
+      which it raises instead of running for minutes. Ask for "generic" explicitly to lift the limit.
+
+  Shapes: ``(B, K, h, w, C)`` each (K targets per image, 1 unless (B, K) ids). Single-layer taps only.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
+  if tap.multi:
+    raise ValueError("Exact derivatives need a single-layer tap; got layers " + repr(tap.layer) + ".")
+  if fwd is None:
+    fwd = forward_and_grads(tap, x, target)
+  tgt = _fixed_ids_target(fwd.target if fwd.target is not None else targets_lib.as_target(target), fwd.ids)
+  a = fwd.activations[0]
+  b, h, w, c = a.shape
+  f = score_vector_fn(tap, x, tgt)
+  structured_ok = _declared_structured(tap) or enters_only_through_spatial_sum(lambda t: tap.head(x, t), a)
+  n_generic = h * w * c
+  if strategy == "structured" and not structured_ok:
+    raise ValueError(
+        f"strategy='structured' needs layer {tap.layer!r} to reach the logits only through global average "
+        "pooling; this head transforms A first (a conv, flatten, local pooling or an elementwise op), so "
+        "positions do not share derivatives. Use strategy='generic', or tap the layer right before the pooling."
+    )
+  if strategy == "auto":
+    strategy = "structured" if structured_ok else "generic"
+    if strategy == "generic" and n_generic > max_generic_directions:
+      raise ValueError(
+          f"Exact derivatives at layer {tap.layer!r} {tuple(a.shape)} need the generic strategy with "
+          f"{n_generic} directions (> max_generic_directions={max_generic_directions}), each a third-order "
+          "forward pass through the head: minutes or more. Pass strategy='generic' to run it anyway (memory is "
+          f"bounded by chunk_size={chunk_size}), tap a smaller layer, or a layer right before global pooling."
+      )
+  if strategy == "generic":
+    d2, d3 = _generic(f, a, jnp.arange(n_generic), chunk_size)  # (n, B, K)
+    d2 = jnp.moveaxis(d2.reshape((h, w, c) + d2.shape[1:]), (3, 4), (0, 1))
+    d3 = jnp.moveaxis(d3.reshape((h, w, c) + d3.shape[1:]), (3, 4), (0, 1))
+    check = jnp.zeros((), a.dtype)
+  else:
+    s2, s3 = _structured(f, a, chunk_size)  # (C, B, K)
+    d2 = jnp.broadcast_to(jnp.moveaxis(s2, 0, -1)[:, :, None, None, :], (b, s2.shape[2], h, w, c))
+    d3 = jnp.broadcast_to(jnp.moveaxis(s3, 0, -1)[:, :, None, None, :], (b, s3.shape[2], h, w, c))
+    pos = jax.random.choice(jax.random.key(0), n_generic, (min(_CHECK_POSITIONS, n_generic),), replace=False)
+    g2, g3 = _generic(f, a, pos, chunk_size)  # (P, B, K)
+    flat2 = d2.reshape(d2.shape[:2] + (-1,))[..., pos]  # (B, K, P)
+    flat3 = d3.reshape(d3.shape[:2] + (-1,))[..., pos]
+    check = jnp.maximum(_rel(jnp.moveaxis(g2, 0, -1), flat2), _rel(jnp.moveaxis(g3, 0, -1), flat3))
+    bad = check > 1e-3
+    d2 = jnp.where(bad, jnp.nan, d2)  # never a silently wrong answer
+    d3 = jnp.where(bad, jnp.nan, d3)
+  return Diagonals(fwd.grads[0], d2, d3, strategy, check)
+
+
+def _rel(ref: jax.Array, got: jax.Array) -> jax.Array:
+  scale = jnp.maximum(jnp.max(jnp.abs(ref)), jnp.finfo(ref.dtype).tiny)
+  return jnp.max(jnp.abs(ref - got)) / jnp.maximum(scale, 1e-30)
+
+
+def hvp(tap, x: jax.Array, target: Any, activations: jax.Array, vector: jax.Array, ids: jax.Array | None = None):
+  """Exact Hessian-vector products ``(d^2 S_k / dA^2) v`` per image and target, ``(B, K, h, w, C)``.
+
+  Forward-over-reverse (`jax.jvp` of `jax.grad`). Each image's score depends only on its own A, so the Hessian
+  of the batch sum is block diagonal and one product serves the whole batch.
+  """
+  tgt = _fixed_ids_target(targets_lib.as_target(target), ids)
+  f = score_vector_fn(tap, x, tgt)
+  k = jax.eval_shape(f, activations).shape[1]
+
+  def hvp_k(onehot):
+    grad = jax.grad(lambda a: jnp.sum(f(a) * onehot[None, :]))
+    return jax.jvp(grad, (activations,), (vector,))[1]
+
+  out = jax.vmap(hvp_k)(jnp.eye(k, dtype=activations.dtype))  # (K, B, h, w, C)
+  return jnp.moveaxis(out, 0, 1)

@@ -122,16 +122,28 @@ def make_cam_parity() -> dict[str, np.ndarray]:
   pgc_methods = {
       "gradcam": pgc.GradCAM, "gradcam_pp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
       "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "gradcam_elementwise": pgc.GradCAMElementWise,
-      "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM,
+      "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM, "shapleycam": pgc.ShapleyCAM,
   }
   a_nchw = np.moveaxis(out["block2/A"], -1, 1)
   g_nchw = np.moveaxis(out["block2/G"], -1, 1)
   for name, cls in pgc_methods.items():
     with cls(model=model, target_layers=[model.block2]) as cam:
       out[f"pgc/{name}/maps"] = cam(input_tensor=xt, targets=targets)
+      if name == "shapleycam":  # its weights need the live graph: recompute them as ShapleyCAM does below
+        continue
       out[f"pgc/{name}/raw"] = cam.get_cam_image(xt, model.block2, targets, a_nchw, g_nchw, False)
       if name in ("gradcam", "gradcam_pp", "xgradcam"):
         out[f"pgc/{name}/weights"] = cam.get_cam_weights(xt, model.block2, targets, a_nchw, g_nchw)
+  # ShapleyCAM's weights, by torch double backward exactly as pytorch_grad_cam.ShapleyCAM.get_cam_weights
+  store = {}
+  hook = model.block2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+  logits = model(xt.clone().requires_grad_(True))
+  hook.remove()
+  score = logits[torch.arange(2), torch.as_tensor(ids)].sum()
+  (grads,) = torch.autograd.grad(score, store["a"], create_graph=True)
+  (hvp,) = torch.autograd.grad(grads, store["a"], grad_outputs=store["a"])
+  out["pgc/shapleycam/weights"] = (grads - 0.5 * hvp).detach().numpy().mean(axis=(2, 3))
+  out["pgc/shapleycam/hvp"] = nhwc(hvp.detach().numpy())
   with pgc.GradCAM(model=model, target_layers=[model.block2, model.block3]) as cam:
     out["pgc/gradcam/fused_maps"] = cam(input_tensor=xt, targets=targets)
 

@@ -19,6 +19,8 @@ __all__ = [
     "layercam_weights",
     "hirescam_weights",
     "gradcam_elementwise_weights",
+    "shapleycam_weights",
+    "gradcam_pp_derivative_terms",
     "safe_divide",
 ]
 
@@ -113,3 +115,28 @@ def gradcam_elementwise_weights(activations: jax.Array, grads: jax.Array, /) -> 
   pytorch-grad-cam's ``GradCAMElementWise`` (its own variant, no paper).
   """
   return jnp.where(grads * activations > 0, grads, jnp.zeros_like(grads))
+
+
+def gradcam_pp_derivative_terms(grads, second, third, *, convention: str = "exp"):
+  """The ``(D2, D3)`` that Grad-CAM++'s alpha uses, from g and the exact diagonals h = d2S, t = d3S.
+
+  convention "exp" (the paper's Y = exp(S)): ``D2 = Y_2/Y = g^2 + h``, ``D3 = Y_3/Y = g^3 + 3 g h + t`` (Y_n: n-th derivative)
+  (e^S cancels in alpha, so logits of 1000 never overflow). convention "literal" (Y = S): ``D2 = h``,
+  ``D3 = t``. With h = t = 0 (a piecewise-linear head) "exp" reduces exactly to Eq. 19's ``g^2, g^3``.
+  """
+  if convention == "exp":
+    return grads * grads + second, grads**3 + 3.0 * grads * second + third
+  if convention == "literal":
+    return second, third
+  raise ValueError(f"Expected `convention` to be 'exp' or 'literal', got {convention!r}.")
+
+
+def shapleycam_weights(activations: jax.Array, grads: jax.Array, /, *, hvp: jax.Array) -> jax.Array:
+  """Shapley-CAM channel weights: the spatial mean of ``g - 1/2 H A`` (H A: exact Hessian-vector product).
+
+  ``(..., h, w, C) -> (..., C)``. Cai et al., "CAMs as Shapley Value-based Explainers", arXiv 2501.06261.
+  Matches pytorch-grad-cam's ``ShapleyCAM`` (which gets H A by double backward); jaxcam's HVP is
+  forward-over-reverse (`jaxcam.derivatives.hvp`).
+  """
+  del activations
+  return _spatial.feature_mean(grads - 0.5 * hvp, keepdims=False)

@@ -35,6 +35,7 @@ class MethodSpec:
   options: tuple[tuple[str, Any], ...] = ()
   aliases: tuple[str, ...] = ()
   title: str = ""
+  extra: str | None = None  # "diagonals" (exact Grad-CAM++) or "hvp" (Shapley-CAM): computed from the tap
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -43,14 +44,17 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("cam", classic.cam_weights, "cam", needs_grads=False, options=(("fc", None),),
                    title="CAM"),
         MethodSpec("gradcam", gradient.gradcam_weights, "channel", title="Grad-CAM"),
-        MethodSpec("gradcam_pp", gradient.gradcam_pp_weights, "channel", options=(("eps", 1e-6),),
-                   aliases=("gradcam++", "gradcampp"), title="Grad-CAM++"),
+        MethodSpec("gradcam_pp", gradient.gradcam_pp_weights, "channel",
+                   options=(("eps", 1e-6), ("derivatives", "approx"), ("convention", "exp"), ("strategy", "auto"),
+                            ("chunk_size", 256)),
+                   aliases=("gradcam++", "gradcampp"), title="Grad-CAM++", extra="diagonals"),
         MethodSpec("xgradcam", gradient.xgradcam_weights, "channel", options=(("eps", 1e-7),),
                    title="XGrad-CAM"),
         MethodSpec("layercam", gradient.layercam_weights, "spatial", title="LayerCAM"),
         MethodSpec("hirescam", gradient.hirescam_weights, "spatial", title="HiResCAM"),
         MethodSpec("gradcam_elementwise", gradient.gradcam_elementwise_weights, "spatial",
                    aliases=("gradcamelementwise",), title="Grad-CAM element-wise"),
+        MethodSpec("shapleycam", gradient.shapleycam_weights, "channel", title="Shapley-CAM", extra="hvp"),
         MethodSpec("eigencam", factorization.eigencam_map, "map", needs_grads=False, class_specific=False,
                    differentiable=False, title="Eigen-CAM"),
         MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False,

@@ -1,0 +1,257 @@
+"""Exact higher-order derivatives: brute-force jax.hessian / jacfwd(hessian) in float64, strategies, Grad-CAM++."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam import derivatives
+from tests import models
+
+B, H, W, C, CLASSES = 2, 2, 2, 3, 4
+
+
+def _params(seed=0, dtype=jnp.float64):
+  rng = np.random.default_rng(seed)
+  p = lambda *s: jnp.asarray(rng.standard_normal(s) * 0.6, dtype)
+  return {"k": p(3, 3, C, C), "w": p(C, CLASSES), "b": p(CLASSES), "q": p(C, C), "kk": p(C, C), "v": p(C, C),
+          "m1": p(C, 5), "m2": p(5, CLASSES), "gamma": p(C), "beta": p(C)}
+
+
+def _conv(a, k):
+  return jax.lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision="highest")
+
+
+def _dense(z, p):
+  return z @ p["w"] + p["b"][None, :]
+
+
+def _layernorm(a, p):
+  mu = a.mean(-1, keepdims=True)
+  var = ((a - mu) ** 2).mean(-1, keepdims=True)
+  return (a - mu) / jnp.sqrt(var + 1e-5) * p["gamma"][None, None, None, :] + p["beta"][None, None, None, :]
+
+
+def _attention(a, p):
+  t = a.reshape(a.shape[0], -1, C)
+  q, k, v = t @ p["q"], t @ p["kk"], t @ p["v"]
+  att = jax.nn.softmax(jnp.einsum("bic,bjc->bij", q, k) / np.sqrt(C), axis=-1)
+  return jnp.einsum("bij,bjc->bic", att, v).mean(1)
+
+
+HEADS = {  # name: (head(p, a) -> logits, structured applies)
+    "conv_gelu": (lambda p, a: _dense(jax.nn.gelu(_conv(a, p["k"])).mean((1, 2)), p), False),
+    "layernorm_gelu": (lambda p, a: _dense(jax.nn.gelu(_layernorm(a, p)).mean((1, 2)), p), False),
+    "attention": (lambda p, a: _dense(_attention(a, p), p), False),
+    "gap_silu_mlp": (lambda p, a: jax.nn.silu(a.mean((1, 2)) @ p["m1"]) @ p["m2"], True),
+    "gap_dense": (lambda p, a: _dense(a.mean((1, 2)), p), True),
+}
+TARGETS = {"logit": jaxcam.targets.logit, "log_softmax": jaxcam.targets.log_softmax,
+           "softmax": jaxcam.targets.softmax}
+
+
+def _tap(head, p):
+  def body(p, x):
+    return jnp.tanh(x)  # the "layer" output A is a smooth function of x
+
+  return jaxcam.function_tap(body, lambda p, x, a: head(p, a), p)
+
+
+def _brute(head, p, a, kind, ids):
+  """diag of jax.hessian and of jax.jacfwd(jax.hessian) per image, on the flattened A_b."""
+  d2, d3 = [], []
+  for b in range(a.shape[0]):
+    def s(flat, b=b):
+      ab = a.at[b].set(flat.reshape(a.shape[1:]))
+      logits = head(p, ab)[b]
+      vals = {"logit": logits, "log_softmax": jax.nn.log_softmax(logits), "softmax": jax.nn.softmax(logits)}[kind]
+      return vals[ids[b]]
+
+    flat = a[b].reshape(-1)
+    hess = jax.hessian(s)(flat)
+    third = jax.jacfwd(jax.hessian(s))(flat)
+    n = flat.shape[0]
+    d2.append(jnp.diagonal(hess).reshape(a.shape[1:]))
+    d3.append(third[jnp.arange(n), jnp.arange(n), jnp.arange(n)].reshape(a.shape[1:]))
+  return np.stack(d2), np.stack(d3)
+
+
+def _rel_err(got, ref):
+  return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-300))
+
+
+@pytest.mark.parametrize("head_name", sorted(HEADS))
+@pytest.mark.parametrize("kind", ["logit", "log_softmax"])
+def test_diagonals_equal_brute_force_float64(head_name, kind):
+  head, structured = HEADS[head_name]
+  with jax.enable_x64(True):
+    p = _params()
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((B, H, W, C)), jnp.float64)
+    tap = _tap(head, p)
+    ids = jnp.array([1, 3])
+    a = tap(x)[1]
+    ref2, ref3 = _brute(head, p, a, kind, [1, 3])
+    strategies = ["generic"] + (["structured"] if structured else [])
+    for strategy in strategies:
+      d = derivatives.diagonals(tap, x, TARGETS[kind](ids), strategy=strategy, chunk_size=7)
+      assert d.second.dtype == jnp.float64 and d.strategy == strategy
+      for got, ref in ((d.second[:, 0], ref2), (d.third[:, 0], ref3)):
+        if np.max(np.abs(ref)) == 0:
+          assert np.max(np.abs(got)) == 0, (head_name, kind, strategy)
+        else:
+          assert _rel_err(np.asarray(got), ref) <= 1e-10, (head_name, kind, strategy)
+    if not structured:
+      with pytest.raises(ValueError, match="strategy='structured' needs"):
+        derivatives.diagonals(tap, x, TARGETS[kind](ids), strategy="structured")
+
+
+def test_softmax_target_structured_equals_generic():
+  head, _ = HEADS["gap_silu_mlp"]
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((B, H, W, C)), jnp.float64)
+    tap = _tap(head, _params(3))
+    t = jaxcam.targets.softmax(jnp.array([0, 3]))
+    gen = derivatives.diagonals(tap, x, t, strategy="generic")
+    st = derivatives.diagonals(tap, x, t, strategy="structured")
+    np.testing.assert_allclose(st.second, gen.second, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(st.third, gen.third, rtol=1e-10, atol=1e-14)
+    assert float(st.check) < 1e-10
+
+
+def test_results_independent_of_chunk_size():
+  head, _ = HEADS["conv_gelu"]
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((B, H, W, C)), jnp.float64)
+    tap = _tap(head, _params(5))
+    runs = [derivatives.diagonals(tap, x, jnp.array([0, 1]), strategy="generic", chunk_size=c) for c in (1, 5, 12)]
+    for r in runs[1:]:
+      np.testing.assert_allclose(r.second, runs[0].second, rtol=1e-12, atol=1e-15)
+      np.testing.assert_allclose(r.third, runs[0].third, rtol=1e-12, atol=1e-15)
+
+
+def _piecewise_linear_nets():
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+  conv_net = models.ConvNet()
+  gap = models.GapDense()
+  return x, [(conv_net, conv_net.init(jax.random.key(1), x), "body_1"),  # conv + ReLU head: generic
+             (gap, gap.init(jax.random.key(2), x), "features")]         # GAP + Dense: structured
+
+
+def test_exp_convention_logit_piecewise_linear_is_exactly_the_approximation():
+  x, nets = _piecewise_linear_nets()
+  for module, variables, layer in nets:
+    tap = jaxcam.linen_tap(module, variables, layer)
+    exact = jaxcam.gradcam_pp(tap, x, target=jnp.array([1, 2]), derivatives="exact", normalize=False)
+    approx = jaxcam.gradcam_pp(tap, x, target=jnp.array([1, 2]), normalize=False)
+    np.testing.assert_allclose(exact, approx, rtol=1e-6, atol=1e-9)
+    d = derivatives.diagonals(tap, x, jnp.array([1, 2]))
+    assert float(jnp.abs(d.second).max()) == 0.0 and float(jnp.abs(d.third).max()) == 0.0
+
+
+def test_auto_refuses_silent_minutes_and_cross_check_catches_wrong_declaration():
+  x, nets = _piecewise_linear_nets()
+  module, variables, _ = nets[0]
+  tap = jaxcam.linen_tap(module, variables, "body_0")  # 12*12*6 = 864 directions
+  with pytest.raises(ValueError, match="864 directions"):
+    derivatives.diagonals(tap, x, jnp.array([0, 1]), max_generic_directions=500)
+
+  class Lying(nn.Module):  # declares a GAP head for a layer followed by a conv + tanh
+    default_layer = "a"
+    head_structure = "gap_dense"
+
+    @nn.compact
+    def __call__(self, x):
+      a = models.ConvBlock(4, name="a")(x)
+      return nn.Dense(3)(jnp.tanh(nn.Conv(4, (3, 3))(a)).mean((1, 2)))
+
+  lying = Lying()
+  tap = jaxcam.linen_tap(lying, lying.init(jax.random.key(0), x))
+  d = derivatives.diagonals(tap, x, jnp.array([0, 1]))
+  assert d.strategy == "structured" and float(d.check) > 1e-3 and np.isnan(d.second).all()
+  with pytest.raises(ValueError, match="failed its cross-check"):
+    jaxcam.gradcam_pp(tap, x, derivatives="exact")
+
+
+def test_no_overflow_for_logits_of_1000():
+  x, nets = _piecewise_linear_nets()
+  module, variables, layer = nets[1]
+  shifted = jax.tree.map(lambda a: a, variables)
+  shifted["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] + 1000.0
+  t = jnp.array([1, 2])
+  base = jaxcam.gradcam_pp(jaxcam.linen_tap(module, variables), x, target=t, derivatives="exact")
+  big = jaxcam.gradcam_pp(jaxcam.linen_tap(module, shifted), x, target=t, derivatives="exact")
+  assert np.isfinite(big).all()
+  np.testing.assert_allclose(big, base, atol=1e-5)
+
+
+def test_literal_convention_never_nan():
+  x, nets = _piecewise_linear_nets()
+  module, variables, layer = nets[1]
+  tap = jaxcam.linen_tap(module, variables, layer)
+  with pytest.warns(UserWarning, match="alpha is 0/0"):
+    maps = jaxcam.gradcam_pp(tap, x, target=jnp.array([1, 2]), derivatives="exact", convention="literal")
+  assert np.isfinite(maps).all() and not np.any(maps)
+  head, _ = HEADS["gap_silu_mlp"]
+  smooth = _tap(head, _params(6, jnp.float32))
+  xs = jax.random.normal(jax.random.key(3), (B, H, W, C))
+  lit = jaxcam.gradcam_pp(smooth, xs, target=jnp.array([0, 1]), derivatives="exact", convention="literal")
+  assert np.isfinite(lit).all() and np.any(lit)
+
+
+def test_exact_alpha_matches_formula_from_brute_force_derivatives():
+  """Exact Grad-CAM++ weights = Eq. 10 (cross terms dropped) built from brute-force float64 derivatives."""
+  head, _ = HEADS["conv_gelu"]
+  with jax.enable_x64(True):
+    p = _params(8)
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((B, H, W, C)), jnp.float64)
+    tap = _tap(head, p)
+    ids = [2, 0]
+    a = tap(x)[1]
+    g = np.asarray(derivatives.forward_and_grads(tap, x, jaxcam.targets.log_softmax(jnp.array(ids))).grads[0][:, 0])
+    h, t = _brute(head, p, a, "log_softmax", ids)
+    d2, d3 = g**2 + h, g**3 + 3 * g * h + t
+    alpha = np.where(g != 0, d2 / (2 * d2 + np.asarray(a).sum((1, 2), keepdims=True) * d3 + 1e-6), 0)
+    w = (np.maximum(g, 0) * alpha).sum((1, 2))
+    expected = np.maximum(np.einsum("bhwc,bc->bhw", np.asarray(a), w), 0)
+    got = jaxcam.gradcam_pp(tap, x, target=jaxcam.targets.log_softmax(jnp.array(ids)), derivatives="exact",
+                            strategy="generic", normalize=False, upsample=False)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_hvp_and_shapleycam_against_brute_force():
+  head, _ = HEADS["layernorm_gelu"]
+  with jax.enable_x64(True):
+    p = _params(10)
+    x = jnp.asarray(np.random.default_rng(11).standard_normal((B, H, W, C)), jnp.float64)
+    tap = _tap(head, p)
+    ids = [3, 1]
+    a = tap(x)[1]
+    hv = derivatives.hvp(tap, x, jnp.array(ids), a, a)[:, 0]
+    g = derivatives.forward_and_grads(tap, x, jnp.array(ids)).grads[0][:, 0]
+    for b in range(B):
+      def s(flat, b=b):
+        return head(p, a.at[b].set(flat.reshape(a.shape[1:])))[b, ids[b]]
+
+      hess = jax.hessian(s)(a[b].reshape(-1))
+      np.testing.assert_allclose(hv[b].reshape(-1), hess @ a[b].reshape(-1), rtol=1e-10, atol=1e-13)
+    w = np.asarray((g - 0.5 * hv).mean((1, 2)))
+    expected = np.maximum(np.einsum("bhwc,bc->bhw", np.asarray(a), w), 0)
+    got = jaxcam.shapleycam(tap, x, target=jnp.array(ids), normalize=False, upsample=False)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_shapleycam_parity_with_pytorch_grad_cam(parity_data):
+  d = parity_data
+  tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
+  x = jnp.asarray(d["x"])
+  fwd = derivatives.forward_and_grads(tap, x, jnp.asarray(d["ids"]))
+  hv = derivatives.hvp(tap, x, jnp.asarray(d["ids"]), fwd.activations[0], fwd.activations[0])[:, 0]
+  np.testing.assert_allclose(hv, d["pgc/shapleycam/hvp"], atol=1e-6)  # a ReLU network: exactly zero both sides
+  w = jaxcam.methods.gradient.shapleycam_weights(fwd.activations[0], fwd.grads[0][:, 0], hvp=hv)
+  np.testing.assert_allclose(w, d["pgc/shapleycam/weights"], atol=1e-6)
+  np.testing.assert_allclose(jaxcam.shapleycam(tap, x, target=d["ids"]), d["pgc/shapleycam/maps"], atol=1e-4)
