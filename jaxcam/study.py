@@ -1,0 +1,139 @@
+"""Accuracy studies of Grad-CAM++'s derivative approximation (exact vs squared/cubed gradients).
+
+`compare_derivatives` computes, per image, how far the usual approximation (h = t = 0, i.e. ``g^2`` and ``g^3``)
+is from the exact second and third derivatives, and what that does to alpha, to the channel weights and to the
+final map. Everything runs on device in one compiled function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcam import _spatial, derivatives, postprocess
+from jaxcam import targets as targets_lib
+from jaxcam.methods import gradient
+
+__all__ = ["DerivativeReport", "compare_derivatives", "relative_l2", "spearman"]
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["second_rel_err", "third_rel_err", "alpha_rel_err", "weights_rel_err", "map_rel_l2",
+                 "map_one_minus_cos", "map_spearman", "argmax_moved", "maps_exact", "maps_approx"],
+    meta_fields=["convention", "strategy", "layer"],
+)
+@dataclasses.dataclass(frozen=True)
+class DerivativeReport:
+  """Per-image comparison, each field ``(B,)`` (``(B, K)`` for K targets), maps ``(B, H, W)``.
+
+  second_rel_err: ``||g^2 - (g^2 + h)|| / ||g^2 + h||`` (exp) or ``||0 - h|| / ||h||`` (literal), over the
+  image's feature map; third_rel_err: the same for ``g^3`` vs ``g^3 + 3 g h + t``; alpha_rel_err,
+  weights_rel_err: relative L2 of alpha and of the channel weights; map_rel_l2, map_one_minus_cos,
+  map_spearman: exact vs approximate normalized maps (Spearman on ranks without tie averaging);
+  argmax_moved: whether the maps' maximum moved. A 0/0 relative error (both exact) counts as 0.
+  """
+
+  second_rel_err: jax.Array
+  third_rel_err: jax.Array
+  alpha_rel_err: jax.Array
+  weights_rel_err: jax.Array
+  map_rel_l2: jax.Array
+  map_one_minus_cos: jax.Array
+  map_spearman: jax.Array
+  argmax_moved: jax.Array
+  maps_exact: jax.Array
+  maps_approx: jax.Array
+  convention: str
+  strategy: str
+  layer: Any
+
+  def summary(self) -> dict[str, float]:
+    """Medians (and the worst map error) over images, as Python floats."""
+    out = {f"median_{f}": float(np.median(np.asarray(getattr(self, f)))) for f in (
+        "second_rel_err", "third_rel_err", "alpha_rel_err", "weights_rel_err", "map_rel_l2", "map_one_minus_cos",
+        "map_spearman")}
+    out["worst_map_rel_l2"] = float(np.max(np.asarray(self.map_rel_l2)))
+    out["argmax_moved_fraction"] = float(np.mean(np.asarray(self.argmax_moved)))
+    return out
+
+
+def relative_l2(approx: jax.Array, exact: jax.Array, axes) -> jax.Array:
+  """``||approx - exact|| / ||exact||`` over `axes`; 0 where both are zero."""
+  num = jnp.sqrt(jnp.sum((approx - exact) ** 2, axis=axes))
+  den = jnp.sqrt(jnp.sum(exact**2, axis=axes))
+  return gradient.safe_divide(num, den) + jnp.where((den == 0) & (num > 0), jnp.inf, 0.0)
+
+
+def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Spearman rank correlation of the flattened last two axes (ranks by argsort; ties not averaged)."""
+  fa = a.reshape(a.shape[:-2] + (-1,))
+  fb = b.reshape(b.shape[:-2] + (-1,))
+  ra = jnp.argsort(jnp.argsort(fa, axis=-1), axis=-1).astype(jnp.float32)
+  rb = jnp.argsort(jnp.argsort(fb, axis=-1), axis=-1).astype(jnp.float32)
+  ra = ra - ra.mean(-1, keepdims=True)
+  rb = rb - rb.mean(-1, keepdims=True)
+  return jnp.sum(ra * rb, -1) / jnp.sqrt(jnp.sum(ra**2, -1) * jnp.sum(rb**2, -1))
+
+
+def _alpha(g, a, d2, d3, eps):
+  sum_a = _spatial.feature_sum(a)
+  alpha = gradient.safe_divide(d2, 2.0 * d2 + sum_a * d3 + eps)
+  return jnp.where(g != 0, alpha, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("convention", "strategy", "chunk_size", "eps"))
+def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
+  d = derivatives.diagonals(tap, x, target, strategy=strategy, chunk_size=chunk_size)
+  fwd = derivatives.forward_only(tap, x, target)
+  a = fwd.activations[0][:, None].astype(jnp.float32)
+  g, h, t = (v.astype(jnp.float32) for v in (d.grads, d.second, d.third))
+  a = jnp.broadcast_to(a, g.shape)
+  zeros = jnp.zeros_like(g)
+  ex2, ex3 = gradient.gradcam_pp_derivative_terms(g, h, t, convention=convention)
+  ap2, ap3 = gradient.gradcam_pp_derivative_terms(g, zeros, zeros, convention=convention)
+  feat = _spatial.FEATURE_AXES + (-1,)
+  alpha_ex, alpha_ap = _alpha(g, a, ex2, ex3, eps), _alpha(g, a, ap2, ap3, eps)
+  w_ex = gradient.gradcam_pp_weights(a, g, eps=eps, second=ex2, third=ex3)
+  w_ap = gradient.gradcam_pp_weights(a, g, eps=eps, second=ap2, third=ap3)
+
+  def finish(w):
+    m = jax.nn.relu(postprocess.combine(w, a))
+    return postprocess.normalize(postprocess.upsample(postprocess.normalize(m), x.shape[1:3]))
+
+  m_ex, m_ap = finish(w_ex), finish(w_ap)
+  axes = _spatial.MAP_AXES
+  cos = jnp.sum(m_ex * m_ap, axes) / jnp.sqrt(jnp.sum(m_ex**2, axes) * jnp.sum(m_ap**2, axes) + 1e-30)
+  flat_ex = m_ex.reshape(m_ex.shape[:-2] + (-1,))
+  flat_ap = m_ap.reshape(m_ap.shape[:-2] + (-1,))
+  squeeze = (lambda v: v[:, 0]) if not fwd.multi else (lambda v: v)
+  return DerivativeReport(
+      second_rel_err=squeeze(relative_l2(ap2, ex2, feat[:-1] + (-1,))),
+      third_rel_err=squeeze(relative_l2(ap3, ex3, feat[:-1] + (-1,))),
+      alpha_rel_err=squeeze(relative_l2(alpha_ap, alpha_ex, feat[:-1] + (-1,))),
+      weights_rel_err=squeeze(relative_l2(w_ap, w_ex, (-1,))),
+      map_rel_l2=squeeze(relative_l2(m_ap, m_ex, axes)),
+      map_one_minus_cos=squeeze(1.0 - cos),
+      map_spearman=squeeze(spearman(m_ex, m_ap)),
+      argmax_moved=squeeze(jnp.argmax(flat_ex, -1) != jnp.argmax(flat_ap, -1)),
+      maps_exact=squeeze(m_ex), maps_approx=squeeze(m_ap),
+      convention=convention, strategy=d.strategy, layer=tap.layer,
+  )
+
+
+def compare_derivatives(tap, x: jax.Array, target: Any = None, *, convention: str = "exp", strategy: str = "auto",
+                        chunk_size: int = derivatives.DEFAULT_CHUNK_SIZE, eps: float = 1e-6) -> DerivativeReport:
+  """Exact vs approximate Grad-CAM++ per image (see `DerivativeReport`); maps are normalized, input-sized.
+
+  The target is the score S (``jaxcam.targets.logit`` / ``log_softmax`` / ``softmax`` / ids / callable).
+  Under ``convention="exp"`` (Y = exp(S)), ``target=log_softmax(c)`` studies Grad-CAM++ of the probability.
+  """
+  if convention not in ("exp", "literal"):
+    raise ValueError(f"Expected `convention` to be 'exp' or 'literal', got {convention!r}.")
+  return _compare(tap, x, targets_lib.as_target(target), convention=convention, strategy=strategy,
+                  chunk_size=int(chunk_size), eps=float(eps))
