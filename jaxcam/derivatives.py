@@ -255,6 +255,13 @@ def diagonals(
     raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
   if tap.multi:
     raise ValueError("Exact derivatives need a single-layer tap; got layers " + repr(tap.layer) + ".")
+  # Study code path: full float32 matmuls even where the default drops to TF32/bf16 (GPUs, TPUs); without
+  # it the structured/generic cross-check failed on an H200.
+  with jax.default_matmul_precision("highest"):
+    return _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd)
+
+
+def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd):
   if fwd is None:
     fwd = forward_and_grads(tap, x, target)
   tgt = _fixed_ids_target(fwd.target if fwd.target is not None else targets_lib.as_target(target), fwd.ids)
@@ -311,11 +318,12 @@ def hvp(tap, x: jax.Array, target: Any, activations: jax.Array, vector: jax.Arra
   """
   tgt = _fixed_ids_target(targets_lib.as_target(target), ids)
   f = score_vector_fn(tap, x, tgt)
-  k = jax.eval_shape(f, activations).shape[1]
+  with jax.default_matmul_precision("highest"):
+    k = jax.eval_shape(f, activations).shape[1]
 
-  def hvp_k(onehot):
-    grad = jax.grad(lambda a: jnp.sum(f(a) * onehot[None, :]))
-    return jax.jvp(grad, (activations,), (vector,))[1]
+    def hvp_k(onehot):
+      grad = jax.grad(lambda a: jnp.sum(f(a) * onehot[None, :]))
+      return jax.jvp(grad, (activations,), (vector,))[1]
 
-  out = jax.vmap(hvp_k)(jnp.eye(k, dtype=activations.dtype))  # (K, B, h, w, C)
+    out = jax.vmap(hvp_k)(jnp.eye(k, dtype=activations.dtype))  # (K, B, h, w, C)
   return jnp.moveaxis(out, 0, 1)

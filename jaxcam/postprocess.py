@@ -34,7 +34,8 @@ def normalize(maps: jax.Array, *, eps: float = NORMALIZE_EPS) -> jax.Array:
   ``(..., h, w) -> (..., h, w)``.
   """
   lo, hi = _spatial.map_min_max(maps)
-  return (maps - lo) / (hi - lo + eps)
+  # clip: approximate division on GPUs can land a hair above 1 (seen on an H200: 1.0000001)
+  return jnp.clip((maps - lo) / (hi - lo + eps), 0.0, 1.0)
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -1,0 +1,110 @@
+"""Seconds per image of each gradient method against the JAX floors, in one process.
+
+    python benchmarks/methods.py [--models efficientnet_lite0 resnet50] [--batches 1 16] [--repeats 5]
+                                 [--methods gradcam gradcam_pp ...] [--json out.json] [--csv out.csv]
+
+For each model x batch: the floors (the JAX forward alone; forward + backward from the tapped layer, i.e. what
+every gradient method must at least do) and each method end to end (eager call, compiled internally). Median
+of `--repeats` calls after the first, min-max, first-call time (trace + compile) and whether the second call
+recompiled. Peers (pytorch-grad-cam, torchcam) are not in this script yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+import jaxcam  # noqa: E402
+from jaxcam import derivatives, models  # noqa: E402
+
+METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam")
+
+
+def _time(fn, repeats):
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  runs = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    runs.append(time.perf_counter() - t0)
+  return first, statistics.median(runs), min(runs), max(runs)
+
+
+def run(model_names, batches, methods, repeats):
+  photos = list(models.sample_images().values())
+  rows = []
+  for name in model_names:
+    module, variables = (models.efficientnet_lite0(pretrained=True) if name == "efficientnet_lite0"
+                         else models.get_model(name, pretrained=False))
+    tap = jaxcam.linen_tap(module, variables)
+    forward = jax.jit(module.apply)
+    grads_floor = jax.jit(lambda tap, x, t: derivatives.forward_and_grads(tap, x, t).grads)
+    for b in batches:
+      x = jnp.asarray(models.preprocess([photos[i % len(photos)] for i in range(b)], name))
+      t = jnp.argmax(forward(variables, x), -1)
+      entries = [("floor: forward", lambda: forward(variables, x)),
+                 ("floor: forward + layer backward", lambda: grads_floor(tap, x, t))]
+      entries += [(m, (lambda m=m: getattr(jaxcam, m)(tap, x, target=t))) for m in methods]
+      for label, fn in entries:
+        size_before = jaxcam.api._explain_jit._cache_size()
+        first, med, lo, hi = _time(fn, repeats)
+        grew = jaxcam.api._explain_jit._cache_size() - size_before
+        rows.append({"model": name, "batch": b, "what": label, "first_call_s": first, "median_s": med, "min_s": lo,
+                     "max_s": hi, "per_image_s": med / b, "images_per_s": b / med,
+                     "compiles": grew if label in methods else None})
+        r = rows[-1]
+        print(f"  {name} b={b} {label}: {r['per_image_s']:.4f} s/img, {r['images_per_s']:.1f} img/s, first "
+              f"{first:.2f} s", file=sys.stderr, flush=True)
+  return rows
+
+
+def table(rows):
+  out = ["| model | batch | what | s/image (median) | min-max s/call | images/s | first call s | vs floor |",
+         "|---|---|---|---|---|---|---|---|"]
+  floors = {(r["model"], r["batch"]): r["per_image_s"] for r in rows if r["what"] == "floor: forward + layer backward"}
+  for r in rows:
+    ratio = r["per_image_s"] / floors[(r["model"], r["batch"])]
+    out.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['per_image_s']:.4f} | {r['min_s']:.3f}-"
+               f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['first_call_s']:.2f} | {ratio:.2f}x |")
+  return "\n".join(out)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", nargs="+", default=["efficientnet_lite0", "resnet50"])
+  p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+  p.add_argument("--methods", nargs="+", default=list(METHODS))
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--json")
+  p.add_argument("--csv")
+  args = p.parse_args(argv)
+  rows = run(args.models, args.batches, args.methods, args.repeats)
+  dev = jax.devices()[0]
+  print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {platform.machine()}, "
+        f"{os.cpu_count()} cpus")
+  print(table(rows))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, f, indent=2)
+  if args.csv:
+    with open(args.csv, "w", newline="") as f:
+      w = csv.DictWriter(f, fieldnames=list(rows[0]))
+      w.writeheader()
+      w.writerows(rows)
+
+
+if __name__ == "__main__":
+  main()
