@@ -51,7 +51,8 @@ def run(model_names, batches, methods, repeats):
                          else models.get_model(name, pretrained=False))
     tap = jaxcam.linen_tap(module, variables)
     forward = jax.jit(module.apply)
-    grads_floor = jax.jit(lambda tap, x, t: derivatives.forward_and_grads(tap, x, t).grads)
+    # everything a gradient method needs: logits, A and dS/dA (returned, so XLA cannot drop the forward pass)
+    grads_floor = jax.jit(lambda tap, x, t: derivatives.forward_and_grads(tap, x, t)[:3])
     for b in batches:
       x = jnp.asarray(models.preprocess([photos[i % len(photos)] for i in range(b)], name))
       t = jnp.argmax(forward(variables, x), -1)

@@ -108,7 +108,7 @@ def _raw_maps(spec: MethodSpec, tap, x, fwd, i: int, fc_kernel, fc_path, options
     if derivs == "exact":
       if tap.multi:
         raise ValueError("derivatives='exact' needs a single-layer tap.")
-      d = derivatives.diagonals(tap, x, fwd.target, strategy=strategy, chunk_size=chunk_size, fwd=fwd)
+      d = derivatives.diagonals_k(tap, x, fwd.target, strategy=strategy, chunk_size=chunk_size, fwd=fwd)
       second, third = _float(d.second), _float(d.third)
     else:
       second = third = jnp.zeros_like(g)

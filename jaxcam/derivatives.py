@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxcam import targets as targets_lib
 
-__all__ = ["Forward", "Diagonals", "forward_and_grads", "forward_only", "diagonals", "hvp", "taylor3",
+__all__ = ["Forward", "Diagonals", "forward_and_grads", "forward_only", "diagonals", "diagonals_k", "hvp", "taylor3",
            "enters_only_through_spatial_sum"]
 
 
@@ -110,16 +110,20 @@ DEFAULT_MAX_GENERIC_DIRECTIONS = 8192  # "auto" refuses the generic strategy bey
 _CHECK_POSITIONS = 4  # random positions at which the structured strategy is cross-checked against generic
 
 
-class Diagonals(NamedTuple):
-  """g = dS/dA, d2 = diag d^2S/dA^2, d3 = diag d^3S/dA^3, each ``(B, K, h, w, C)``; the strategy used; and
-  ``check``: the largest relative mismatch of the structured strategy against generic at a few random
-  positions (0 for generic)."""
+class Diagonals(tuple):
+  """``(grads, second, third)``: g = dS/dA, diag d^2S/dA^2, diag d^3S/dA^3, each shaped like A ``(B, h, w, C)``
+  (``(B, K, h, w, C)`` for (B, K) targets). Unpacks as ``g, d2, d3``; also carries ``strategy`` (the one used)
+  and ``check`` (the largest relative mismatch of the structured strategy against generic at a few random
+  positions; 0 for generic)."""
 
-  grads: jax.Array
-  second: jax.Array
-  third: jax.Array
-  strategy: str
-  check: jax.Array
+  def __new__(cls, grads, second, third, strategy: str, check):
+    obj = super().__new__(cls, (grads, second, third))
+    obj.strategy, obj.check = strategy, check
+    return obj
+
+  grads = property(lambda self: self[0])
+  second = property(lambda self: self[1])
+  third = property(lambda self: self[2])
 
 
 def score_vector_fn(tap, x: jax.Array, target: Any):
@@ -249,7 +253,9 @@ def diagonals(
     auto: structured where it applies; else generic up to `max_generic_directions` (default 8192), beyond
       which it raises instead of running for minutes. Ask for "generic" explicitly to lift the limit.
 
-  Shapes: ``(B, K, h, w, C)`` each (K targets per image, 1 unless (B, K) ids). Single-layer taps only.
+  Shapes: like A, ``(B, h, w, C)`` each (``(B, K, h, w, C)`` for (B, K) targets). Single-layer taps only.
+  Nested forward mode, not `jax.experimental.jet` (jet raised UnexpectedTracerError under jit after a ReLU,
+  JAX issue #30352).
   """
   if strategy not in STRATEGIES:
     raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
@@ -257,6 +263,22 @@ def diagonals(
     raise ValueError("Exact derivatives need a single-layer tap; got layers " + repr(tap.layer) + ".")
   # Study code path: full float32 matmuls even where the default drops to TF32/bf16 (GPUs, TPUs); without
   # it the structured/generic cross-check failed on an H200.
+  out = diagonals_k(tap, x, target, strategy=strategy, chunk_size=chunk_size,
+                    max_generic_directions=max_generic_directions, fwd=fwd)
+  multi = (fwd.multi if fwd is not None else
+           getattr(targets_lib.as_target(target), "multi", False) or out.grads.shape[1] != 1)
+  if multi:
+    return out
+  return Diagonals(out.grads[:, 0], out.second[:, 0], out.third[:, 0], out.strategy, out.check)
+
+
+def diagonals_k(tap, x, target=None, *, strategy="auto", chunk_size=DEFAULT_CHUNK_SIZE,
+                max_generic_directions=DEFAULT_MAX_GENERIC_DIRECTIONS, fwd=None) -> Diagonals:
+  """`diagonals` with the target axis always present: ``(B, K, h, w, C)`` each."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
+  if tap.multi:
+    raise ValueError("Exact derivatives need a single-layer tap; got layers " + repr(tap.layer) + ".")
   with jax.default_matmul_precision("highest"):
     return _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd)
 

@@ -89,7 +89,7 @@ def _alpha(g, a, d2, d3, eps):
 
 @functools.partial(jax.jit, static_argnames=("convention", "strategy", "chunk_size", "eps"))
 def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
-  d = derivatives.diagonals(tap, x, target, strategy=strategy, chunk_size=chunk_size)
+  d = derivatives.diagonals_k(tap, x, target, strategy=strategy, chunk_size=chunk_size)
   with jax.default_matmul_precision("highest"):  # a study: full float32 on every backend
     fwd = derivatives.forward_only(tap, x, target)
   a = fwd.activations[0][:, None].astype(jnp.float32)

@@ -131,3 +131,12 @@ def test_preprocess_inputs():
   assert models.preprocess(img, 64).shape == (1, 64, 64, 3)
   with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
     models.preprocess(np.zeros((3, 30, 40)), 64)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_lite2_real_weights(name, photos):
+  module, variables = models.get_model(name, pretrained=True)
+  assert module.input_size == models.input_size(name)
+  x = models.preprocess([photos["chelsea"], photos["coffee"]], name)
+  top = np.asarray(jnp.argmax(jax.jit(module.apply)(variables, x), -1))
+  assert top.tolist() == [285, 967]  # Egyptian cat, espresso

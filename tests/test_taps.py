@@ -251,3 +251,31 @@ def test_list_layers(small_linen):
   assert dict((i.path, i.shape) for i in infos)["body_1"] == (3, 6, 6, 8)
   nnx_infos = jaxcam.list_layers(models.GapDenseNnx(nnx.Rngs(0)), x)
   assert [(i.path, i.shape) for i in nnx_infos] == [("features", (3, 12, 12, 5)), ("fc", (3, 4))]
+
+
+def test_layer_inside_nn_scan_is_refused_or_single():
+  class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      body = nn.scan(lambda m, c, _: (m(c), None), variable_broadcast="params", split_rngs={"params": False},
+                     length=2)
+      y, _ = body(models.ConvBlock(3, name="step"), x, None)
+      return nn.Dense(2)(y.mean((1, 2)))
+
+  m = Scanned()
+  x = jnp.ones((1, 5, 5, 3))
+  v = m.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="called more than once"):
+    jaxcam.gradcam(jaxcam.linen_tap(m, v, "step"), x)
+
+
+def test_import_has_no_global_side_effects():
+  import subprocess
+  import sys
+
+  code = ("import jax; before = dict(jax.config.values); import os; env = dict(os.environ); import jaxcam; "
+          "import jaxcam.models, jaxcam.viz, jaxcam.cli; after = dict(jax.config.values); "
+          "assert before == after, set(before.items()) ^ set(after.items()); "
+          "assert env.get('XLA_FLAGS') == os.environ.get('XLA_FLAGS'); print('ok')")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
