@@ -7,6 +7,7 @@ from jaxcam import derivatives, postprocess, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
 from jaxcam.api import PUBLIC as _PUBLIC
 from jaxcam.api import Explanation, check_images, explain, explain_many
+from jaxcam.batch import explain_batches, local_mesh
 from jaxcam.methods.table import METHODS, get_method, method_names
 from jaxcam.taps import FunctionTap, LayerInfo, LinenTap, NnxTap, Tap, function_tap, linen_tap, list_layers, nnx_tap
 
@@ -49,6 +50,7 @@ __all__ = [
     "eigencam",
     "eigengradcam",
     "explain",
+    "explain_batches",
     "explain_many",
     "function_tap",
     "get_method",
@@ -59,6 +61,7 @@ __all__ = [
     "layercam",
     "linen_tap",
     "list_layers",
+    "local_mesh",
     "method_names",
     "nnx_tap",
     "postprocess",

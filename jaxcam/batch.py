@@ -1,0 +1,235 @@
+"""Batch explanation of a stream of images, sharded over the local devices, compiled once.
+
+``for out in jaxcam.explain_batches("gradcam", tap, batches): ...`` takes any iterable of image batches (numpy or
+jax arrays; ``(images, targets)`` tuples; ``{"images": ..., "targets": ...}`` dicts), re-batches the stream to one
+fixed global batch size (a multiple of the device count), pads only the final global batch (dropping the padding
+from the results), shards each global batch's leading axis over a mesh of `jax.local_devices()` with the tap's
+parameters replicated, and yields one dict per *input* batch, in input order, with ``"maps"`` (b, H, W),
+``"logits"`` (b, classes) and ``"targets"`` (b,). Host-to-device transfer of the next global batches runs in a
+background thread (`prefetch` of them) while the current one computes. JAX's SPMD partitioner does the sharding:
+no collectives are needed, since every image is independent.
+
+Several hosts: run one process per host; each builds its mesh over its own local devices and reads its own
+shard of the inputs (``jax.process_index()`` / ``jax.process_count()`` after ``jax.distributed.initialize()``).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxcam import api
+from jaxcam.methods.table import METHODS, get_method
+
+__all__ = ["explain_batches", "local_mesh"]
+
+_AXIS = "batch"
+
+
+def local_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named "batch" over `devices` (default: all local devices of this process)."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (_AXIS,))
+
+
+def _method_name(method: Any) -> str:
+  if isinstance(method, str):
+    return get_method(method).name
+  name = getattr(method, "__name__", None)
+  if callable(method) and name in METHODS:
+    return name
+  raise TypeError(
+      f"Expected `method` to be a method name ({', '.join(METHODS)}) or one of jaxcam's public method functions, "
+      f"got {method!r}."
+  )
+
+
+def _split_item(item: Any, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+  if isinstance(item, dict):
+    if "images" not in item:
+      raise ValueError(f"Expected batch {index} (a dict) to have an 'images' entry, got keys {sorted(item)}.")
+    images, targets = item["images"], item.get("targets")
+  elif isinstance(item, tuple):
+    if len(item) != 2:
+      raise ValueError(f"Expected batch {index} as (images, targets), got a tuple of {len(item)} items.")
+    images, targets = item
+  else:
+    images, targets = item, None
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"Expected batch {index} of images (b, H, W, C), got shape {images.shape}.")
+  if targets is not None:
+    targets = np.asarray(targets)
+    if targets.shape != (images.shape[0],) or not np.issubdtype(targets.dtype, np.integer):
+      raise ValueError(
+          f"Expected the targets of batch {index} as ({images.shape[0]},) ints, got {targets.dtype} {targets.shape}."
+      )
+  return images, targets
+
+
+def _global_batches(items: Iterable[Any], size: int, state: dict) -> Iterator[tuple[np.ndarray, Any, int]]:
+  """Yield (images (size, ...), targets or None, n_valid); records input-batch lengths in `state`."""
+  buf_x: list[np.ndarray] = []
+  buf_t: list[np.ndarray] = []
+  have = 0
+  shape = None
+  for index, item in enumerate(items):
+    images, targets = _split_item(item, index)
+    with_targets = targets is not None
+    if state.setdefault("with_targets", with_targets) != with_targets:
+      raise ValueError(
+          f"Batch {index} {'has' if with_targets else 'lacks'} targets unlike the first batch: give targets for "
+          "every batch or for none (None explains each image's top class)."
+      )
+    if shape is None:
+      shape = images.shape[1:]
+    elif images.shape[1:] != shape:
+      raise ValueError(f"Expected every batch's images of shape (b,) + {shape}, got {images.shape} in batch {index}.")
+    state["lengths"].append(images.shape[0])
+    buf_x.append(images)
+    if with_targets:
+      buf_t.append(targets)
+    have += images.shape[0]
+    while have >= size:
+      x = np.concatenate(buf_x)
+      t = np.concatenate(buf_t) if with_targets else None
+      yield x[:size], (None if t is None else t[:size]), size
+      buf_x, have = [x[size:]], have - size
+      buf_t = [t[size:]] if with_targets else []
+  if have:
+    x = np.concatenate(buf_x)
+    t = np.concatenate(buf_t) if state.get("with_targets") else None
+    pad = size - have  # pad only the final global batch, repeating its last image
+    x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    if t is not None:
+      t = np.concatenate([t, np.repeat(t[-1:], pad, axis=0)])
+    yield x, t, have
+
+
+def _prefetch(it: Iterator, depth: int, put: Callable) -> Iterator:
+  """Run `put` (host-to-device) on the items of `it` in a thread, `depth` items ahead."""
+  q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+  done = object()
+
+  def worker():
+    try:
+      for item in it:
+        q.put(put(item))
+      q.put(done)
+    except BaseException as e:  # re-raised in the consumer
+      q.put(e)
+
+  threading.Thread(target=worker, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+
+
+def explain_batches(
+    method: Any,
+    tap,
+    batches: Iterable[Any],
+    *,
+    mesh: Mesh | None = None,
+    batch_size: int | None = None,
+    prefetch: int = 2,
+    normalize: bool = True,
+    upsample: bool = True,
+    relu: bool = True,
+    fusion: str = "mean",
+    **options,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Explain a stream of image batches; yields ``{"maps", "logits", "targets"}`` per input batch, in order.
+
+  Args:
+    method: a method name ("gradcam") or a public method function (``jaxcam.gradcam``).
+    tap: a tap; its arrays are replicated over the mesh.
+    batches: iterable of ``images``, ``(images, targets)`` or ``{"images", "targets"}`` (numpy or jax arrays;
+      targets: (b,) class ids, for every batch or none).
+    mesh: a 1-D mesh; default `local_mesh()` over all local devices.
+    batch_size: the fixed global batch size, rounded up to a multiple of the device count; default: the first
+      input batch's size, rounded up likewise. The whole stream compiles once.
+    prefetch: global batches transferred ahead in a background thread.
+    normalize, upsample, relu, fusion, **options: as in `jaxcam.explain`.
+  """
+  name = _method_name(method)
+  mesh = local_mesh() if mesh is None else mesh
+  n_dev = mesh.devices.size
+  data = NamedSharding(mesh, PartitionSpec(_AXIS))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  tap = jax.device_put(tap, replicated)
+  items = iter(batches)
+  try:
+    first = next(items)
+  except StopIteration:
+    return
+  first_len = _split_item(first, 0)[0].shape[0]
+  size = int(batch_size or first_len)
+  if size < 1:
+    raise ValueError(f"Expected a positive `batch_size`, got {size}.")
+  size = -(-size // n_dev) * n_dev
+
+  def chain():
+    yield first
+    yield from items
+
+  state: dict[str, Any] = {"lengths": collections.deque()}
+
+  def put(batch):
+    x, t, n_valid = batch
+    x = jax.device_put(x, data)
+    t = None if t is None else jax.device_put(t.astype(np.int32), data)
+    return x, t, n_valid
+
+  f = _jitted(name, bool(normalize), bool(upsample), bool(relu), fusion, tuple(sorted(options.items())))
+  pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
+  have = 0
+
+  def emit():
+    nonlocal have
+    while state["lengths"] and have >= state["lengths"][0]:
+      n = state["lengths"].popleft()
+      cat = {k: np.concatenate(v) for k, v in pending.items()}
+      for k in pending:
+        pending[k] = [cat[k][n:]]
+      have -= n
+      yield {k: v[:n] for k, v in cat.items()}
+
+  in_flight = None
+  for x, t, n_valid in _prefetch(_global_batches(chain(), size, state), prefetch, put):
+    ex = f(tap, x, t)  # dispatched asynchronously: the previous result is fetched while this one runs
+    if in_flight is not None:
+      have += _fetch(*in_flight, pending)
+      yield from emit()
+    in_flight = (ex, n_valid)
+  if in_flight is not None:
+    have += _fetch(*in_flight, pending)
+    yield from emit()
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name, normalize, upsample, relu, fusion, options):
+  """One jitted explain per method and options (its cache holds one executable per input shape)."""
+  return jax.jit(lambda tap, x, t: api.explain(name, tap, x, target=t, normalize=normalize, upsample=upsample,
+                                               relu=relu, fusion=fusion, **dict(options)))
+
+
+def _fetch(ex, n_valid: int, pending) -> int:
+  pending["maps"].append(np.asarray(ex.maps)[:n_valid])
+  pending["logits"].append(np.asarray(ex.logits)[:n_valid])
+  targets = ex.target if ex.target is not None else jnp.argmax(ex.logits, -1)
+  pending["targets"].append(np.asarray(targets)[:n_valid])
+  return n_valid
