@@ -223,9 +223,9 @@ def cmd_explain(args) -> int:
       bar.update(n)
   finally:
     bar.close()
-  tmp = os.path.join(args.out, "maps.npz.tmp.npz")
-  np.savez(tmp, **maps_out)
-  os.replace(tmp, os.path.join(args.out, "maps.npz"))
+  from jaxcam import io as jio
+
+  jio.save_npz(os.path.join(args.out, "maps.npz"), maps_out)
   _write_json(os.path.join(args.out, "summary.json"), summary)
   print(f"explained {len(files)} image(s) with {spec.name} at layer {summary['layer']!r}; wrote {args.out}")
   return 0
