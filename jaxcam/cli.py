@@ -185,6 +185,8 @@ def cmd_explain(args) -> int:
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e)) from None
   os.makedirs(args.out, exist_ok=True)
+  if args.shard_size:
+    return _explain_stream(args, spec, files, target, tap)
   names = _stem_names(files)
   bs = args.batch_size
   summary: dict[str, Any] = {"model": args.model, "method": spec.name, "layer": None, "images": {}}
@@ -231,6 +233,59 @@ def cmd_explain(args) -> int:
   return 0
 
 
+def _explain_stream(args, spec, files, target, tap) -> int:
+  """Streaming mode (--shard-size): shards + manifest, resumable, unreadable images skipped."""
+  import jax
+
+  from jaxcam import models, stream
+
+  if args.shard_size % args.batch_size:
+    raise CliError(f"--shard-size must be a multiple of --batch-size ({args.batch_size}), got {args.shard_size}")
+  devices = jax.local_devices()
+  if args.devices:
+    if not 1 <= args.devices <= len(devices):
+      raise CliError(f"--devices must be in [1, {len(devices)}] (local devices), got {args.devices}")
+    devices = devices[:args.devices]
+  if args.batch_size % len(devices):
+    raise CliError(f"--batch-size ({args.batch_size}) must be a multiple of the device count ({len(devices)})")
+  files = sorted(os.path.abspath(f) for f in files)
+  root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+  if os.path.isfile(root):
+    root = os.path.dirname(root)
+  bar = _progress(len(files), "explaining")
+  try:
+    manifest = stream.explain_files(
+        files, args.out, method=spec.name, tap=tap, model=args.model, root=root, shard_size=args.shard_size,
+        batch_size=args.batch_size, input_size=models.input_size(args.model), target=target, float16=args.float16,
+        mesh=jaxcam_local_mesh(devices), overlays=args.overlays, process_index=jax.process_index(),
+        process_count=jax.process_count(), progress=bar.update, class_name=models.class_name)
+  except ValueError as e:
+    raise CliError(str(e)) from None
+  finally:
+    bar.close()
+  skipped = manifest.get("skipped", [])
+  print(f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name}; "
+        f"wrote {args.out}/manifest.json and {args.out}/shards/")
+  return 0
+
+
+def jaxcam_local_mesh(devices):
+  from jaxcam.batch import local_mesh
+
+  return local_mesh(devices)
+
+
+def cmd_merge(args) -> int:
+  from jaxcam import stream
+
+  try:
+    merged = stream.merge_manifests(args.out)
+  except FileNotFoundError as e:
+    raise CliError(str(e)) from None
+  print(f"merged {merged['shards']} shard manifests into {args.out}/manifest.json")
+  return 0
+
+
 def cmd_layers(args) -> int:
   import jax.numpy as jnp
 
@@ -273,7 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--target", default=None, help="class id or ImageNet name (default: each image's top class)")
   ex.add_argument("--out", default="jaxcam-out", help="output directory")
   ex.add_argument("--batch-size", type=int, default=8)
+  ex.add_argument("--shard-size", type=int, default=0,
+                  help="streaming mode for many images: maps in shards of N files + manifest.json; resumable")
+  ex.add_argument("--float16", action="store_true", help="streaming mode: store maps as float16")
+  ex.add_argument("--devices", type=int, default=0, help="streaming mode: use the first N local devices")
+  ex.add_argument("--overlays", action="store_true", help="streaming mode: also write overlay PNGs")
   ex.set_defaults(func=cmd_explain)
+
+  merge = sub.add_parser("merge-manifests", help="merge the shard manifests of a (multi-host) run")
+  merge.add_argument("out")
+  merge.set_defaults(func=cmd_merge)
 
   layers = sub.add_parser("layers", help="layer paths of a model with their output shapes")
   layers.add_argument("--model", default="efficientnet_lite0")

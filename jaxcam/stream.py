@@ -1,0 +1,192 @@
+"""Streaming explanation of many image files: bounded-memory loading, sharded outputs, resumable runs.
+
+Used by ``jaxcam explain DIR --shard-size N``. Files are sorted and cut into shards of N files (N a multiple of
+the batch size); shard k writes ``shards/maps-k.npz`` (one map per readable file) and then
+``shards/manifest-k.json`` (per file: shard, index, target, top-5, or the reason it was skipped), both atomically
+(temporary file + rename). A shard is complete when its manifest exists, so a killed run restarted with the same
+command skips the complete shards and produces byte-identical outputs. ``manifest.json`` merges the shard
+manifests at the end, with the method, layer, model and versions (no timestamps).
+
+Several hosts: each process takes every ``process_count``-th shard starting at ``process_index`` and writes its
+own shard files; ``jaxcam merge-manifests OUT`` (run once all processes are done) rewrites ``manifest.json`` from
+every shard manifest present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+__all__ = ["explain_files", "merge_manifests", "shard_paths"]
+
+
+def shard_paths(out: str, k: int) -> tuple[str, str]:
+  d = os.path.join(out, "shards")
+  return os.path.join(d, f"maps-{k:05d}.npz"), os.path.join(d, f"manifest-{k:05d}.json")
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+  from PIL import Image
+
+  from jaxcam.models import resize_uint8
+
+  try:
+    with Image.open(path) as im:
+      arr = np.asarray(im.convert("RGB"))
+    return resize_uint8(arr, size).astype(np.float32) / 255.0, None
+  except Exception as e:  # any decoding failure is reported per file, never fatal
+    return None, f"{type(e).__name__}: {e}"
+
+
+def _loader(files: Sequence[str], size: int, batch_size: int, depth: int, workers: int) -> Iterator:
+  """Yield (names, images, errors) batches; decoding runs in a thread pool, at most `depth` batches ahead."""
+  q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+  done = object()
+
+  def produce():
+    try:
+      with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(files), batch_size):
+          names = list(files[start:start + batch_size])
+          decoded = list(pool.map(lambda p: _decode(p, size), names))
+          good = [(n, a) for n, (a, err) in zip(names, decoded) if a is not None]
+          errors = {n: err for n, (a, err) in zip(names, decoded) if a is None}
+          images = np.stack([a for _, a in good]) if good else None
+          q.put(([n for n, _ in good], images, errors))
+      q.put(done)
+    except BaseException as e:
+      q.put(e)
+
+  threading.Thread(target=produce, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+
+
+def explain_files(
+    files: Sequence[str],
+    out: str,
+    *,
+    method: str,
+    tap,
+    model: str,
+    root: str,
+    shard_size: int,
+    batch_size: int,
+    input_size: int,
+    target: int | None = None,
+    float16: bool = False,
+    mesh=None,
+    overlays: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    progress: Callable[[int], None] | None = None,
+    class_name: Callable[[int], str] | None = None,
+) -> dict[str, Any]:
+  """Explain `files` shard by shard into `out` (see the module docstring); returns the merged manifest."""
+  import jax
+
+  import jaxcam
+  from jaxcam import io as jio
+  from jaxcam import viz
+
+  if shard_size % batch_size:
+    raise ValueError(f"Expected --shard-size to be a multiple of --batch-size ({batch_size}), got {shard_size}.")
+  shard_dir = os.path.join(out, "shards")
+  os.makedirs(shard_dir, exist_ok=True)
+  for stale in [n for n in os.listdir(shard_dir) if ".tmp-" in n]:  # left by a killed run
+    os.remove(os.path.join(shard_dir, stale))
+  n_shards = -(-len(files) // shard_size)
+  header = {"method": method, "layer": tap.layer, "model": model, "shard_size": shard_size,
+            "jaxcam": jaxcam.__version__, "jax": jax.__version__, "files": len(files)}
+  for k in range(process_index, n_shards, process_count):
+    maps_path, manifest_path = shard_paths(out, k)
+    shard_files = files[k * shard_size:(k + 1) * shard_size]
+    if os.path.exists(manifest_path) and os.path.exists(maps_path):
+      if progress:
+        progress(len(shard_files))
+      continue  # complete: written atomically, manifest last
+    entries: dict[str, Any] = {}
+    maps: dict[str, np.ndarray] = {}
+    pending: list[list[str]] = []
+
+    def batches():
+      for names, images, errors in _loader(shard_files, input_size, batch_size, depth=2, workers=2):
+        for name, err in errors.items():
+          entries[os.path.relpath(name, root)] = {"shard": k, "skipped": err}
+        if progress and errors:
+          progress(len(errors))
+        if images is None:
+          continue
+        pending.append(names)
+        yield images if target is None else (images, np.full((len(names),), target, np.int32))
+
+    index = 0
+    for result in jaxcam.explain_batches(method, tap, batches(), mesh=mesh, batch_size=batch_size):
+      names = pending.pop(0)
+      probs = np.asarray(jax.nn.softmax(result["logits"], axis=-1))
+      for j, name in enumerate(names):
+        rel = os.path.relpath(name, root)
+        key = f"{index:06d}"
+        m = result["maps"][j]
+        maps[key] = m.astype(np.float16 if float16 else np.float32)
+        top = np.argsort(-probs[j])[:5]
+        tid = int(result["targets"][j])
+        entries[rel] = {
+            "shard": k, "index": key, "target": {"id": tid, "name": class_name(tid) if class_name else None},
+            "top5": [{"id": int(i), "name": class_name(int(i)) if class_name else None,
+                      "p": round(float(probs[j, i]), 6)} for i in top],
+            "peak": list(viz.peak(m)),
+        }
+        if overlays:
+          from PIL import Image
+
+          with Image.open(name) as im:
+            photo = np.asarray(im.convert("RGB"))
+          png = os.path.join(out, "overlays", os.path.splitext(rel)[0].replace(os.sep, "__") + ".png")
+          os.makedirs(os.path.dirname(png), exist_ok=True)
+          viz.save_png(png, viz.overlay(photo, m))
+        index += 1
+      if progress:
+        progress(len(names))
+    jio.save_npz(maps_path, maps)
+    _write_json(manifest_path, {**header, "shard": k, "entries": entries})
+  return merge_manifests(out) if process_count == 1 else header
+
+
+def merge_manifests(out: str) -> dict[str, Any]:
+  """Merge every ``shards/manifest-*.json`` of `out` into ``manifest.json`` (sorted; no timestamps)."""
+  d = os.path.join(out, "shards")
+  names = sorted(n for n in os.listdir(d) if n.startswith("manifest-") and n.endswith(".json"))
+  if not names:
+    raise FileNotFoundError(f"No shard manifests in {d!r}: nothing to merge.")
+  merged: dict[str, Any] = {"entries": {}}
+  for n in names:
+    with open(os.path.join(d, n), encoding="utf-8") as f:
+      shard = json.load(f)
+    for key in ("method", "layer", "model", "shard_size", "jaxcam", "jax", "files"):
+      merged.setdefault(key, shard[key])
+    merged["entries"].update(shard["entries"])
+  merged["shards"] = len(names)
+  merged["skipped"] = sorted(k for k, v in merged["entries"].items() if "skipped" in v)
+  _write_json(os.path.join(out, "manifest.json"), merged)
+  return merged
