@@ -12,13 +12,8 @@ Target (issue): structured exact within 3x of approximate. Score: log_softmax of
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +22,13 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import jaxcam  # noqa: E402
+from _common import report, time_calls  # noqa: E402
 from jaxcam import derivatives, models  # noqa: E402
 
 
 def _time(fn, repeats):
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    runs.append(time.perf_counter() - t0)
-  med = statistics.median(runs)
-  return {"first_s": first, "compile_s": max(first - med, 0.0), "median_s": med, "min_s": min(runs),
-          "max_s": max(runs)}
+  first, med, lo, hi = time_calls(fn, repeats)
+  return {"first_s": first, "compile_s": max(first - med, 0.0), "median_s": med, "min_s": lo, "max_s": hi}
 
 
 def _model(name):
@@ -104,19 +91,7 @@ def main(argv=None):
   p.add_argument("--csv")
   args = p.parse_args(argv)
   rows = run(args.models, args.repeats, args.generic_directions)
-  dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} cpus")
-  print(table(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, f, indent=2)
-  if args.csv:
-    with open(args.csv, "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-
+  report(rows, table(rows), args.json, args.csv)
 
 if __name__ == "__main__":
   main()

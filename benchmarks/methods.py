@@ -12,13 +12,8 @@ recompiled. Peers (pytorch-grad-cam, torchcam) are not in this script yet.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,21 +21,10 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import jaxcam  # noqa: E402
+from _common import report, time_calls  # noqa: E402
 from jaxcam import derivatives, models  # noqa: E402
 
 METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam")
-
-
-def _time(fn, repeats):
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    runs.append(time.perf_counter() - t0)
-  return first, statistics.median(runs), min(runs), max(runs)
 
 
 def run(model_names, batches, methods, repeats):
@@ -61,7 +45,7 @@ def run(model_names, batches, methods, repeats):
       entries += [(m, (lambda m=m: getattr(jaxcam, m)(tap, x, target=t))) for m in methods]
       for label, fn in entries:
         size_before = jaxcam.api._explain_jit._cache_size()
-        first, med, lo, hi = _time(fn, repeats)
+        first, med, lo, hi = time_calls(fn, repeats)
         grew = jaxcam.api._explain_jit._cache_size() - size_before
         rows.append({"model": name, "batch": b, "what": label, "first_call_s": first, "median_s": med, "min_s": lo,
                      "max_s": hi, "per_image_s": med / b, "images_per_s": b / med,
@@ -93,19 +77,7 @@ def main(argv=None):
   p.add_argument("--csv")
   args = p.parse_args(argv)
   rows = run(args.models, args.batches, args.methods, args.repeats)
-  dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} cpus")
-  print(table(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": dev.device_kind, "jax": jax.__version__, "rows": rows}, f, indent=2)
-  if args.csv:
-    with open(args.csv, "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-
+  report(rows, table(rows), args.json, args.csv)
 
 if __name__ == "__main__":
   main()

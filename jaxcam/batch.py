@@ -19,7 +19,7 @@ import collections
 import functools
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxcam import api
 from jaxcam.methods.table import METHODS, get_method
 
-__all__ = ["explain_batches", "local_mesh"]
+__all__ = ["explain_batches", "local_mesh", "run_ahead"]
 
 _AXIS = "batch"
 
@@ -115,15 +115,15 @@ def _global_batches(items: Iterable[Any], size: int, state: dict) -> Iterator[tu
     yield x, t, have
 
 
-def _prefetch(it: Iterator, depth: int, put: Callable) -> Iterator:
-  """Run `put` (host-to-device) on the items of `it` in a thread, `depth` items ahead."""
+def run_ahead(it: Iterator, depth: int) -> Iterator:
+  """Consume `it` in a background thread, at most `depth` items ahead; exceptions re-raise in the consumer."""
   q: queue.Queue = queue.Queue(maxsize=max(1, depth))
   done = object()
 
   def worker():
     try:
       for item in it:
-        q.put(put(item))
+        q.put(item)
       q.put(done)
     except BaseException as e:  # re-raised in the consumer
       q.put(e)
@@ -209,7 +209,7 @@ def explain_batches(
       yield {k: v[:n] for k, v in cat.items()}
 
   in_flight = None
-  for x, t, n_valid in _prefetch(_global_batches(chain(), size, state), prefetch, put):
+  for x, t, n_valid in run_ahead(map(put, _global_batches(chain(), size, state)), prefetch):
     ex = f(tap, x, t)  # dispatched asynchronously: the previous result is fetched while this one runs
     if in_flight is not None:
       have += _fetch(*in_flight, pending)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,33 +51,22 @@ def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
     return None, f"{type(e).__name__}: {e}"
 
 
+def _decoded_batches(files: Sequence[str], size: int, batch_size: int, workers: int) -> Iterator:
+  """(names, images or None, errors) per batch of files; decoding runs in a thread pool."""
+  with ThreadPoolExecutor(max_workers=workers) as pool:
+    for start in range(0, len(files), batch_size):
+      names = list(files[start:start + batch_size])
+      decoded = list(pool.map(lambda p: _decode(p, size), names))
+      good = [(n, a) for n, (a, err) in zip(names, decoded) if a is not None]
+      errors = {n: err for n, (a, err) in zip(names, decoded) if a is None}
+      yield [n for n, _ in good], (np.stack([a for _, a in good]) if good else None), errors
+
+
 def _loader(files: Sequence[str], size: int, batch_size: int, depth: int, workers: int) -> Iterator:
-  """Yield (names, images, errors) batches; decoding runs in a thread pool, at most `depth` batches ahead."""
-  q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-  done = object()
+  """`_decoded_batches` run in a background thread, at most `depth` batches ahead (bounded memory)."""
+  from jaxcam.batch import run_ahead
 
-  def produce():
-    try:
-      with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(files), batch_size):
-          names = list(files[start:start + batch_size])
-          decoded = list(pool.map(lambda p: _decode(p, size), names))
-          good = [(n, a) for n, (a, err) in zip(names, decoded) if a is not None]
-          errors = {n: err for n, (a, err) in zip(names, decoded) if a is None}
-          images = np.stack([a for _, a in good]) if good else None
-          q.put(([n for n, _ in good], images, errors))
-      q.put(done)
-    except BaseException as e:
-      q.put(e)
-
-  threading.Thread(target=produce, daemon=True).start()
-  while True:
-    item = q.get()
-    if item is done:
-      return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  return run_ahead(_decoded_batches(files, size, batch_size, workers), depth)
 
 
 def explain_files(

