@@ -77,3 +77,27 @@ def test_killed_run_resumes_to_byte_identical_outputs(tmp_path):
   assert 3 <= len(done) < 21 and not (resumed / "manifest.json").exists(), done  # really killed mid-run
   subprocess.run(cmd + ["--out", str(resumed)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
   assert _tree(resumed) == _tree(full)
+
+
+def test_two_processes_split_shards_and_merge_to_the_single_process_manifest(tmp_path):
+  """Multi-host in simulation: process 0 and 1 of 2 each write their shards; merge == one process's output."""
+  import jaxcam
+  from jaxcam import models, stream
+
+  d = _images(tmp_path / "imgs", 7, seed=2)
+  files = sorted(str(p) for p in d.iterdir())
+  module, variables = models.efficientnet_lite0(pretrained=True)
+  tap = jaxcam.linen_tap(module, variables)
+  common = dict(method="gradcam", tap=tap, model="efficientnet_lite0", root=str(d), shard_size=2, batch_size=2,
+                input_size=224, class_name=models.class_name)
+  single = tmp_path / "single"
+  stream.explain_files(files, str(single), **common)
+  multi = tmp_path / "multi"
+  written = []
+  for index in (0, 1):
+    stream.explain_files(files, str(multi), process_index=index, process_count=2, **common)
+    written.append(sorted(os.listdir(multi / "shards")))
+  assert written[0] == ["manifest-00000.json", "manifest-00002.json", "maps-00000.npz", "maps-00002.npz"]
+  assert not (multi / "manifest.json").exists()
+  assert cli.main(["merge-manifests", str(multi)]) == 0
+  assert _tree(multi) == _tree(single)
