@@ -238,6 +238,7 @@ def _explain_stream(args, spec, files, target, tap) -> int:
   import jax
 
   from jaxcam import models, stream
+  from jaxcam.batch import local_mesh
 
   if args.shard_size % args.batch_size:
     raise CliError(f"--shard-size must be a multiple of --batch-size ({args.batch_size}), got {args.shard_size}")
@@ -257,7 +258,7 @@ def _explain_stream(args, spec, files, target, tap) -> int:
     manifest = stream.explain_files(
         files, args.out, method=spec.name, tap=tap, model=args.model, root=root, shard_size=args.shard_size,
         batch_size=args.batch_size, input_size=models.input_size(args.model), target=target, float16=args.float16,
-        mesh=jaxcam_local_mesh(devices), overlays=args.overlays, process_index=jax.process_index(),
+        mesh=local_mesh(devices), overlays=args.overlays, process_index=jax.process_index(),
         process_count=jax.process_count(), progress=bar.update, class_name=models.class_name)
   except ValueError as e:
     raise CliError(str(e)) from None
@@ -267,12 +268,6 @@ def _explain_stream(args, spec, files, target, tap) -> int:
   print(f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name}; "
         f"wrote {args.out}/manifest.json and {args.out}/shards/")
   return 0
-
-
-def jaxcam_local_mesh(devices):
-  from jaxcam.batch import local_mesh
-
-  return local_mesh(devices)
 
 
 def cmd_merge(args) -> int:
