@@ -6,7 +6,6 @@ Outputs are deterministic (no timestamps), so reruns give byte-identical files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -14,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from jaxcam import io as jio
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DEMO_METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam",
@@ -105,14 +106,6 @@ def _stem_names(files: Sequence[str]) -> list[str]:
   return out
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def _load_model(name: str, weights: str | None):
   from jaxcam import models
 
@@ -158,7 +151,7 @@ def cmd_demo(args) -> int:
   grid_path = os.path.join(args.out, "grid.png")
   viz.grid([photos[n] for n in names], {m: np.asarray(results[m].maps) for m in DEMO_METHODS},
            [f"{n}: {summary['images'][n]['target']['name']}" for n in names], path=grid_path)
-  _write_json(os.path.join(args.out, "summary.json"), summary)
+  jio.write_json(os.path.join(args.out, "summary.json"), summary)
   print(f"wrote {len(names) * len(DEMO_METHODS)} overlays, {grid_path} and summary.json to {args.out} "
         f"in {time.perf_counter() - t0:.1f} s")
   return 0
@@ -225,10 +218,8 @@ def cmd_explain(args) -> int:
       bar.update(n)
   finally:
     bar.close()
-  from jaxcam import io as jio
-
   jio.save_npz(os.path.join(args.out, "maps.npz"), maps_out)
-  _write_json(os.path.join(args.out, "summary.json"), summary)
+  jio.write_json(os.path.join(args.out, "summary.json"), summary)
   print(f"explained {len(files)} image(s) with {spec.name} at layer {summary['layer']!r}; wrote {args.out}")
   return 0
 

@@ -30,7 +30,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "load_state_dict", "load_torch", "load_safetensors",
-           "save_npz"]
+           "save_npz", "write_json"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -386,5 +386,16 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, compress
       info.compress_type = method
       info.external_attr = 0o644 << 16
       zf.writestr(info, buf.getvalue())
+  os.replace(tmp, path)
+  return path
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> str:
+  """Write JSON with sorted keys and a trailing newline (deterministic bytes), atomically."""
+  path = os.fspath(path)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=indent, sort_keys=True)
+    f.write("\n")
   os.replace(tmp, path)
   return path

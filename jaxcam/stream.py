@@ -22,20 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from jaxcam import io as jio
+
 __all__ = ["explain_files", "merge_manifests", "shard_paths"]
 
 
 def shard_paths(out: str, k: int) -> tuple[str, str]:
   d = os.path.join(out, "shards")
   return os.path.join(d, f"maps-{k:05d}.npz"), os.path.join(d, f"manifest-{k:05d}.json")
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
@@ -93,7 +87,6 @@ def explain_files(
   import jax
 
   import jaxcam
-  from jaxcam import io as jio
   from jaxcam import viz
 
   if shard_size % batch_size:
@@ -156,7 +149,7 @@ def explain_files(
       if progress:
         progress(len(names))
     jio.save_npz(maps_path, maps)
-    _write_json(manifest_path, {**header, "shard": k, "entries": entries})
+    jio.write_json(manifest_path, {**header, "shard": k, "entries": entries}, indent=1)
   return merge_manifests(out) if process_count == 1 else header
 
 
@@ -175,5 +168,5 @@ def merge_manifests(out: str) -> dict[str, Any]:
     merged["entries"].update(shard["entries"])
   merged["shards"] = len(names)
   merged["skipped"] = sorted(k for k, v in merged["entries"].items() if "skipped" in v)
-  _write_json(os.path.join(out, "manifest.json"), merged)
+  jio.write_json(os.path.join(out, "manifest.json"), merged, indent=1)
   return merged
