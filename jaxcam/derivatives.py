@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcam import _jaxpr
 from jaxcam import targets as targets_lib
 
 __all__ = ["Forward", "Diagonals", "forward_and_grads", "forward_only", "diagonals", "diagonals_k", "hvp", "taylor3",
@@ -159,9 +160,9 @@ def taylor3(f, a: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.jvp(d2, (a,), (v,))
 
 
-def _batched_directions(fn, n: int, chunk_size: int):
-  """Evaluate ``fn(j)`` for j in range(n), `chunk_size` at a time (vmap inside lax.map): bounded memory."""
-  return jax.lax.map(fn, jnp.arange(n), batch_size=max(1, min(int(chunk_size), n)))
+def _batched_directions(fn, xs: jax.Array, chunk_size: int):
+  """Evaluate ``fn(x)`` for x in `xs`, `chunk_size` at a time (vmap inside lax.map): bounded memory."""
+  return jax.lax.map(fn, xs, batch_size=max(1, min(int(chunk_size), xs.shape[0])))
 
 
 def _generic(f, a, positions, chunk_size):
@@ -172,7 +173,7 @@ def _generic(f, a, positions, chunk_size):
     v = jnp.broadcast_to(jax.nn.one_hot(j, math.prod(per_image), dtype=a.dtype).reshape(per_image), a.shape)
     return taylor3(f, a, v)
 
-  return jax.lax.map(at, positions, batch_size=max(1, min(int(chunk_size), positions.shape[0])))
+  return _batched_directions(at, positions, chunk_size)
 
 
 def _structured(f, a, chunk_size):
@@ -184,7 +185,7 @@ def _structured(f, a, chunk_size):
     d2, d3 = taylor3(f, a, v)
     return d2 / (h * w) ** 2, d3 / (h * w) ** 3
 
-  return _batched_directions(at, c, chunk_size)
+  return _batched_directions(at, jnp.arange(c), chunk_size)
 
 
 def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
@@ -194,13 +195,12 @@ def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
 
 
 _PASS_THROUGH = {"convert_element_type", "copy", "copy_p"}
-_CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "checkpoint", "remat"}
 
 
 def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
   raw = {v: r for v, r in zip(jaxpr.invars, raw_in) if r}
   for eqn in jaxpr.eqns:
-    uses = [type(v).__name__ != "Literal" and raw.get(v, False) for v in eqn.invars]
+    uses = _jaxpr.flags(eqn.invars, raw)
     if not any(uses):
       continue
     name = eqn.primitive.name
@@ -208,9 +208,7 @@ def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
       raw[eqn.outvars[0]] = True
     elif name == "reduce_sum" and set(eqn.params["axes"]) == {1, 2} and eqn.invars[0].aval.ndim == 4:
       continue
-    elif name in _CALLS and ("jaxpr" in eqn.params or "call_jaxpr" in eqn.params):
-      sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-      inner = getattr(sub, "jaxpr", sub)
+    elif (inner := _jaxpr.inner_jaxpr(eqn)) is not None:
       ok, raw_out = _only_spatial_sums(inner, uses[-len(inner.invars):])
       if not ok:
         return False, []
@@ -219,8 +217,7 @@ def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
           raw[v] = True
     else:
       return False, []
-  out = [type(v).__name__ != "Literal" and raw.get(v, False) for v in jaxpr.outvars]
-  return True, out
+  return True, _jaxpr.flags(jaxpr.outvars, raw)
 
 
 def _declared_structured(tap) -> bool:

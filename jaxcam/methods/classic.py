@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxcam import _jaxpr
 from jaxcam._errors import unknown_name_message
 
 __all__ = ["cam_weights", "check_gap_dense_head", "resolve_fc_kernel"]
@@ -28,32 +29,23 @@ _LINEAR = {
     "reduce_sum", "div", "mul", "convert_element_type", "dot_general", "add", "add_any", "reshape", "squeeze",
     "broadcast_in_dim", "copy", "copy_p", "transpose", "expand_dims", "neg",
 }
-_CALLS = {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat"}
-
-
-def _is_literal(v) -> bool:
-  return type(v).__name__ == "Literal"
-
-
 def _walk(jaxpr, dep_in, events) -> list[bool]:
   dep = dict(zip(jaxpr.invars, dep_in))
   for eqn in jaxpr.eqns:
-    din = [(not _is_literal(v)) and dep.get(v, False) for v in eqn.invars]
+    din = _jaxpr.flags(eqn.invars, dep)
     if not any(din):
       for v in eqn.outvars:
         dep[v] = False
       continue
-    name = eqn.primitive.name
-    sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-    if name in _CALLS and sub is not None:
-      inner = getattr(sub, "jaxpr", sub)
+    inner = _jaxpr.inner_jaxpr(eqn)
+    if inner is not None:
       dout = _walk(inner, din[-len(inner.invars):] if len(din) >= len(inner.invars) else din, events)
     else:
-      events.append((name, eqn, din))
+      events.append((eqn.primitive.name, eqn, din))
       dout = [True] * len(eqn.outvars)
     for v, d in zip(eqn.outvars, dout):
       dep[v] = d
-  return [(not _is_literal(v)) and dep.get(v, False) for v in jaxpr.outvars]
+  return _jaxpr.flags(jaxpr.outvars, dep)
 
 
 def check_gap_dense_head(head_fn, activations: jax.Array, *, layer: str = "layer") -> None:
