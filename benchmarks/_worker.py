@@ -1,6 +1,9 @@
 """A long-lived benchmark worker: jaxcam (project environment) or a PyTorch peer (peers environment).
 
-    python benchmarks/_worker.py jaxcam|pgc|torchcam
+    python benchmarks/_worker.py jaxcam|pgc|torchcam|torch|torch_cl
+
+Method "forward" is the floor: the network's forward pass alone (jaxcam: the jitted JAX forward; torch: NCHW;
+torch_cl: channels-last memory format, torch's fastest CPU layout), under no_grad on the torch side.
 
 Reads one JSON request per line on stdin, answers one JSON line on stdout:
   {"cmd": "setup", "model": ..., "batch": ..., "method": ...} -> {"rss_mb": RSS after building the model and
@@ -71,8 +74,12 @@ class JaxcamSide:
     self.jax, self.jaxcam = jax, jaxcam
     self.tap = jaxcam.linen_tap(module, variables)
     self.x = jnp.asarray(images(batch))
-    self.t = jnp.argmax(jax.jit(module.apply)(variables, self.x), -1)
-    self.fn = getattr(jaxcam, method)
+    forward = jax.jit(module.apply)
+    self.t = jnp.argmax(forward(variables, self.x), -1)
+    if method == "forward":
+      self.run = lambda: np.asarray(forward(variables, self.x))
+    else:
+      self.fn = getattr(jaxcam, method)
 
   def run(self):
     return np.asarray(self.fn(self.tap, self.x, target=self.t))
@@ -112,7 +119,16 @@ class TorchSide:
     self.model, self.layer = m, layer
     with torch.no_grad():
       self.ids = m(self.x).argmax(-1).tolist()
-    if self.lib == "pgc":
+    if method == "forward":
+      if self.lib == "torch_cl":
+        m, self.x = m.to(memory_format=torch.channels_last), self.x.contiguous(memory_format=torch.channels_last)
+
+      def forward():
+        with torch.no_grad():
+          return m(self.x).numpy()
+
+      self.call = forward
+    elif self.lib == "pgc":
       import pytorch_grad_cam as pgc
       from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

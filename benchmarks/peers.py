@@ -56,7 +56,9 @@ class Worker:
 
 def one_config(model, batch, method, rounds, peers_python):
   libs = ["jaxcam"]
-  if peers_python:
+  if peers_python and method == "forward":
+    libs += ["torch", "torch_cl"]
+  elif peers_python:
     libs.append("pgc")
     if method in TORCHCAM_METHODS:
       libs.append("torchcam")
@@ -71,8 +73,13 @@ def one_config(model, batch, method, rounds, peers_python):
     diffs = {}
     with tempfile.TemporaryDirectory() as tmp:
       ours = os.path.join(tmp, "jaxcam.npy")
+      for lib in libs[1:] if method == "forward" else ():  # logits of the same weights on the same images
+        p = os.path.join(tmp, f"{lib}.npy")
+        workers["jaxcam"].ask(cmd="maps", path=ours)
+        workers[lib].ask(cmd="maps", path=p)
+        diffs[lib] = float(np.abs(np.load(ours) - np.load(p)).max())
       workers["jaxcam"].ask(cmd="maps", path=ours)
-      if "pgc" in workers:
+      if "pgc" in workers and method != "forward":
         p = os.path.join(tmp, "pgc.npy")
         workers["pgc"].ask(cmd="maps", path=p)
         diffs["pgc"] = float(np.abs(np.load(ours) - np.load(p)).max())
@@ -98,6 +105,19 @@ def one_config(model, batch, method, rounds, peers_python):
   return row
 
 
+def floor_table(rows):
+  out = ["| model | batch | JAX forward s/img | torch NCHW s/img | torch channels-last s/img | JAX/torch NCHW (min-max) | "
+         "JAX/torch channels-last (min-max) | max logit diff |", "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lib = r["libs"]
+    s = lambda k: f"{lib[k]['median_s_per_image']:.4f}" if k in lib else "-"
+    ratio = lambda k: (f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})" if k in r else "-")
+    diff = max(r["max_map_diff"].values(), default=float("nan"))
+    out.append(f"| {r['model']} | {r['batch']} | {s('jaxcam')} | {s('torch')} | {s('torch_cl')} | "
+               f"{ratio('time_ratio_vs_torch')} | {ratio('time_ratio_vs_torch_cl')} | {diff:.1e} |")
+  return "\n".join(out)
+
+
 def table(rows):
   out = ["| model | batch | method | jaxcam s/img | pgc s/img | torchcam s/img | jaxcam/pgc time (min-max) | "
          "jaxcam/torchcam time (min-max) | extra MB jaxcam / pgc / torchcam | first call s (jaxcam) | max map diff pgc / tc |",
@@ -118,24 +138,32 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--models", nargs="+", default=["resnet50", "efficientnet_lite0"])
   p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-  p.add_argument("--methods", nargs="+", default=["gradcam", "gradcam_pp", "layercam", "xgradcam", "hirescam"])
+  p.add_argument("--methods", nargs="*", default=["gradcam", "gradcam_pp", "layercam", "xgradcam", "hirescam"])
+  p.add_argument("--floors", action="store_true",
+                 help="also time the forward pass alone: JAX vs torch NCHW and channels-last (the floor-vs-floor ratio)")
   p.add_argument("--rounds", type=int, default=10)
   p.add_argument("--json")
   args = p.parse_args(argv)
   peers_python = os.environ.get("PEERS_PYTHON")
   if not peers_python:
     print("PEERS_PYTHON is not set: measuring jaxcam alone (see benchmarks/peers-env.sh)", file=sys.stderr)
-  rows = []
+  rows, floors = [], []
   for model in args.models:
     for batch in args.batches:
+      if args.floors:
+        floors.append(one_config(model, batch, "forward", args.rounds, peers_python))
+        print(floor_table(floors[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
       for method in args.methods:
         rows.append(one_config(model, batch, method, args.rounds, peers_python))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
   print(f"CPU: {os.cpu_count()} cores; rounds: {args.rounds}; ratios < 1 mean jaxcam is faster / smaller")
-  print(table(rows))
+  if floors:
+    print(floor_table(floors))
+  if rows:
+    print(table(rows))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump({"floors": floors, "methods": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

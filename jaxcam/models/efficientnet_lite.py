@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcam.models import convert
+from jaxcam.models.layers import Conv
 
 __all__ = ["EfficientNetLite", "VARIANTS", "efficientnet_lite", "convert_efficientnet_lite", "weights_path"]
 
@@ -64,8 +65,7 @@ class ConvBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.strides, padding="SAME",
-                feature_group_count=self.groups, use_bias=False, name="conv")(x)
+    x = Conv(self.features, self.kernel, self.strides, "SAME", feature_group_count=self.groups, name="conv")(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name="bn")(x)
     return nn.relu6(x) if self.act else x
 

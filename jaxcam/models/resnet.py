@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcam.models import convert
+from jaxcam.models.layers import Conv
 
 __all__ = ["ResNet", "VGG", "resnet18", "resnet50", "vgg16", "convert_resnet", "convert_vgg", "adaptive_avg_pool"]
 
@@ -33,8 +34,7 @@ def _normalize(x):
 
 def _conv(features, kernel, strides=1, name=None, bias=False):
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)), use_bias=bias,
-                 name=name)
+  return Conv(features, kernel, strides, pad, use_bias=bias, name=name)
 
 
 def _bn(name):
