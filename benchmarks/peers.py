@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class Worker:
     self.proc.wait(timeout=60)
 
 
-def one_config(model, batch, method, rounds, peers_python):
+def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False):
   libs = ["jaxcam"]
   if peers_python and method == "forward":
     libs += ["torch", "torch_cl"]
@@ -68,6 +69,9 @@ def one_config(model, batch, method, rounds, peers_python):
     times = {lib: [] for lib in libs}
     for _ in range(rounds):
       for lib in libs:  # interleaved: A B C A B C ...
+        time.sleep(gap)  # let the previous worker's threads go idle before the next one starts
+        if warm:  # one untimed call first: each library's turn starts with its memory and code paged back in
+          workers[lib].ask(cmd="run")
         times[lib].append(workers[lib].ask(cmd="run")["s"])
     mem = {lib: w.ask(cmd="mem")["peak_extra_mb"] for lib, w in workers.items()}
     diffs = {}
@@ -142,6 +146,8 @@ def main(argv=None):
   p.add_argument("--floors", action="store_true",
                  help="also time the forward pass alone: JAX vs torch NCHW and channels-last (the floor-vs-floor ratio)")
   p.add_argument("--rounds", type=int, default=10)
+  p.add_argument("--gap", type=float, default=0.0, help="seconds of idle time before each timed request")
+  p.add_argument("--warm", action="store_true", help="an untimed call before each timed one (steady-state turns)")
   p.add_argument("--json")
   args = p.parse_args(argv)
   peers_python = os.environ.get("PEERS_PYTHON")
@@ -151,10 +157,10 @@ def main(argv=None):
   for model in args.models:
     for batch in args.batches:
       if args.floors:
-        floors.append(one_config(model, batch, "forward", args.rounds, peers_python))
+        floors.append(one_config(model, batch, "forward", args.rounds, peers_python, args.gap, args.warm))
         print(floor_table(floors[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
       for method in args.methods:
-        rows.append(one_config(model, batch, method, args.rounds, peers_python))
+        rows.append(one_config(model, batch, method, args.rounds, peers_python, args.gap, args.warm))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
   print(f"CPU: {os.cpu_count()} cores; rounds: {args.rounds}; ratios < 1 mean jaxcam is faster / smaller")
   if floors:
