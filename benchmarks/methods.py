@@ -4,16 +4,19 @@
                                  [--methods gradcam gradcam_pp ...] [--json out.json] [--csv out.csv]
 
 For each model x batch: the floors (the JAX forward alone; forward + backward from the tapped layer, i.e. what
-every gradient method must at least do) and each method end to end (eager call, compiled internally). Median
-of `--repeats` calls after the first, min-max, first-call time (trace + compile) and whether the second call
-recompiled. Peers (pytorch-grad-cam, torchcam) are not in this script yet.
+every gradient method must at least do) and each method end to end (eager call, compiled internally). After one
+first call each (trace + compile + run, timed), the entries are timed in `--repeats` interleaved rounds (floor,
+floor, method 1, method 2, ..., then again) so drift on a shared machine hits all alike; median and min-max per
+entry, and how many compilations each method added (1 = its first call only). The PyTorch peers are in `peers.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +24,16 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import jaxcam  # noqa: E402
-from _common import report, time_calls  # noqa: E402
+from _common import report  # noqa: E402
 from jaxcam import derivatives, models  # noqa: E402
 
 METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam")
+
+
+def _once(fn) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t0
 
 
 def run(model_names, batches, methods, repeats):
@@ -43,27 +52,37 @@ def run(model_names, batches, methods, repeats):
       entries = [("floor: forward", lambda: forward(variables, x)),
                  ("floor: forward + layer backward", lambda: grads_floor(tap, x, t))]
       entries += [(m, (lambda m=m: getattr(jaxcam, m)(tap, x, target=t))) for m in methods]
-      for label, fn in entries:
-        size_before = jaxcam.api._explain_jit._cache_size()
-        first, med, lo, hi = time_calls(fn, repeats)
-        grew = jaxcam.api._explain_jit._cache_size() - size_before
-        rows.append({"model": name, "batch": b, "what": label, "first_call_s": first, "median_s": med, "min_s": lo,
-                     "max_s": hi, "per_image_s": med / b, "images_per_s": b / med,
-                     "compiles": grew if label in methods else None})
+      cache = jaxcam.api._explain_jit._cache_size
+      firsts, compiles, runs = {}, {label: 0 for label, _ in entries}, {label: [] for label, _ in entries}
+      for r in range(repeats + 1):  # round 0: the first calls; then interleaved timed rounds
+        for label, fn in entries:
+          before = cache()
+          seconds = _once(fn)
+          compiles[label] += cache() - before
+          if r:
+            runs[label].append(seconds)
+          else:
+            firsts[label] = seconds
+      for label, _ in entries:
+        med, lo, hi = statistics.median(runs[label]), min(runs[label]), max(runs[label])
+        rows.append({"model": name, "batch": b, "what": label, "first_call_s": firsts[label], "median_s": med,
+                     "min_s": lo, "max_s": hi, "per_image_s": med / b, "images_per_s": b / med,
+                     "compiles": compiles[label] if label in methods else None})  # 1 = the first call only
         r = rows[-1]
         print(f"  {name} b={b} {label}: {r['per_image_s']:.4f} s/img, {r['images_per_s']:.1f} img/s, first "
-              f"{first:.2f} s", file=sys.stderr, flush=True)
+              f"{r['first_call_s']:.2f} s, compiles {r['compiles']}", file=sys.stderr, flush=True)
   return rows
 
 
 def table(rows):
-  out = ["| model | batch | what | s/image (median) | min-max s/call | images/s | first call s | vs floor |",
-         "|---|---|---|---|---|---|---|---|"]
+  out = ["| model | batch | what | s/image (median) | min-max s/call | images/s | first call s | compiles | vs floor |",
+         "|---|---|---|---|---|---|---|---|---|"]
   floors = {(r["model"], r["batch"]): r["per_image_s"] for r in rows if r["what"] == "floor: forward + layer backward"}
   for r in rows:
     ratio = r["per_image_s"] / floors[(r["model"], r["batch"])]
     out.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['per_image_s']:.4f} | {r['min_s']:.3f}-"
-               f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['first_call_s']:.2f} | {ratio:.2f}x |")
+               f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['first_call_s']:.2f} | "
+               f"{'-' if r['compiles'] is None else r['compiles']} | {ratio:.2f}x |")
   return "\n".join(out)
 
 
