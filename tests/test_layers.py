@@ -57,6 +57,8 @@ def test_depthwise_lowerings_agree_and_cpu_uses_shifted_sums():
     pads = (layers.same_padding(10, 5, stride), layers.same_padding(9, 5, stride))
     xla = layers._xla_conv(x, w, stride, pads, 5)  # the lowering other platforms get
     np.testing.assert_allclose(layers.depthwise_shifted(x, w, stride, pads), xla, rtol=1e-5, atol=1e-5)
+  batched = jax.vmap(lambda xi: layers.conv2d(xi[None], w, groups=5)[0])(x)  # platform switch under vmap
+  np.testing.assert_allclose(batched, layers.conv2d(x, w, groups=5), rtol=1e-6, atol=1e-6)
   hlo = jax.jit(lambda x, w: layers.conv2d(x, w, groups=5)).lower(x, w).as_text()
   if jax.default_backend() == "cpu":
     assert "feature_group_count" not in hlo and "convolution" not in hlo
