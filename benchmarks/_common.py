@@ -12,16 +12,17 @@ import time
 import jax
 
 
-def time_calls(fn, repeats: int) -> tuple[float, float, float, float]:
-  """(first call s, median s, min s, max s) of `fn` (results blocked on), `repeats` calls after the first."""
+def time_once(fn) -> float:
+  """Seconds of one call of `fn`, its results blocked on."""
   t0 = time.perf_counter()
   jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    runs.append(time.perf_counter() - t0)
+  return time.perf_counter() - t0
+
+
+def time_calls(fn, repeats: int) -> tuple[float, float, float, float]:
+  """(first call s, median s, min s, max s) of `fn` (results blocked on), `repeats` calls after the first."""
+  first = time_once(fn)
+  runs = [time_once(fn) for _ in range(repeats)]
   return first, statistics.median(runs), min(runs), max(runs)
 
 

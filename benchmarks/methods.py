@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +23,10 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 import jaxcam  # noqa: E402
-from _common import report  # noqa: E402
+from _common import report, time_once  # noqa: E402
 from jaxcam import derivatives, models  # noqa: E402
 
 METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam")
-
-
-def _once(fn) -> float:
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - t0
 
 
 def run(model_names, batches, methods, repeats):
@@ -57,7 +50,7 @@ def run(model_names, batches, methods, repeats):
       for r in range(repeats + 1):  # round 0: the first calls; then interleaved timed rounds
         for label, fn in entries:
           before = cache()
-          seconds = _once(fn)
+          seconds = time_once(fn)
           compiles[label] += cache() - before
           if r:
             runs[label].append(seconds)

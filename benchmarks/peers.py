@@ -77,16 +77,11 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False):
     diffs = {}
     with tempfile.TemporaryDirectory() as tmp:
       ours = os.path.join(tmp, "jaxcam.npy")
-      for lib in libs[1:] if method == "forward" else ():  # logits of the same weights on the same images
+      workers["jaxcam"].ask(cmd="maps", path=ours)  # maps at input resolution; logits for "forward"
+      for lib in libs[1:] if method == "forward" else [lib for lib in libs if lib == "pgc"]:
         p = os.path.join(tmp, f"{lib}.npy")
-        workers["jaxcam"].ask(cmd="maps", path=ours)
         workers[lib].ask(cmd="maps", path=p)
         diffs[lib] = float(np.abs(np.load(ours) - np.load(p)).max())
-      workers["jaxcam"].ask(cmd="maps", path=ours)
-      if "pgc" in workers and method != "forward":
-        p = os.path.join(tmp, "pgc.npy")
-        workers["pgc"].ask(cmd="maps", path=p)
-        diffs["pgc"] = float(np.abs(np.load(ours) - np.load(p)).max())
       if "torchcam" in workers and method in TORCHCAM_AGREES:
         ours_l = os.path.join(tmp, "jaxcam_layer.npy")
         workers["jaxcam"].ask(cmd="maps", path=ours_l, layer_res=True)

@@ -3,9 +3,9 @@
 XLA's CPU backend is slow on two kinds of convolution that these convnets are made of (measured on this
 project's 2-core x86 machine, batch 16, `benchmarks/convs.py`):
 
-- depthwise (``feature_group_count == channels``, EfficientNet's MBConv): 10-35x slower than the same
+- depthwise (``feature_group_count == channels``, EfficientNet's MBConv): 7-32x slower than the same
   arithmetic written as k*k shifted, channel-broadcast multiply-adds, which XLA fuses into one loop;
-- 1x1 (ResNet's bottlenecks): 2-5x slower than the same contraction written as a matrix product
+- 1x1 (ResNet's bottlenecks): up to 3x slower than the same contraction written as a matrix product
   (`lax.dot_general`), which XLA hands to its GEMM kernels.
 
 `Conv` computes the same function as ``flax.linen.Conv`` (same parameter names, shapes and initializers, so
