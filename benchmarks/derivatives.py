@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 import jaxcam  # noqa: E402
 from _common import report, time_calls  # noqa: E402
-from jaxcam import derivatives, models  # noqa: E402
+from jaxcam import core, derivatives, models  # noqa: E402
 
 
 def _time(fn, repeats):
@@ -53,9 +53,9 @@ def run(model_names, repeats, generic_directions, size=224):
     # generic, batch 1: time `generic_directions` directions, extrapolate to all h*w*C
     x = jnp.asarray(models.preprocess(photos[:1], size))
     t = jaxcam.targets.log_softmax(jnp.argmax(module.apply(variables, x), -1))
-    fwd = derivatives.forward_and_grads(tap, x, t)
+    fwd = core.forward_and_grads(tap, x, t)
     a = fwd.activations[0]
-    f = derivatives.score_vector_fn(tap, x, derivatives._fixed_ids_target(fwd.target, fwd.ids))
+    f = derivatives.score_vector_fn(tap, x, jaxcam.targets.with_ids(fwd.target, fwd.ids))
     n_total = int(np.prod(a.shape[1:]))
     n = min(generic_directions, n_total)
     part = jax.jit(lambda a: derivatives._generic(f, a, jnp.arange(n), derivatives.DEFAULT_CHUNK_SIZE))

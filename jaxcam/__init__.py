@@ -1,71 +1,68 @@
 """jaxcam: class activation maps for JAX and Flax, by autodiff instead of hooks.
 
-Importing jaxcam changes no global state (no XLA flags, no JAX config).
+Importing jaxcam changes no global state (no XLA flags, no JAX config). One public function per registered method
+(`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is generated from the method table, here and nowhere else.
 """
 
-from jaxcam import derivatives, postprocess, targets
+from jaxcam import chunking, core, derivatives, postprocess, providers, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
-from jaxcam.api import PUBLIC as _PUBLIC
-from jaxcam.api import Explanation, check_images, explain, explain_many
+from jaxcam._version import __version__
+from jaxcam.api import Explanation, check_images, explain, explain_many, public_functions
 from jaxcam.batch import explain_batches, local_mesh
-from jaxcam.methods.table import METHODS, get_method, method_names
-from jaxcam.taps import FunctionTap, LayerInfo, LinenTap, NnxTap, Tap, function_tap, linen_tap, list_layers, nnx_tap
+from jaxcam.chunking import chunked_map, chunked_sum
+from jaxcam.methods.table import METHODS, MethodSpec, get_method, method_names, register_method
+from jaxcam.providers import Provider, register_provider
+from jaxcam.taps import (FunctionTap, IdentityLayout, LayerInfo, LinenTap, NnxTap, Tap, function_tap, linen_tap,
+                         list_layers, nnx_tap)
+from jaxcam.wrappers import smooth
 
-__version__ = "0.1.0"
-
-cam = _PUBLIC["cam"]
-gradcam = _PUBLIC["gradcam"]
-gradcam_pp = _PUBLIC["gradcam_pp"]
-xgradcam = _PUBLIC["xgradcam"]
-layercam = _PUBLIC["layercam"]
-hirescam = _PUBLIC["hirescam"]
-gradcam_elementwise = _PUBLIC["gradcam_elementwise"]
-eigencam = _PUBLIC["eigencam"]
-eigengradcam = _PUBLIC["eigengradcam"]
-shapleycam = _PUBLIC["shapleycam"]
+_METHOD_FUNCTIONS = public_functions()
+globals().update(_METHOD_FUNCTIONS)
 
 
 def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loaders, matplotlib)
   import importlib
 
-  if name in ("models", "viz", "io", "cli"):
+  if name in ("models", "viz", "io", "cli", "study", "writers", "stream"):
     return importlib.import_module(f"jaxcam.{name}")
   raise AttributeError(f"module 'jaxcam' has no attribute {name!r}")
 
 
-__all__ = [
+__all__ = sorted([  # noqa: PLE0604 (the method functions are generated)
     "METHODS",
     "Explanation",
     "FunctionTap",
+    "IdentityLayout",
     "LayerInfo",
     "LayerNotFoundError",
     "LinenTap",
+    "MethodSpec",
     "NnxTap",
+    "Provider",
     "Tap",
     "UnknownNameError",
     "__version__",
-    "cam",
     "check_images",
+    "chunked_map",
+    "chunked_sum",
+    "chunking",
+    "core",
     "derivatives",
-    "eigencam",
-    "eigengradcam",
     "explain",
     "explain_batches",
     "explain_many",
     "function_tap",
     "get_method",
-    "gradcam",
-    "gradcam_elementwise",
-    "gradcam_pp",
-    "hirescam",
-    "layercam",
     "linen_tap",
     "list_layers",
     "local_mesh",
     "method_names",
     "nnx_tap",
     "postprocess",
-    "shapleycam",
+    "providers",
+    "register_method",
+    "register_provider",
+    "smooth",
     "targets",
-    "xgradcam",
-]
+    *_METHOD_FUNCTIONS,
+])

@@ -10,21 +10,22 @@ input shape and options) and inside a user's `jax.jit`, where Python options are
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
-import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import derivatives, postprocess
+from jaxcam import _spatial, core, postprocess
+from jaxcam import providers as providers_lib
 from jaxcam import targets as targets_lib
-from jaxcam.methods import classic, gradient
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
+from jaxcam.providers import get_provider
 
-__all__ = ["Explanation", "explain", "explain_many", "check_images"]
+__all__ = ["Explanation", "explain", "explain_many", "check_images", "TRACES"]
 
 _FUSIONS = ("mean", "max")
 
@@ -54,11 +55,12 @@ class Explanation:
 def check_images(x: Any, *, argname: str = "x") -> None:
   """Raise a clear error unless `x` is a float batch of channels-last images ``(B, H, W, C)``."""
   shape = getattr(x, "shape", None)
+  rank = _spatial.N_SPATIAL + 2
   if shape is None:
     raise TypeError(f"Expected `{argname}` to be an array of images (B, H, W, C), got {type(x).__name__}.")
-  if len(shape) != 4:
-    hint = " Add a batch axis: x[None]." if len(shape) == 3 else ""
-    raise ValueError(f"Expected `{argname}` of rank 4 (B, H, W, C), got shape {tuple(shape)}.{hint}")
+  if len(shape) != rank:
+    hint = " Add a batch axis: x[None]." if len(shape) == rank - 1 else ""
+    raise ValueError(f"Expected `{argname}` of rank {rank} (B, H, W, C), got shape {tuple(shape)}.{hint}")
   if shape[1] in (1, 3, 4) and shape[2] > 4 and shape[3] > 4:
     raise ValueError(
         f"Expected `{argname}` channels-last (B, H, W, C) as in Flax, got shape {tuple(shape)}, which looks "
@@ -71,77 +73,99 @@ def check_images(x: Any, *, argname: str = "x") -> None:
     )
 
 
-def _float(a: jax.Array) -> jax.Array:
-  return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+# ------------------------------------------------------------------------------------------------ options
 
 
-def _raw_maps(spec: MethodSpec, tap, x, fwd, i: int, fc_kernel, fc_path, options) -> jax.Array:
-  """Unprocessed ``(B, K, h, w)`` maps of layer i."""
-  a = _float(fwd.activations[i])[:, None]  # (B, 1, h, w, C)
-  k = fwd.scores.shape[1]
-  if spec.kind == "cam":
-    if fwd.ids is None:
-      raise ValueError("CAM needs class ids as target (ints, None, or a jaxcam.targets score of class ids).")
-    kernel = _float(fc_kernel if fc_kernel is not None else classic.resolve_fc_kernel(tap, fc_path))
-    c, n = a.shape[-1], fwd.logits.shape[-1]
-    if kernel.shape != (c, n):
+def _has_array(value: Any) -> bool:
+  return any(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree_util.tree_leaves(value))
+
+
+def resolve_options(spec: MethodSpec, given: dict[str, Any]) -> dict[str, Any]:
+  """Every option of `spec` with the given values over its defaults; `TypeError` for an unknown name."""
+  defaults = spec.defaults()
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise TypeError(
+        f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(defaults) or 'none'}. Common "
+        "options: target, normalize, upsample, relu, fusion."
+    )
+  return {**defaults, **given}
+
+
+def partition_options(options: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+  """(traced, static): options holding arrays (a PRNG key, a kernel, a mask) are traced, the rest static.
+
+  As `equinox.filter_jit` splits its arguments: a new key or kernel never recompiles, a new Python value does.
+  """
+  traced = {k: v for k, v in options.items() if _has_array(v)}
+  static = []
+  for k, v in sorted(options.items()):
+    if k in traced:
+      continue
+    try:
+      hash(v)
+    except TypeError:
+      raise TypeError(
+          f"Expected option `{k}` to be an array (traced) or a hashable Python value (static), got "
+          f"{type(v).__name__} {v!r}. Pass a tuple instead of a list, or an array."
+      ) from None
+    static.append((k, v))
+  return traced, tuple(static)
+
+
+# ------------------------------------------------------------------------------------ inputs and maps
+
+
+def plain_inputs(needs: tuple[str, ...], tap, x, target, options: dict[str, Any]):
+  """The shared forward pass (with the backward pass if any provider reads grads) and each need's values."""
+  providers = [get_provider(n) for n in needs]
+  fwd = core.forward(tap, x, target, grads=any(p.grads for p in providers))
+  values = {}
+  for need, p in zip(needs, providers):
+    if p.single_layer and tap.multi:
       raise ValueError(
-          f"Expected the CAM kernel `fc` of shape (C, classes) = ({c}, {n}) for layer {tap.layer!r}, got "
-          f"{tuple(kernel.shape)}."
+          f"Need {need!r} reads one layer; got a multi-layer tap {tap.layer!r}. Use one layer for this method."
       )
-    if tap.multi:
-      raise ValueError("CAM reads one layer (the one before global pooling); got a multi-layer tap.")
-    classic.check_gap_dense_head(lambda act: tap.head(x, act), fwd.activations[i], layer=str(tap.layer))
-    weights = classic.cam_weights(kernel, fwd.ids)  # (B, K, C)
-    return postprocess.combine(weights, jnp.broadcast_to(a, a.shape[:1] + (k,) + a.shape[2:]))
-  g = _float(fwd.grads[i]) if spec.needs_grads else None
-  if spec.kind == "map":
-    raw = spec.fn(a, g) if g is not None else spec.fn(a)
-    return jnp.broadcast_to(raw, raw.shape[:1] + (k,) + raw.shape[2:])
-  a = jnp.broadcast_to(a, g.shape)
-  options = dict(options)
-  if spec.extra == "diagonals":
-    derivs, convention = options.pop("derivatives"), options.pop("convention")
-    strategy, chunk_size = options.pop("strategy"), options.pop("chunk_size")
-    if derivs not in ("approx", "exact"):
-      raise ValueError(f"Expected `derivatives` to be 'approx' or 'exact', got {derivs!r}.")
-    if derivs == "exact":
-      if tap.multi:
-        raise ValueError("derivatives='exact' needs a single-layer tap.")
-      d = derivatives.diagonals_k(tap, x, fwd.target, strategy=strategy, chunk_size=chunk_size, fwd=fwd)
-      second, third = _float(d.second), _float(d.third)
-    else:
-      second = third = jnp.zeros_like(g)
-    if derivs == "exact" or convention != "exp":
-      options["second"], options["third"] = gradient.gradcam_pp_derivative_terms(g, second, third,
-                                                                                 convention=convention)
-  elif spec.extra == "hvp":
-    if tap.multi:
-      raise ValueError(f"{spec.name} needs a single-layer tap.")
-    act = fwd.activations[i]
-    options["hvp"] = _float(derivatives.hvp(tap, x, fwd.target, act, act, ids=fwd.ids))
-  return postprocess.combine(spec.fn(a, g, **options), a)
+    values[need] = p.fn(tap, x, fwd, **{k: options[k] for k, _ in p.options})
+  return fwd, values
 
 
-def _finish(spec, tap, x, fwd, fc_kernel, *, normalize, upsample, relu, fusion, options) -> Explanation:
-  """Maps of one method from a shared forward(+backward) pass, post-processed."""
-  opts = dict(options)
-  fc_path = opts.pop("fc", None)
-  multi_layer = len(fwd.activations) > 1
-  tanh_scale = multi_layer and fusion == "max" and spec.name == "layercam"
+def compute_inputs(spec: MethodSpec, tap, x, target, options: dict[str, Any]):
+  """``(fwd, {need: per-layer values})`` for one method: its `inputs` hook if it has one, else `plain_inputs`."""
+  needs = spec.needs_for(options)
+  if spec.inputs is not None:
+    return spec.inputs(plain_inputs, needs, tap, x, target, options)
+  return plain_inputs(needs, tap, x, target, options)
+
+
+def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion) -> Explanation:
+  """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`)."""
+  used = spec.needs_for(options)
+  fn_options = {k: options[k] for k, _ in spec.options}
+  n_layers = len(fwd.activations)
+  k = fwd.scores.shape[1]
   per_layer = []
-  for i in range(len(fwd.activations)):
-    m = _raw_maps(spec, tap, x, fwd, i, fc_kernel, fc_path, opts)
+  for i in range(n_layers):
+    a = providers_lib.as_float(fwd.activations[i])
+    a = jnp.broadcast_to(a[:, None], (a.shape[0], k) + a.shape[1:])  # (B, K, h, w, C)
+    args = [providers_lib.as_float(values[n][i]) if n in used else None for n in spec.needs]
+    out = spec.fn(a, *args, **fn_options)
+    m = out if spec.output == "map" else postprocess.combine(out, a)
+    if m.shape != a.shape[:-1]:
+      raise ValueError(
+          f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape {tuple(m.shape)}; expected "
+          f"{tuple(a.shape[:-1])} from activations {tuple(a.shape)}."
+      )
     if relu:
       m = jax.nn.relu(m)
     if normalize:
       m = postprocess.normalize(m)
-    if tanh_scale:  # torchcam's LayerCAM rescale, at layer resolution as there
-      m = jnp.tanh(2.0 * m)
+    if spec.per_layer is not None:
+      m = spec.per_layer(m, fusion=fusion, n_layers=n_layers)
     if upsample:
-      m = postprocess.upsample(m, x.shape[1:3])
+      m = postprocess.upsample(m, _spatial.image_size(x))
     per_layer.append(m)
-  if multi_layer and len({m.shape for m in per_layer}) != 1:
+  if n_layers > 1 and len({m.shape for m in per_layer}) != 1:
     raise ValueError("Fusing several layers needs `upsample=True` (their maps have different sizes).")
   if fusion == "mean":
     # pytorch-grad-cam aggregates even a single layer: relu, mean over layers, min-max again (after upsampling)
@@ -151,7 +175,7 @@ def _finish(spec, tap, x, fwd, fc_kernel, *, normalize, upsample, relu, fusion, 
   if fwd.ids is not None:  # out-of-range ids under jit: the whole map is NaN (see jaxcam.targets)
     n = fwd.logits.shape[-1]
     valid = (fwd.ids >= 0) & (fwd.ids < n)
-    maps = jnp.where(valid[..., None, None], maps, jnp.nan)
+    maps = jnp.where(valid[(...,) + (None,) * _spatial.N_SPATIAL], maps, jnp.nan)
   ids, scores = fwd.ids, fwd.scores
   if not fwd.multi:
     maps, scores = maps[:, 0], scores[:, 0]
@@ -159,36 +183,34 @@ def _finish(spec, tap, x, fwd, fc_kernel, *, normalize, upsample, relu, fusion, 
   return Explanation(maps=maps, logits=fwd.logits, target=ids, scores=scores, method=spec.name, layer=tap.layer)
 
 
-def _forward(specs, tap, x, target):
-  check_images(x)
-  target = targets_lib.as_target(target)
-  if any(spec.needs_grads for spec in specs):
-    return derivatives.forward_and_grads(tap, x, target)
-  return derivatives.forward_only(tap, x, target)
+TRACES: collections.Counter = collections.Counter()
+"""How many times each method was traced (compiled) by `explain` / `explain_many`: a retrace shows up here."""
 
 
-def _explain_impl(tap, x, target, fc_kernel, *, method, normalize, upsample, relu, fusion, options):
-  spec = METHODS[method]
-  fwd = _forward([spec], tap, x, target)
-  return _finish(spec, tap, x, fwd, fc_kernel, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion,
-                 options=options)
+def _explain_impl(tap, x, target, traced, *, spec, static, normalize, upsample, relu, fusion):
+  TRACES[spec.name] += 1  # runs once per trace, never per call
+  options = {**dict(static), **traced}
+  fwd, values = compute_inputs(spec, tap, x, target, options)
+  return method_maps(spec, tap, x, fwd, values, options, normalize=normalize, upsample=upsample, relu=relu,
+                     fusion=fusion)
 
 
-def _explain_many_impl(tap, x, target, *, methods, normalize, upsample, relu, fusion):
-  specs = [METHODS[m] for m in methods]
-  fwd = _forward(specs, tap, x, target)
-  return {spec.name: _finish(spec, tap, x, fwd, None, normalize=normalize, upsample=upsample, relu=relu,
-                             fusion=fusion, options=spec.options) for spec in specs}
+def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion):
+  out = {}
+  plain = [s for s in specs if s.inputs is None]
+  opts = {s.name: s.defaults() for s in specs}
+  needs = tuple(dict.fromkeys(n for s in plain for n in s.needs_for(opts[s.name])))  # each need once, shared
+  shared = plain_inputs(needs, tap, x, target, {k: v for s in plain for k, v in opts[s.name].items()})
+  for s in specs:
+    TRACES[s.name] += 1
+    fwd, values = shared if s.inputs is None else compute_inputs(s, tap, x, target, opts[s.name])
+    out[s.name] = method_maps(s, tap, x, fwd, values, opts[s.name], normalize=normalize, upsample=upsample,
+                              relu=relu, fusion=fusion)
+  return out
 
 
-_explain_many_jit = jax.jit(
-    _explain_many_impl, static_argnames=("methods", "normalize", "upsample", "relu", "fusion")
-)
-
-
-_explain_jit = jax.jit(
-    _explain_impl, static_argnames=("method", "normalize", "upsample", "relu", "fusion", "options")
-)
+_explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs", "normalize", "upsample", "relu", "fusion"))
+_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static", "normalize", "upsample", "relu", "fusion"))
 
 
 def _is_traced(tree: Any) -> bool:
@@ -209,23 +231,6 @@ def _check_ids_in_range(target: Any, ex: Explanation) -> None:
     )
 
 
-def _check_exact_derivatives(spec: MethodSpec, opts: dict, ex: Explanation) -> None:
-  if spec.extra != "diagonals":
-    return
-  maps = np.asarray(ex.maps)
-  if opts.get("derivatives") == "exact" and np.isnan(maps).any():
-    raise ValueError(
-        "The structured exact-derivative strategy failed its cross-check against the generic strategy for layer "
-        f"{ex.layer!r}: its head is not global pooling of A. Use strategy='generic' or another layer."
-    )
-  if opts.get("convention") == "literal" and not np.any(maps):
-    warnings.warn(
-        "Grad-CAM++ with convention='literal' (Y = S): the second and third derivatives are all zero here (a "
-        "piecewise-linear head), so alpha is 0/0 and the maps are zeros. Use the paper's convention='exp'.",
-        stacklevel=3,
-    )
-
-
 def explain(
     method: str | MethodSpec,
     tap,
@@ -242,7 +247,8 @@ def explain(
   """Explain `x` with a CAM method; returns an `Explanation` (maps, logits, target ids, scores, layer).
 
   Args:
-    method: a method name from ``jaxcam.method_names()`` ("gradcam", "gradcam++", ...).
+    method: a method name from ``jaxcam.method_names()`` ("gradcam", "gradcam++", ...), a `MethodSpec` row (your
+      own method), or a wrapped method such as ``jaxcam.smooth("gradcam_pp", num_samples=8, std=0.3)``.
     tap: a tap (`linen_tap`, `nnx_tap`, `function_tap`); a multi-layer tap fuses the layers' maps.
     x: images ``(B, H, W, C)``, float.
     target: None (each image's top class), class ids (scalar, ``(B,)`` or ``(B, K)``), a `jaxcam.targets`
@@ -252,74 +258,92 @@ def explain(
     relu: clip negative evidence (all peers do).
     fusion: "mean" (pytorch-grad-cam) or "max" (torchcam; LayerCAM also gets torchcam's tanh(2x)) for several
       layers.
-    **options: method options (e.g. ``eps`` for Grad-CAM++ and XGrad-CAM, ``fc`` for CAM).
+    **options: method options (e.g. ``eps`` for Grad-CAM++ and XGrad-CAM, ``fc`` for CAM, ``key`` for smoothed
+      methods). Options holding arrays (a PRNG key, a Dense kernel, a mask) are traced: new values never
+      recompile and they may be tracers under your `jax.jit`; other options are static.
 
   Class ids out of range raise `ValueError` when the ids are concrete; under `jax.jit` those images' maps are
   NaN.
   """
   spec = get_method(method)
-  allowed = dict(spec.options)
-  unknown = sorted(set(options) - set(allowed))
-  if unknown:
-    raise TypeError(
-        f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(allowed) or 'none'}. Common "
-        "options: target, normalize, upsample, relu, fusion."
-    )
+  opts = resolve_options(spec, options)
   if fusion not in _FUSIONS:
     raise ValueError(f"Expected `fusion` to be one of {_FUSIONS}, got {fusion!r}.")
   check_images(x)
   target = targets_lib.as_target(target)
-  fc_kernel = None
-  if "fc" in options and options["fc"] is not None and not isinstance(options["fc"], (str, tuple)):
-    fc_kernel = options.pop("fc")
-  static_opts = tuple(sorted({**dict(spec.options), **options}.items()))  # defaults filled in: one cache key
-  ex = _explain_jit(
-      tap, x, target, fc_kernel, method=spec.name, normalize=bool(normalize), upsample=bool(upsample),
-      relu=bool(relu), fusion=fusion, options=static_opts,
-  )
-  if not _is_traced((tap, x, target)):
+  spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
+  traced, static = partition_options(opts)
+  ex = _explain_jit(tap, x, target, traced, spec=spec, static=static, normalize=bool(normalize),
+                    upsample=bool(upsample), relu=bool(relu), fusion=fusion)
+  if not _is_traced((tap, x, target, traced)):
     _check_ids_in_range(target, ex)
-    _check_exact_derivatives(spec, dict(static_opts), ex)
+    if spec.check is not None:
+      spec.check(ex, opts)
   return ex
 
 
 def explain_many(
     methods, tap, x: jax.Array, /, target: Any = None, *, normalize: bool = True, upsample: bool = True,
-    relu: bool = True, fusion: str = "mean",
+    relu: bool = True, fusion: str = "mean", allow_expensive: bool = False,
 ) -> dict[str, Explanation]:
-  """Several methods from ONE forward and backward pass: ``{name: Explanation}`` (default options each).
+  """Several methods from ONE shared pass: ``{name: Explanation}`` (default options each).
 
-  `methods`: names (or None for every registered method). Cheaper than calling `explain` per method: the
-  activations and gradients are computed once and every method is a small function of them.
+  `methods`: names or `MethodSpec` rows, or None for every registered method that is not expensive. Methods are
+  grouped by what they need: the forward pass, the backward pass and every other need (`jaxcam.providers`) are
+  computed once and shared, and each method is then a small function of them. A method whose cost grows with the
+  layer's size or a sample count (exact derivatives, masked forwards, smoothing) is refused unless
+  ``allow_expensive=True``; None leaves such methods out.
   """
-  names = tuple(get_method(m).name for m in (methods if methods is not None else METHODS))
+  if methods is None:
+    specs = tuple(s for s in METHODS.values() if not s.expensive())
+  else:
+    specs = tuple(get_method(m) for m in methods)
+    costly = [s for s in specs if s.expensive()]
+    if costly and not allow_expensive:
+      raise ValueError(
+          "explain_many runs cheap methods unasked, not these: "
+          + "; ".join(f"{s.name} ({s.cost()})" for s in costly)
+          + ". Pass allow_expensive=True to run them, or call jaxcam.explain for each."
+      )
+  names = [s.name for s in specs]
+  if len(set(names)) != len(names):
+    raise ValueError(f"Expected distinct methods in `methods`, got {names}.")
   if fusion not in _FUSIONS:
     raise ValueError(f"Expected `fusion` to be one of {_FUSIONS}, got {fusion!r}.")
+  for s in specs:
+    if _has_array(s.defaults()) or "key" in s.defaults():
+      raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
   check_images(x)
   target = targets_lib.as_target(target)
-  out = _explain_many_jit(tap, x, target, methods=names, normalize=bool(normalize), upsample=bool(upsample),
+  out = _explain_many_jit(tap, x, target, specs=specs, normalize=bool(normalize), upsample=bool(upsample),
                           relu=bool(relu), fusion=fusion)
   if not _is_traced((tap, x, target)) and out:
     _check_ids_in_range(target, next(iter(out.values())))
+    for s in specs:
+      if s.check is not None:
+        s.check(out[s.name], s.defaults())
   return out
 
 
 def _make_public(spec: MethodSpec):
   def method_fn(tap, x, /, target=None, *, normalize=True, upsample=True, relu=True, fusion="mean", **options):
     return explain(
-        spec.name, tap, x, target=target, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion,
-        **options,
+        spec, tap, x, target=target, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, **options,
     ).maps
 
-  opts = ", ".join(f"{k}={v!r}" for k, v in spec.options)
+  opts = ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items())
+  doc = (spec.fn.__doc__ or "").split(">>>")[0].rstrip()  # the row function's doctest runs in its own module
   method_fn.__name__ = method_fn.__qualname__ = spec.name
   method_fn.__module__ = "jaxcam"
   method_fn.__doc__ = (
       f"{spec.title} maps of `x`: ``(B, H, W, C) -> (B, H, W)`` (``(B, K, H, W)`` for (B, K) targets).\n\n"
       f"Same arguments as `jaxcam.explain` (method options: {opts or 'none'}); returns only the maps.\n"
-      f"Weights: `{spec.fn.__module__}.{spec.fn.__name__}`:\n\n" + (spec.fn.__doc__ or "")
+      f"Needs: {', '.join(spec.needs) or 'activations only'}. Cost per image: {spec.cost()}.\n"
+      f"Row function: `{spec.fn.__module__}.{spec.fn.__name__}`:\n\n" + doc
   )
   return method_fn
 
 
-PUBLIC = {name: _make_public(spec) for name, spec in METHODS.items()}
+def public_functions() -> dict[str, Any]:
+  """One public function per registered method, generated from the table (``jaxcam.gradcam``, ...)."""
+  return {name: _make_public(spec) for name, spec in METHODS.items()}

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcam import api
-from jaxcam.methods.table import METHODS, get_method
+from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
 __all__ = ["explain_batches", "local_mesh", "run_ahead"]
 
@@ -41,15 +41,15 @@ def local_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (_AXIS,))
 
 
-def _method_name(method: Any) -> str:
-  if isinstance(method, str):
-    return get_method(method).name
+def _method_spec(method: Any) -> MethodSpec:
+  if isinstance(method, (str, MethodSpec)):
+    return get_method(method)
   name = getattr(method, "__name__", None)
   if callable(method) and name in METHODS:
-    return name
+    return METHODS[name]
   raise TypeError(
-      f"Expected `method` to be a method name ({', '.join(METHODS)}) or one of jaxcam's public method functions, "
-      f"got {method!r}."
+      f"Expected `method` to be a method name ({', '.join(METHODS)}), a MethodSpec or one of jaxcam's public method "
+      f"functions, got {method!r}."
   )
 
 
@@ -155,7 +155,8 @@ def explain_batches(
   """Explain a stream of image batches; yields ``{"maps", "logits", "targets"}`` per input batch, in order.
 
   Args:
-    method: a method name ("gradcam") or a public method function (``jaxcam.gradcam``).
+    method: a method name ("gradcam"), a `MethodSpec` (``jaxcam.smooth(...)`` too) or a public method function
+      (``jaxcam.gradcam``).
     tap: a tap; its arrays are replicated over the mesh.
     batches: iterable of ``images``, ``(images, targets)`` or ``{"images", "targets"}`` (numpy or jax arrays;
       targets: (b,) class ids, for every batch or none).
@@ -165,12 +166,14 @@ def explain_batches(
     prefetch: global batches transferred ahead in a background thread.
     normalize, upsample, relu, fusion, **options: as in `jaxcam.explain`.
   """
-  name = _method_name(method)
+  spec = _method_spec(method)
+  traced, static = api.partition_options(api.resolve_options(spec, options))
   mesh = local_mesh() if mesh is None else mesh
   n_dev = mesh.devices.size
   data = NamedSharding(mesh, PartitionSpec(_AXIS))
   replicated = NamedSharding(mesh, PartitionSpec())
   tap = jax.device_put(tap, replicated)
+  traced = jax.device_put(traced, replicated)
   items = iter(batches)
   try:
     first = next(items)
@@ -194,7 +197,7 @@ def explain_batches(
     t = None if t is None else jax.device_put(t.astype(np.int32), data)
     return x, t, n_valid
 
-  f = _jitted(name, bool(normalize), bool(upsample), bool(relu), fusion, tuple(sorted(options.items())))
+  f = _jitted(spec, bool(normalize), bool(upsample), bool(relu), fusion, static)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 
@@ -210,7 +213,7 @@ def explain_batches(
 
   in_flight = None
   for x, t, n_valid in run_ahead(map(put, _global_batches(chain(), size, state)), prefetch):
-    ex = f(tap, x, t)  # dispatched asynchronously: the previous result is fetched while this one runs
+    ex = f(tap, x, t, traced)  # dispatched asynchronously: the previous result is fetched while this one runs
     if in_flight is not None:
       have += _fetch(*in_flight, pending)
       yield from emit()
@@ -221,10 +224,11 @@ def explain_batches(
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(name, normalize, upsample, relu, fusion, options):
-  """One jitted explain per method and options (its cache holds one executable per input shape)."""
-  return jax.jit(lambda tap, x, t: api.explain(name, tap, x, target=t, normalize=normalize, upsample=upsample,
-                                               relu=relu, fusion=fusion, **dict(options)))
+def _jitted(spec, normalize, upsample, relu, fusion, static):
+  """One jitted explain per method and static options (its cache holds one executable per input shape)."""
+  return jax.jit(lambda tap, x, t, traced: api.explain(spec, tap, x, target=t, normalize=normalize,
+                                                       upsample=upsample, relu=relu, fusion=fusion,
+                                                       **dict(static), **traced))
 
 
 def _fetch(ex, n_valid: int, pending) -> int:

@@ -1,104 +1,26 @@
-"""Derivatives of a target score with respect to a tapped layer, by autodiff (no hooks).
+"""Higher-order derivatives of a target score with respect to a tapped layer, by autodiff (no hooks).
 
-`forward_and_grads` runs the network once forward and once backward *from the layer on*: the gradient is taken
-w.r.t. a zero perturbation `delta` added to the layer's output, so nothing before the layer is
-differentiated or stored for the backward pass. With K target classes per image the forward pass is shared
-and the K backward passes are batched with `jax.vmap`.
+Exact diagonals of d^2 S / dA^2 and d^3 S / dA^3 (nested forward mode along one direction per element, or per
+channel where the head allows) and exact Hessian-vector products. The shared forward and first-order backward pass
+is `jaxcam.core`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _jaxpr
+from jaxcam import _jaxpr, _spatial, chunking
 from jaxcam import targets as targets_lib
+from jaxcam.core import Forward, forward_and_grads
 
-__all__ = ["Forward", "Diagonals", "forward_and_grads", "forward_only", "diagonals", "diagonals_k", "hvp", "taylor3",
-           "enters_only_through_spatial_sum"]
-
-
-class Forward(NamedTuple):
-  """What one forward (+ backward) pass yields; activations/grads are tuples with one entry per layer.
-
-  activations[i]: ``(B, h, w, C)``; grads[i]: ``(B, K, h, w, C)`` = dS_k/dA (None without backward);
-  ids: ``(B, K)`` class ids (None for a custom score callable); scores: ``(B, K)``; multi: whether the
-  target asked for K classes per image (static).
-  """
-
-  logits: jax.Array
-  activations: tuple
-  grads: tuple | None
-  ids: jax.Array | None
-  scores: jax.Array
-  multi: bool
-  target: Any = None
-
-
-def _as_tuple(a: Any) -> tuple:
-  return tuple(a) if isinstance(a, tuple) else (a,)
-
-
-def check_activations(tap, acts: tuple, x: jax.Array) -> None:
-  """Raise a clear error if a tapped layer's output is not (B, h, w, C)."""
-  for name, a in zip(_as_tuple(tap.layer) if tap.multi else (tap.layer,), acts):
-    if a.ndim != 4 or a.shape[0] != x.shape[0]:
-      raise ValueError(
-          f"Expected the output of layer {name!r} to be a feature map (B, h, w, C) with B={x.shape[0]}, got "
-          f"shape {tuple(a.shape)}. CAMs need a spatial layer: choose a convolutional block before global "
-          "pooling (jaxcam.list_layers shows each path's output shape)."
-      )
-
-
-def forward_only(tap, x: jax.Array, target: Any) -> Forward:
-  """One forward pass: logits, activations and target scores, no gradients."""
-  tgt = targets_lib.as_target(target)
-  logits, acts = tap(x)
-  acts = _as_tuple(acts) if tap.multi else (acts,)
-  check_activations(tap, acts, x)
-  ids, scores, multi = tgt.evaluate(logits)
-  return Forward(logits, acts, None, ids, scores, multi, tgt)
-
-
-def forward_and_grads(tap, x: jax.Array, target: Any) -> Forward:
-  """One forward pass and K backward passes from the layer: dS_k/dA for each target k.
-
-  Each image's score depends only on that image (inference-mode models), so the gradient of the batch sum of
-  scores is the per-image gradient. Returns a `Forward` with ``grads[i]`` of shape ``(B, K, h, w, C)``.
-  """
-  tgt = targets_lib.as_target(target)
-  shapes = tap.activation_shape(x)
-  shapes = shapes if tap.multi else (shapes,)
-  zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
-
-  def through_layer(deltas):
-    logits, acts = tap(x, deltas if tap.multi else deltas[0])
-    return logits, (acts if tap.multi else (acts,))
-
-  logits, pullback, acts = jax.vjp(through_layer, zeros, has_aux=True)
-  check_activations(tap, acts, x)
-  ids, scores, multi = tgt.evaluate(logits)
-
-  def score_fn(lg):
-    return tgt.evaluate(lg)[1]
-
-  _, score_pullback = jax.vjp(score_fn, logits)
-  k = scores.shape[1]
-
-  def grads_for(onehot):  # onehot: (K,) cotangent of one target column, summed over the batch
-    (dlogits,) = score_pullback(jnp.broadcast_to(onehot, scores.shape).astype(scores.dtype))
-    (g,) = pullback(dlogits.astype(logits.dtype))
-    return g
-
-  if k == 1:
-    grads = tuple(g[:, None] for g in grads_for(jnp.ones((1,))))
-  else:
-    stacked = jax.vmap(grads_for)(jnp.eye(k))  # tuple of (K, B, h, w, C)
-    grads = tuple(jnp.moveaxis(g, 0, 1) for g in stacked)
-  return Forward(logits, acts, grads, ids, scores, multi, tgt)
+__all__ = ["Diagonals", "diagonals", "diagonals_k", "hvp", "taylor3", "enters_only_through_spatial_sum",
+           "score_vector_fn"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,20 +33,30 @@ DEFAULT_MAX_GENERIC_DIRECTIONS = 8192  # "auto" refuses the generic strategy bey
 _CHECK_POSITIONS = 4  # random positions at which the structured strategy is cross-checked against generic
 
 
-class Diagonals(tuple):
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["grads", "second", "third", "check"], meta_fields=["strategy"]
+)
+@dataclasses.dataclass(frozen=True)
+class Diagonals:
   """``(grads, second, third)``: g = dS/dA, diag d^2S/dA^2, diag d^3S/dA^3, each shaped like A ``(B, h, w, C)``
-  (``(B, K, h, w, C)`` for (B, K) targets). Unpacks as ``g, d2, d3``; also carries ``strategy`` (the one used)
-  and ``check`` (the largest relative mismatch of the structured strategy against generic at a few random
+  (``(B, K, h, w, C)`` for (B, K) targets). Unpacks as ``g, d2, d3``; also carries ``strategy`` (the one used,
+  static) and ``check`` (the largest relative mismatch of the structured strategy against generic at a few random
   positions; 0 for generic)."""
 
-  def __new__(cls, grads, second, third, strategy: str, check):
-    obj = super().__new__(cls, (grads, second, third))
-    obj.strategy, obj.check = strategy, check
-    return obj
+  grads: jax.Array
+  second: jax.Array
+  third: jax.Array
+  check: jax.Array
+  strategy: str
 
-  grads = property(lambda self: self[0])
-  second = property(lambda self: self[1])
-  third = property(lambda self: self[2])
+  def __iter__(self):
+    return iter((self.grads, self.second, self.third))
+
+  def __getitem__(self, i):
+    return (self.grads, self.second, self.third)[i]
+
+  def __len__(self) -> int:
+    return 3
 
 
 def score_vector_fn(tap, x: jax.Array, target: Any):
@@ -141,13 +73,6 @@ def score_vector_fn(tap, x: jax.Array, target: Any):
   return f
 
 
-def _fixed_ids_target(tgt, ids):
-  """A target that keeps the class ids chosen at A (argmax must not move along a direction)."""
-  if isinstance(tgt, targets_lib.ClassScore) and ids is not None:
-    return targets_lib.ClassScore(tgt.kind, ids)
-  return tgt
-
-
 def taylor3(f, a: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Second and third derivatives of ``t -> f(a + t v)`` at 0, by nested forward mode (exact, no jet)."""
 
@@ -160,11 +85,6 @@ def taylor3(f, a: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.jvp(d2, (a,), (v,))
 
 
-def _batched_directions(fn, xs: jax.Array, chunk_size: int):
-  """Evaluate ``fn(x)`` for x in `xs`, `chunk_size` at a time (vmap inside lax.map): bounded memory."""
-  return jax.lax.map(fn, xs, batch_size=max(1, min(int(chunk_size), xs.shape[0])))
-
-
 def _generic(f, a, positions, chunk_size):
   """(d2, d3) at flat positions ``positions`` (of h*w*C), each ``(len(positions), B, K)``."""
   per_image = a.shape[1:]
@@ -173,23 +93,23 @@ def _generic(f, a, positions, chunk_size):
     v = jnp.broadcast_to(jax.nn.one_hot(j, math.prod(per_image), dtype=a.dtype).reshape(per_image), a.shape)
     return taylor3(f, a, v)
 
-  return _batched_directions(at, positions, chunk_size)
+  return chunking.chunked_map(at, positions, chunk_size=chunk_size)
 
 
 def _structured(f, a, chunk_size):
   """(d2, d3) per channel, each ``(C, B, K)``, for heads where A enters only through its spatial mean."""
-  h, w, c = a.shape[1:]
+  c, n = a.shape[-1], _spatial.positions(a)
 
   def at(k):
     v = jnp.broadcast_to(jax.nn.one_hot(k, c, dtype=a.dtype), a.shape)  # channel k at every position
     d2, d3 = taylor3(f, a, v)
-    return d2 / (h * w) ** 2, d3 / (h * w) ** 3
+    return d2 / n**2, d3 / n**3
 
-  return _batched_directions(at, jnp.arange(c), chunk_size)
+  return chunking.chunked_map(at, jnp.arange(c), chunk_size=chunk_size)
 
 
 def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
-  """Whether ``head_fn(A)`` reads A only through sums over its spatial axes (1, 2), found on the jaxpr."""
+  """Whether ``head_fn(A)`` reads A only through sums over its spatial axes, found on the jaxpr."""
   closed = jax.make_jaxpr(head_fn)(a)
   return _only_spatial_sums(closed.jaxpr, [True])[0]
 
@@ -206,7 +126,8 @@ def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
     name = eqn.primitive.name
     if name in _PASS_THROUGH:
       raw[eqn.outvars[0]] = True
-    elif name == "reduce_sum" and set(eqn.params["axes"]) == {1, 2} and eqn.invars[0].aval.ndim == 4:
+    elif (name == "reduce_sum" and set(eqn.params["axes"]) == set(_spatial.BATCHED_FEATURE_AXES)
+          and eqn.invars[0].aval.ndim == _spatial.FEATURE_RANK):
       continue
     elif (inner := _jaxpr.inner_jaxpr(eqn)) is not None:
       ok, raw_out = _only_spatial_sums(inner, uses[-len(inner.invars):])
@@ -266,7 +187,7 @@ def diagonals(
            getattr(targets_lib.as_target(target), "multi", False) or out.grads.shape[1] != 1)
   if multi:
     return out
-  return Diagonals(out.grads[:, 0], out.second[:, 0], out.third[:, 0], out.strategy, out.check)
+  return Diagonals(out.grads[:, 0], out.second[:, 0], out.third[:, 0], out.check, out.strategy)
 
 
 def diagonals_k(tap, x, target=None, *, strategy="auto", chunk_size=DEFAULT_CHUNK_SIZE,
@@ -283,12 +204,12 @@ def diagonals_k(tap, x, target=None, *, strategy="auto", chunk_size=DEFAULT_CHUN
 def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd):
   if fwd is None:
     fwd = forward_and_grads(tap, x, target)
-  tgt = _fixed_ids_target(fwd.target if fwd.target is not None else targets_lib.as_target(target), fwd.ids)
+  tgt = targets_lib.with_ids(fwd.target if fwd.target is not None else targets_lib.as_target(target), fwd.ids)
   a = fwd.activations[0]
-  b, h, w, c = a.shape
+  b, per_image = a.shape[0], a.shape[1:]
   f = score_vector_fn(tap, x, tgt)
   structured_ok = _declared_structured(tap) or enters_only_through_spatial_sum(lambda t: tap.head(x, t), a)
-  n_generic = h * w * c
+  n_generic = math.prod(per_image)
   if strategy == "structured" and not structured_ok:
     raise ValueError(
         f"strategy='structured' needs layer {tap.layer!r} to reach the logits only through global average "
@@ -306,13 +227,15 @@ def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd
       )
   if strategy == "generic":
     d2, d3 = _generic(f, a, jnp.arange(n_generic), chunk_size)  # (n, B, K)
-    d2 = jnp.moveaxis(d2.reshape((h, w, c) + d2.shape[1:]), (3, 4), (0, 1))
-    d3 = jnp.moveaxis(d3.reshape((h, w, c) + d3.shape[1:]), (3, 4), (0, 1))
+    lead = tuple(range(len(per_image), len(per_image) + 2))  # the (B, K) axes after the per-image axes
+    d2 = jnp.moveaxis(d2.reshape(per_image + d2.shape[1:]), lead, (0, 1))
+    d3 = jnp.moveaxis(d3.reshape(per_image + d3.shape[1:]), lead, (0, 1))
     check = jnp.zeros((), a.dtype)
   else:
     s2, s3 = _structured(f, a, chunk_size)  # (C, B, K)
-    d2 = jnp.broadcast_to(jnp.moveaxis(s2, 0, -1)[:, :, None, None, :], (b, s2.shape[2], h, w, c))
-    d3 = jnp.broadcast_to(jnp.moveaxis(s3, 0, -1)[:, :, None, None, :], (b, s3.shape[2], h, w, c))
+    spatial_ones = (None,) * _spatial.N_SPATIAL
+    d2 = jnp.broadcast_to(jnp.moveaxis(s2, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s2.shape[2]) + per_image)
+    d3 = jnp.broadcast_to(jnp.moveaxis(s3, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s3.shape[2]) + per_image)
     pos = jax.random.choice(jax.random.key(0), n_generic, (min(_CHECK_POSITIONS, n_generic),), replace=False)
     g2, g3 = _generic(f, a, pos, chunk_size)  # (P, B, K)
     flat2 = d2.reshape(d2.shape[:2] + (-1,))[..., pos]  # (B, K, P)
@@ -321,7 +244,7 @@ def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd
     bad = check > 1e-3
     d2 = jnp.where(bad, jnp.nan, d2)  # never a silently wrong answer
     d3 = jnp.where(bad, jnp.nan, d3)
-  return Diagonals(fwd.grads[0], d2, d3, strategy, check)
+  return Diagonals(fwd.grads[0], d2, d3, check, strategy)
 
 
 def _rel(ref: jax.Array, got: jax.Array) -> jax.Array:
@@ -335,7 +258,7 @@ def hvp(tap, x: jax.Array, target: Any, activations: jax.Array, vector: jax.Arra
   Forward-over-reverse (`jax.jvp` of `jax.grad`). Each image's score depends only on its own A, so the Hessian
   of the batch sum is block diagonal and one product serves the whole batch.
   """
-  tgt = _fixed_ids_target(targets_lib.as_target(target), ids)
+  tgt = targets_lib.with_ids(targets_lib.as_target(target), ids)
   f = score_vector_fn(tap, x, tgt)
   with jax.default_matmul_precision("highest"):
     k = jax.eval_shape(f, activations).shape[1]

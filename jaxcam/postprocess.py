@@ -45,9 +45,10 @@ def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
   ``interpolate(mode="bilinear", align_corners=False)`` and ``cv2.resize`` (pytorch-grad-cam) when upsampling.
   """
   size = tuple(int(s) for s in size)
-  if maps.shape[-2:] == size:
+  if _spatial.map_size(maps) == size:
     return maps
-  return jax.image.resize(maps, maps.shape[:-2] + size, method="bilinear", antialias=False)
+  lead = maps.shape[: maps.ndim - _spatial.N_SPATIAL]
+  return jax.image.resize(maps, lead + size, method="bilinear", antialias=False)
 
 
 def fuse(maps: jax.Array, *, mode: str = "mean", normalized: bool = True, relu: bool = True) -> jax.Array:

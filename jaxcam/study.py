@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _spatial, derivatives, postprocess
+from jaxcam import _spatial, core, derivatives, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam.methods import gradient
 
@@ -71,9 +71,8 @@ def relative_l2(approx: jax.Array, exact: jax.Array, axes) -> jax.Array:
 
 
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Spearman rank correlation of the flattened last two axes (ranks by argsort; ties not averaged)."""
-  fa = a.reshape(a.shape[:-2] + (-1,))
-  fb = b.reshape(b.shape[:-2] + (-1,))
+  """Spearman rank correlation of the flattened spatial axes (ranks by argsort; ties not averaged)."""
+  fa, fb = _spatial.flatten_map(a), _spatial.flatten_map(b)
   ra = jnp.argsort(jnp.argsort(fa, axis=-1), axis=-1).astype(jnp.float32)
   rb = jnp.argsort(jnp.argsort(fb, axis=-1), axis=-1).astype(jnp.float32)
   ra = ra - ra.mean(-1, keepdims=True)
@@ -81,17 +80,11 @@ def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(ra * rb, -1) / jnp.sqrt(jnp.sum(ra**2, -1) * jnp.sum(rb**2, -1))
 
 
-def _alpha(g, a, d2, d3, eps):
-  sum_a = _spatial.feature_sum(a)
-  alpha = gradient.safe_divide(d2, 2.0 * d2 + sum_a * d3 + eps)
-  return jnp.where(g != 0, alpha, 0.0)
-
-
 @functools.partial(jax.jit, static_argnames=("convention", "strategy", "chunk_size", "eps"))
 def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
   d = derivatives.diagonals_k(tap, x, target, strategy=strategy, chunk_size=chunk_size)
   with jax.default_matmul_precision("highest"):  # a study: full float32 on every backend
-    fwd = derivatives.forward_only(tap, x, target)
+    fwd = core.forward_only(tap, x, target)
   a = fwd.activations[0][:, None].astype(jnp.float32)
   g, h, t = (v.astype(jnp.float32) for v in (d.grads, d.second, d.third))
   a = jnp.broadcast_to(a, g.shape)
@@ -99,19 +92,19 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
   ex2, ex3 = gradient.gradcam_pp_derivative_terms(g, h, t, convention=convention)
   ap2, ap3 = gradient.gradcam_pp_derivative_terms(g, zeros, zeros, convention=convention)
   feat = _spatial.FEATURE_AXES + (-1,)
-  alpha_ex, alpha_ap = _alpha(g, a, ex2, ex3, eps), _alpha(g, a, ap2, ap3, eps)
+  alpha_ex = gradient.gradcam_pp_alpha(a, g, ex2, ex3, eps=eps)
+  alpha_ap = gradient.gradcam_pp_alpha(a, g, ap2, ap3, eps=eps)
   w_ex = gradient.gradcam_pp_weights(a, g, eps=eps, second=ex2, third=ex3)
   w_ap = gradient.gradcam_pp_weights(a, g, eps=eps, second=ap2, third=ap3)
 
   def finish(w):
     m = jax.nn.relu(postprocess.combine(w, a))
-    return postprocess.normalize(postprocess.upsample(postprocess.normalize(m), x.shape[1:3]))
+    return postprocess.normalize(postprocess.upsample(postprocess.normalize(m), _spatial.image_size(x)))
 
   m_ex, m_ap = finish(w_ex), finish(w_ap)
   axes = _spatial.MAP_AXES
   cos = jnp.sum(m_ex * m_ap, axes) / jnp.sqrt(jnp.sum(m_ex**2, axes) * jnp.sum(m_ap**2, axes) + 1e-30)
-  flat_ex = m_ex.reshape(m_ex.shape[:-2] + (-1,))
-  flat_ap = m_ap.reshape(m_ap.shape[:-2] + (-1,))
+  flat_ex, flat_ap = _spatial.flatten_map(m_ex), _spatial.flatten_map(m_ap)
   squeeze = (lambda v: v[:, 0]) if not fwd.multi else (lambda v: v)
   return DerivativeReport(
       second_rel_err=squeeze(relative_l2(ap2, ex2, feat[:-1] + (-1,))),

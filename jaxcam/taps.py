@@ -3,9 +3,10 @@
 A tap is a pytree whose leaves are the model's arrays (variables or nnx state) and whose static part is the
 model structure and the layer path. It is a pure function of the input::
 
-    logits, A = tap(x)               # A: the chosen layer's output, (B, h, w, C)
-    logits, A = tap(x, delta)        # the layer's output becomes A + delta downstream
-    logits = tap.head(x, A2)         # the network with the layer's output replaced by A2
+    out, A = tap(x)                  # A: the chosen layer's output, (B, h, w, C); out: the model's output
+    out, A = tap(x, delta)           # the layer's output becomes A + delta downstream
+    out = tap.head(x, A2)            # the network with the layer's output replaced by A2
+    out = tap.forward(x)             # the plain forward pass: nothing recorded, nothing perturbed
 
 The gradient of a score of `logits` with respect to a zero `delta` is exactly dS/dA, computed by the same
 forward and backward pass that yields A. Because taps are pytrees they pass through `jax.jit`, `jax.vmap` and
@@ -14,10 +15,16 @@ forward and backward pass that yields A. Because taps are pytrees they pass thro
 Layer paths have one syntax everywhere: a "/"-separated string ("layer4/1/conv2") or a tuple of names and
 ints (("blocks", 6)). Linen names list entries `blocks_6`; "blocks/6" matches it too. A *list* of paths asks
 for several layers at once: A and delta are then tuples with one array per layer, all from one forward pass.
+
+The model's output may be any pytree (logits, a dict, a dataclass); class-id targets check that it is
+``(B, classes)`` logits, callable targets pick their score from whatever it is. A `layout` reshapes the layer's
+value into the ``(B, h, w, C)`` grid that methods see and back (identity by default; token sequences later).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +35,7 @@ from jaxcam._errors import LayerNotFoundError, abbreviate, unknown_name_message
 
 __all__ = [
     "Tap",
+    "IdentityLayout",
     "LinenTap",
     "NnxTap",
     "FunctionTap",
@@ -110,13 +118,44 @@ class LayerInfo(NamedTuple):
     return f"{self.path:<40s} {str(self.shape):<22s} {self.type}"
 
 
+@dataclasses.dataclass(frozen=True)
+class IdentityLayout:
+  """The layer's value is already the ``(B, h, w, C)`` grid. A layout is any hashable object with these methods."""
+
+  def to_grid(self, value: Any) -> Any:
+    """The grid ``(B, h, w, C)`` that methods see, from the layer's value."""
+    return value
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    """The layer's value downstream, from a (perturbed or replaced) grid and the layer's own value."""
+    del value
+    return grid
+
+
+class _Run:
+  """State of one traced call: the deltas and replacements to apply, the grids recorded so far."""
+
+  def __init__(self, deltas, replacements):
+    self.deltas, self.replacements = deltas, replacements
+    self.record: dict[int, Any] = {}
+
+
 class Tap:
-  """Base class of taps. Subclasses implement `_run(x, deltas, replacements) -> (logits, activations)`."""
+  """Base class of taps.
+
+  Subclasses call the model and route the tapped layer's call through `_substitute` (the one place that reads,
+  replaces and perturbs a layer's value); they implement `_run(x, run) -> (output, grids)` and `_plain(x)`.
+  """
 
   layers: tuple[tuple[str, ...], ...]
   multi: bool
+  where: str = "output"
+  layout: Any = None
 
-  def _run(self, x, deltas, replacements):
+  def _run(self, x, run: _Run):
+    raise NotImplementedError
+
+  def _plain(self, x):
     raise NotImplementedError
 
   @property
@@ -140,29 +179,62 @@ class Tap:
       return tuple(value)
     return (value,)
 
-  def __call__(self, x: jax.Array, delta: Any = None) -> tuple[jax.Array, Any]:
-    """`(logits, A)`; with `delta`, the layer's output becomes `A + delta` downstream."""
-    logits, acts = self._run(x, self._unpack(delta, "delta"), None)
-    return logits, self._pack(acts)
+  def _substitute(self, i: int, run: _Run, call: Callable, args: tuple, kwargs: dict, record: Callable | None = None):
+    """Call layer i (``call(*args, **kwargs)``) with its grid recorded, replaced and/or perturbed.
 
-  def head(self, x: jax.Array, activations: Any) -> jax.Array:
-    """Logits of the network whose tapped layer outputs `activations` (the rest may still read `x`)."""
-    logits, _ = self._run(x, None, self._unpack(activations, "activations"))
-    return logits
+    where="output": the grid is ``layout.to_grid(output)``; downstream sees ``from_grid(grid + delta)``.
+    where="input": the same for the layer's first positional argument. `record(i, grid)` stores the grid
+    (linen sows it so that it survives lifted transforms); default: the run's record.
+    """
+    if i in run.record:
+      raise ValueError(
+          f"Layer {format_path(self.layers[i])!r} is called more than once in one forward pass (a shared module "
+          "or a module inside nn.scan), so it has no single output to explain. Tap a module that runs once, e.g. "
+          "one of its callers."
+      )
+    layout = self.layout if self.layout is not None else IdentityLayout()
+    if self.where == "output":
+      value = call(*args, **kwargs)
+    else:
+      if not args:
+        raise ValueError(
+            f"`where='input'` needs layer {format_path(self.layers[i])!r} to take its input positionally."
+        )
+      value = args[0]
+    grid = run.replacements[i] if run.replacements is not None else layout.to_grid(value)
+    run.record[i] = grid
+    if record is not None and run.replacements is None:
+      record(i, grid)
+    if run.deltas is not None:
+      grid = grid + run.deltas[i]
+    if run.deltas is None and run.replacements is None:
+      downstream = value
+    else:
+      downstream = layout.from_grid(grid, value)
+    if self.where == "output":
+      return downstream
+    return call(downstream, *args[1:], **kwargs)
+
+  def __call__(self, x: jax.Array, delta: Any = None) -> tuple[Any, Any]:
+    """`(output, A)`; with `delta`, the layer's output becomes `A + delta` downstream."""
+    out, acts = self._run(x, _Run(self._unpack(delta, "delta"), None))
+    return out, self._pack(acts)
+
+  def head(self, x: jax.Array, activations: Any) -> Any:
+    """Output of the network whose tapped layer outputs `activations` (the rest may still read `x`)."""
+    out, _ = self._run(x, _Run(None, self._unpack(activations, "activations")))
+    return out
+
+  def forward(self, x: jax.Array) -> Any:
+    """The model's output for `x`: the plain forward pass, nothing recorded or perturbed (masked inputs, metrics)."""
+    return self._plain(x)
 
   def activation_shape(self, x: jax.Array) -> Any:
     """`jax.ShapeDtypeStruct` of A for input `x` (a tuple of them for a multi-layer tap); no FLOPs."""
     return jax.eval_shape(lambda t, x: t(x)[1], self, x)
 
-
-def _check_logits(logits: Any, where: str) -> jax.Array:
-  if not hasattr(logits, "ndim") or logits.ndim != 2:
-    desc = getattr(logits, "shape", type(logits).__name__)
-    raise ValueError(
-        f"Expected the model ({where}) to return logits of shape (B, classes), got {desc}. Wrap the model so "
-        "that it returns one array of class scores."
-    )
-  return logits
+  def _missing(self, run: _Run) -> list[int]:
+    return [i for i in range(len(self.layers)) if i not in run.record]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,36 +276,40 @@ def _param_paths(variables: Any) -> list[str]:
   return sorted(set(out))
 
 
-@jax.tree_util.register_pytree_node_class
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["variables"],
+    meta_fields=["module", "layers", "multi", "where", "method", "apply_kwargs", "layout"],
+)
+@dataclasses.dataclass(frozen=True, eq=False)
 class LinenTap(Tap):
-  """A tap on a `flax.linen` module; see `linen_tap`."""
+  """A tap on a `flax.linen` module; see `linen_tap`. A pytree: the variables are its leaves."""
 
-  def __init__(self, module, variables, layers, multi, where, method, apply_kwargs):
-    self.module = module
-    self.variables = variables
-    self.layers = layers
-    self.multi = multi
-    self.where = where
-    self.method = method
-    self.apply_kwargs = apply_kwargs
-
-  def tree_flatten(self):
-    aux = (self.module, self.layers, self.multi, self.where, self.method, self.apply_kwargs)
-    return (self.variables,), aux
-
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    module, layers, multi, where, method, apply_kwargs = aux
-    return cls(module, children[0], layers, multi, where, method, apply_kwargs)
+  module: Any
+  variables: Any
+  layers: tuple[tuple[str, ...], ...]
+  multi: bool
+  where: str = "output"
+  method: Any = None
+  apply_kwargs: tuple[tuple[str, Any], ...] = ()
+  layout: Any = None
 
   def __repr__(self) -> str:
     return f"LinenTap({type(self.module).__name__}, layer={self.layer!r}, where={self.where!r})"
 
-  def _run(self, x, deltas, replacements):
+  def _apply(self, x, **extra):
+    kwargs = dict(self.apply_kwargs)
+    if self.method is not None:
+      kwargs["method"] = self.method
+    return self.module.apply(self.variables, x, **kwargs, **extra)
+
+  def _plain(self, x):
+    return self._apply(x)
+
+  def _run(self, x, run: _Run):
     import flax.linen as nn
 
     aliases = [_linen_aliases(p) for p in self.layers]
-    hits = [0] * len(self.layers)
     seen: list[str] = []
 
     def match(path):
@@ -250,42 +326,14 @@ class LinenTap(Tap):
       if i is None:
         seen.append("/".join(context.module.path))
         return next_fun(*args, **kwargs)
-      hits[i] += 1
-      if hits[i] > 1:
-        raise ValueError(
-            f"Layer {format_path(self.layers[i])!r} is called more than once in one forward pass (a shared "
-            "module or a module inside nn.scan), so it has no single output to explain. Tap a module that runs "
-            "once, e.g. one of its callers."
-        )
-      if self.where == "output":
-        if replacements is not None:
-          y = replacements[i]
-        else:
-          y = next_fun(*args, **kwargs)
-          context.module.sow(_COLLECTION, "a", y)
-        if deltas is not None:
-          y = y + deltas[i]
-        return y
-      if not args:
-        raise ValueError(
-            f"`where='input'` needs layer {format_path(self.layers[i])!r} to take its input positionally."
-        )
-      a = args[0]
-      if replacements is not None:
-        a = replacements[i]
-      else:
-        context.module.sow(_COLLECTION, "a", a)
-      if deltas is not None:
-        a = a + deltas[i]
-      return next_fun(a, *args[1:], **kwargs)
+      # sow, not a closure: the value must survive lifted transforms (nn.remat) around the layer
+      record = lambda _, grid: context.module.sow(_COLLECTION, "a", grid)
+      return self._substitute(i, run, next_fun, args, kwargs, record)
 
-    kwargs = dict(self.apply_kwargs)
-    if self.method is not None:
-      kwargs["method"] = self.method
     with nn.intercept_methods(interceptor):
-      logits, state = self.module.apply(self.variables, x, mutable=[_COLLECTION], **kwargs)
+      out, state = self._apply(x, mutable=[_COLLECTION])
 
-    missing = [i for i, h in enumerate(hits) if h == 0]
+    missing = self._missing(run)
     if missing:
       given = format_path(self.layers[missing[0]])
       raise LayerNotFoundError(
@@ -294,17 +342,17 @@ class LinenTap(Tap):
           )
           + " Lists become 'name_i' in linen; 'name/i' is accepted too."
       )
-    if replacements is not None:
-      return _check_logits(logits, "head"), tuple(replacements)
+    if run.replacements is not None:
+      return out, tuple(run.replacements)
     acts = []
     tree = state[_COLLECTION]
-    for i, path in enumerate(self.layers):
+    for path in self.layers:
       node = tree
       # linen stores the sown value under the module's own path (possibly 'blocks_6' for 'blocks/6').
       for names in _linen_module_path(node, path):
         node = node[names]
       acts.append(node["a"][0])
-    return _check_logits(logits, type(self.module).__name__), tuple(acts)
+    return out, tuple(acts)
 
 
 def _linen_module_path(tree, parts: tuple[str, ...]) -> list[str]:
@@ -334,6 +382,7 @@ def linen_tap(
     *,
     where: str = "output",
     method: Callable | str | None = None,
+    layout: Any = None,
     **apply_kwargs,
 ) -> LinenTap:
   """A tap on any `flax.linen` module, at any depth, with no edits to the model.
@@ -346,11 +395,13 @@ def linen_tap(
     where: "output" taps what the submodule returns; "input" taps its first positional argument (for tensors
       made by plain functions such as ``nn.relu`` that have no path of their own).
     method: passed to ``module.apply`` (a method or its name).
+    layout: reshapes the layer's value to the ``(B, h, w, C)`` grid and back (`IdentityLayout` by default).
     **apply_kwargs: static keyword arguments of the forward pass, e.g. ``train=False`` so that BatchNorm uses
       running statistics. No mutable collections: the model is evaluated in inference mode.
 
   Returns:
-    A `LinenTap`: ``tap(x, delta=None) -> (logits, A)``, ``tap.head(x, A)``, ``tap.activation_shape(x)``.
+    A `LinenTap`: ``tap(x, delta=None) -> (output, A)``, ``tap.head(x, A)``, ``tap.forward(x)``,
+    ``tap.activation_shape(x)``. The model's output may be any pytree.
     An unknown layer raises `LayerNotFoundError` when first called (the path is checked against the
     submodules that actually run), listing the available paths and the closest matches.
   """
@@ -376,7 +427,7 @@ def linen_tap(
           "lists every path with its output shape."
       )
   layers, multi = _parse_layers(layer)
-  return LinenTap(module, variables, layers, multi, where, method, _freeze_kwargs(apply_kwargs))
+  return LinenTap(module, variables, layers, multi, where, method, _freeze_kwargs(apply_kwargs), layout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -387,26 +438,11 @@ def linen_tap(
 class _Probe:
   """Stands in for an nnx submodule on a throwaway copy of the model, inside one traced call."""
 
-  def __init__(self, inner, index, record, deltas, replacements, where):
-    self.inner, self.index, self.record = inner, index, record
-    self.deltas, self.replacements, self.where = deltas, replacements, where
+  def __init__(self, tap, inner, index, run):
+    self.tap, self.inner, self.index, self.run = tap, inner, index, run
 
   def __call__(self, *args, **kwargs):
-    i = self.index
-    if i in self.record:
-      raise ValueError(
-          f"The tapped nnx submodule (layer #{i}) is called more than once in one forward pass (a shared "
-          "module), so it has no single output to explain. Tap a module that runs once."
-      )
-    if self.where == "output":
-      y = self.replacements[i] if self.replacements is not None else self.inner(*args, **kwargs)
-      self.record[i] = y
-      return y + self.deltas[i] if self.deltas is not None else y
-    a = self.replacements[i] if self.replacements is not None else args[0]
-    self.record[i] = a
-    if self.deltas is not None:
-      a = a + self.deltas[i]
-    return self.inner(a, *args[1:], **kwargs)
+    return self.tap._substitute(self.index, self.run, self.inner, args, kwargs)
 
 
 def _nnx_get(node, key: str):
@@ -422,48 +458,52 @@ def _nnx_set(node, key: str, value) -> None:
     object.__setattr__(node, key, value)  # bypass nnx's attribute checks: this copy is never split
 
 
-@jax.tree_util.register_pytree_node_class
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["state"],
+    meta_fields=["graphdef", "layers", "multi", "where", "method", "layout"],
+)
+@dataclasses.dataclass(frozen=True, eq=False)
 class NnxTap(Tap):
-  """A tap on a `flax.nnx` model snapshot; see `nnx_tap`."""
+  """A tap on a `flax.nnx` model snapshot; see `nnx_tap`. A pytree: the state is its leaves."""
 
-  def __init__(self, graphdef, state, layers, multi, where, method):
-    self.graphdef = graphdef
-    self.state = state
-    self.layers = layers
-    self.multi = multi
-    self.where = where
-    self.method = method
-
-  def tree_flatten(self):
-    return (self.state,), (self.graphdef, self.layers, self.multi, self.where, self.method)
-
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    graphdef, layers, multi, where, method = aux
-    return cls(graphdef, children[0], layers, multi, where, method)
+  graphdef: Any
+  state: Any
+  layers: tuple[tuple[str, ...], ...]
+  multi: bool
+  where: str = "output"
+  method: str | None = None
+  layout: Any = None
 
   def __repr__(self) -> str:
     return f"NnxTap(layer={self.layer!r}, where={self.where!r})"
 
-  def _run(self, x, deltas, replacements):
+  def _call(self, model, x):
+    fn = model if self.method is None else getattr(model, self.method)
+    return fn(x)
+
+  def _plain(self, x):
+    from flax import nnx
+
+    return self._call(nnx.merge(self.graphdef, self.state), x)
+
+  def _run(self, x, run: _Run):
     from flax import nnx
 
     model = nnx.merge(self.graphdef, self.state)
-    record: dict[int, Any] = {}
     for i, path in enumerate(self.layers):
       parent = model
       for key in path[:-1]:
         parent = _nnx_get(parent, key)
-      _nnx_set(parent, path[-1], _Probe(_nnx_get(parent, path[-1]), i, record, deltas, replacements, self.where))
-    fn = model if self.method is None else getattr(model, self.method)
-    logits = fn(x)
-    missing = [i for i in range(len(self.layers)) if i not in record]
+      _nnx_set(parent, path[-1], _Probe(self, _nnx_get(parent, path[-1]), i, run))
+    out = self._call(model, x)
+    missing = self._missing(run)
     if missing:
       raise ValueError(
           f"Layer {format_path(self.layers[missing[0]])!r} exists but did not run in the forward pass of "
           f"{type(model).__name__}; tap a submodule that the forward pass calls."
       )
-    return _check_logits(logits, type(model).__name__), tuple(record[i] for i in range(len(self.layers)))
+    return out, tuple(run.record[i] for i in range(len(self.layers)))
 
 
 def _nnx_paths(model) -> list[tuple[str, ...]]:
@@ -472,7 +512,8 @@ def _nnx_paths(model) -> list[tuple[str, ...]]:
   return [tuple(str(p) for p in path) for path, _ in nnx.iter_modules(model) if path]
 
 
-def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | None = None, eval_mode: bool = True):
+def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | None = None, eval_mode: bool = True,
+            layout: Any = None):
   """A tap on a `flax.nnx` model.
 
   The tap holds a *snapshot* of the model's state, taken now (on a clone switched to eval mode, so the user's
@@ -487,6 +528,7 @@ def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | No
     where: "output" or "input" (the submodule's first positional argument).
     method: name of the method to call instead of ``__call__``.
     eval_mode: call ``.eval()`` on the clone (BatchNorm running statistics, no dropout).
+    layout: reshapes the layer's value to the ``(B, h, w, C)`` grid and back (`IdentityLayout` by default).
   """
   from flax import nnx
 
@@ -516,7 +558,7 @@ def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | No
           unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
       )
   graphdef, state = nnx.split(model)
-  return NnxTap(graphdef, state, layers, multi, where, method)
+  return NnxTap(graphdef, state, layers, multi, where, method, layout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -524,32 +566,41 @@ def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | No
 # ----------------------------------------------------------------------------------------------------------
 
 
-@jax.tree_util.register_pytree_node_class
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["body_fn", "head_fn", "name", "layout"]
+)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FunctionTap(Tap):
   """A tap on a network split by hand into `body_fn` and `head_fn`; see `function_tap`."""
 
-  def __init__(self, body_fn, head_fn, params, name="A"):
-    self.body_fn, self.head_fn, self.params = body_fn, head_fn, params
-    self.layers, self.multi = ((name,),), False
+  body_fn: Callable
+  head_fn: Callable
+  params: Any
+  name: str = "A"
+  layout: Any = None
 
-  def tree_flatten(self):
-    return (self.params,), (self.body_fn, self.head_fn, self.layers[0][0])
+  @property
+  def layers(self) -> tuple[tuple[str, ...], ...]:  # type: ignore[override]
+    return ((self.name,),)
 
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    return cls(aux[0], aux[1], children[0], aux[2])
+  @property
+  def multi(self) -> bool:  # type: ignore[override]
+    return False
 
   def __repr__(self) -> str:
     return f"FunctionTap({getattr(self.body_fn, '__name__', 'body')}, {getattr(self.head_fn, '__name__', 'head')})"
 
-  def _run(self, x, deltas, replacements):
-    a = replacements[0] if replacements is not None else self.body_fn(self.params, x)
-    downstream = a + deltas[0] if deltas is not None else a
-    return _check_logits(self.head_fn(self.params, x, downstream), "head_fn"), (a,)
+  def _plain(self, x):
+    return self.head_fn(self.params, x, self.body_fn(self.params, x))
+
+  def _run(self, x, run: _Run):
+    downstream = self._substitute(0, run, lambda: self.body_fn(self.params, x), (), {})
+    return self.head_fn(self.params, x, downstream), (run.record[0],)
 
 
-def function_tap(body_fn: Callable, head_fn: Callable, params: Any, *, name: str = "A") -> FunctionTap:
-  """A tap from two plain functions: ``body_fn(params, x) -> A`` and ``head_fn(params, x, A) -> logits``.
+def function_tap(body_fn: Callable, head_fn: Callable, params: Any, *, name: str = "A", layout: Any = None
+                 ) -> FunctionTap:
+  """A tap from two plain functions: ``body_fn(params, x) -> A`` and ``head_fn(params, x, A) -> output``.
 
   `params` are the tap's leaves, so gradients reach them and a training loop that passes new params never
   retraces. `body_fn` and `head_fn` are static (hashable; define them once, not per step).
@@ -559,7 +610,7 @@ def function_tap(body_fn: Callable, head_fn: Callable, params: Any, *, name: str
         f"Expected `body_fn` and `head_fn` to be callables, got {type(body_fn).__name__} and "
         f"{type(head_fn).__name__}."
     )
-  return FunctionTap(body_fn, head_fn, params, name)
+  return FunctionTap(body_fn, head_fn, params, name, layout)
 
 
 # ----------------------------------------------------------------------------------------------------------

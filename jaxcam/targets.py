@@ -1,9 +1,10 @@
 """Targets: which score S of the logits each map explains.
 
-A target turns logits ``(B, classes)`` into scores ``(B, K)``: one score per image and requested class. The
+A target turns the model's output into scores ``(B, K)``: one score per image and requested class. The
 common case is an int array of class ids; `None` means each image's own top class. Score objects choose the
 function of the logits (`logit`, `softmax`, `log_softmax`) and are pytrees whose class ids are leaves, so
-they pass through `jax.jit` as ordinary arguments. Any callable ``logits -> (B,)`` or ``(B, K)`` works too.
+they pass through `jax.jit` as ordinary arguments. Any callable ``output -> (B,)`` or ``(B, K)`` works too, for
+models whose output is any pytree (class ids need ``(B, classes)`` logits).
 
 Class ids may be a scalar (every image), ``(B,)`` (one per image) or ``(B, K)`` (K classes per image from one
 forward pass; maps then come back as ``(B, K, H, W)``).
@@ -15,6 +16,8 @@ known when tracing; the gather then uses ``mode="fill"`` and the maps of the aff
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ClassScore", "ScoreFn", "logit", "softmax", "log_softmax", "as_target"]
+__all__ = ["ClassScore", "ScoreFn", "logit", "softmax", "log_softmax", "as_target", "with_ids", "check_logits"]
 
 _KINDS = ("logit", "softmax", "log_softmax")
 
@@ -44,24 +47,32 @@ def _check_ids(classes: Any) -> Any:
   return classes
 
 
-@jax.tree_util.register_pytree_node_class
+def check_logits(logits: Any) -> jax.Array:
+  """`logits` if it is a ``(B, classes)`` array; class ids need one, other targets take any model output."""
+  if not hasattr(logits, "ndim") or logits.ndim != 2:
+    desc = getattr(logits, "shape", type(logits).__name__)
+    raise ValueError(
+        f"Expected the model to return logits of shape (B, classes) for a class-id target, got {desc}. Pass a "
+        "callable target that maps the model's output to scores (B,) or (B, K), e.g. "
+        "target=lambda out: out['logits'][:, 3]."
+    )
+  return logits
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["classes"], meta_fields=["kind"])
+@dataclasses.dataclass(frozen=True, eq=False)
 class ClassScore:
-  """Score S = f(logits)[b, c] for class ids c (None: each image's argmax); f is `kind`."""
+  """Score S = f(logits)[b, c] for class ids c (None: each image's argmax); f is `kind`.
 
-  def __init__(self, kind: str, classes: Any = None):
-    if kind not in _KINDS:
-      raise ValueError(f"Expected `kind` to be one of {_KINDS}, got {kind!r}.")
-    self.kind = kind
-    self.classes = _check_ids(classes)
+  Build it with `logit`, `softmax`, `log_softmax` or `as_target` (they validate the ids).
+  """
 
-  def tree_flatten(self):
-    return (self.classes,), self.kind
+  kind: str
+  classes: Any = None
 
-  @classmethod
-  def tree_unflatten(cls, kind, children):
-    obj = object.__new__(cls)
-    obj.kind, obj.classes = kind, children[0]
-    return obj
+  def __post_init__(self):  # `kind` is static, so this never sees a tracer
+    if self.kind not in _KINDS:
+      raise ValueError(f"Expected `kind` to be one of {_KINDS}, got {self.kind!r}.")
 
   def __repr__(self) -> str:
     return f"jaxcam.targets.{self.kind}({self.classes!r})"
@@ -73,6 +84,7 @@ class ClassScore:
 
   def class_ids(self, logits: jax.Array) -> jax.Array:
     """Class ids as ``(B, K)`` int32 (K = 1 unless ``(B, K)`` ids were given)."""
+    logits = check_logits(logits)
     b = logits.shape[0]
     if self.classes is None:
       return jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)[:, None]
@@ -87,6 +99,7 @@ class ClassScore:
 
   def scores(self, logits: jax.Array, ids: jax.Array) -> jax.Array:
     """``(B, K)`` scores; NaN where an id is out of range (see the module docstring)."""
+    logits = check_logits(logits)
     if self.kind == "softmax":
       values = jax.nn.softmax(logits, axis=-1)
     elif self.kind == "log_softmax":
@@ -105,55 +118,53 @@ class ClassScore:
     return s if self.multi else s[:, 0]
 
 
-@jax.tree_util.register_pytree_node_class
+@functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["fn"])
+@dataclasses.dataclass(frozen=True)
 class ScoreFn:
-  """A user callable ``logits -> (B,)`` or ``(B, K)`` (static: hashable, defined once)."""
+  """A user callable ``output -> (B,)`` or ``(B, K)`` (static: hashable, defined once).
 
-  def __init__(self, fn: Callable[[jax.Array], jax.Array]):
-    self.fn = fn
+  The model's output may be any pytree (a dict, a dataclass, a tuple); the callable picks the score.
+  """
 
-  def tree_flatten(self):
-    return (), self.fn
-
-  @classmethod
-  def tree_unflatten(cls, fn, children):
-    return cls(fn)
+  fn: Callable[[Any], jax.Array]
 
   def __repr__(self) -> str:
     return f"ScoreFn({getattr(self.fn, '__name__', self.fn)!r})"
 
-  def evaluate(self, logits: jax.Array) -> tuple[None, jax.Array, bool]:
+  def evaluate(self, output: Any) -> tuple[None, jax.Array, bool]:
     """``(None, scores (B, K), multi)``: multi when the callable returns (B, K)."""
-    s = self._call_checked(logits)
+    s = self._call_checked(output)
     return None, (s[:, None] if s.ndim == 1 else s), s.ndim == 2
 
-  def _call_checked(self, logits: jax.Array) -> jax.Array:
-    s = self.fn(logits)
-    b = logits.shape[0]
-    if not hasattr(s, "ndim") or s.ndim not in (1, 2) or s.shape[0] != b:
+  def _call_checked(self, output: Any) -> jax.Array:
+    s = self.fn(output)
+    leaves = jax.tree_util.tree_leaves(output)
+    b = leaves[0].shape[0] if leaves and getattr(leaves[0], "ndim", 0) else None
+    if not hasattr(s, "ndim") or s.ndim not in (1, 2) or (b is not None and s.shape[0] != b):
+      shapes = jax.tree.map(lambda v: getattr(v, "shape", type(v).__name__), output)
       raise ValueError(
           f"Expected the target callable {getattr(self.fn, '__name__', self.fn)!r} to return scores of shape "
-          f"({b},) or ({b}, K) for logits of shape {logits.shape}, got {getattr(s, 'shape', type(s).__name__)}."
+          f"({b},) or ({b}, K) for a model output of shapes {shapes}, got {getattr(s, 'shape', type(s).__name__)}."
       )
     return s
 
-  def __call__(self, logits: jax.Array) -> jax.Array:
-    return self._call_checked(logits)
+  def __call__(self, output: Any) -> jax.Array:
+    return self._call_checked(output)
 
 
 def logit(classes: Any = None) -> ClassScore:
   """S = logits[c]: the raw class score (Grad-CAM's default)."""
-  return ClassScore("logit", classes)
+  return ClassScore("logit", _check_ids(classes))
 
 
 def softmax(classes: Any = None) -> ClassScore:
   """S = softmax(logits)[c]: the class probability."""
-  return ClassScore("softmax", classes)
+  return ClassScore("softmax", _check_ids(classes))
 
 
 def log_softmax(classes: Any = None) -> ClassScore:
   """S = log_softmax(logits)[c]: the log-probability (exp(S) is the probability, see Grad-CAM++)."""
-  return ClassScore("log_softmax", classes)
+  return ClassScore("log_softmax", _check_ids(classes))
 
 
 def as_target(target: Any) -> ClassScore | ScoreFn:
@@ -166,4 +177,15 @@ def as_target(target: Any) -> ClassScore | ScoreFn:
     return ScoreFn(target)
   if isinstance(target, (list, tuple)):
     target = np.asarray(target)
-  return ClassScore("logit", target)
+  return ClassScore("logit", _check_ids(target))
+
+
+def with_ids(target: ClassScore | ScoreFn, ids: jax.Array | None) -> ClassScore | ScoreFn:
+  """The same score with its class ids fixed to `ids` ``(B, K)`` (None ids: the target unchanged).
+
+  Used wherever the input moves (a derivative direction, a noisy or masked copy): the class chosen on the clean
+  input must not move with it.
+  """
+  if isinstance(target, ClassScore) and ids is not None:
+    return ClassScore(target.kind, ids if target.multi else ids[:, 0])
+  return target

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxcam
-from jaxcam import derivatives
+from jaxcam import core, derivatives
 from tests import models
 
 B, H, W, C, CLASSES = 2, 2, 2, 3, 4
@@ -234,7 +234,7 @@ def test_hvp_and_shapleycam_against_brute_force():
     ids = [3, 1]
     a = tap(x)[1]
     hv = derivatives.hvp(tap, x, jnp.array(ids), a, a)[:, 0]
-    g = derivatives.forward_and_grads(tap, x, jnp.array(ids)).grads[0][:, 0]
+    g = core.forward_and_grads(tap, x, jnp.array(ids)).grads[0][:, 0]
     for b in range(B):
       def s(flat, b=b):
         return head(p, a.at[b].set(flat.reshape(a.shape[1:])))[b, ids[b]]
@@ -251,10 +251,10 @@ def test_shapleycam_parity_with_pytorch_grad_cam(parity_data):
   d = parity_data
   tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
   x = jnp.asarray(d["x"])
-  fwd = derivatives.forward_and_grads(tap, x, jnp.asarray(d["ids"]))
+  fwd = core.forward_and_grads(tap, x, jnp.asarray(d["ids"]))
   hv = derivatives.hvp(tap, x, jnp.asarray(d["ids"]), fwd.activations[0], fwd.activations[0])[:, 0]
   np.testing.assert_allclose(hv, d["pgc/shapleycam/hvp"], atol=1e-6)  # a ReLU network: exactly zero both sides
-  w = jaxcam.methods.gradient.shapleycam_weights(fwd.activations[0], fwd.grads[0][:, 0], hvp=hv)
+  w = jaxcam.methods.gradient.shapleycam_weights(fwd.activations[0], fwd.grads[0][:, 0], hv)
   np.testing.assert_allclose(w, d["pgc/shapleycam/weights"], atol=1e-6)
   np.testing.assert_allclose(jaxcam.shapleycam(tap, x, target=d["ids"]), d["pgc/shapleycam/maps"], atol=1e-4)
 

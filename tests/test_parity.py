@@ -37,7 +37,7 @@ def test_same_network(parity):
   d, module, variables = parity
   np.testing.assert_allclose(module.apply(variables, d["x"]), d["logits"], rtol=1e-4, atol=1e-5)
   tap = jaxcam.linen_tap(module, variables)
-  fwd = jaxcam.derivatives.forward_and_grads(tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"]))
+  fwd = jaxcam.core.forward_and_grads(tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"]))
   np.testing.assert_allclose(fwd.activations[0], d["block2/A"], atol=1e-5)
   np.testing.assert_allclose(fwd.grads[0][:, 0], d["block2/G"], atol=1e-6)
 
@@ -55,12 +55,12 @@ def test_raw_maps_on_dumped_tensors(parity, name):
   d, _, _ = parity
   spec = jaxcam.get_method(name)
   a, g = d["block2/A"], d["block2/G"]
-  if spec.kind == "map":
+  if spec.output == "map":
     raw = spec.fn(a, g)
   else:
     raw = jaxcam.postprocess.combine(spec.fn(a, g), a)
   theirs = d[f"pgc/{name}/raw"]
-  if spec.kind == "map":
+  if spec.output == "map":
     theirs = _align_sign(np.asarray(raw), theirs)
   np.testing.assert_allclose(raw, theirs, atol=1e-5, rtol=1e-5)
 
@@ -71,7 +71,7 @@ def test_end_to_end_maps_match_pytorch_grad_cam(parity, name):
   d, module, variables = parity
   maps = getattr(jaxcam, name)(jaxcam.linen_tap(module, variables), jnp.asarray(d["x"]), target=d["ids"])
   theirs = d[f"pgc/{name}/maps"]
-  if jaxcam.get_method(name).kind == "map":
+  if jaxcam.get_method(name).output == "map":
     # The peer leaves the SVD sign to LAPACK; a flipped sign before relu keeps the other lobe. Check that the
     # peer's map is our raw map, with its sign, through the same pipeline, and that ours is our raw map.
     from tests import reference as ref

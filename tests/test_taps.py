@@ -10,12 +10,12 @@ import pytest
 from flax import nnx
 
 import jaxcam
-from jaxcam import derivatives
+from jaxcam import core, derivatives
 from tests import models
 
 
 def _grads(tap, x, classes):
-  fwd = derivatives.forward_and_grads(tap, x, jnp.asarray(classes))
+  fwd = core.forward_and_grads(tap, x, jnp.asarray(classes))
   return fwd.activations[0], fwd.grads[0][:, 0], fwd.logits
 
 
@@ -58,7 +58,7 @@ def test_nnx_gradient_closed_form_and_model_untouched():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   classes = np.array([0, 2])
   tap = jaxcam.nnx_tap(model, "features", where="output")
-  fwd = derivatives.forward_and_grads(tap, x, jnp.asarray(classes))
+  fwd = core.forward_and_grads(tap, x, jnp.asarray(classes))
   # The tapped tensor is the conv output (pre-ReLU): closed form masked by ReLU.
   a = np.asarray(fwd.activations[0])
   expected = _closed_form(model.fc.kernel[...], a, classes) * (a > 0)
@@ -142,8 +142,8 @@ def test_multi_layer_single_forward_matches_single_taps():
   logits, (a0, a1) = multi(x)
   np.testing.assert_allclose(a0, jaxcam.linen_tap(module, variables, "layer_0")(x)[1])
   np.testing.assert_allclose(a1, jaxcam.linen_tap(module, variables, "layer_1/conv1")(x)[1])
-  fwd = derivatives.forward_and_grads(multi, x, jnp.array([0, 1]))
-  g1 = derivatives.forward_and_grads(jaxcam.linen_tap(module, variables, "layer_1/conv1"), x, jnp.array([0, 1]))
+  fwd = core.forward_and_grads(multi, x, jnp.array([0, 1]))
+  g1 = core.forward_and_grads(jaxcam.linen_tap(module, variables, "layer_1/conv1"), x, jnp.array([0, 1]))
   np.testing.assert_allclose(fwd.grads[1], g1.grads[0], rtol=1e-6)
 
 

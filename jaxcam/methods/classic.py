@@ -13,15 +13,16 @@ from jaxcam._errors import unknown_name_message
 __all__ = ["cam_weights", "check_gap_dense_head", "resolve_fc_kernel"]
 
 
-def cam_weights(kernel: jax.Array, ids: jax.Array, /) -> jax.Array:
+def cam_weights(activations: jax.Array, kernel: jax.Array, ids: jax.Array, /) -> jax.Array:
   """CAM channel weights: the Dense kernel's column of each target class.
 
-  ``w_k = W[k, c]`` for a head ``logits = W^T GAP(A) + b``. kernel ``(C, classes)``, ids ``(..., K)`` ->
-  ``(..., K, C)``. On such a head Grad-CAM's weights are ``W[:, c] / (h w)``: the same map up to scale.
+  ``w_k = W[k, c]`` for a head ``logits = W^T GAP(A) + b``. kernel ``(C, classes)``, ids ``(B, K)`` ->
+  ``(B, K, C)`` (the activations, ``(B, K, h, w, C)``, are not read). On such a head Grad-CAM's weights are ``W[:, c] / (h w)``: the same map up to scale.
 
   Zhou et al., "Learning Deep Features for Discriminative Localization", arXiv 1512.04150. Matches
   torchcam's ``CAM`` (pytorch-grad-cam has no classic CAM).
   """
+  del activations
   return jnp.take(jnp.asarray(kernel).T, ids, axis=0, mode="clip")
 
 

@@ -7,6 +7,8 @@ Defaults follow pytorch-grad-cam (package ``grad-cam``) so that maps agree with 
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -20,7 +22,9 @@ __all__ = [
     "hirescam_weights",
     "gradcam_elementwise_weights",
     "shapleycam_weights",
+    "gradcam_pp_alpha",
     "gradcam_pp_derivative_terms",
+    "layercam_fusion_rescale",
     "safe_divide",
 ]
 
@@ -47,33 +51,59 @@ def gradcam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
   return _spatial.feature_mean(grads, keepdims=False)
 
 
+def gradcam_pp_alpha(activations: jax.Array, grads: jax.Array, second: jax.Array, third: jax.Array, /, *,
+                     eps: float = 1e-6) -> jax.Array:
+  """Grad-CAM++'s pixel coefficients ``alpha = D2 / (2 D2 + (sum_ab A_kab) D3 + eps)``, 0 where ``g == 0``.
+
+  `second` and `third` are ``D2 = Y_2/Y`` and ``D3 = Y_3/Y`` (Y_n: n-th derivative; see
+  `gradcam_pp_derivative_terms`); a zero denominator gives 0, never NaN. ``(..., h, w, C) -> (..., h, w, C)``.
+  """
+  sum_a = _spatial.feature_sum(activations)
+  alpha = safe_divide(second, 2.0 * second + sum_a * third + eps)
+  return jnp.where(grads != 0, alpha, 0.0)
+
+
 def gradcam_pp_weights(
     activations: jax.Array,
     grads: jax.Array,
+    diagonals: Any = None,
     /,
     *,
     eps: float = 1e-6,
+    convention: str = "exp",
     second: jax.Array | None = None,
     third: jax.Array | None = None,
 ) -> jax.Array:
   """Grad-CAM++ channel weights (Eq. 19 of the paper, with pytorch-grad-cam's conventions).
 
   ``alpha_kij = D2 / (2 D2 + (sum_ab A_kab) D3 + eps)``, 0 where ``g == 0``;
-  ``w_k = sum_ij relu(g_kij) alpha_kij``. By default ``D2 = g**2`` and ``D3 = g**3``: the paper's
-  approximation for Y = exp(S) through a piecewise-linear head. Passing the exact normalized derivatives
-  ``second = Y''/Y`` and ``third = Y'''/Y`` (see `jaxcam.derivatives`) gives exact Grad-CAM++. A zero
+  ``w_k = sum_ij relu(g_kij) alpha_kij``. Without `diagonals`, ``D2 = g**2`` and ``D3 = g**3``: the paper's
+  approximation for Y = exp(S) through a piecewise-linear head. With the exact diagonals h = d2S, t = d3S
+  (a `jaxcam.derivatives.Diagonals`, or an ``(h, t)`` pair) the terms follow `convention` (see
+  `gradcam_pp_derivative_terms`): exact Grad-CAM++. `second`/`third` pass ``D2``/``D3`` directly. A zero
   denominator gives alpha = 0 (documented; never NaN). ``(..., h, w, C) -> (..., C)``.
 
   Chattopadhyay et al., "Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
   arXiv 1710.11063. Matches pytorch-grad-cam's ``GradCAMPlusPlus`` (eps 1e-6, alpha = 0 where g = 0).
   torchcam's ``GradCAMpp`` diverges: it computes alpha but applies it through a boolean-mask copy that is
   never written back, so its weights are ``sum relu(g) * alpha`` only up to that bug (see tests/parity).
+
+  >>> import jax.numpy as jnp
+  >>> a, g = jnp.ones((2, 2, 1)), jnp.full((2, 2, 1), 0.5)
+  >>> gradcam_pp_weights(a, g)  # alpha = 0.25 / (0.5 + 4 * 0.125) = 0.25 at 4 positions, times relu(g) = 0.5
+  Array([0.49999952], dtype=float32)
   """
-  g2 = grads * grads if second is None else second
-  g3 = g2 * grads if third is None else third
-  sum_a = _spatial.feature_sum(activations)
-  alpha = safe_divide(g2, 2.0 * g2 + sum_a * g3 + eps)
-  alpha = jnp.where(grads != 0, alpha, 0.0)
+  if second is None or third is None:
+    if diagonals is None:
+      if convention == "exp":
+        second, third = grads * grads, grads * grads * grads
+      else:
+        zeros = jnp.zeros_like(grads)
+        second, third = gradcam_pp_derivative_terms(grads, zeros, zeros, convention=convention)
+    else:
+      h, t = (diagonals.second, diagonals.third) if hasattr(diagonals, "second") else diagonals
+      second, third = gradcam_pp_derivative_terms(grads, h, t, convention=convention)
+  alpha = gradcam_pp_alpha(activations, grads, second, third, eps=eps)
   return _spatial.feature_sum(jax.nn.relu(grads) * alpha, keepdims=False)
 
 
@@ -97,6 +127,16 @@ def layercam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
   """
   del activations
   return jax.nn.relu(grads)
+
+
+def layercam_fusion_rescale(maps: jax.Array, *, fusion: str, n_layers: int) -> jax.Array:
+  """LayerCAM's per-layer hook: torchcam's ``tanh(2 * cam)`` rescale of normalized maps before max fusion.
+
+  Applied at layer resolution, as torchcam does, only when several layers are fused with ``fusion="max"``.
+  """
+  if n_layers > 1 and fusion == "max":
+    return jnp.tanh(2.0 * maps)
+  return maps
 
 
 def hirescam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
@@ -131,7 +171,7 @@ def gradcam_pp_derivative_terms(grads, second, third, *, convention: str = "exp"
   raise ValueError(f"Expected `convention` to be 'exp' or 'literal', got {convention!r}.")
 
 
-def shapleycam_weights(activations: jax.Array, grads: jax.Array, /, *, hvp: jax.Array) -> jax.Array:
+def shapleycam_weights(activations: jax.Array, grads: jax.Array, hvp: jax.Array, /) -> jax.Array:
   """Shapley-CAM channel weights: the spatial mean of ``g - 1/2 H A`` (H A: exact Hessian-vector product).
 
   ``(..., h, w, C) -> (..., C)``. Cai et al., "CAMs as Shapley Value-based Explainers", arXiv 2501.06261.

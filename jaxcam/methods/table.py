@@ -1,68 +1,160 @@
-"""The single method table: name -> weight function and what it requires.
+"""The single method table: name -> pure function, what it needs, its options and hooks.
 
-Every public method function (`jaxcam.gradcam`, ...), `jaxcam.explain`, the CLI's ``--method`` and the common
-test suite come from this table. Adding a method is one pure function in its family file plus one row here.
+Every public method function (`jaxcam.gradcam`, ...), `jaxcam.explain`, `jaxcam.explain_many`, the CLI's
+``--method`` and the common test suite come from this table. Adding a method is one pure function in its family
+file plus one row here; a method that needs something new adds one provider (`jaxcam.providers`). A row built
+outside the package (``jaxcam.explain(MethodSpec(...), tap, x)``) works the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from jaxcam._errors import UnknownNameError, unknown_name_message
 from jaxcam.methods import classic, factorization, gradient
 
-__all__ = ["MethodSpec", "METHODS", "get_method", "method_names"]
+__all__ = ["MethodSpec", "METHODS", "OUTPUTS", "get_method", "method_names", "register_method"]
+
+OUTPUTS = ("channel", "spatial", "map")
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
   """One row of the method table.
 
-  kind: "channel" (fn -> (..., C)), "spatial" (fn -> (..., h, w, C)), "map" (fn -> (..., h, w)) or "cam"
-  (classic CAM: weights from the Dense kernel). needs_grads: whether a backward pass is needed.
-  class_specific: whether the map depends on the target. differentiable: whether maps are meant to be
-  differentiated (the Eigen methods are not). options: keyword options with their defaults.
+  name: the method's name. fn: ``fn(A, *needs, **options)``, A ``(B, K, h, w, C)`` and one positional argument per
+  entry of `needs` (None for a need that `select` left out). output: what fn returns: "channel" weights
+  ``(B, K, C)``, "spatial" weights ``(B, K, h, w, C)`` (the map is then ``sum_k w_k A_k``) or a "map"
+  ``(B, K, h, w)``. needs: names of registered providers (`jaxcam.providers`). options: fn's keyword options with
+  defaults. controls: options read by `select` or `inputs` rather than fn (e.g. Grad-CAM++'s ``derivatives``).
+  select: ``select(options) -> needs`` actually used for these options (default: all of `needs`). inputs: a
+  wrapper hook that computes the needs in place of the plain forward pass (see `jaxcam.smooth`). per_layer:
+  ``per_layer(maps, fusion=, n_layers=)`` on each layer's normalized map at layer resolution. check:
+  ``check(explanation, options)``, run after eager calls (warnings, clear errors). class_specific: whether the map
+  depends on the target. differentiable: whether maps are meant to be differentiated (the Eigen methods are not).
   """
 
   name: str
   fn: Callable[..., Any]
-  kind: str
-  needs_grads: bool = True
+  output: str
+  needs: tuple[str, ...] = ("grads",)
+  options: tuple[tuple[str, Any], ...] = ()
+  controls: tuple[tuple[str, Any], ...] = ()
+  select: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
+  inputs: Any = None
+  per_layer: Callable[..., Any] | None = None
+  check: Callable[[Any, Mapping[str, Any]], None] | None = None
   class_specific: bool = True
   differentiable: bool = True
-  options: tuple[tuple[str, Any], ...] = ()
   aliases: tuple[str, ...] = ()
   title: str = ""
-  extra: str | None = None  # "diagonals" (exact Grad-CAM++) or "hvp" (Shapley-CAM): computed from the tap
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      raise ValueError(f"Expected MethodSpec `name` to be a non-empty string, got {self.name!r}.")
+    if not callable(self.fn):
+      raise TypeError(f"Expected MethodSpec `fn` to be callable, got {type(self.fn).__name__}.")
+    if self.output not in OUTPUTS:
+      raise ValueError(f"Expected MethodSpec `output` to be one of {OUTPUTS}, got {self.output!r}.")
+    if not isinstance(self.needs, tuple) or not all(isinstance(n, str) for n in self.needs):
+      raise TypeError(f"Expected MethodSpec `needs` to be a tuple of need names, got {self.needs!r}.")
+
+  def needs_for(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+    """The needs computed for these (complete) options."""
+    return self.needs if self.select is None else tuple(self.select(options))
+
+  def _providers(self, needs=None):
+    from jaxcam.providers import get_provider
+
+    return [get_provider(n, method=self.name) for n in (self.needs if needs is None else needs)]
+
+  def defaults(self) -> dict[str, Any]:
+    """Every option this method accepts, with its default: fn's, the controls' and its providers'."""
+    out: dict[str, Any] = {}
+    for p in self._providers():
+      out.update(p.options)
+    out.update(self.controls)
+    out.update(self.options)
+    extra = getattr(self.inputs, "options", ())
+    out.update(extra)
+    return out
+
+  def expensive(self, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether its cost grows with the layer's size or a sample count (explain_many runs it only if asked)."""
+    opts = {**self.defaults(), **(options or {})}
+    return bool(getattr(self.inputs, "expensive", False)) or any(p.expensive for p in
+                                                                 self._providers(self.needs_for(opts)))
+
+  def cost(self, options: Mapping[str, Any] | None = None) -> str:
+    """What one image costs, in words (forward pass + each provider)."""
+    opts = {**self.defaults(), **(options or {})}
+    parts = ["1 forward pass"] + [f"{p.name}: {p.cost}" for p in self._providers(self.needs_for(opts)) if p.cost]
+    text = "; ".join(parts)
+    scale = getattr(self.inputs, "cost", None)
+    return scale(text) if scale is not None else text
 
 
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in [
-        MethodSpec("cam", classic.cam_weights, "cam", needs_grads=False, options=(("fc", None),),
-                   title="CAM"),
-        MethodSpec("gradcam", gradient.gradcam_weights, "channel", title="Grad-CAM"),
-        MethodSpec("gradcam_pp", gradient.gradcam_pp_weights, "channel",
-                   options=(("eps", 1e-6), ("derivatives", "approx"), ("convention", "exp"), ("strategy", "auto"),
-                            ("chunk_size", 256)),
-                   aliases=("gradcam++", "gradcampp"), title="Grad-CAM++", extra="diagonals"),
-        MethodSpec("xgradcam", gradient.xgradcam_weights, "channel", options=(("eps", 1e-7),),
-                   title="XGrad-CAM"),
-        MethodSpec("layercam", gradient.layercam_weights, "spatial", title="LayerCAM"),
-        MethodSpec("hirescam", gradient.hirescam_weights, "spatial", title="HiResCAM"),
-        MethodSpec("gradcam_elementwise", gradient.gradcam_elementwise_weights, "spatial",
-                   aliases=("gradcamelementwise",), title="Grad-CAM element-wise"),
-        MethodSpec("shapleycam", gradient.shapleycam_weights, "channel", title="Shapley-CAM", extra="hvp"),
-        MethodSpec("eigencam", factorization.eigencam_map, "map", needs_grads=False, class_specific=False,
-                   differentiable=False, title="Eigen-CAM"),
-        MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False,
-                   title="EigenGrad-CAM"),
-    ]
-}
+def _gradcam_pp_needs(options: Mapping[str, Any]) -> tuple[str, ...]:
+  derivs = options["derivatives"]
+  if derivs not in ("approx", "exact"):
+    raise ValueError(f"Expected `derivatives` to be 'approx' or 'exact', got {derivs!r}.")
+  return ("grads", "diagonals") if derivs == "exact" else ("grads",)
 
-_ALIASES = {alias: spec.name for spec in METHODS.values() for alias in spec.aliases}
+
+def _check_gradcam_pp(ex, options: Mapping[str, Any]) -> None:
+  maps = np.asarray(ex.maps)
+  if options.get("derivatives") == "exact" and np.isnan(maps).any():
+    raise ValueError(
+        "The structured exact-derivative strategy failed its cross-check against the generic strategy for layer "
+        f"{ex.layer!r}: its head is not global pooling of A. Use strategy='generic' or another layer."
+    )
+  if options.get("convention") == "literal" and not np.any(maps):
+    warnings.warn(
+        "Grad-CAM++ with convention='literal' (Y = S): the second and third derivatives are all zero here (a "
+        "piecewise-linear head), so alpha is 0/0 and the maps are zeros. Use the paper's convention='exp'.",
+        stacklevel=4,
+    )
+
+
+METHODS: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
+  """Add a row to the table (its name then works everywhere a method name does: explain, the CLI, ...)."""
+  if not isinstance(spec, MethodSpec):
+    raise TypeError(f"Expected a jaxcam MethodSpec, got {type(spec).__name__}.")
+  if spec.name in METHODS and not replace:
+    raise ValueError(f"Method {spec.name!r} is already registered; pass replace=True to redefine it.")
+  METHODS[spec.name] = spec
+  _ALIASES.update({alias: spec.name for alias in spec.aliases})
+  return spec
+
+
+for _spec in [
+    MethodSpec("cam", classic.cam_weights, "channel", needs=("fc_kernel", "class_ids"), title="CAM"),
+    MethodSpec("gradcam", gradient.gradcam_weights, "channel", title="Grad-CAM"),
+    MethodSpec("gradcam_pp", gradient.gradcam_pp_weights, "channel", needs=("grads", "diagonals"),
+               options=(("eps", 1e-6), ("convention", "exp")), controls=(("derivatives", "approx"),),
+               select=_gradcam_pp_needs, check=_check_gradcam_pp, aliases=("gradcam++", "gradcampp"),
+               title="Grad-CAM++"),
+    MethodSpec("xgradcam", gradient.xgradcam_weights, "channel", options=(("eps", 1e-7),), title="XGrad-CAM"),
+    MethodSpec("layercam", gradient.layercam_weights, "spatial", per_layer=gradient.layercam_fusion_rescale,
+               title="LayerCAM"),
+    MethodSpec("hirescam", gradient.hirescam_weights, "spatial", title="HiResCAM"),
+    MethodSpec("gradcam_elementwise", gradient.gradcam_elementwise_weights, "spatial",
+               aliases=("gradcamelementwise",), title="Grad-CAM element-wise"),
+    MethodSpec("shapleycam", gradient.shapleycam_weights, "channel", needs=("grads", "hvp"), title="Shapley-CAM"),
+    MethodSpec("eigencam", factorization.eigencam_map, "map", needs=(), class_specific=False, differentiable=False,
+               title="Eigen-CAM"),
+    MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False, title="EigenGrad-CAM"),
+]:
+  register_method(_spec)
 
 
 def method_names() -> list[str]:
@@ -70,12 +162,14 @@ def method_names() -> list[str]:
   return list(METHODS)
 
 
-def get_method(name: str) -> MethodSpec:
-  """The table row for `name` (aliases such as "gradcam++" and dashes accepted); KeyError with hints."""
+def get_method(name: str | MethodSpec) -> MethodSpec:
+  """The table row for `name` (aliases such as "gradcam++" and dashes accepted), or a `MethodSpec` as is."""
   if isinstance(name, MethodSpec):
     return name
   if not isinstance(name, str):
-    raise TypeError(f"Expected `method` to be a method name such as 'gradcam', got {type(name).__name__}.")
+    raise TypeError(
+        f"Expected `method` to be a method name such as 'gradcam' or a jaxcam MethodSpec, got {type(name).__name__}."
+    )
   key = name.lower().replace("-", "_")
   key = _ALIASES.get(key, _ALIASES.get(key.replace("_", ""), key))
   if key not in METHODS:

@@ -1,0 +1,74 @@
+"""One chunked map for everything that evaluates many copies: derivative directions, noisy or masked inputs.
+
+`chunked_map(fn, xs, chunk_size=n)` is ``jnp.stack([fn(x) for x in xs])`` computed `n` elements at a time
+(`jax.vmap` inside `jax.lax.map`), so peak memory grows with `n`, not with ``len(xs)``. `chunked_sum` reduces as it
+goes (a `jax.lax.scan` over chunks), so not even the stacked results are held. Both compile to one program,
+work under `jax.jit`, `jax.vmap` and `jax.grad`, and give the same result for every chunk size (up to the order
+of floating-point additions in `chunked_sum`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["chunked_map", "chunked_sum", "check_chunk_size"]
+
+
+def check_chunk_size(chunk_size: Any, *, argname: str = "chunk_size") -> int:
+  """`chunk_size` as a positive int, or a clear error naming the argument."""
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"Expected `{argname}` to be a positive int (copies evaluated at once), got {chunk_size!r}.")
+  return chunk_size
+
+
+def _length(xs: Any) -> int:
+  leaves = jax.tree_util.tree_leaves(xs)
+  if not leaves:
+    raise ValueError("Expected `xs` to hold at least one array to map over, got an empty pytree.")
+  return leaves[0].shape[0]
+
+
+def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
+  """``fn`` over the leading axis of `xs` (a pytree), `chunk_size` elements at a time.
+
+  >>> import jax.numpy as jnp
+  >>> chunked_map(lambda v: v * 2, jnp.arange(5.0), chunk_size=2)
+  Array([0., 2., 4., 6., 8.], dtype=float32)
+  """
+  chunk_size = check_chunk_size(chunk_size)
+  n = _length(xs)
+  return jax.lax.map(fn, xs, batch_size=max(1, min(chunk_size, n)))
+
+
+def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
+  """``sum_i fn(xs[i])`` (a pytree sum), `chunk_size` elements at a time; memory bounded by the chunk.
+
+  A last, shorter chunk is evaluated on its own (no padding, no wasted work).
+
+  >>> import jax.numpy as jnp
+  >>> chunked_sum(lambda v: v ** 2, jnp.arange(5.0), chunk_size=2)
+  Array(30., dtype=float32)
+  """
+  chunk_size = check_chunk_size(chunk_size)
+  n = _length(xs)
+  size = max(1, min(chunk_size, n))
+  full, rest = divmod(n, size)
+  batched = jax.vmap(fn)
+
+  def add_chunk(total, chunk):
+    part = jax.tree.map(lambda v: jnp.sum(v, axis=0), batched(chunk))
+    return (part if total is None else jax.tree.map(jnp.add, total, part)), None
+
+  head = jax.tree.map(lambda v: v[: full * size].reshape((full, size) + v.shape[1:]), xs)
+  first = jax.tree.map(lambda v: v[0], head)
+  total, _ = add_chunk(None, first)
+  if full > 1:
+    rest_chunks = jax.tree.map(lambda v: v[1:], head)
+    total, _ = jax.lax.scan(lambda t, c: add_chunk(t, c), total, rest_chunks)
+  if rest:
+    total, _ = add_chunk(total, jax.tree.map(lambda v: v[full * size:], xs))
+  return total

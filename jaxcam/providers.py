@@ -1,0 +1,136 @@
+"""Providers: one registered function per *need* of a method row.
+
+A method row (`jaxcam.methods.table.MethodSpec`) says what it consumes, e.g. ``needs=("grads",)`` or
+``("grads", "hvp")``; each need is computed by exactly one provider::
+
+    provider.fn(tap, x, fwd, /, **options) -> tuple   # one value per tapped layer
+
+`fwd` is the shared `jaxcam.core.Forward` (output, activations A, class ids, scores, and dS/dA when any provider
+of the call sets ``grads=True``). A provider declares its options with defaults (they become options of every
+method that needs it), whether it reads one layer only, and its cost, so that `jaxcam.explain_many` can share it
+between methods and refuse to run expensive ones unasked. Register your own with `register_provider`; a method
+row of your own may then need it, with no edit to jaxcam (see tests/test_contract.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcam import derivatives
+from jaxcam._errors import UnknownNameError, unknown_name_message
+from jaxcam.methods import classic
+
+__all__ = ["Provider", "PROVIDERS", "register_provider", "get_provider"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+  """How one need is computed.
+
+  fn: ``fn(tap, x, fwd, /, **options) -> tuple`` with one value (an array or a pytree) per layer.
+  options: its keyword options with defaults. grads: whether it reads ``fwd.grads`` (then the shared pass includes
+  the backward pass from the layer). single_layer: it refuses multi-layer taps. expensive: its cost grows with the
+  layer's size (channels, positions) or a sample count rather than being a fixed number of passes. cost: what it
+  costs per image, in words.
+  """
+
+  name: str
+  fn: Callable[..., tuple]
+  options: tuple[tuple[str, Any], ...] = ()
+  grads: bool = False
+  single_layer: bool = False
+  expensive: bool = False
+  cost: str = ""
+
+
+PROVIDERS: dict[str, Provider] = {}
+
+
+def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
+  """Add `provider` to the registry under its name (`replace=True` to redefine an existing need)."""
+  if not isinstance(provider, Provider):
+    raise TypeError(f"Expected a jaxcam.providers.Provider, got {type(provider).__name__}.")
+  if provider.name in PROVIDERS and not replace and PROVIDERS[provider.name] != provider:
+    raise ValueError(f"A provider for need {provider.name!r} is already registered; pass replace=True to redefine it.")
+  PROVIDERS[provider.name] = provider
+  return provider
+
+
+def get_provider(need: str, *, method: str = "a method") -> Provider:
+  """The provider of `need`; `KeyError` listing the registered needs."""
+  if need not in PROVIDERS:
+    raise UnknownNameError(unknown_name_message(f"need of {method}", need, sorted(PROVIDERS), "a registered provider")
+                           + " Register one with jaxcam.providers.register_provider.")
+  return PROVIDERS[need]
+
+
+def _layers(tap) -> int:
+  return len(tap.layers)
+
+
+# ------------------------------------------------------------------------------------------------ built-ins
+
+
+def _grads(tap, x, fwd):
+  del tap, x
+  return fwd.grads
+
+
+def _class_ids(tap, x, fwd):
+  del x
+  if fwd.ids is None:
+    raise ValueError(
+        "This method needs class ids as target (ints, None, or a jaxcam.targets score of class ids); got a custom "
+        "score callable."
+    )
+  return (fwd.ids,) * _layers(tap)
+
+
+def _fc_kernel(tap, x, fwd, *, fc=None):
+  kernel = classic.resolve_fc_kernel(tap, fc)
+  a = fwd.activations[0]
+  c, n = a.shape[-1], fwd.logits.shape[-1]
+  if kernel.shape != (c, n):
+    raise ValueError(
+        f"Expected the CAM kernel `fc` of shape (C, classes) = ({c}, {n}) for layer {tap.layer!r}, got "
+        f"{tuple(kernel.shape)}."
+    )
+  classic.check_gap_dense_head(lambda act: tap.head(x, act), a, layer=str(tap.layer))
+  return (kernel,)
+
+
+def _diagonals(tap, x, fwd, *, strategy="auto", chunk_size=derivatives.DEFAULT_CHUNK_SIZE):
+  return (derivatives.diagonals_k(tap, x, fwd.target, strategy=strategy, chunk_size=chunk_size, fwd=fwd),)
+
+
+def _hvp(tap, x, fwd):
+  a = fwd.activations[0]
+  return (derivatives.hvp(tap, x, fwd.target, a, a, ids=fwd.ids),)
+
+
+for _p in (
+    Provider("grads", _grads, grads=True, cost="1 backward pass from the layer (shared)"),
+    Provider("class_ids", _class_ids, cost="none (from the shared forward pass)"),
+    Provider("fc_kernel", _fc_kernel, options=(("fc", None),), single_layer=True,
+             cost="none (the Dense kernel; the head is checked on its jaxpr)"),
+    Provider("diagonals", _diagonals, options=(("strategy", "auto"), ("chunk_size", derivatives.DEFAULT_CHUNK_SIZE)),
+             grads=True, single_layer=True, expensive=True,
+             cost="one third-order forward pass through the head per channel (structured) or per element of A "
+                  "(generic)"),
+    Provider("hvp", _hvp, single_layer=True, cost="1 forward-over-reverse pass through the head"),
+):
+  register_provider(_p)
+
+
+def as_float(tree: Any) -> Any:
+  """Floating leaves promoted to at least float32 (bfloat16 inputs give float32 maps); others unchanged."""
+  def f(v):
+    if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating):
+      return v.astype(jnp.promote_types(v.dtype, jnp.float32))
+    return v
+  return jax.tree.map(f, tree)
