@@ -11,6 +11,8 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
 
 - ``cam_parity``: a small CNN; activations, gradients, weights, raw and final maps per method from
   pytorch-grad-cam and torchcam.
+- ``shapley_parity``: pytorch-grad-cam's ShapleyCAM on the small CNN with a smooth (SiLU) head after the layer,
+  so the Hessian term is non-zero.
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -166,6 +168,47 @@ def make_cam_parity() -> dict[str, np.ndarray]:
           for k, v in out.items()}
 
 
+class SmoothHeadCNN(SmallCNN):
+  """SmallCNN with a smooth head after block2 (conv + SiLU): Shapley-CAM's Hessian term is not zero there."""
+
+  def __init__(self):
+    super().__init__()
+    self.block3 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.SiLU())
+
+
+def make_shapley_parity() -> dict[str, np.ndarray]:
+  """pytorch-grad-cam's ShapleyCAM on a network whose head is smooth (SiLU), so H A != 0 and Shapley-CAM differs
+  from Grad-CAM; weights and HVP recomputed by torch double backward as ShapleyCAM.get_cam_weights does."""
+  import pytorch_grad_cam as pgc
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+  weights = small_cnn_weights(5)
+  model = SmoothHeadCNN().eval()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+  x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
+  xt = torch.from_numpy(x)
+  ids = [2, 5]
+  out = {f"w/{k}": v for k, v in weights.items()}
+  out["x"], out["ids"] = nhwc(x), np.asarray(ids)
+  with pgc.ShapleyCAM(model=model, target_layers=[model.block2]) as cam:
+    out["pgc/shapleycam/maps"] = cam(input_tensor=xt, targets=[ClassifierOutputTarget(c) for c in ids])
+  with pgc.GradCAM(model=model, target_layers=[model.block2]) as cam:
+    out["pgc/gradcam/maps"] = cam(input_tensor=xt, targets=[ClassifierOutputTarget(c) for c in ids])
+  store = {}
+  hook = model.block2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+  logits = model(xt.clone().requires_grad_(True))
+  hook.remove()
+  score = logits[torch.arange(2), torch.as_tensor(ids)].sum()
+  (grads,) = torch.autograd.grad(score, store["a"], create_graph=True)
+  (hvp,) = torch.autograd.grad(grads, store["a"], grad_outputs=store["a"])
+  out["block2/A"], out["block2/G"] = nhwc(store["a"].detach().numpy()), nhwc(grads.detach().numpy())
+  out["pgc/shapleycam/weights"] = (grads - 0.5 * hvp).detach().numpy().mean(axis=(2, 3))
+  out["pgc/shapleycam/hvp"] = nhwc(hvp.detach().numpy())
+  out["logits"] = logits.detach().numpy()
+  return {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+          for k, v in out.items()}
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -247,7 +290,7 @@ def make_checkpoints() -> dict[str, np.ndarray]:
   return out
 
 
-SECTIONS = {"cam_parity": make_cam_parity, "efficientnet_lite0": make_efficientnet_lite0,
+SECTIONS = {"cam_parity": make_cam_parity, "shapley_parity": make_shapley_parity, "efficientnet_lite0": make_efficientnet_lite0,
             "converters": make_converters, "checkpoints": make_checkpoints}
 
 

@@ -107,6 +107,20 @@ class ParityCNN(nn.Module):
     return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
 
 
+class SmoothParityCNN(nn.Module):
+  """scripts/make_fixtures.py's SmoothHeadCNN: ParityCNN with a SiLU after block3 (a smooth head after block2)."""
+
+  fc_layer = "fc"
+  default_layer = "block2"
+
+  @nn.compact
+  def __call__(self, x):
+    x = ConvBlock(8, name="block1")(x)
+    x = ConvBlock(16, strides=2, name="block2")(x)
+    x = ConvBlock(16, name="block3", act=nn.silu)(x)
+    return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
+
+
 def parity_variables(data):
   """Flax variables of ParityCNN from the torch state dict stored in the fixture (OIHW -> HWIO)."""
   conv = lambda n: {"conv": {"kernel": jnp.asarray(np.transpose(data[f"w/{n}.0.weight"], (2, 3, 1, 0))),

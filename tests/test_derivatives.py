@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import pytest
 import jaxcam
 from jaxcam import core, derivatives
 from tests import models
+from tests.conftest import FIXTURES
 
 B, H, W, C, CLASSES = 2, 2, 2, 3, 4
 
@@ -247,16 +250,23 @@ def test_hvp_and_shapleycam_against_brute_force():
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_shapleycam_parity_with_pytorch_grad_cam(parity_data):
-  d = parity_data
-  tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
-  x = jnp.asarray(d["x"])
-  fwd = core.forward_and_grads(tap, x, jnp.asarray(d["ids"]))
-  hv = derivatives.hvp(tap, x, jnp.asarray(d["ids"]), fwd.activations[0], fwd.activations[0])[:, 0]
-  np.testing.assert_allclose(hv, d["pgc/shapleycam/hvp"], atol=1e-6)  # a ReLU network: exactly zero both sides
+def test_shapleycam_parity_with_pytorch_grad_cam():
+  """A smooth (SiLU) head after the layer: H A is not zero, so the fixture tells Shapley-CAM from Grad-CAM."""
+  with np.load(os.path.join(FIXTURES, "shapley_parity.npz")) as f:
+    d = {k: f[k] for k in f.files}
+  tap = jaxcam.linen_tap(models.SmoothParityCNN(), models.parity_variables(d))
+  x, ids = jnp.asarray(d["x"]), jnp.asarray(d["ids"])
+  np.testing.assert_allclose(tap.forward(x), d["logits"], rtol=1e-4, atol=1e-5)
+  fwd = core.forward_and_grads(tap, x, ids)
+  hv = derivatives.hvp(tap, x, ids, fwd.activations[0], fwd.activations[0])[:, 0]
+  assert np.abs(d["pgc/shapleycam/hvp"]).max() > 1e-3  # the fixture's Hessian term is really there
+  np.testing.assert_allclose(hv, d["pgc/shapleycam/hvp"], atol=2e-6)
   w = jaxcam.methods.gradient.shapleycam_weights(fwd.activations[0], fwd.grads[0][:, 0], hv)
   np.testing.assert_allclose(w, d["pgc/shapleycam/weights"], atol=1e-6)
-  np.testing.assert_allclose(jaxcam.shapleycam(tap, x, target=d["ids"]), d["pgc/shapleycam/maps"], atol=1e-4)
+  ours = jaxcam.shapleycam(tap, x, target=ids)
+  np.testing.assert_allclose(ours, d["pgc/shapleycam/maps"], atol=1e-4)
+  np.testing.assert_allclose(jaxcam.gradcam(tap, x, target=ids), d["pgc/gradcam/maps"], atol=1e-4)
+  assert np.abs(np.asarray(ours) - d["pgc/gradcam/maps"]).max() > 1e-2  # and it is not Grad-CAM here
 
 
 def test_compare_derivatives_report():

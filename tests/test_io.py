@@ -42,7 +42,9 @@ def test_safetensors_and_npz(expected, tmp_path):
   path = tmp_path / "w.npz"
   np.savez(path, a=np.arange(3.0), b=np.ones((2, 2), np.float16))
   got = io.load_state_dict(path)
-  np.testing.assert_array_equal(got["a"], np.arange(3.0)) and got["b"].dtype == np.float16
+  np.testing.assert_array_equal(got["a"], np.arange(3.0))
+  np.testing.assert_array_equal(got["b"], np.ones((2, 2), np.float16))
+  assert got["b"].dtype == np.float16
 
 
 class _Evil:
@@ -110,4 +112,6 @@ def test_save_npz_is_deterministic_and_loadable(tmp_path):
   p2 = io.save_npz(tmp_path / "two.npz", arrays)
   assert open(p1, "rb").read() == open(p2, "rb").read()
   back = io.load_state_dict(p1)
-  np.testing.assert_array_equal(back["b"], arrays["b"]) and back["a"].dtype == np.float16
+  np.testing.assert_array_equal(back["b"], arrays["b"])
+  np.testing.assert_array_equal(back["a"], arrays["a"])
+  assert back["a"].dtype == np.float16
