@@ -150,12 +150,13 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
     a = jnp.broadcast_to(a[:, None], (a.shape[0], k) + a.shape[1:])  # (B, K, h, w, C)
     args = [providers_lib.as_float(values[n][i]) if n in used else None for n in spec.needs]
     out = spec.fn(a, *args, **fn_options)
-    m = out if spec.output == "map" else postprocess.combine(out, a)
-    if m.shape != a.shape[:-1]:
+    expected = _OUTPUT_SHAPES[spec.output](a.shape)
+    if tuple(getattr(out, "shape", ())) != expected:
       raise ValueError(
-          f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape {tuple(m.shape)}; expected "
-          f"{tuple(a.shape[:-1])} from activations {tuple(a.shape)}."
+          f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape "
+          f"{tuple(getattr(out, 'shape', ()))}; expected {expected} from activations {tuple(a.shape)}."
       )
+    m = out if spec.output == "map" else postprocess.combine(out, a)
     if relu:
       m = jax.nn.relu(m)
     if normalize:
@@ -182,6 +183,12 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
     ids = None if ids is None else ids[:, 0]
   return Explanation(maps=maps, logits=fwd.logits, target=ids, scores=scores, method=spec.name, layer=tap.layer)
 
+
+_OUTPUT_SHAPES = {  # what a row's fn returns, from A's (B, K, h, w, C)
+    "channel": lambda s: s[:2] + s[-1:],
+    "spatial": lambda s: tuple(s),
+    "map": lambda s: tuple(s[:-1]),
+}
 
 TRACES: collections.Counter = collections.Counter()
 """How many times each method was traced (compiled) by `explain` / `explain_many`: a retrace shows up here."""

@@ -10,12 +10,20 @@ import pytest
 
 # Strict rank promotion everywhere; float64 only inside tests that ask for it (jax.enable_x64).
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# Compiles dominate the suite's time: keep them across runs (CI starts from a fresh clone, same machine).
-jax.config.update("jax_compilation_cache_dir", os.environ.get(
-    "JAXCAM_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxcam-tests", "xla")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+# Opt-in: JAXCAM_TEST_CACHE=DIR keeps XLA compilations across runs (.ci/run sets it); by default nothing is
+# written outside the repository.
+if os.environ.get("JAXCAM_TEST_CACHE"):
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAXCAM_TEST_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+@pytest.fixture
+def strict_promotion():
+  """Strict dtype promotion, around jaxcam's own pure functions (Flax itself breaks under it, e.g. nn.avg_pool)."""
+  with jax.numpy_dtype_promotion("strict"):
+    yield
 
 
 @pytest.fixture(scope="session")

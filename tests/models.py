@@ -127,3 +127,72 @@ def parity_variables(data):
                              "bias": jnp.asarray(data[f"w/{n}.0.bias"])}}
   return {"params": {"block1": conv("block1"), "block2": conv("block2"), "block3": conv("block3"),
                      "fc": {"kernel": jnp.asarray(data["w/fc.weight"].T), "bias": jnp.asarray(data["w/fc.bias"])}}}
+
+
+# ------------------------------------------------------------------ one network as linen, nnx and plain functions
+
+
+class _ConvBlockNnx(nnx.Module):
+  def __init__(self, cin, cout, strides, rngs):
+    self.conv = nnx.Conv(cin, cout, (3, 3), strides=strides, padding=((1, 1), (1, 1)), rngs=rngs)
+
+  def __call__(self, x):
+    return nnx.relu(self.conv(x))
+
+
+class ConvNetNnx(nnx.Module):
+  """`ConvNet` in nnx, same parameter names and shapes (see `convnet_nnx`)."""
+
+  fc_layer = "fc"
+  default_layer = "body_1"
+
+  def __init__(self, rngs: nnx.Rngs, classes: int = 5):
+    self.body_0 = _ConvBlockNnx(3, 6, 1, rngs)
+    self.body_1 = _ConvBlockNnx(6, 8, 2, rngs)
+    self.body_2 = _ConvBlockNnx(8, 8, 1, rngs)
+    self.fc = nnx.Linear(8, classes, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc(self.body_2(self.body_1(self.body_0(x))).mean(axis=(1, 2)))
+
+
+def convnet_nnx(variables) -> ConvNetNnx:
+  """A `ConvNetNnx` holding the linen `ConvNet`'s variables."""
+  model = ConvNetNnx(nnx.Rngs(0))
+  p = variables["params"]
+  for name in ("body_0", "body_1", "body_2"):
+    conv = getattr(model, name).conv
+    conv.kernel = nnx.Param(p[name]["conv"]["kernel"])
+    conv.bias = nnx.Param(p[name]["conv"]["bias"])
+  model.fc.kernel = nnx.Param(p["fc"]["kernel"])
+  model.fc.bias = nnx.Param(p["fc"]["bias"])
+  return model
+
+
+def _block(p, y, name, stride):
+  k, b = p[name]["conv"]["kernel"], p[name]["conv"]["bias"]
+  y = jax.lax.conv_general_dilated(y, k, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.nn.relu(y + b[None, None, None, :])
+
+
+def convnet_body(variables, x):
+  """`ConvNet` up to and including body_2, by hand (a `function_tap` body; params = the linen variables)."""
+  p = variables["params"]
+  return _block(p, _block(p, _block(p, x, "body_0", 1), "body_1", 2), "body_2", 1)
+
+
+def convnet_head(variables, x, a):
+  """`ConvNet` after body_2: global average pooling + Dense."""
+  del x
+  p = variables["params"]
+  return a.mean(axis=(1, 2)) @ p["fc"]["kernel"] + p["fc"]["bias"][None, :]
+
+
+class DictOutput(nn.Module):
+  """GapDense whose output is a dict (logits + embedding): taps accept any pytree output."""
+
+  @nn.compact
+  def __call__(self, x):
+    a = ConvBlock(5, name="features")(x)
+    pooled = jnp.mean(a, axis=(1, 2))
+    return {"logits": nn.Dense(4, name="fc")(pooled), "embedding": pooled}
