@@ -28,7 +28,7 @@ def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loade
   raise AttributeError(f"module 'jaxcam' has no attribute {name!r}")
 
 
-__all__ = sorted([  # noqa: PLE0604 (the method functions are generated)
+__all__ = [
     "METHODS",
     "Explanation",
     "FunctionTap",
@@ -64,5 +64,5 @@ __all__ = sorted([  # noqa: PLE0604 (the method functions are generated)
     "register_provider",
     "smooth",
     "targets",
-    *_METHOD_FUNCTIONS,
-])
+]
+__all__ += sorted(_METHOD_FUNCTIONS)  # generated from the method table

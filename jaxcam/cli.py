@@ -1,6 +1,7 @@
-"""The `jaxcam` command: ``demo``, ``explain``, ``layers``.
+"""The `jaxcam` command: ``demo``, ``explain``, ``layers``, ``merge-manifests``.
 
-Outputs are deterministic (no timestamps), so reruns give byte-identical files.
+Outputs are deterministic (no timestamps), so reruns give byte-identical files. ``explain`` always runs through
+`jaxcam.stream`: one shard with overlays by default, shards of ``--shard-size`` files for large runs.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from jaxcam import io as jio
+from jaxcam import writers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DEMO_METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam",
@@ -51,13 +51,6 @@ class _LineProgress:
     print(file=sys.stderr)
 
 
-def _top5(probs: np.ndarray) -> list[dict[str, Any]]:
-  from jaxcam.models import class_name
-
-  idx = np.argsort(-probs)[:5]
-  return [{"id": int(i), "name": class_name(int(i)), "p": round(float(probs[i]), 6)} for i in idx]
-
-
 def _collect_images(inputs: Sequence[str]) -> list[str]:
   files: list[str] = []
   for item in inputs:
@@ -73,16 +66,6 @@ def _collect_images(inputs: Sequence[str]) -> list[str]:
   return files
 
 
-def _read_image(path: str) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError
-
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise CliError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
-
-
 def _resolve_target(target: str | None) -> int | None:
   if target is None:
     return None
@@ -92,18 +75,6 @@ def _resolve_target(target: str | None) -> int | None:
     return imagenet_class(target)
   except (KeyError, ValueError) as e:
     raise CliError(str(e)) from None
-
-
-def _stem_names(files: Sequence[str]) -> list[str]:
-  """Unique output names from file stems ('cat', 'cat_2', ...)."""
-  seen: dict[str, int] = {}
-  out = []
-  for f in files:
-    stem = os.path.splitext(os.path.basename(f))[0]
-    n = seen.get(stem, 0)
-    seen[stem] = n + 1
-    out.append(stem if n == 0 else f"{stem}_{n + 1}")
-  return out
 
 
 def _load_model(name: str, weights: str | None):
@@ -127,7 +98,7 @@ def cmd_demo(args) -> int:
   import jax
 
   import jaxcam
-  from jaxcam import models, viz
+  from jaxcam import models, stream, viz
 
   t0 = time.perf_counter()
   os.makedirs(args.out, exist_ok=True)
@@ -140,7 +111,7 @@ def cmd_demo(args) -> int:
   probs = np.asarray(jax.nn.softmax(next(iter(results.values())).logits, axis=-1))
   summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": list(DEMO_METHODS), "images": {}}
   for i, name in enumerate(names):
-    top = _top5(probs[i])
+    top = stream.top5(probs[i], models.class_name)
     h, w = photos[name].shape[:2]
     peaks = {m: list(viz.peak(np.asarray(results[m].maps[i]), (h, w))) for m in DEMO_METHODS}
     summary["images"][name] = {"top5": top, "target": top[0], "peak": peaks}
@@ -151,18 +122,14 @@ def cmd_demo(args) -> int:
   grid_path = os.path.join(args.out, "grid.png")
   viz.grid([photos[n] for n in names], {m: np.asarray(results[m].maps) for m in DEMO_METHODS},
            [f"{n}: {summary['images'][n]['target']['name']}" for n in names], path=grid_path)
-  jio.write_json(os.path.join(args.out, "summary.json"), summary)
+  writers.write_json(os.path.join(args.out, "summary.json"), summary)
   print(f"wrote {len(names) * len(DEMO_METHODS)} overlays, {grid_path} and summary.json to {args.out} "
         f"in {time.perf_counter() - t0:.1f} s")
   return 0
 
 
 def cmd_explain(args) -> int:
-  import jax
-  import jax.numpy as jnp
-
   import jaxcam
-  from jaxcam import models, viz
 
   try:
     spec = jaxcam.get_method(args.method)
@@ -170,6 +137,8 @@ def cmd_explain(args) -> int:
     raise CliError(str(e)) from None
   if args.batch_size < 1:
     raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+  if args.shard_size < 0:
+    raise CliError(f"--shard-size must be positive (0: one shard), got {args.shard_size}")
   files = _collect_images(args.inputs)
   target = _resolve_target(args.target)
   module, variables = _load_model(args.model, args.weights)
@@ -179,60 +148,20 @@ def cmd_explain(args) -> int:
     raise CliError(str(e)) from None
   os.makedirs(args.out, exist_ok=True)
   if args.shard_size:
-    return _explain_stream(args, spec, files, target, tap)
-  names = _stem_names(files)
-  bs = args.batch_size
-  summary: dict[str, Any] = {"model": args.model, "method": spec.name, "layer": None, "images": {}}
-  maps_out: dict[str, np.ndarray] = {}
-  bar = _progress(len(files), "explaining")
-  try:
-    for start in range(0, len(files), bs):
-      chunk = files[start:start + bs]
-      photos = [_read_image(f) for f in chunk]
-      x = models.preprocess(photos, args.model)
-      n = len(chunk)
-      if n < bs:  # pad to the fixed batch size: one compile for the whole run
-        x = np.concatenate([x, np.repeat(x[-1:], bs - n, axis=0)])
-      t = None if target is None else jnp.full((bs,), target, jnp.int32)
-      try:
-        ex = jaxcam.explain(spec.name, tap, x, target=t)
-      except (KeyError, ValueError) as e:
-        raise CliError(str(e)) from None
-      summary["layer"] = ex.layer
-      maps = np.asarray(ex.maps)[:n]
-      probs = np.asarray(jax.nn.softmax(ex.logits, axis=-1))[:n]
-      ids = np.asarray(ex.target)[:n]
-      for j in range(n):
-        name, photo = names[start + j], photos[j]
-        h, w = photo.shape[:2]
-        maps_out[name] = maps[j].astype(np.float32)
-        summary["images"][name] = {
-            "file": os.path.relpath(chunk[j], os.path.commonpath([os.path.abspath(f) for f in files]) if len(files) > 1
-                                    else os.path.dirname(os.path.abspath(chunk[j]))),
-            "top5": _top5(probs[j]),
-            "target": {"id": int(ids[j]), "name": models.class_name(int(ids[j]))},
-            "method": spec.name, "layer": ex.layer, "model": args.model,
-            "peak": list(viz.peak(maps[j], (h, w))),
-        }
-        viz.save_png(os.path.join(args.out, f"{name}_{spec.name}.png"), viz.overlay(photo, maps[j]))
-      bar.update(n)
-  finally:
-    bar.close()
-  jio.save_npz(os.path.join(args.out, "maps.npz"), maps_out)
-  jio.write_json(os.path.join(args.out, "summary.json"), summary)
-  print(f"explained {len(files)} image(s) with {spec.name} at layer {summary['layer']!r}; wrote {args.out}")
-  return 0
+    return _explain_stream(args, spec, files, target, tap, args.shard_size, args.overlays)
+  one_shard = -(-len(files) // args.batch_size) * args.batch_size  # the default mode: one shard, with overlays
+  return _explain_stream(args, spec, files, target, tap, one_shard, True)
 
 
-def _explain_stream(args, spec, files, target, tap) -> int:
-  """Streaming mode (--shard-size): shards + manifest, resumable, unreadable images skipped."""
+def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int:
+  """Shards + manifest, resumable, unreadable images skipped and listed (see `jaxcam.stream`)."""
   import jax
 
   from jaxcam import models, stream
   from jaxcam.batch import local_mesh
 
-  if args.shard_size % args.batch_size:
-    raise CliError(f"--shard-size must be a multiple of --batch-size ({args.batch_size}), got {args.shard_size}")
+  if shard_size % args.batch_size:
+    raise CliError(f"--shard-size must be a multiple of --batch-size ({args.batch_size}), got {shard_size}")
   devices = jax.local_devices()
   if args.devices:
     if not 1 <= args.devices <= len(devices):
@@ -247,17 +176,23 @@ def _explain_stream(args, spec, files, target, tap) -> int:
   bar = _progress(len(files), "explaining")
   try:
     manifest = stream.explain_files(
-        files, args.out, method=spec.name, tap=tap, model=args.model, root=root, shard_size=args.shard_size,
+        files, args.out, method=spec, tap=tap, model=args.model, root=root, shard_size=shard_size,
         batch_size=args.batch_size, input_size=models.input_size(args.model), target=target, float16=args.float16,
-        mesh=local_mesh(devices), overlays=args.overlays, process_index=jax.process_index(),
+        mesh=local_mesh(devices), overlays=overlays, process_index=jax.process_index(),
         process_count=jax.process_count(), progress=bar.update, class_name=models.class_name)
   except ValueError as e:
     raise CliError(str(e)) from None
   finally:
     bar.close()
   skipped = manifest.get("skipped", [])
-  print(f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name}; "
-        f"wrote {args.out}/manifest.json and {args.out}/shards/")
+  for rel in skipped:
+    print(f"jaxcam: skipped unreadable image {rel!r}: {manifest['entries'][rel]['skipped']}", file=sys.stderr)
+  if skipped and len(skipped) == len(files):
+    first = skipped[0]
+    raise CliError(f"cannot read image {first!r}: {manifest['entries'][first]['skipped']} (no image was readable)")
+  print(f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name} at "
+        f"layer {tap.layer!r}; wrote {args.out}/manifest.json, {args.out}/shards/"
+        + (f" and {args.out}/overlays/" if overlays else ""))
   return 0
 
 
@@ -315,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--out", default="jaxcam-out", help="output directory")
   ex.add_argument("--batch-size", type=int, default=8)
   ex.add_argument("--shard-size", type=int, default=0,
-                  help="streaming mode for many images: maps in shards of N files + manifest.json; resumable")
-  ex.add_argument("--float16", action="store_true", help="streaming mode: store maps as float16")
-  ex.add_argument("--devices", type=int, default=0, help="streaming mode: use the first N local devices")
-  ex.add_argument("--overlays", action="store_true", help="streaming mode: also write overlay PNGs")
+                  help="streaming mode for many images: maps in shards of N files (default: one shard, with overlays); "
+                       "resumable")
+  ex.add_argument("--float16", action="store_true", help="store maps as float16")
+  ex.add_argument("--devices", type=int, default=0, help="use the first N local devices")
+  ex.add_argument("--overlays", action="store_true", help="streaming mode: also write overlay PNGs (default mode "
+                                                          "always does)")
   ex.set_defaults(func=cmd_explain)
 
   merge = sub.add_parser("merge-manifests", help="merge the shard manifests of a (multi-host) run")

@@ -30,7 +30,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "load_state_dict", "load_torch", "load_safetensors",
-           "save_npz", "write_json"]
+]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -367,35 +367,3 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
     raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
   return dict(obj)
-
-
-def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, compress: bool = True) -> str:
-  """Write ``{name: array}`` as .npz with deterministic bytes (fixed zip timestamps), atomically.
-
-  `numpy.savez` stamps each member with the current time, so reruns differ; this writes the same members with
-  the zip epoch (1980-01-01), to a temporary file that is renamed into place.
-  """
-  path = os.fspath(path)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-  with zipfile.ZipFile(tmp, "w", compression=method) as zf:
-    for name in sorted(arrays):
-      buf = io.BytesIO()
-      np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
-      info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-      info.compress_type = method
-      info.external_attr = 0o644 << 16
-      zf.writestr(info, buf.getvalue())
-  os.replace(tmp, path)
-  return path
-
-
-def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> str:
-  """Write JSON with sorted keys and a trailing newline (deterministic bytes), atomically."""
-  path = os.fspath(path)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=indent, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
-  return path

@@ -1,6 +1,7 @@
-"""Streaming explanation of many image files: bounded-memory loading, sharded outputs, resumable runs.
+"""Explanation of image files: bounded-memory loading, sharded outputs, resumable runs.
 
-Used by ``jaxcam explain DIR --shard-size N``. Files are sorted and cut into shards of N files (N a multiple of
+Every ``jaxcam explain`` runs here: with ``--shard-size N`` in shards of N files; without it as one shard (with
+overlays), so both modes share one batching loop, one output format, one top-5 and one image decoder. Files are sorted and cut into shards of N files (N a multiple of
 the batch size); shard k writes ``shards/maps-k.npz`` (one map per readable file) and then
 ``shards/manifest-k.json`` (per file: shard, index, target, top-5, or the reason it was skipped), both atomically
 (temporary file + rename). A shard is complete when its manifest exists, so a killed run restarted with the same
@@ -22,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxcam import io as jio
+from jaxcam import writers
 
-__all__ = ["explain_files", "merge_manifests", "shard_paths"]
+__all__ = ["explain_files", "merge_manifests", "shard_paths", "decode_image", "top5", "overlay_path"]
 
 
 def shard_paths(out: str, k: int) -> tuple[str, str]:
@@ -32,28 +33,47 @@ def shard_paths(out: str, k: int) -> tuple[str, str]:
   return os.path.join(d, f"maps-{k:05d}.npz"), os.path.join(d, f"manifest-{k:05d}.json")
 
 
-def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def decode_image(path: str) -> np.ndarray:
+  """The image at `path` as uint8 RGB ``(h, w, 3)`` (PIL; any mode converted). Raises what PIL raises."""
   from PIL import Image
 
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def top5(probs: np.ndarray, class_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
+  """The five most probable classes ``[{"id", "name", "p"}]`` of one image's probabilities."""
+  idx = np.argsort(-probs)[:5]
+  return [{"id": int(i), "name": class_name(int(i)) if class_name else None, "p": round(float(probs[i]), 6)}
+          for i in idx]
+
+
+def overlay_path(out: str, rel: str) -> str:
+  """Where the overlay of input `rel` (relative to the run's root) goes: the input tree mirrored, the file name
+  kept whole (``x/cat.jpg`` -> ``overlays/x/cat.jpg.png``), so distinct inputs never share an overlay."""
+  return os.path.join(out, "overlays", rel + ".png")
+
+
+def _decode(path: str, size: int) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None]:
   from jaxcam.models import resize_uint8
 
   try:
-    with Image.open(path) as im:
-      arr = np.asarray(im.convert("RGB"))
-    return resize_uint8(arr, size).astype(np.float32) / 255.0, None
+    arr = decode_image(path)
+    return resize_uint8(arr, size).astype(np.float32) / 255.0, arr.shape[:2], None
   except Exception as e:  # any decoding failure is reported per file, never fatal
-    return None, f"{type(e).__name__}: {e}"
+    return None, None, f"{type(e).__name__}: {e}"
 
 
 def _decoded_batches(files: Sequence[str], size: int, batch_size: int, workers: int) -> Iterator:
-  """(names, images or None, errors) per batch of files; decoding runs in a thread pool."""
+  """(names, images or None, sizes, errors) per batch of files; decoding runs in a thread pool."""
   with ThreadPoolExecutor(max_workers=workers) as pool:
     for start in range(0, len(files), batch_size):
       names = list(files[start:start + batch_size])
       decoded = list(pool.map(lambda p: _decode(p, size), names))
-      good = [(n, a) for n, (a, err) in zip(names, decoded) if a is not None]
-      errors = {n: err for n, (a, err) in zip(names, decoded) if a is None}
-      yield [n for n, _ in good], (np.stack([a for _, a in good]) if good else None), errors
+      good = [(n, a, hw) for n, (a, hw, err) in zip(names, decoded) if a is not None]
+      errors = {n: err for n, (a, _, err) in zip(names, decoded) if a is None}
+      images = np.stack([a for _, a, _ in good]) if good else None
+      yield [n for n, _, _ in good], images, [hw for _, _, hw in good], errors
 
 
 def _loader(files: Sequence[str], size: int, batch_size: int, depth: int, workers: int) -> Iterator:
@@ -96,7 +116,8 @@ def explain_files(
   for stale in [n for n in os.listdir(shard_dir) if ".tmp-" in n]:  # left by a killed run
     os.remove(os.path.join(shard_dir, stale))
   n_shards = -(-len(files) // shard_size)
-  header = {"method": method, "layer": tap.layer, "model": model, "shard_size": shard_size,
+  method_name = method if isinstance(method, str) else method.name
+  header = {"method": method_name, "layer": tap.layer, "model": model, "shard_size": shard_size,
             "jaxcam": jaxcam.__version__, "jax": jax.__version__, "files": len(files)}
   for k in range(process_index, n_shards, process_count):
     maps_path, manifest_path = shard_paths(out, k)
@@ -107,49 +128,44 @@ def explain_files(
       continue  # complete: written atomically, manifest last
     entries: dict[str, Any] = {}
     maps: dict[str, np.ndarray] = {}
-    pending: list[list[str]] = []
+    pending: list[tuple[list[str], list]] = []
 
     def batches():
-      for names, images, errors in _loader(shard_files, input_size, batch_size, depth=2, workers=2):
+      for names, images, sizes, errors in _loader(shard_files, input_size, batch_size, depth=2, workers=2):
         for name, err in errors.items():
           entries[os.path.relpath(name, root)] = {"shard": k, "skipped": err}
         if progress and errors:
           progress(len(errors))
         if images is None:
           continue
-        pending.append(names)
+        pending.append((names, sizes))
         yield images if target is None else (images, np.full((len(names),), target, np.int32))
 
     index = 0
     for result in jaxcam.explain_batches(method, tap, batches(), mesh=mesh, batch_size=batch_size):
-      names = pending.pop(0)
+      names, sizes = pending.pop(0)
       probs = np.asarray(jax.nn.softmax(result["logits"], axis=-1))
-      for j, name in enumerate(names):
+      for j, (name, size) in enumerate(zip(names, sizes)):
         rel = os.path.relpath(name, root)
         key = f"{index:06d}"
         m = result["maps"][j]
         maps[key] = m.astype(np.float16 if float16 else np.float32)
-        top = np.argsort(-probs[j])[:5]
         tid = int(result["targets"][j])
         entries[rel] = {
             "shard": k, "index": key, "target": {"id": tid, "name": class_name(tid) if class_name else None},
-            "top5": [{"id": int(i), "name": class_name(int(i)) if class_name else None,
-                      "p": round(float(probs[j, i]), 6)} for i in top],
-            "peak": list(viz.peak(m)),
+            "top5": top5(probs[j], class_name), "size": list(size),
+            "peak": list(viz.peak(m, size)),  # (row, col) in the image's own pixels
         }
         if overlays:
-          from PIL import Image
-
-          with Image.open(name) as im:
-            photo = np.asarray(im.convert("RGB"))
-          png = os.path.join(out, "overlays", os.path.splitext(rel)[0].replace(os.sep, "__") + ".png")
+          png = overlay_path(out, rel)
           os.makedirs(os.path.dirname(png), exist_ok=True)
-          viz.save_png(png, viz.overlay(photo, m))
+          viz.save_png(png, viz.overlay(decode_image(name), m))
+          entries[rel]["overlay"] = os.path.relpath(png, out)
         index += 1
       if progress:
         progress(len(names))
-    jio.save_npz(maps_path, maps)
-    jio.write_json(manifest_path, {**header, "shard": k, "entries": entries}, indent=1)
+    writers.save_npz(maps_path, maps)
+    writers.write_json(manifest_path, {**header, "shard": k, "entries": entries}, indent=1)
   return merge_manifests(out) if process_count == 1 else header
 
 
@@ -168,5 +184,5 @@ def merge_manifests(out: str) -> dict[str, Any]:
     merged["entries"].update(shard["entries"])
   merged["shards"] = len(names)
   merged["skipped"] = sorted(k for k, v in merged["entries"].items() if "skipped" in v)
-  jio.write_json(os.path.join(out, "manifest.json"), merged, indent=1)
+  writers.write_json(os.path.join(out, "manifest.json"), merged, indent=1)
   return merged

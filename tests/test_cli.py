@@ -21,29 +21,37 @@ def image_dir(tmp_path_factory):
   return d, photos
 
 
+def _tree(out):
+  return {os.path.relpath(os.path.join(b, n), out): open(os.path.join(b, n), "rb").read()
+          for b, _, names in os.walk(out) for n in names}
+
+
 def test_explain_end_to_end(image_dir, tmp_path, capsys):
+  """The default mode is a one-shard streaming run: manifest.json, shards/, overlays/ (one output format)."""
   d, photos = image_dir
   out = tmp_path / "out"
   rc = cli.main(["explain", str(d), "--method", "gradcam++", "--out", str(out), "--batch-size", "2"])
   assert rc == 0
-  summary = json.loads((out / "summary.json").read_text())
-  assert set(summary["images"]) == {"chelsea", "coffee", "motorcycle"}
-  cat = summary["images"]["chelsea"]
-  assert cat["target"] == {"id": 285, "name": "Egyptian cat"} and cat["method"] == "gradcam_pp"
-  assert cat["top5"][0]["id"] == 285 and len(cat["top5"]) == 5 and cat["layer"] == "head"
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert set(manifest["entries"]) == {"chelsea.png", "coffee.png", "motorcycle.png"} and manifest["shards"] == 1
+  assert manifest["method"] == "gradcam_pp" and manifest["layer"] == "head" and manifest["skipped"] == []
+  cat = manifest["entries"]["chelsea.png"]
+  assert cat["target"] == {"id": 285, "name": "Egyptian cat"}
+  assert cat["top5"][0]["id"] == 285 and len(cat["top5"]) == 5 and cat["size"] == [300, 451]
   r, c = cat["peak"]
   assert 40 <= r <= 260 and 120 <= c <= 400  # the cat's face in the 300x451 photo
-  with np.load(out / "maps.npz") as maps:
-    assert set(maps.files) == set(summary["images"])
+  with np.load(out / "shards" / "maps-00000.npz") as maps:
+    assert sorted(maps.files) == sorted(e["index"] for e in manifest["entries"].values())
     for m in maps.values():
       assert m.shape == (224, 224) and 0 <= m.min() and m.max() <= 1
   for name, arr in photos.items():
-    png = np.asarray(Image.open(out / f"{name}_gradcam_pp.png"))
-    assert png.shape == arr.shape and png.dtype == np.uint8
+    entry = manifest["entries"][f"{name}.png"]
+    png = np.asarray(Image.open(out / entry["overlay"]))
+    assert entry["overlay"] == f"overlays/{name}.png.png" and png.shape == arr.shape and png.dtype == np.uint8
   # rerun: byte-identical outputs
-  first = {p: (out / p).read_bytes() for p in os.listdir(out)}
+  first = _tree(out)
   assert cli.main(["explain", str(d), "--method", "gradcam++", "--out", str(out), "--batch-size", "2"]) == 0
-  assert {p: (out / p).read_bytes() for p in os.listdir(out)} == first
+  assert _tree(out) == first
 
 
 def test_explain_with_target_name_and_layer(image_dir, tmp_path):
@@ -52,8 +60,20 @@ def test_explain_with_target_name_and_layer(image_dir, tmp_path):
   rc = cli.main(["explain", str(d / "coffee.png"), "--target", "Egyptian cat", "--layer", "blocks/15",
                  "--out", str(out), "--batch-size", "1"])
   assert rc == 0
-  info = json.loads((out / "summary.json").read_text())["images"]["coffee"]
-  assert info["target"]["id"] == 285 and info["layer"] == "blocks/15"
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["entries"]["coffee.png"]["target"]["id"] == 285 and manifest["layer"] == "blocks/15"
+
+
+def test_same_stem_inputs_keep_separate_outputs(tmp_path):
+  photo = models.sample_images(["coffee"])["coffee"]
+  for sub, ext in (("x", "png"), ("y", "png"), ("x", "jpg")):
+    (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo).save(tmp_path / "in" / sub / f"cup.{ext}")
+  out = tmp_path / "out"
+  assert cli.main(["explain", str(tmp_path / "in"), "--out", str(out), "--batch-size", "3"]) == 0
+  entries = json.loads((out / "manifest.json").read_text())["entries"]
+  assert sorted(entries) == ["x/cup.jpg", "x/cup.png", "y/cup.png"]
+  assert len({e["overlay"] for e in entries.values()}) == 3 and len({e["index"] for e in entries.values()}) == 3
 
 
 @pytest.mark.parametrize(
@@ -77,7 +97,7 @@ def test_unreadable_image_is_a_clear_error(tmp_path, capsys):
   bad.write_bytes(b"not a png")
   assert cli.main(["explain", str(bad), "--out", str(tmp_path / "o")]) == 2
   err = capsys.readouterr().err
-  assert "cannot read image" in err and "broken.png" in err
+  assert "cannot read image" in err and "broken.png" in err and "UnidentifiedImageError" in err
 
 
 def test_layers_command(capsys):
