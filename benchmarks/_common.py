@@ -29,8 +29,9 @@ def time_calls(fn, repeats: int) -> tuple[float, float, float, float]:
 def report(rows: list[dict], table: str, json_path: str | None, csv_path: str | None) -> None:
   """Print the device line and the table; write the rows as JSON and/or CSV."""
   dev = jax.devices()[0]
-  print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} cpus")
+  print(
+    f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} cpus"
+  )
   print(table)
   if json_path:
     with open(json_path, "w") as f:

@@ -151,16 +151,22 @@ class TorchSide:
       import pytorch_grad_cam as pgc
       from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-      cls = {"gradcam": pgc.GradCAM, "gradcam_pp": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
-             "xgradcam": pgc.XGradCAM, "hirescam": pgc.HiResCAM}[method]
+      cls = {
+        "gradcam": pgc.GradCAM,
+        "gradcam_pp": pgc.GradCAMPlusPlus,
+        "layercam": pgc.LayerCAM,
+        "xgradcam": pgc.XGradCAM,
+        "hirescam": pgc.HiResCAM,
+      }[method]
       self.cam = cls(model=m, target_layers=[layer])
       self.targets = [ClassifierOutputTarget(c) for c in self.ids]
       self.call = lambda: self.cam(input_tensor=self.x, targets=self.targets)
     else:
       import torchcam.methods as tcm
 
-      cls = {"gradcam": tcm.GradCAM, "gradcam_pp": tcm.GradCAMpp, "layercam": tcm.LayerCAM,
-             "xgradcam": tcm.XGradCAM}[method]
+      cls = {"gradcam": tcm.GradCAM, "gradcam_pp": tcm.GradCAMpp, "layercam": tcm.LayerCAM, "xgradcam": tcm.XGradCAM}[
+        method
+      ]
       self.cam = cls(m, target_layer=layer)
 
       def call():

@@ -52,8 +52,9 @@ else:
 
 def _run(args, env_extra):
   env = dict(os.environ, **env_extra)
-  out = subprocess.run([sys.executable, "-c", WORKER, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=1800)
+  out = subprocess.run(
+    [sys.executable, "-c", WORKER, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+  )
   if out.returncode:
     raise RuntimeError(out.stderr[-3000:])
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -73,8 +74,9 @@ def main(argv=None):
     flags = f"--xla_force_host_platform_device_count={n}"
     r = _run([args.images, args.size, "throughput"], {"XLA_FLAGS": flags})
     rows.append(r)
-    print(f"| {r['devices']} | {r['kind']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} |",
-          flush=True)
+    print(
+      f"| {r['devices']} | {r['kind']} | {r['images']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} |", flush=True
+    )
   print("\n| streamed images (96x96, after 100 warm-up) | peak RSS growth MB |\n|---|---|")
   for n in args.memory_images:
     r = _run([n, 96, "memory"], {})

@@ -21,9 +21,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-import jaxcam  # noqa: E402
-from _common import report, time_calls  # noqa: E402
-from jaxcam import core, derivatives, models  # noqa: E402
+from _common import report, time_calls
+
+import jaxcam
+from jaxcam import core, derivatives, models
 
 
 def _time(fn, repeats):
@@ -43,13 +44,23 @@ def run(model_names, repeats, generic_directions, size=224):
   for name in model_names:
     module, variables = _model(name)
     tap = jaxcam.linen_tap(module, variables)
-    for batch, label, kwargs in [(8, "approx", {}), (8, "exact structured", {"derivatives": "exact",
-                                                                           "strategy": "structured"})]:
+    for batch, label, kwargs in [
+      (8, "approx", {}),
+      (8, "exact structured", {"derivatives": "exact", "strategy": "structured"}),
+    ]:
       x = jnp.asarray(models.preprocess([photos[i % len(photos)] for i in range(batch)], size))
       t = jaxcam.targets.log_softmax(jnp.argmax(module.apply(variables, x), -1))
       r = _time(lambda: jaxcam.gradcam_pp(tap, x, target=t, **kwargs), repeats)
-      rows.append({"model": name, "variant": label, "batch": batch, **r, "per_image_s": r["median_s"] / batch,
-                   "extrapolated": False})
+      rows.append(
+        {
+          "model": name,
+          "variant": label,
+          "batch": batch,
+          **r,
+          "per_image_s": r["median_s"] / batch,
+          "extrapolated": False,
+        }
+      )
     # generic, batch 1: time `generic_directions` directions, extrapolate to all h*w*C
     x = jnp.asarray(models.preprocess(photos[:1], size))
     t = jaxcam.targets.log_softmax(jnp.argmax(module.apply(variables, x), -1))
@@ -63,22 +74,36 @@ def run(model_names, repeats, generic_directions, size=224):
     approx_b1 = _time(lambda: jaxcam.gradcam_pp(tap, x, target=t), repeats)["median_s"]
     scale = n_total / n
     est = approx_b1 + r["median_s"] * scale
-    rows.append({"model": name, "variant": f"exact generic ({n}/{n_total} directions timed)", "batch": 1,
-                 "first_s": r["first_s"], "compile_s": r["compile_s"], "median_s": est, "min_s": approx_b1 +
-                 r["min_s"] * scale, "max_s": approx_b1 + r["max_s"] * scale, "per_image_s": est,
-                 "extrapolated": True})
+    rows.append(
+      {
+        "model": name,
+        "variant": f"exact generic ({n}/{n_total} directions timed)",
+        "batch": 1,
+        "first_s": r["first_s"],
+        "compile_s": r["compile_s"],
+        "median_s": est,
+        "min_s": approx_b1 + r["min_s"] * scale,
+        "max_s": approx_b1 + r["max_s"] * scale,
+        "per_image_s": est,
+        "extrapolated": True,
+      }
+    )
   return rows
 
 
 def table(rows):
-  lines = ["| model | variant | batch | s/call (median) | min-max | s/image | compile s | ratio vs approx |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| model | variant | batch | s/call (median) | min-max | s/image | compile s | ratio vs approx |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   approx = {r["model"]: r["per_image_s"] for r in rows if r["variant"] == "approx"}
   for r in rows:
     ratio = r["per_image_s"] / approx[r["model"]]
     ext = " (extrapolated)" if r["extrapolated"] else ""
-    lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['median_s']:.3f}{ext} | "
-                 f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['per_image_s']:.4f} | {r['compile_s']:.2f} | {ratio:.2f}x |")
+    lines.append(
+      f"| {r['model']} | {r['variant']} | {r['batch']} | {r['median_s']:.3f}{ext} | "
+      f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['per_image_s']:.4f} | {r['compile_s']:.2f} | {ratio:.2f}x |"
+    )
   return "\n".join(lines)
 
 
@@ -92,6 +117,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   rows = run(args.models, args.repeats, args.generic_directions)
   report(rows, table(rows), args.json, args.csv)
+
 
 if __name__ == "__main__":
   main()

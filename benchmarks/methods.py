@@ -22,9 +22,10 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-import jaxcam  # noqa: E402
-from _common import report, time_once  # noqa: E402
-from jaxcam import core, models  # noqa: E402
+from _common import report, time_once
+
+import jaxcam
+from jaxcam import core, models
 
 METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam")
 
@@ -33,17 +34,24 @@ def run(model_names, batches, methods, repeats):
   photos = list(models.sample_images().values())
   rows = []
   for name in model_names:
-    module, variables = (models.efficientnet_lite0(pretrained=True) if name == "efficientnet_lite0"
-                         else models.get_model(name, pretrained=False))
+    module, variables = (
+      models.efficientnet_lite0(pretrained=True)
+      if name == "efficientnet_lite0"
+      else models.get_model(name, pretrained=False)
+    )
     tap = jaxcam.linen_tap(module, variables)
     forward = jax.jit(module.apply)
     # everything a gradient method needs: logits, A and dS/dA (returned, so XLA cannot drop the forward pass)
-    grads_floor = jax.jit(lambda tap, x, t: (lambda f: (f.logits, f.activations, f.grads))(core.forward_and_grads(tap, x, t)))
+    grads_floor = jax.jit(
+      lambda tap, x, t: (lambda f: (f.logits, f.activations, f.grads))(core.forward_and_grads(tap, x, t))
+    )
     for b in batches:
       x = jnp.asarray(models.preprocess([photos[i % len(photos)] for i in range(b)], name))
       t = jnp.argmax(forward(variables, x), -1)
-      entries = [("floor: forward", lambda: forward(variables, x)),
-                 ("floor: forward + layer backward", lambda: grads_floor(tap, x, t))]
+      entries = [
+        ("floor: forward", lambda: forward(variables, x)),
+        ("floor: forward + layer backward", lambda: grads_floor(tap, x, t)),
+      ]
       entries += [(m, (lambda m=m: getattr(jaxcam, m)(tap, x, target=t))) for m in methods]
       traces = jaxcam.api.TRACES  # a trace counter: a method's entry grows once per trace, never per call
       firsts, compiles, runs = {}, {label: 0 for label, _ in entries}, {label: [] for label, _ in entries}
@@ -58,24 +66,43 @@ def run(model_names, batches, methods, repeats):
             firsts[label] = seconds
       for label, _ in entries:
         med, lo, hi = statistics.median(runs[label]), min(runs[label]), max(runs[label])
-        rows.append({"model": name, "batch": b, "what": label, "first_call_s": firsts[label], "median_s": med,
-                     "min_s": lo, "max_s": hi, "per_image_s": med / b, "images_per_s": b / med,
-                     "compiles": compiles[label] if label in methods else None})  # 1 = the first call only
+        rows.append(
+          {
+            "model": name,
+            "batch": b,
+            "what": label,
+            "first_call_s": firsts[label],
+            "median_s": med,
+            "min_s": lo,
+            "max_s": hi,
+            "per_image_s": med / b,
+            "images_per_s": b / med,
+            "compiles": compiles[label] if label in methods else None,
+          }
+        )  # 1 = the first call only
         r = rows[-1]
-        print(f"  {name} b={b} {label}: {r['per_image_s']:.4f} s/img, {r['images_per_s']:.1f} img/s, first "
-              f"{r['first_call_s']:.2f} s, compiles {r['compiles']}", file=sys.stderr, flush=True)
+        print(
+          f"  {name} b={b} {label}: {r['per_image_s']:.4f} s/img, {r['images_per_s']:.1f} img/s, first "
+          f"{r['first_call_s']:.2f} s, compiles {r['compiles']}",
+          file=sys.stderr,
+          flush=True,
+        )
   return rows
 
 
 def table(rows):
-  out = ["| model | batch | what | s/image (median) | min-max s/call | images/s | first call s | compiles | vs floor |",
-         "|---|---|---|---|---|---|---|---|---|"]
+  out = [
+    "| model | batch | what | s/image (median) | min-max s/call | images/s | first call s | compiles | vs floor |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   floors = {(r["model"], r["batch"]): r["per_image_s"] for r in rows if r["what"] == "floor: forward + layer backward"}
   for r in rows:
     ratio = r["per_image_s"] / floors[(r["model"], r["batch"])]
-    out.append(f"| {r['model']} | {r['batch']} | {r['what']} | {r['per_image_s']:.4f} | {r['min_s']:.3f}-"
-               f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['first_call_s']:.2f} | "
-               f"{'-' if r['compiles'] is None else r['compiles']} | {ratio:.2f}x |")
+    out.append(
+      f"| {r['model']} | {r['batch']} | {r['what']} | {r['per_image_s']:.4f} | {r['min_s']:.3f}-"
+      f"{r['max_s']:.3f} | {r['images_per_s']:.1f} | {r['first_call_s']:.2f} | "
+      f"{'-' if r['compiles'] is None else r['compiles']} | {ratio:.2f}x |"
+    )
   return "\n".join(out)
 
 
@@ -90,6 +117,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   rows = run(args.models, args.batches, args.methods, args.repeats)
   report(rows, table(rows), args.json, args.csv)
+
 
 if __name__ == "__main__":
   main()

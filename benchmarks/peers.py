@@ -35,8 +35,13 @@ TORCHCAM_AGREES = {"gradcam", "layercam", "xgradcam"}  # torchcam's Grad-CAM++ n
 class Worker:
   def __init__(self, python: str, lib: str):
     self.lib = lib
-    self.proc = subprocess.Popen([python, os.path.join(HERE, "_worker.py"), lib], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    self.proc = subprocess.Popen(
+      [python, os.path.join(HERE, "_worker.py"), lib],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
   def ask(self, **req):
     self.proc.stdin.write(json.dumps(req) + "\n")
@@ -94,8 +99,13 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False):
   row = {"model": model, "batch": batch, "method": method, "rounds": rounds, "libs": {}}
   for lib in libs:
     t = times[lib]
-    row["libs"][lib] = {"median_s_per_image": statistics.median(t) / batch, "min_s": min(t), "max_s": max(t),
-                        "first_call_s": setup[lib]["first_call_s"], "peak_extra_mb": mem[lib]}
+    row["libs"][lib] = {
+      "median_s_per_image": statistics.median(t) / batch,
+      "min_s": min(t),
+      "max_s": max(t),
+      "first_call_s": setup[lib]["first_call_s"],
+      "peak_extra_mb": mem[lib],
+    }
   for peer in libs[1:]:
     ratios = [a / b for a, b in zip(times["jaxcam"], times[peer])]  # < 1: jaxcam faster
     row[f"time_ratio_vs_{peer}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
@@ -105,31 +115,41 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False):
 
 
 def floor_table(rows):
-  out = ["| model | batch | JAX forward s/img | torch NCHW s/img | torch channels-last s/img | JAX/torch NCHW (min-max) | "
-         "JAX/torch channels-last (min-max) | max logit diff |", "|---|---|---|---|---|---|---|---|"]
+  out = [
+    "| model | batch | JAX forward s/img | torch NCHW s/img | torch channels-last s/img | JAX/torch NCHW (min-max) | "
+    "JAX/torch channels-last (min-max) | max logit diff |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     lib = r["libs"]
     s = lambda k: f"{lib[k]['median_s_per_image']:.4f}" if k in lib else "-"
-    ratio = lambda k: (f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})" if k in r else "-")
+    ratio = lambda k: f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})" if k in r else "-"
     diff = max(r["max_map_diff"].values(), default=float("nan"))
-    out.append(f"| {r['model']} | {r['batch']} | {s('jaxcam')} | {s('torch')} | {s('torch_cl')} | "
-               f"{ratio('time_ratio_vs_torch')} | {ratio('time_ratio_vs_torch_cl')} | {diff:.1e} |")
+    out.append(
+      f"| {r['model']} | {r['batch']} | {s('jaxcam')} | {s('torch')} | {s('torch_cl')} | "
+      f"{ratio('time_ratio_vs_torch')} | {ratio('time_ratio_vs_torch_cl')} | {diff:.1e} |"
+    )
   return "\n".join(out)
 
 
 def table(rows):
-  out = ["| model | batch | method | jaxcam s/img | pgc s/img | torchcam s/img | jaxcam/pgc time (min-max) | "
-         "jaxcam/torchcam time (min-max) | extra MB jaxcam / pgc / torchcam | first call s (jaxcam) | max map diff pgc / tc |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+  out = [
+    "| model | batch | method | jaxcam s/img | pgc s/img | torchcam s/img | jaxcam/pgc time (min-max) | "
+    "jaxcam/torchcam time (min-max) | extra MB jaxcam / pgc / torchcam | first call s (jaxcam) | "
+    "max map diff pgc / tc |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     lib = r["libs"]
     s = lambda k: f"{lib[k]['median_s_per_image']:.4f}" if k in lib else "-"
-    ratio = lambda k: (f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})" if k in r else "-")
+    ratio = lambda k: f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})" if k in r else "-"
     mem = " / ".join(f"{lib[k]['peak_extra_mb']:.0f}" if k in lib else "-" for k in ("jaxcam", "pgc", "torchcam"))
     diff = " / ".join(f"{r['max_map_diff'][k]:.1e}" if k in r["max_map_diff"] else "-" for k in ("pgc", "torchcam"))
-    out.append(f"| {r['model']} | {r['batch']} | {r['method']} | {s('jaxcam')} | {s('pgc')} | {s('torchcam')} | "
-               f"{ratio('time_ratio_vs_pgc')} | {ratio('time_ratio_vs_torchcam')} | {mem} | "
-               f"{lib['jaxcam']['first_call_s']:.2f} | {diff} |")
+    out.append(
+      f"| {r['model']} | {r['batch']} | {r['method']} | {s('jaxcam')} | {s('pgc')} | {s('torchcam')} | "
+      f"{ratio('time_ratio_vs_pgc')} | {ratio('time_ratio_vs_torchcam')} | {mem} | "
+      f"{lib['jaxcam']['first_call_s']:.2f} | {diff} |"
+    )
   return "\n".join(out)
 
 
@@ -138,8 +158,11 @@ def main(argv=None):
   p.add_argument("--models", nargs="+", default=["resnet50", "efficientnet_lite0"])
   p.add_argument("--batches", nargs="+", type=int, default=[1, 16])
   p.add_argument("--methods", nargs="*", default=["gradcam", "gradcam_pp", "layercam", "xgradcam", "hirescam"])
-  p.add_argument("--floors", action="store_true",
-                 help="also time the forward pass alone: JAX vs torch NCHW and channels-last (the floor-vs-floor ratio)")
+  p.add_argument(
+    "--floors",
+    action="store_true",
+    help="also time the forward pass alone: JAX vs torch NCHW and channels-last (the floor-vs-floor ratio)",
+  )
   p.add_argument("--rounds", type=int, default=10)
   p.add_argument("--gap", type=float, default=0.0, help="seconds of idle time before each timed request")
   p.add_argument("--warm", action="store_true", help="an untimed call before each timed one (steady-state turns)")

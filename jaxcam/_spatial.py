@@ -50,12 +50,12 @@ def map_size(m: jax.Array) -> tuple[int, ...]:
 
 def feature_size(a: jax.Array) -> tuple[int, ...]:
   """The spatial size ``(h, w)`` of ``(..., h, w, C)`` features."""
-  return tuple(a.shape[-N_SPATIAL - 1:-1])
+  return tuple(a.shape[-N_SPATIAL - 1 : -1])
 
 
 def image_size(x: jax.Array) -> tuple[int, ...]:
   """The spatial size ``(H, W)`` of an image batch ``(B, H, W, C)``."""
-  return tuple(x.shape[1:1 + N_SPATIAL])
+  return tuple(x.shape[1 : 1 + N_SPATIAL])
 
 
 def positions(a: jax.Array) -> int:

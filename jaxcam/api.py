@@ -31,9 +31,9 @@ _FUSIONS = ("mean", "max")
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["maps", "logits", "target", "scores"],
-    meta_fields=["method", "layer"],
+  jax.tree_util.register_dataclass,
+  data_fields=["maps", "logits", "target", "scores"],
+  meta_fields=["method", "layer"],
 )
 @dataclasses.dataclass(frozen=True)
 class Explanation:
@@ -63,13 +63,13 @@ def check_images(x: Any, *, argname: str = "x") -> None:
     raise ValueError(f"Expected `{argname}` of rank {rank} (B, H, W, C), got shape {tuple(shape)}.{hint}")
   if shape[1] in (1, 3, 4) and shape[2] > 4 and shape[3] > 4:
     raise ValueError(
-        f"Expected `{argname}` channels-last (B, H, W, C) as in Flax, got shape {tuple(shape)}, which looks "
-        "channels-first. Use jnp.moveaxis(x, 1, -1)."
+      f"Expected `{argname}` channels-last (B, H, W, C) as in Flax, got shape {tuple(shape)}, which looks "
+      "channels-first. Use jnp.moveaxis(x, 1, -1)."
     )
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
-        f"Expected `{argname}` to be floating point, got dtype {x.dtype}. Convert images first, e.g. "
-        "jaxcam.models.preprocess(images, model_name) or x.astype(jnp.float32) / 255."
+      f"Expected `{argname}` to be floating point, got dtype {x.dtype}. Convert images first, e.g. "
+      "jaxcam.models.preprocess(images, model_name) or x.astype(jnp.float32) / 255."
     )
 
 
@@ -86,8 +86,8 @@ def resolve_options(spec: MethodSpec, given: dict[str, Any]) -> dict[str, Any]:
   unknown = sorted(set(given) - set(defaults))
   if unknown:
     raise TypeError(
-        f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(defaults) or 'none'}. Common "
-        "options: target, normalize, upsample, relu, fusion."
+      f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(defaults) or 'none'}. Common "
+      "options: target, normalize, upsample, relu, fusion."
     )
   return {**defaults, **given}
 
@@ -106,8 +106,8 @@ def partition_options(options: dict[str, Any]) -> tuple[dict[str, Any], tuple[tu
       hash(v)
     except TypeError:
       raise TypeError(
-          f"Expected option `{k}` to be an array (traced) or a hashable Python value (static), got "
-          f"{type(v).__name__} {v!r}. Pass a tuple instead of a list, or an array."
+        f"Expected option `{k}` to be an array (traced) or a hashable Python value (static), got "
+        f"{type(v).__name__} {v!r}. Pass a tuple instead of a list, or an array."
       ) from None
     static.append((k, v))
   return traced, tuple(static)
@@ -124,7 +124,7 @@ def plain_inputs(needs: tuple[str, ...], tap, x, target, options: dict[str, Any]
   for need, p in zip(needs, providers):
     if p.single_layer and tap.multi:
       raise ValueError(
-          f"Need {need!r} reads one layer; got a multi-layer tap {tap.layer!r}. Use one layer for this method."
+        f"Need {need!r} reads one layer; got a multi-layer tap {tap.layer!r}. Use one layer for this method."
       )
     values[need] = p.fn(tap, x, fwd, **{k: options[k] for k, _ in p.options})
   return fwd, values
@@ -153,8 +153,8 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
     expected = _OUTPUT_SHAPES[spec.output](a.shape)
     if tuple(getattr(out, "shape", ())) != expected:
       raise ValueError(
-          f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape "
-          f"{tuple(getattr(out, 'shape', ()))}; expected {expected} from activations {tuple(a.shape)}."
+        f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape "
+        f"{tuple(getattr(out, 'shape', ()))}; expected {expected} from activations {tuple(a.shape)}."
       )
     m = out if spec.output == "map" else postprocess.combine(out, a)
     if relu:
@@ -185,9 +185,9 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
 
 
 _OUTPUT_SHAPES = {  # what a row's fn returns, from A's (B, K, h, w, C)
-    "channel": lambda s: s[:2] + s[-1:],
-    "spatial": lambda s: tuple(s),
-    "map": lambda s: tuple(s[:-1]),
+  "channel": lambda s: s[:2] + s[-1:],
+  "spatial": lambda s: tuple(s),
+  "map": lambda s: tuple(s[:-1]),
 }
 
 TRACES: collections.Counter = collections.Counter()
@@ -198,8 +198,9 @@ def _explain_impl(tap, x, target, traced, *, spec, static, normalize, upsample, 
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
   fwd, values = compute_inputs(spec, tap, x, target, options)
-  return method_maps(spec, tap, x, fwd, values, options, normalize=normalize, upsample=upsample, relu=relu,
-                     fusion=fusion)
+  return method_maps(
+    spec, tap, x, fwd, values, options, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion
+  )
 
 
 def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion):
@@ -211,8 +212,9 @@ def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusi
   for s in specs:
     TRACES[s.name] += 1
     fwd, values = shared if s.inputs is None else compute_inputs(s, tap, x, target, opts[s.name])
-    out[s.name] = method_maps(s, tap, x, fwd, values, opts[s.name], normalize=normalize, upsample=upsample,
-                              relu=relu, fusion=fusion)
+    out[s.name] = method_maps(
+      s, tap, x, fwd, values, opts[s.name], normalize=normalize, upsample=upsample, relu=relu, fusion=fusion
+    )
   return out
 
 
@@ -233,23 +235,23 @@ def _check_ids_in_range(target: Any, ex: Explanation) -> None:
   bad = ids[(ids < 0) | (ids >= n)]
   if bad.size:
     raise ValueError(
-        f"Expected class ids in [0, {n}) for a model with {n} classes, got {sorted(set(bad.tolist()))[:10]}. "
-        "jaxcam.models.imagenet_class(name) looks up ImageNet ids by name."
+      f"Expected class ids in [0, {n}) for a model with {n} classes, got {sorted(set(bad.tolist()))[:10]}. "
+      "jaxcam.models.imagenet_class(name) looks up ImageNet ids by name."
     )
 
 
 def explain(
-    method: str | MethodSpec,
-    tap,
-    x: jax.Array,
-    /,
-    target: Any = None,
-    *,
-    normalize: bool = True,
-    upsample: bool = True,
-    relu: bool = True,
-    fusion: str = "mean",
-    **options,
+  method: str | MethodSpec,
+  tap,
+  x: jax.Array,
+  /,
+  target: Any = None,
+  *,
+  normalize: bool = True,
+  upsample: bool = True,
+  relu: bool = True,
+  fusion: str = "mean",
+  **options,
 ) -> Explanation:
   """Explain `x` with a CAM method; returns an `Explanation` (maps, logits, target ids, scores, layer).
 
@@ -280,8 +282,18 @@ def explain(
   target = targets_lib.as_target(target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
-  ex = _explain_jit(tap, x, target, traced, spec=spec, static=static, normalize=bool(normalize),
-                    upsample=bool(upsample), relu=bool(relu), fusion=fusion)
+  ex = _explain_jit(
+    tap,
+    x,
+    target,
+    traced,
+    spec=spec,
+    static=static,
+    normalize=bool(normalize),
+    upsample=bool(upsample),
+    relu=bool(relu),
+    fusion=fusion,
+  )
   if not _is_traced((tap, x, target, traced)):
     _check_ids_in_range(target, ex)
     if spec.check is not None:
@@ -290,8 +302,17 @@ def explain(
 
 
 def explain_many(
-    methods, tap, x: jax.Array, /, target: Any = None, *, normalize: bool = True, upsample: bool = True,
-    relu: bool = True, fusion: str = "mean", allow_expensive: bool = False,
+  methods,
+  tap,
+  x: jax.Array,
+  /,
+  target: Any = None,
+  *,
+  normalize: bool = True,
+  upsample: bool = True,
+  relu: bool = True,
+  fusion: str = "mean",
+  allow_expensive: bool = False,
 ) -> dict[str, Explanation]:
   """Several methods from ONE shared pass: ``{name: Explanation}`` (default options each).
 
@@ -308,9 +329,9 @@ def explain_many(
     costly = [s for s in specs if s.expensive()]
     if costly and not allow_expensive:
       raise ValueError(
-          "explain_many runs cheap methods unasked, not these: "
-          + "; ".join(f"{s.name} ({s.cost()})" for s in costly)
-          + ". Pass allow_expensive=True to run them, or call jaxcam.explain for each."
+        "explain_many runs cheap methods unasked, not these: "
+        + "; ".join(f"{s.name} ({s.cost()})" for s in costly)
+        + ". Pass allow_expensive=True to run them, or call jaxcam.explain for each."
       )
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
@@ -322,8 +343,9 @@ def explain_many(
       raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
   check_images(x)
   target = targets_lib.as_target(target)
-  out = _explain_many_jit(tap, x, target, specs=specs, normalize=bool(normalize), upsample=bool(upsample),
-                          relu=bool(relu), fusion=fusion)
+  out = _explain_many_jit(
+    tap, x, target, specs=specs, normalize=bool(normalize), upsample=bool(upsample), relu=bool(relu), fusion=fusion
+  )
   if not _is_traced((tap, x, target)) and out:
     _check_ids_in_range(target, next(iter(out.values())))
     for s in specs:
@@ -335,7 +357,15 @@ def explain_many(
 def _make_public(spec: MethodSpec):
   def method_fn(tap, x, /, target=None, *, normalize=True, upsample=True, relu=True, fusion="mean", **options):
     return explain(
-        spec, tap, x, target=target, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, **options,
+      spec,
+      tap,
+      x,
+      target=target,
+      normalize=normalize,
+      upsample=upsample,
+      relu=relu,
+      fusion=fusion,
+      **options,
     ).maps
 
   opts = ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items())
@@ -343,10 +373,10 @@ def _make_public(spec: MethodSpec):
   method_fn.__name__ = method_fn.__qualname__ = spec.name
   method_fn.__module__ = "jaxcam"
   method_fn.__doc__ = (
-      f"{spec.title} maps of `x`: ``(B, H, W, C) -> (B, H, W)`` (``(B, K, H, W)`` for (B, K) targets).\n\n"
-      f"Same arguments as `jaxcam.explain` (method options: {opts or 'none'}); returns only the maps.\n"
-      f"Needs: {', '.join(spec.needs) or 'activations only'}. Cost per image: {spec.cost()}.\n"
-      f"Row function: `{spec.fn.__module__}.{spec.fn.__name__}`:\n\n" + doc
+    f"{spec.title} maps of `x`: ``(B, H, W, C) -> (B, H, W)`` (``(B, K, H, W)`` for (B, K) targets).\n\n"
+    f"Same arguments as `jaxcam.explain` (method options: {opts or 'none'}); returns only the maps.\n"
+    f"Needs: {', '.join(spec.needs) or 'activations only'}. Cost per image: {spec.cost()}.\n"
+    f"Row function: `{spec.fn.__module__}.{spec.fn.__name__}`:\n\n" + doc
   )
   return method_fn
 

@@ -48,8 +48,8 @@ def _method_spec(method: Any) -> MethodSpec:
   if callable(method) and name in METHODS:
     return METHODS[name]
   raise TypeError(
-      f"Expected `method` to be a method name ({', '.join(METHODS)}), a MethodSpec or one of jaxcam's public method "
-      f"functions, got {method!r}."
+    f"Expected `method` to be a method name ({', '.join(METHODS)}), a MethodSpec or one of jaxcam's public method "
+    f"functions, got {method!r}."
   )
 
 
@@ -71,7 +71,7 @@ def _split_item(item: Any, index: int) -> tuple[np.ndarray, np.ndarray | None]:
     targets = np.asarray(targets)
     if targets.shape != (images.shape[0],) or not np.issubdtype(targets.dtype, np.integer):
       raise ValueError(
-          f"Expected the targets of batch {index} as ({images.shape[0]},) ints, got {targets.dtype} {targets.shape}."
+        f"Expected the targets of batch {index} as ({images.shape[0]},) ints, got {targets.dtype} {targets.shape}."
       )
   return images, targets
 
@@ -79,7 +79,7 @@ def _split_item(item: Any, index: int) -> tuple[np.ndarray, np.ndarray | None]:
 def _global_batches(items: Iterable[Any], size: int, state: dict) -> Iterator[tuple[np.ndarray, Any, int]]:
   """Yield (images (size, ...), targets or None, n_valid); records input-batch lengths in `state`."""
   buf_x: list[np.ndarray] = []
-  buf_t: list[np.ndarray] = []
+  buf_t: list[Any] = []
   have = 0
   shape = None
   for index, item in enumerate(items):
@@ -87,8 +87,8 @@ def _global_batches(items: Iterable[Any], size: int, state: dict) -> Iterator[tu
     with_targets = targets is not None
     if state.setdefault("with_targets", with_targets) != with_targets:
       raise ValueError(
-          f"Batch {index} {'has' if with_targets else 'lacks'} targets unlike the first batch: give targets for "
-          "every batch or for none (None explains each image's top class)."
+        f"Batch {index} {'has' if with_targets else 'lacks'} targets unlike the first batch: give targets for "
+        "every batch or for none (None explains each image's top class)."
       )
     if shape is None:
       shape = images.shape[1:]
@@ -104,7 +104,7 @@ def _global_batches(items: Iterable[Any], size: int, state: dict) -> Iterator[tu
       t = np.concatenate(buf_t) if with_targets else None
       yield x[:size], (None if t is None else t[:size]), size
       buf_x, have = [x[size:]], have - size
-      buf_t = [t[size:]] if with_targets else []
+      buf_t = [t[size:]] if t is not None else []
   if have:
     x = np.concatenate(buf_x)
     t = np.concatenate(buf_t) if state.get("with_targets") else None
@@ -139,18 +139,18 @@ def run_ahead(it: Iterator, depth: int) -> Iterator:
 
 
 def explain_batches(
-    method: Any,
-    tap,
-    batches: Iterable[Any],
-    *,
-    mesh: Mesh | None = None,
-    batch_size: int | None = None,
-    prefetch: int = 2,
-    normalize: bool = True,
-    upsample: bool = True,
-    relu: bool = True,
-    fusion: str = "mean",
-    **options,
+  method: Any,
+  tap,
+  batches: Iterable[Any],
+  *,
+  mesh: Mesh | None = None,
+  batch_size: int | None = None,
+  prefetch: int = 2,
+  normalize: bool = True,
+  upsample: bool = True,
+  relu: bool = True,
+  fusion: str = "mean",
+  **options,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Explain a stream of image batches; yields ``{"maps", "logits", "targets"}`` per input batch, in order.
 
@@ -223,12 +223,14 @@ def explain_batches(
     yield from emit()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(spec, normalize, upsample, relu, fusion, static):
   """One jitted explain per method and static options (its cache holds one executable per input shape)."""
-  return jax.jit(lambda tap, x, t, traced: api.explain(spec, tap, x, target=t, normalize=normalize,
-                                                       upsample=upsample, relu=relu, fusion=fusion,
-                                                       **dict(static), **traced))
+  return jax.jit(
+    lambda tap, x, t, traced: api.explain(
+      spec, tap, x, target=t, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, **dict(static), **traced
+    )
+  )
 
 
 def _fetch(ex, n_valid: int, pending) -> int:

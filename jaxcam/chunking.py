@@ -70,5 +70,5 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
     rest_chunks = jax.tree.map(lambda v: v[1:], head)
     total, _ = jax.lax.scan(lambda t, c: add_chunk(t, c), total, rest_chunks)
   if rest:
-    total, _ = add_chunk(total, jax.tree.map(lambda v: v[full * size:], xs))
+    total, _ = add_chunk(total, jax.tree.map(lambda v: v[full * size :], xs))
   return total

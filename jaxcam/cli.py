@@ -17,8 +17,17 @@ import numpy as np
 from jaxcam import writers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-DEMO_METHODS = ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam",
-                "cam", "eigencam")
+DEMO_METHODS = (
+  "gradcam",
+  "gradcam_pp",
+  "xgradcam",
+  "layercam",
+  "hirescam",
+  "gradcam_elementwise",
+  "eigengradcam",
+  "cam",
+  "eigencam",
+)
 
 
 class CliError(Exception):
@@ -96,6 +105,7 @@ def _load_model(name: str, weights: str | None):
 
 def cmd_demo(args) -> int:
   import jax
+  import jax.numpy as jnp
 
   import jaxcam
   from jaxcam import models, stream, viz
@@ -105,26 +115,33 @@ def cmd_demo(args) -> int:
   module, variables = models.efficientnet_lite0(pretrained=True)
   photos = models.sample_images()
   names = list(photos)
-  x = models.preprocess([photos[n] for n in names], "efficientnet_lite0")
+  x = jnp.asarray(models.preprocess([photos[n] for n in names], "efficientnet_lite0"))
   tap = jaxcam.linen_tap(module, variables)
   results = jaxcam.explain_many(DEMO_METHODS, tap, x)  # one forward + backward for every method
   probs = np.asarray(jax.nn.softmax(next(iter(results.values())).logits, axis=-1))
-  summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": list(DEMO_METHODS), "images": {}}
+  images: dict[str, dict] = {}
+  summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": list(DEMO_METHODS), "images": images}
   for i, name in enumerate(names):
     top = stream.top5(probs[i], models.class_name)
     h, w = photos[name].shape[:2]
     peaks = {m: list(viz.peak(np.asarray(results[m].maps[i]), (h, w))) for m in DEMO_METHODS}
-    summary["images"][name] = {"top5": top, "target": top[0], "peak": peaks}
+    images[name] = {"top5": top, "target": top[0], "peak": peaks}
     print(f"{name}: " + ", ".join(f"{t['name']} ({t['p']:.2f})" for t in top))
     print(f"  map peak (row, col) in the {h}x{w} photo: " + ", ".join(f"{m} {tuple(p)}" for m, p in peaks.items()))
     for m in DEMO_METHODS:
       viz.save_png(os.path.join(args.out, f"{name}_{m}.png"), viz.overlay(photos[name], np.asarray(results[m].maps[i])))
   grid_path = os.path.join(args.out, "grid.png")
-  viz.grid([photos[n] for n in names], {m: np.asarray(results[m].maps) for m in DEMO_METHODS},
-           [f"{n}: {summary['images'][n]['target']['name']}" for n in names], path=grid_path)
+  viz.grid(
+    [photos[n] for n in names],
+    {m: list(np.asarray(results[m].maps)) for m in DEMO_METHODS},
+    [f"{n}: {images[n]['target']['name']}" for n in names],
+    path=grid_path,
+  )
   writers.write_json(os.path.join(args.out, "summary.json"), summary)
-  print(f"wrote {len(names) * len(DEMO_METHODS)} overlays, {grid_path} and summary.json to {args.out} "
-        f"in {time.perf_counter() - t0:.1f} s")
+  print(
+    f"wrote {len(names) * len(DEMO_METHODS)} overlays, {grid_path} and summary.json to {args.out} "
+    f"in {time.perf_counter() - t0:.1f} s"
+  )
   return 0
 
 
@@ -166,7 +183,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
   if args.devices:
     if not 1 <= args.devices <= len(devices):
       raise CliError(f"--devices must be in [1, {len(devices)}] (local devices), got {args.devices}")
-    devices = devices[:args.devices]
+    devices = devices[: args.devices]
   if args.batch_size % len(devices):
     raise CliError(f"--batch-size ({args.batch_size}) must be a multiple of the device count ({len(devices)})")
   files = sorted(os.path.abspath(f) for f in files)
@@ -176,10 +193,24 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
   bar = _progress(len(files), "explaining")
   try:
     manifest = stream.explain_files(
-        files, args.out, method=spec, tap=tap, model=args.model, root=root, shard_size=shard_size,
-        batch_size=args.batch_size, input_size=models.input_size(args.model), target=target, float16=args.float16,
-        mesh=local_mesh(devices), overlays=overlays, process_index=jax.process_index(),
-        process_count=jax.process_count(), progress=bar.update, class_name=models.class_name)
+      files,
+      args.out,
+      method=spec,
+      tap=tap,
+      model=args.model,
+      root=root,
+      shard_size=shard_size,
+      batch_size=args.batch_size,
+      input_size=models.input_size(args.model),
+      target=target,
+      float16=args.float16,
+      mesh=local_mesh(devices),
+      overlays=overlays,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      progress=bar.update,
+      class_name=models.class_name,
+    )
   except ValueError as e:
     raise CliError(str(e)) from None
   finally:
@@ -190,9 +221,11 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
   if skipped and len(skipped) == len(files):
     first = skipped[0]
     raise CliError(f"cannot read image {first!r}: {manifest['entries'][first]['skipped']} (no image was readable)")
-  print(f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name} at "
-        f"layer {tap.layer!r}; wrote {args.out}/manifest.json, {args.out}/shards/"
-        + (f" and {args.out}/overlays/" if overlays else ""))
+  print(
+    f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name} at "
+    f"layer {tap.layer!r}; wrote {args.out}/manifest.json, {args.out}/shards/"
+    + (f" and {args.out}/overlays/" if overlays else "")
+  )
   return 0
 
 
@@ -249,13 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--target", default=None, help="class id or ImageNet name (default: each image's top class)")
   ex.add_argument("--out", default="jaxcam-out", help="output directory")
   ex.add_argument("--batch-size", type=int, default=8)
-  ex.add_argument("--shard-size", type=int, default=0,
-                  help="streaming mode for many images: maps in shards of N files (default: one shard, with overlays); "
-                       "resumable")
+  ex.add_argument(
+    "--shard-size",
+    type=int,
+    default=0,
+    help="streaming mode for many images: maps in shards of N files (default: one shard, with overlays); resumable",
+  )
   ex.add_argument("--float16", action="store_true", help="store maps as float16")
   ex.add_argument("--devices", type=int, default=0, help="use the first N local devices")
-  ex.add_argument("--overlays", action="store_true", help="streaming mode: also write overlay PNGs (default mode "
-                                                          "always does)")
+  ex.add_argument(
+    "--overlays", action="store_true", help="streaming mode: also write overlay PNGs (default mode always does)"
+  )
   ex.set_defaults(func=cmd_explain)
 
   merge = sub.add_parser("merge-manifests", help="merge the shard manifests of a (multi-host) run")

@@ -22,9 +22,9 @@ __all__ = ["Forward", "forward", "forward_only", "forward_and_grads", "check_act
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["logits", "activations", "grads", "ids", "scores", "target"],
-    meta_fields=["multi"],
+  jax.tree_util.register_dataclass,
+  data_fields=["logits", "activations", "grads", "ids", "scores", "target"],
+  meta_fields=["multi"],
 )
 @dataclasses.dataclass(frozen=True)
 class Forward:
@@ -54,9 +54,9 @@ def check_activations(tap, acts: tuple, x: jax.Array) -> None:
   for name, a in zip(_as_tuple(tap.layer) if tap.multi else (tap.layer,), acts):
     if getattr(a, "ndim", None) != _spatial.FEATURE_RANK or a.shape[0] != x.shape[0]:
       raise ValueError(
-          f"Expected the output of layer {name!r} to be a feature map (B, h, w, C) with B={x.shape[0]}, got "
-          f"{getattr(a, 'shape', type(a).__name__)}. CAMs need a spatial layer: choose a convolutional block before "
-          "global pooling (jaxcam.list_layers shows each path's output shape)."
+        f"Expected the output of layer {name!r} to be a feature map (B, h, w, C) with B={x.shape[0]}, got "
+        f"{getattr(a, 'shape', type(a).__name__)}. CAMs need a spatial layer: choose a convolutional block before "
+        "global pooling (jaxcam.list_layers shows each path's output shape)."
       )
 
 

@@ -19,8 +19,15 @@ from jaxcam import _jaxpr, _spatial, chunking
 from jaxcam import targets as targets_lib
 from jaxcam.core import Forward, forward_and_grads
 
-__all__ = ["Diagonals", "diagonals", "diagonals_k", "hvp", "taylor3", "enters_only_through_spatial_sum",
-           "score_vector_fn"]
+__all__ = [
+  "Diagonals",
+  "diagonals",
+  "diagonals_k",
+  "hvp",
+  "taylor3",
+  "enters_only_through_spatial_sum",
+  "score_vector_fn",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -34,7 +41,7 @@ _CHECK_POSITIONS = 4  # random positions at which the structured strategy is cro
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["grads", "second", "third", "check"], meta_fields=["strategy"]
+  jax.tree_util.register_dataclass, data_fields=["grads", "second", "third", "check"], meta_fields=["strategy"]
 )
 @dataclasses.dataclass(frozen=True)
 class Diagonals:
@@ -126,11 +133,14 @@ def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
     name = eqn.primitive.name
     if name in _PASS_THROUGH:
       raw[eqn.outvars[0]] = True
-    elif (name == "reduce_sum" and set(eqn.params["axes"]) == set(_spatial.BATCHED_FEATURE_AXES)
-          and eqn.invars[0].aval.ndim == _spatial.FEATURE_RANK):
+    elif (
+      name == "reduce_sum"
+      and set(eqn.params["axes"]) == set(_spatial.BATCHED_FEATURE_AXES)
+      and eqn.invars[0].aval.ndim == _spatial.FEATURE_RANK
+    ):
       continue
     elif (inner := _jaxpr.inner_jaxpr(eqn)) is not None:
-      ok, raw_out = _only_spatial_sums(inner, uses[-len(inner.invars):])
+      ok, raw_out = _only_spatial_sums(inner, uses[-len(inner.invars) :])
       if not ok:
         return False, []
       for v, r in zip(eqn.outvars, raw_out):
@@ -148,14 +158,14 @@ def _declared_structured(tap) -> bool:
 
 
 def diagonals(
-    tap,
-    x: jax.Array,
-    target: Any = None,
-    *,
-    strategy: str = "auto",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    max_generic_directions: int = DEFAULT_MAX_GENERIC_DIRECTIONS,
-    fwd: Forward | None = None,
+  tap,
+  x: jax.Array,
+  target: Any = None,
+  *,
+  strategy: str = "auto",
+  chunk_size: int = DEFAULT_CHUNK_SIZE,
+  max_generic_directions: int = DEFAULT_MAX_GENERIC_DIRECTIONS,
+  fwd: Forward | None = None,
 ) -> Diagonals:
   """Exact g, diag d^2S/dA^2 and diag d^3S/dA^3 of the target score S (not of exp(S)).
 
@@ -181,17 +191,27 @@ def diagonals(
     raise ValueError("Exact derivatives need a single-layer tap; got layers " + repr(tap.layer) + ".")
   # Study code path: full float32 matmuls even where the default drops to TF32/bf16 (GPUs, TPUs); without
   # it the structured/generic cross-check failed on an H200.
-  out = diagonals_k(tap, x, target, strategy=strategy, chunk_size=chunk_size,
-                    max_generic_directions=max_generic_directions, fwd=fwd)
-  multi = (fwd.multi if fwd is not None else
-           getattr(targets_lib.as_target(target), "multi", False) or out.grads.shape[1] != 1)
+  out = diagonals_k(
+    tap, x, target, strategy=strategy, chunk_size=chunk_size, max_generic_directions=max_generic_directions, fwd=fwd
+  )
+  multi = (
+    fwd.multi if fwd is not None else getattr(targets_lib.as_target(target), "multi", False) or out.grads.shape[1] != 1
+  )
   if multi:
     return out
   return Diagonals(out.grads[:, 0], out.second[:, 0], out.third[:, 0], out.check, out.strategy)
 
 
-def diagonals_k(tap, x, target=None, *, strategy="auto", chunk_size=DEFAULT_CHUNK_SIZE,
-                max_generic_directions=DEFAULT_MAX_GENERIC_DIRECTIONS, fwd=None) -> Diagonals:
+def diagonals_k(
+  tap,
+  x,
+  target=None,
+  *,
+  strategy="auto",
+  chunk_size=DEFAULT_CHUNK_SIZE,
+  max_generic_directions=DEFAULT_MAX_GENERIC_DIRECTIONS,
+  fwd=None,
+) -> Diagonals:
   """`diagonals` with the target axis always present: ``(B, K, h, w, C)`` each."""
   if strategy not in STRATEGIES:
     raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
@@ -212,18 +232,18 @@ def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd
   n_generic = math.prod(per_image)
   if strategy == "structured" and not structured_ok:
     raise ValueError(
-        f"strategy='structured' needs layer {tap.layer!r} to reach the logits only through global average "
-        "pooling; this head transforms A first (a conv, flatten, local pooling or an elementwise op), so "
-        "positions do not share derivatives. Use strategy='generic', or tap the layer right before the pooling."
+      f"strategy='structured' needs layer {tap.layer!r} to reach the logits only through global average "
+      "pooling; this head transforms A first (a conv, flatten, local pooling or an elementwise op), so "
+      "positions do not share derivatives. Use strategy='generic', or tap the layer right before the pooling."
     )
   if strategy == "auto":
     strategy = "structured" if structured_ok else "generic"
     if strategy == "generic" and n_generic > max_generic_directions:
       raise ValueError(
-          f"Exact derivatives at layer {tap.layer!r} {tuple(a.shape)} need the generic strategy with "
-          f"{n_generic} directions (> max_generic_directions={max_generic_directions}), each a third-order "
-          "forward pass through the head: minutes or more. Pass strategy='generic' to run it anyway (memory is "
-          f"bounded by chunk_size={chunk_size}), tap a smaller layer, or a layer right before global pooling."
+        f"Exact derivatives at layer {tap.layer!r} {tuple(a.shape)} need the generic strategy with "
+        f"{n_generic} directions (> max_generic_directions={max_generic_directions}), each a third-order "
+        "forward pass through the head: minutes or more. Pass strategy='generic' to run it anyway (memory is "
+        f"bounded by chunk_size={chunk_size}), tap a smaller layer, or a layer right before global pooling."
       )
   if strategy == "generic":
     d2, d3 = _generic(f, a, jnp.arange(n_generic), chunk_size)  # (n, B, K)
@@ -234,8 +254,12 @@ def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd
   else:
     s2, s3 = _structured(f, a, chunk_size)  # (C, B, K)
     spatial_ones = (None,) * _spatial.N_SPATIAL
-    d2 = jnp.broadcast_to(jnp.moveaxis(s2, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s2.shape[2]) + per_image)
-    d3 = jnp.broadcast_to(jnp.moveaxis(s3, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s3.shape[2]) + per_image)
+    d2 = jnp.broadcast_to(
+      jnp.moveaxis(s2, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s2.shape[2]) + per_image
+    )
+    d3 = jnp.broadcast_to(
+      jnp.moveaxis(s3, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s3.shape[2]) + per_image
+    )
     pos = jax.random.choice(jax.random.key(0), n_generic, (min(_CHECK_POSITIONS, n_generic),), replace=False)
     g2, g3 = _generic(f, a, pos, chunk_size)  # (P, B, K)
     flat2 = d2.reshape(d2.shape[:2] + (-1,))[..., pos]  # (B, K, P)

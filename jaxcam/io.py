@@ -29,24 +29,52 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_state_dict", "load_torch", "load_safetensors",
+__all__ = [
+  "CheckpointError",
+  "UnsafeCheckpointError",
+  "load_state_dict",
+  "load_torch",
+  "load_safetensors",
 ]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+  "DoubleStorage": np.float64,
+  "FloatStorage": np.float32,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 _TORCH_DTYPES = {
-    "float64": np.float64, "float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
-    "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+  "float64": np.float64,
+  "float32": np.float32,
+  "float16": np.float16,
+  "bfloat16": ml_dtypes.bfloat16,
+  "int64": np.int64,
+  "int32": np.int32,
+  "int16": np.int16,
+  "int8": np.int8,
+  "uint8": np.uint8,
+  "bool": np.bool_,
 }
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
-    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
 }
 
 
@@ -99,22 +127,20 @@ class _TensorRef:
     last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
     if self.offset < 0 or last >= flat.size:
       raise CheckpointError(
-          f"corrupt or truncated checkpoint: a tensor reads element {last} of storage {self.storage.key!r}, "
-          f"which has {flat.size}"
+        f"corrupt or truncated checkpoint: a tensor reads element {last} of storage {self.storage.key!r}, "
+        f"which has {flat.size}"
       )
     view = np.lib.stride_tricks.as_strided(
-        flat[self.offset:], shape=self.size, strides=[s * flat.itemsize for s in self.stride], writeable=False
+      flat[self.offset :], shape=self.size, strides=[s * flat.itemsize for s in self.stride], writeable=False
     )
     return np.array(view, order="C")  # own the memory, C-contiguous
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
   return _TensorRef(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
-                       metadata=None):
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
   return _TensorRef(storage, storage_offset, size, stride, dtype.dtype if isinstance(dtype, _DType) else None)
 
 
@@ -133,12 +159,12 @@ def _codecs_encode(text, encoding="latin1"):  # protocol-2 pickles store bytes a
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("_codecs", "encode"): _codecs_encode,
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+  ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+  ("_codecs", "encode"): _codecs_encode,
 }
 
 
@@ -155,9 +181,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if module == "torch" and name in _TORCH_DTYPES:
       return _DType(name)
     raise UnsafeCheckpointError(
-        f"Refusing to load global {module}.{name} from a checkpoint: only plain state dicts (tensors, numeric "
-        "storages, OrderedDict) are accepted, and nothing in the file was executed. If you trust the file, "
-        "load it with torch and save its state_dict() or use safetensors."
+      f"Refusing to load global {module}.{name} from a checkpoint: only plain state dicts (tensors, numeric "
+      "storages, OrderedDict) are accepted, and nothing in the file was executed. If you trust the file, "
+      "load it with torch and save its state_dict() or use safetensors."
     )
 
   def persistent_load(self, pid):
@@ -180,7 +206,7 @@ class _ViewStorage(_Storage):
 
   @property
   def array(self):
-    return None if self.base.array is None else self.base.array[self.offset:self.offset + self.numel]
+    return None if self.base.array is None else self.base.array[self.offset : self.offset + self.numel]
 
   @array.setter
   def array(self, value):
@@ -191,8 +217,11 @@ def _resolve(obj: Any) -> Any:
   if isinstance(obj, _TensorRef):
     return obj.materialize()
   if isinstance(obj, dict):
-    return type(obj)((k, _resolve(v)) for k, v in obj.items()) if isinstance(obj, collections.OrderedDict) else {
-        k: _resolve(v) for k, v in obj.items()}
+    return (
+      type(obj)((k, _resolve(v)) for k, v in obj.items())
+      if isinstance(obj, collections.OrderedDict)
+      else {k: _resolve(v) for k, v in obj.items()}
+    )
   if isinstance(obj, (list, tuple)):
     return type(obj)(_resolve(v) for v in obj)
   return obj
@@ -241,9 +270,7 @@ def _load_legacy(f: BinaryIO, path: str) -> Any:
     nbytes = numel * storage.dtype.itemsize
     data = f.read(nbytes)
     if numel < 0 or len(data) < nbytes:
-      raise CheckpointError(
-          f"{path}: truncated torch checkpoint: storage {key!r} has {len(data)} of {nbytes} bytes"
-      )
+      raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} has {len(data)} of {nbytes} bytes")
     storage.array = np.frombuffer(data, dtype=storage.dtype)
   return _resolve(result)
 
@@ -303,7 +330,7 @@ def load_torch(path: str | os.PathLike) -> Any:
       head = f.read(2)
       if not head or head[0] != 0x80:
         raise CheckpointError(
-            f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {head!r})"
+          f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {head!r})"
         )
       f.seek(0)
       return _load_legacy(f, path)
@@ -324,10 +351,10 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if 8 + n > len(raw):
     raise CheckpointError(f"{path}: truncated safetensors file (header of {n} bytes)")
   try:
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
   except ValueError as e:
     raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
-  body = memoryview(raw)[8 + n:]
+  body = memoryview(raw)[8 + n :]
   out = {}
   for name, info in header.items():
     if name == "__metadata__":

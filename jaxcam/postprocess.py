@@ -38,7 +38,7 @@ def normalize(maps: jax.Array, *, eps: float = NORMALIZE_EPS) -> jax.Array:
   return jnp.clip((maps - lo) / (hi - lo + eps), 0.0, 1.0)
 
 
-def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+def upsample(maps: jax.Array, size: tuple[int, ...]) -> jax.Array:
   """Bilinear resize of ``(..., h, w)`` maps to ``size = (H, W)``.
 
   ``jax.image.resize`` with ``antialias=False`` uses half-pixel centers, which matches torch's

@@ -64,8 +64,10 @@ def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
 def get_provider(need: str, *, method: str = "a method") -> Provider:
   """The provider of `need`; `KeyError` listing the registered needs."""
   if need not in PROVIDERS:
-    raise UnknownNameError(unknown_name_message(f"need of {method}", need, sorted(PROVIDERS), "a registered provider")
-                           + " Register one with jaxcam.providers.register_provider.")
+    raise UnknownNameError(
+      unknown_name_message(f"need of {method}", need, sorted(PROVIDERS), "a registered provider")
+      + " Register one with jaxcam.providers.register_provider."
+    )
   return PROVIDERS[need]
 
 
@@ -85,8 +87,8 @@ def _class_ids(tap, x, fwd):
   del x
   if fwd.ids is None:
     raise ValueError(
-        "This method needs class ids as target (ints, None, or a jaxcam.targets score of class ids); got a custom "
-        "score callable."
+      "This method needs class ids as target (ints, None, or a jaxcam.targets score of class ids); got a custom "
+      "score callable."
     )
   return (fwd.ids,) * _layers(tap)
 
@@ -97,8 +99,8 @@ def _fc_kernel(tap, x, fwd, *, fc=None):
   c, n = a.shape[-1], fwd.logits.shape[-1]
   if kernel.shape != (c, n):
     raise ValueError(
-        f"Expected the CAM kernel `fc` of shape (C, classes) = ({c}, {n}) for layer {tap.layer!r}, got "
-        f"{tuple(kernel.shape)}."
+      f"Expected the CAM kernel `fc` of shape (C, classes) = ({c}, {n}) for layer {tap.layer!r}, got "
+      f"{tuple(kernel.shape)}."
     )
   classic.check_gap_dense_head(lambda act: tap.head(x, act), a, layer=str(tap.layer))
   return (kernel,)
@@ -114,23 +116,35 @@ def _hvp(tap, x, fwd):
 
 
 for _p in (
-    Provider("grads", _grads, grads=True, cost="1 backward pass from the layer (shared)"),
-    Provider("class_ids", _class_ids, cost="none (from the shared forward pass)"),
-    Provider("fc_kernel", _fc_kernel, options=(("fc", None),), single_layer=True,
-             cost="none (the Dense kernel; the head is checked on its jaxpr)"),
-    Provider("diagonals", _diagonals, options=(("strategy", "auto"), ("chunk_size", derivatives.DEFAULT_CHUNK_SIZE)),
-             grads=True, single_layer=True, expensive=True,
-             cost="one third-order forward pass through the head per channel (structured) or per element of A "
-                  "(generic)"),
-    Provider("hvp", _hvp, single_layer=True, cost="1 forward-over-reverse pass through the head"),
+  Provider("grads", _grads, grads=True, cost="1 backward pass from the layer (shared)"),
+  Provider("class_ids", _class_ids, cost="none (from the shared forward pass)"),
+  Provider(
+    "fc_kernel",
+    _fc_kernel,
+    options=(("fc", None),),
+    single_layer=True,
+    cost="none (the Dense kernel; the head is checked on its jaxpr)",
+  ),
+  Provider(
+    "diagonals",
+    _diagonals,
+    options=(("strategy", "auto"), ("chunk_size", derivatives.DEFAULT_CHUNK_SIZE)),
+    grads=True,
+    single_layer=True,
+    expensive=True,
+    cost="one third-order forward pass through the head per channel (structured) or per element of A (generic)",
+  ),
+  Provider("hvp", _hvp, single_layer=True, cost="1 forward-over-reverse pass through the head"),
 ):
   register_provider(_p)
 
 
 def as_float(tree: Any) -> Any:
   """Floating leaves promoted to at least float32 (bfloat16 inputs give float32 maps); others unchanged."""
+
   def f(v):
     if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating):
       return v.astype(jnp.promote_types(v.dtype, jnp.float32))
     return v
+
   return jax.tree.map(f, tree)

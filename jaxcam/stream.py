@@ -1,16 +1,16 @@
 """Explanation of image files: bounded-memory loading, sharded outputs, resumable runs.
 
 Every ``jaxcam explain`` runs here: with ``--shard-size N`` in shards of N files; without it as one shard (with
-overlays), so both modes share one batching loop, one output format, one top-5 and one image decoder. Files are sorted and cut into shards of N files (N a multiple of
-the batch size); shard k writes ``shards/maps-k.npz`` (one map per readable file) and then
-``shards/manifest-k.json`` (per file: shard, index, target, top-5, or the reason it was skipped), both atomically
-(temporary file + rename). A shard is complete when its manifest exists, so a killed run restarted with the same
-command skips the complete shards and produces byte-identical outputs. ``manifest.json`` merges the shard
-manifests at the end, with the method, layer, model and versions (no timestamps).
+overlays), so both modes share one batching loop, one output format, one top-5 and one image decoder. Files are
+sorted and cut into shards of N files (N a multiple of the batch size); shard k writes ``shards/maps-k.npz`` (one
+map per readable file) and then ``shards/manifest-k.json`` (per file: shard, index, target, top-5, or the reason it
+was skipped), both atomically (temporary file + rename). A shard is complete when its manifest exists, so a killed
+run restarted with the same command skips the complete shards and produces byte-identical outputs. ``manifest.json``
+merges the shard manifests at the end, with the method, layer, model and versions (no timestamps).
 
-Several hosts: each process takes every ``process_count``-th shard starting at ``process_index`` and writes its
-own shard files; ``jaxcam merge-manifests OUT`` (run once all processes are done) rewrites ``manifest.json`` from
-every shard manifest present.
+Several hosts: each process takes every ``process_count``-th shard starting at ``process_index`` and writes its own
+shard files; ``jaxcam merge-manifests OUT`` (run once all processes are done) rewrites ``manifest.json`` from every
+shard manifest present.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def decode_image(path: str) -> np.ndarray:
 def top5(probs: np.ndarray, class_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
   """The five most probable classes ``[{"id", "name", "p"}]`` of one image's probabilities."""
   idx = np.argsort(-probs)[:5]
-  return [{"id": int(i), "name": class_name(int(i)) if class_name else None, "p": round(float(probs[i]), 6)}
-          for i in idx]
+  return [
+    {"id": int(i), "name": class_name(int(i)) if class_name else None, "p": round(float(probs[i]), 6)} for i in idx
+  ]
 
 
 def overlay_path(out: str, rel: str) -> str:
@@ -68,7 +69,7 @@ def _decoded_batches(files: Sequence[str], size: int, batch_size: int, workers: 
   """(names, images or None, sizes, errors) per batch of files; decoding runs in a thread pool."""
   with ThreadPoolExecutor(max_workers=workers) as pool:
     for start in range(0, len(files), batch_size):
-      names = list(files[start:start + batch_size])
+      names = list(files[start : start + batch_size])
       decoded = list(pool.map(lambda p: _decode(p, size), names))
       good = [(n, a, hw) for n, (a, hw, err) in zip(names, decoded) if a is not None]
       errors = {n: err for n, (a, _, err) in zip(names, decoded) if a is None}
@@ -84,24 +85,24 @@ def _loader(files: Sequence[str], size: int, batch_size: int, depth: int, worker
 
 
 def explain_files(
-    files: Sequence[str],
-    out: str,
-    *,
-    method: str,
-    tap,
-    model: str,
-    root: str,
-    shard_size: int,
-    batch_size: int,
-    input_size: int,
-    target: int | None = None,
-    float16: bool = False,
-    mesh=None,
-    overlays: bool = False,
-    process_index: int = 0,
-    process_count: int = 1,
-    progress: Callable[[int], None] | None = None,
-    class_name: Callable[[int], str] | None = None,
+  files: Sequence[str],
+  out: str,
+  *,
+  method: str,
+  tap,
+  model: str,
+  root: str,
+  shard_size: int,
+  batch_size: int,
+  input_size: int,
+  target: int | None = None,
+  float16: bool = False,
+  mesh=None,
+  overlays: bool = False,
+  process_index: int = 0,
+  process_count: int = 1,
+  progress: Callable[[int], None] | None = None,
+  class_name: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
   """Explain `files` shard by shard into `out` (see the module docstring); returns the merged manifest."""
   import jax
@@ -117,11 +118,18 @@ def explain_files(
     os.remove(os.path.join(shard_dir, stale))
   n_shards = -(-len(files) // shard_size)
   method_name = method if isinstance(method, str) else method.name
-  header = {"method": method_name, "layer": tap.layer, "model": model, "shard_size": shard_size,
-            "jaxcam": jaxcam.__version__, "jax": jax.__version__, "files": len(files)}
+  header = {
+    "method": method_name,
+    "layer": tap.layer,
+    "model": model,
+    "shard_size": shard_size,
+    "jaxcam": jaxcam.__version__,
+    "jax": jax.__version__,
+    "files": len(files),
+  }
   for k in range(process_index, n_shards, process_count):
     maps_path, manifest_path = shard_paths(out, k)
-    shard_files = files[k * shard_size:(k + 1) * shard_size]
+    shard_files = files[k * shard_size : (k + 1) * shard_size]
     if os.path.exists(manifest_path) and os.path.exists(maps_path):
       if progress:
         progress(len(shard_files))
@@ -152,9 +160,12 @@ def explain_files(
         maps[key] = m.astype(np.float16 if float16 else np.float32)
         tid = int(result["targets"][j])
         entries[rel] = {
-            "shard": k, "index": key, "target": {"id": tid, "name": class_name(tid) if class_name else None},
-            "top5": top5(probs[j], class_name), "size": list(size),
-            "peak": list(viz.peak(m, size)),  # (row, col) in the image's own pixels
+          "shard": k,
+          "index": key,
+          "target": {"id": tid, "name": class_name(tid) if class_name else None},
+          "top5": top5(probs[j], class_name),
+          "size": list(size),
+          "peak": list(viz.peak(m, size)),  # (row, col) in the image's own pixels
         }
         if overlays:
           png = overlay_path(out, rel)

@@ -23,10 +23,20 @@ __all__ = ["DerivativeReport", "compare_derivatives", "relative_l2", "spearman"]
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["second_rel_err", "third_rel_err", "alpha_rel_err", "weights_rel_err", "map_rel_l2",
-                 "map_one_minus_cos", "map_spearman", "argmax_moved", "maps_exact", "maps_approx"],
-    meta_fields=["convention", "strategy", "layer"],
+  jax.tree_util.register_dataclass,
+  data_fields=[
+    "second_rel_err",
+    "third_rel_err",
+    "alpha_rel_err",
+    "weights_rel_err",
+    "map_rel_l2",
+    "map_one_minus_cos",
+    "map_spearman",
+    "argmax_moved",
+    "maps_exact",
+    "maps_approx",
+  ],
+  meta_fields=["convention", "strategy", "layer"],
 )
 @dataclasses.dataclass(frozen=True)
 class DerivativeReport:
@@ -55,9 +65,18 @@ class DerivativeReport:
 
   def summary(self) -> dict[str, float]:
     """Medians (and the worst map error) over images, as Python floats."""
-    out = {f"median_{f}": float(np.median(np.asarray(getattr(self, f)))) for f in (
-        "second_rel_err", "third_rel_err", "alpha_rel_err", "weights_rel_err", "map_rel_l2", "map_one_minus_cos",
-        "map_spearman")}
+    out = {
+      f"median_{f}": float(np.median(np.asarray(getattr(self, f))))
+      for f in (
+        "second_rel_err",
+        "third_rel_err",
+        "alpha_rel_err",
+        "weights_rel_err",
+        "map_rel_l2",
+        "map_one_minus_cos",
+        "map_spearman",
+      )
+    }
     out["worst_map_rel_l2"] = float(np.max(np.asarray(self.map_rel_l2)))
     out["argmax_moved_fraction"] = float(np.mean(np.asarray(self.argmax_moved)))
     return out
@@ -107,21 +126,32 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
   flat_ex, flat_ap = _spatial.flatten_map(m_ex), _spatial.flatten_map(m_ap)
   squeeze = (lambda v: v[:, 0]) if not fwd.multi else (lambda v: v)
   return DerivativeReport(
-      second_rel_err=squeeze(relative_l2(ap2, ex2, feat[:-1] + (-1,))),
-      third_rel_err=squeeze(relative_l2(ap3, ex3, feat[:-1] + (-1,))),
-      alpha_rel_err=squeeze(relative_l2(alpha_ap, alpha_ex, feat[:-1] + (-1,))),
-      weights_rel_err=squeeze(relative_l2(w_ap, w_ex, (-1,))),
-      map_rel_l2=squeeze(relative_l2(m_ap, m_ex, axes)),
-      map_one_minus_cos=squeeze(1.0 - cos),
-      map_spearman=squeeze(spearman(m_ex, m_ap)),
-      argmax_moved=squeeze(jnp.argmax(flat_ex, -1) != jnp.argmax(flat_ap, -1)),
-      maps_exact=squeeze(m_ex), maps_approx=squeeze(m_ap),
-      convention=convention, strategy=d.strategy, layer=tap.layer,
+    second_rel_err=squeeze(relative_l2(ap2, ex2, feat[:-1] + (-1,))),
+    third_rel_err=squeeze(relative_l2(ap3, ex3, feat[:-1] + (-1,))),
+    alpha_rel_err=squeeze(relative_l2(alpha_ap, alpha_ex, feat[:-1] + (-1,))),
+    weights_rel_err=squeeze(relative_l2(w_ap, w_ex, (-1,))),
+    map_rel_l2=squeeze(relative_l2(m_ap, m_ex, axes)),
+    map_one_minus_cos=squeeze(1.0 - cos),
+    map_spearman=squeeze(spearman(m_ex, m_ap)),
+    argmax_moved=squeeze(jnp.argmax(flat_ex, -1) != jnp.argmax(flat_ap, -1)),
+    maps_exact=squeeze(m_ex),
+    maps_approx=squeeze(m_ap),
+    convention=convention,
+    strategy=d.strategy,
+    layer=tap.layer,
   )
 
 
-def compare_derivatives(tap, x: jax.Array, target: Any = None, *, convention: str = "exp", strategy: str = "auto",
-                        chunk_size: int = derivatives.DEFAULT_CHUNK_SIZE, eps: float = 1e-6) -> DerivativeReport:
+def compare_derivatives(
+  tap,
+  x: jax.Array,
+  target: Any = None,
+  *,
+  convention: str = "exp",
+  strategy: str = "auto",
+  chunk_size: int = derivatives.DEFAULT_CHUNK_SIZE,
+  eps: float = 1e-6,
+) -> DerivativeReport:
   """Exact vs approximate Grad-CAM++ per image (see `DerivativeReport`); maps are normalized, input-sized.
 
   The target is the score S (``jaxcam.targets.logit`` / ``log_softmax`` / ``softmax`` / ids / callable).
@@ -129,5 +159,12 @@ def compare_derivatives(tap, x: jax.Array, target: Any = None, *, convention: st
   """
   if convention not in ("exp", "literal"):
     raise ValueError(f"Expected `convention` to be 'exp' or 'literal', got {convention!r}.")
-  return _compare(tap, x, targets_lib.as_target(target), convention=convention, strategy=strategy,
-                  chunk_size=int(chunk_size), eps=float(eps))
+  return _compare(
+    tap,
+    x,
+    targets_lib.as_target(target),
+    convention=convention,
+    strategy=strategy,
+    chunk_size=int(chunk_size),
+    eps=float(eps),
+  )

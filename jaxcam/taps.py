@@ -32,20 +32,19 @@ import jax
 
 from jaxcam._errors import LayerNotFoundError, abbreviate, unknown_name_message
 
-
 __all__ = [
-    "Tap",
-    "IdentityLayout",
-    "LinenTap",
-    "NnxTap",
-    "FunctionTap",
-    "LayerInfo",
-    "linen_tap",
-    "nnx_tap",
-    "function_tap",
-    "list_layers",
-    "format_path",
-    "parse_path",
+  "Tap",
+  "IdentityLayout",
+  "LinenTap",
+  "NnxTap",
+  "FunctionTap",
+  "LayerInfo",
+  "linen_tap",
+  "nnx_tap",
+  "function_tap",
+  "list_layers",
+  "format_path",
+  "parse_path",
 ]
 
 _COLLECTION = "jaxcam_taps"
@@ -65,9 +64,9 @@ def parse_path(layer: Any, *, argname: str = "layer") -> tuple[str, ...]:
     parts = tuple(str(p) for p in layer)
   else:
     raise TypeError(
-        f"Expected `{argname}` to be a '/'-separated path string or a tuple of names and ints, got "
-        f"{type(layer).__name__} {layer!r}. Example: 'layer4/1' or ('blocks', 6); a list of paths asks for "
-        "several layers."
+      f"Expected `{argname}` to be a '/'-separated path string or a tuple of names and ints, got "
+      f"{type(layer).__name__} {layer!r}. Example: 'layer4/1' or ('blocks', 6); a list of paths asks for "
+      "several layers."
     )
   if not parts:
     raise ValueError(f"Expected `{argname}` to name a submodule, got an empty path {layer!r}.")
@@ -75,7 +74,7 @@ def parse_path(layer: Any, *, argname: str = "layer") -> tuple[str, ...]:
 
 
 def format_path(path: Sequence[Any]) -> str:
-  """"/"-joined string form of a path tuple."""
+  """ "/"-joined string form of a path tuple."""
   return "/".join(str(p) for p in path)
 
 
@@ -173,8 +172,8 @@ class Tap:
     if self.multi:
       if not isinstance(value, (tuple, list)) or len(value) != len(self.layers):
         raise ValueError(
-            f"Expected `{argname}` to be a tuple of {len(self.layers)} arrays (one per layer of a multi-layer "
-            f"tap), got {type(value).__name__}."
+          f"Expected `{argname}` to be a tuple of {len(self.layers)} arrays (one per layer of a multi-layer "
+          f"tap), got {type(value).__name__}."
         )
       return tuple(value)
     return (value,)
@@ -188,18 +187,16 @@ class Tap:
     """
     if i in run.record:
       raise ValueError(
-          f"Layer {format_path(self.layers[i])!r} is called more than once in one forward pass (a shared module "
-          "or a module inside nn.scan), so it has no single output to explain. Tap a module that runs once, e.g. "
-          "one of its callers."
+        f"Layer {format_path(self.layers[i])!r} is called more than once in one forward pass (a shared module "
+        "or a module inside nn.scan), so it has no single output to explain. Tap a module that runs once, e.g. "
+        "one of its callers."
       )
     layout = self.layout if self.layout is not None else IdentityLayout()
     if self.where == "output":
       value = call(*args, **kwargs)
     else:
       if not args:
-        raise ValueError(
-            f"`where='input'` needs layer {format_path(self.layers[i])!r} to take its input positionally."
-        )
+        raise ValueError(f"`where='input'` needs layer {format_path(self.layers[i])!r} to take its input positionally.")
       value = args[0]
     grid = run.replacements[i] if run.replacements is not None else layout.to_grid(value)
     run.record[i] = grid
@@ -247,15 +244,15 @@ def _freeze_kwargs(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
   for k, v in items:
     if k in ("mutable", "rngs"):
       raise ValueError(
-          f"`linen_tap` evaluates the model in inference mode; got apply keyword {k!r}. Pass eval-mode "
-          "arguments only (e.g. train=False), so BatchNorm uses its running statistics."
+        f"`linen_tap` evaluates the model in inference mode; got apply keyword {k!r}. Pass eval-mode "
+        "arguments only (e.g. train=False), so BatchNorm uses its running statistics."
       )
     try:
       hash(v)
     except TypeError:
       raise TypeError(
-          f"Expected the apply keyword {k!r} of `linen_tap` to be hashable (it is static), got "
-          f"{type(v).__name__}. Pass arrays through a `function_tap` instead."
+        f"Expected the apply keyword {k!r} of `linen_tap` to be hashable (it is static), got "
+        f"{type(v).__name__}. Pass arrays through a `function_tap` instead."
       ) from None
   return items
 
@@ -277,9 +274,9 @@ def _param_paths(variables: Any) -> list[str]:
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["variables"],
-    meta_fields=["module", "layers", "multi", "where", "method", "apply_kwargs", "layout"],
+  jax.tree_util.register_dataclass,
+  data_fields=["variables"],
+  meta_fields=["module", "layers", "multi", "where", "method", "apply_kwargs", "layout"],
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinenTap(Tap):
@@ -337,10 +334,10 @@ class LinenTap(Tap):
     if missing:
       given = format_path(self.layers[missing[0]])
       raise LayerNotFoundError(
-          unknown_name_message(
-              "layer", given, list(dict.fromkeys(seen)), f"a submodule called by {type(self.module).__name__}"
-          )
-          + " Lists become 'name_i' in linen; 'name/i' is accepted too."
+        unknown_name_message(
+          "layer", given, list(dict.fromkeys(seen)), f"a submodule called by {type(self.module).__name__}"
+        )
+        + " Lists become 'name_i' in linen; 'name/i' is accepted too."
       )
     if run.replacements is not None:
       return out, tuple(run.replacements)
@@ -376,14 +373,14 @@ def _linen_module_path(tree, parts: tuple[str, ...]) -> list[str]:
 
 
 def linen_tap(
-    module,
-    variables,
-    layer: Any = None,
-    *,
-    where: str = "output",
-    method: Callable | str | None = None,
-    layout: Any = None,
-    **apply_kwargs,
+  module,
+  variables,
+  layer: Any = None,
+  *,
+  where: str = "output",
+  method: Callable | str | None = None,
+  layout: Any = None,
+  **apply_kwargs,
 ) -> LinenTap:
   """A tap on any `flax.linen` module, at any depth, with no edits to the model.
 
@@ -415,16 +412,16 @@ def linen_tap(
     raise ValueError(f"Expected `where` to be one of {_WHERE}, got {where!r}.")
   if not hasattr(variables, "keys") or "params" not in variables:
     raise TypeError(
-        "Expected `variables` to be the dict returned by `module.init` (with a 'params' collection), got "
-        f"{type(variables).__name__}."
+      "Expected `variables` to be the dict returned by `module.init` (with a 'params' collection), got "
+      f"{type(variables).__name__}."
     )
   if layer is None:
     layer = getattr(module, "default_layer", None)
     if layer is None:
       raise ValueError(
-          f"`layer` is None and {type(module).__name__} declares no `default_layer`. Pass `layer=`; submodules "
-          f"with parameters: {abbreviate(_param_paths(variables))}. `jaxcam.list_layers(module, variables, x)` "
-          "lists every path with its output shape."
+        f"`layer` is None and {type(module).__name__} declares no `default_layer`. Pass `layer=`; submodules "
+        f"with parameters: {abbreviate(_param_paths(variables))}. `jaxcam.list_layers(module, variables, x)` "
+        "lists every path with its output shape."
       )
   layers, multi = _parse_layers(layer)
   return LinenTap(module, variables, layers, multi, where, method, _freeze_kwargs(apply_kwargs), layout)
@@ -459,9 +456,9 @@ def _nnx_set(node, key: str, value) -> None:
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["state"],
-    meta_fields=["graphdef", "layers", "multi", "where", "method", "layout"],
+  jax.tree_util.register_dataclass,
+  data_fields=["state"],
+  meta_fields=["graphdef", "layers", "multi", "where", "method", "layout"],
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class NnxTap(Tap):
@@ -500,8 +497,8 @@ class NnxTap(Tap):
     missing = self._missing(run)
     if missing:
       raise ValueError(
-          f"Layer {format_path(self.layers[missing[0]])!r} exists but did not run in the forward pass of "
-          f"{type(model).__name__}; tap a submodule that the forward pass calls."
+        f"Layer {format_path(self.layers[missing[0]])!r} exists but did not run in the forward pass of "
+        f"{type(model).__name__}; tap a submodule that the forward pass calls."
       )
     return out, tuple(run.record[i] for i in range(len(self.layers)))
 
@@ -512,8 +509,15 @@ def _nnx_paths(model) -> list[tuple[str, ...]]:
   return [tuple(str(p) for p in path) for path, _ in nnx.iter_modules(model) if path]
 
 
-def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | None = None, eval_mode: bool = True,
-            layout: Any = None):
+def nnx_tap(
+  model,
+  layer: Any = None,
+  *,
+  where: str = "output",
+  method: str | None = None,
+  eval_mode: bool = True,
+  layout: Any = None,
+):
   """A tap on a `flax.nnx` model.
 
   The tap holds a *snapshot* of the model's state, taken now (on a clone switched to eval mode, so the user's
@@ -547,15 +551,15 @@ def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | No
     layer = getattr(model, "default_layer", None)
     if layer is None:
       raise ValueError(
-          f"`layer` is None and {type(model).__name__} declares no `default_layer`. Pass `layer=`; submodules: "
-          f"{abbreviate([format_path(p) for p in available])}."
+        f"`layer` is None and {type(model).__name__} declares no `default_layer`. Pass `layer=`; submodules: "
+        f"{abbreviate([format_path(p) for p in available])}."
       )
   layers, multi = _parse_layers(layer)
   names = [format_path(p) for p in available]
   for p in layers:
     if p not in available:
       raise LayerNotFoundError(
-          unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
+        unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
       )
   graphdef, state = nnx.split(model)
   return NnxTap(graphdef, state, layers, multi, where, method, layout)
@@ -567,7 +571,7 @@ def nnx_tap(model, layer: Any = None, *, where: str = "output", method: str | No
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["body_fn", "head_fn", "name", "layout"]
+  jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["body_fn", "head_fn", "name", "layout"]
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class FunctionTap(Tap):
@@ -598,8 +602,9 @@ class FunctionTap(Tap):
     return self.head_fn(self.params, x, downstream), (run.record[0],)
 
 
-def function_tap(body_fn: Callable, head_fn: Callable, params: Any, *, name: str = "A", layout: Any = None
-                 ) -> FunctionTap:
+def function_tap(
+  body_fn: Callable, head_fn: Callable, params: Any, *, name: str = "A", layout: Any = None
+) -> FunctionTap:
   """A tap from two plain functions: ``body_fn(params, x) -> A`` and ``head_fn(params, x, A) -> output``.
 
   `params` are the tap's leaves, so gradients reach them and a training loop that passes new params never
@@ -607,8 +612,7 @@ def function_tap(body_fn: Callable, head_fn: Callable, params: Any, *, name: str
   """
   if not callable(body_fn) or not callable(head_fn):
     raise TypeError(
-        f"Expected `body_fn` and `head_fn` to be callables, got {type(body_fn).__name__} and "
-        f"{type(head_fn).__name__}."
+      f"Expected `body_fn` and `head_fn` to be callables, got {type(body_fn).__name__} and {type(head_fn).__name__}."
     )
   return FunctionTap(body_fn, head_fn, params, name, layout)
 
@@ -628,8 +632,8 @@ def list_layers(module, variables=None, x=None, **apply_kwargs) -> list[LayerInf
   ``list_layers(module, variables, x, **apply_kwargs)`` for linen; ``list_layers(model, x)`` for nnx. Costs
   one abstract trace (no FLOPs).
   """
-  from flax import nnx
   import flax.linen as nn
+  from flax import nnx
 
   if isinstance(module, nnx.Module):
     if x is None:

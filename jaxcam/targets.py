@@ -34,12 +34,12 @@ def _check_ids(classes: Any) -> Any:
   if classes is None:
     return None
   if isinstance(classes, (bool, np.bool_)) or not (
-      isinstance(classes, (int, np.integer)) or jnp.issubdtype(jnp.result_type(classes), jnp.integer)
+    isinstance(classes, (int, np.integer)) or jnp.issubdtype(jnp.result_type(classes), jnp.integer)
   ):
     raise TypeError(
-        f"Expected class ids to be ints (a scalar, (B,) or (B, K)), got {type(classes).__name__} of dtype "
-        f"{getattr(classes, 'dtype', type(classes).__name__)}. Pass e.g. jnp.array([281, 967]); for a custom "
-        "score pass a callable logits -> (B,)."
+      f"Expected class ids to be ints (a scalar, (B,) or (B, K)), got {type(classes).__name__} of dtype "
+      f"{getattr(classes, 'dtype', type(classes).__name__)}. Pass e.g. jnp.array([281, 967]); for a custom "
+      "score pass a callable logits -> (B,)."
     )
   ndim = np.ndim(classes)
   if ndim > 2:
@@ -52,9 +52,9 @@ def check_logits(logits: Any) -> jax.Array:
   if not hasattr(logits, "ndim") or logits.ndim != 2:
     desc = getattr(logits, "shape", type(logits).__name__)
     raise ValueError(
-        f"Expected the model to return logits of shape (B, classes) for a class-id target, got {desc}. Pass a "
-        "callable target that maps the model's output to scores (B,) or (B, K), e.g. "
-        "target=lambda out: out['logits'][:, 3]."
+      f"Expected the model to return logits of shape (B, classes) for a class-id target, got {desc}. Pass a "
+      "callable target that maps the model's output to scores (B,) or (B, K), e.g. "
+      "target=lambda out: out['logits'][:, 3]."
     )
   return logits
 
@@ -93,7 +93,7 @@ class ClassScore:
       return jnp.broadcast_to(c, (b, 1))
     if c.shape[0] != b:
       raise ValueError(
-          f"Expected class ids with one row per image: shape ({b},) or ({b}, K), got {c.shape} for a batch of {b}."
+        f"Expected class ids with one row per image: shape ({b},) or ({b}, K), got {c.shape} for a batch of {b}."
       )
     return c[:, None] if c.ndim == 1 else c
 
@@ -139,12 +139,12 @@ class ScoreFn:
   def _call_checked(self, output: Any) -> jax.Array:
     s = self.fn(output)
     leaves = jax.tree_util.tree_leaves(output)
-    b = leaves[0].shape[0] if leaves and getattr(leaves[0], "ndim", 0) else None
+    b = leaves[0].shape[0] if leaves and getattr(leaves[0], "ndim", None) else None
     if not hasattr(s, "ndim") or s.ndim not in (1, 2) or (b is not None and s.shape[0] != b):
       shapes = jax.tree.map(lambda v: getattr(v, "shape", type(v).__name__), output)
       raise ValueError(
-          f"Expected the target callable {getattr(self.fn, '__name__', self.fn)!r} to return scores of shape "
-          f"({b},) or ({b}, K) for a model output of shapes {shapes}, got {getattr(s, 'shape', type(s).__name__)}."
+        f"Expected the target callable {getattr(self.fn, '__name__', self.fn)!r} to return scores of shape "
+        f"({b},) or ({b}, K) for a model output of shapes {shapes}, got {getattr(s, 'shape', type(s).__name__)}."
       )
     return s
 

@@ -27,7 +27,7 @@ def map_to_image(cam: Any, size: tuple[int, int]) -> np.ndarray:
   m = np.nan_to_num(np.asarray(cam, np.float32))
   if m.ndim != 2:
     raise ValueError(f"Expected one map of shape (h, w), got {m.shape}.")
-  img = Image.fromarray(m, mode="F").resize((int(size[1]), int(size[0])), Image.BILINEAR)
+  img = Image.fromarray(m, mode="F").resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
   return np.clip(np.asarray(img, np.float32), 0.0, 1.0)
 
 
@@ -66,8 +66,16 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
   return path
 
 
-def grid(images: Sequence[Any], maps_by_method: Mapping[str, Sequence[Any]], titles: Sequence[str] | None = None,
-         *, path: str | os.PathLike | None = None, cmap: str = "jet", alpha: float = 0.5, cell: float = 2.2):
+def grid(
+  images: Sequence[Any],
+  maps_by_method: Mapping[str, Sequence[Any]],
+  titles: Sequence[str] | None = None,
+  *,
+  path: str | os.PathLike | None = None,
+  cmap: str = "jet",
+  alpha: float = 0.5,
+  cell: float = 2.2,
+):
   """One figure: a row per image (the photo, then one overlay per method), columns titled by method.
 
   Returns the matplotlib figure; with `path`, also saves it as PNG (and closes it).

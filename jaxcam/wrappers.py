@@ -31,6 +31,7 @@ def _mean(total: Any, n: int) -> Any:
     if jnp.issubdtype(v.dtype, jnp.inexact):
       return v / n
     return v // n  # integer needs (class ids) are identical in every copy
+
   return jax.tree.map(f, total)
 
 
@@ -53,10 +54,11 @@ class SmoothInputs:
     key = options["key"]
     if key is None:
       raise ValueError(
-          f"{self.name} draws noise: pass `key=jax.random.key(0)` (an explicit PRNG key; jaxcam has no global RNG)."
+        f"{self.name} draws noise: pass `key=jax.random.key(0)` (an explicit PRNG key; jaxcam has no global RNG)."
       )
-    if not isinstance(key, jax.Array) or not (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                              or (key.dtype == jnp.uint32 and key.shape == (2,))):
+    if not isinstance(key, jax.Array) or not (
+      jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
+    ):
       raise TypeError(f"Expected `key` to be a jax.random key, got {getattr(key, 'dtype', type(key).__name__)}.")
     clean = core.forward_only(tap, x, target)
     fixed = targets_lib.with_ids(clean.target, clean.ids)

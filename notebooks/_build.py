@@ -20,14 +20,14 @@ def code(text):
 
 
 QUICKSTART = [
-    md("""
+  md("""
 # jaxcam quickstart
 
 Class activation maps for JAX/Flax by autodiff: a *tap* exposes one layer's output `A` of any Flax model, and
 `dS/dA` comes from the same forward/backward pass; every method is a pure, jittable function of `(tap, x, target)`.
 Set `JAXCAM_NOTEBOOK_SMALL=1` to run on two photos only (the test suite does).
 """),
-    code("""
+  code("""
 import os, functools, time
 import numpy as np, jax, jax.numpy as jnp
 import jaxcam
@@ -43,8 +43,8 @@ for n, p in zip(names, jax.nn.softmax(logits)):
     top = np.argsort(-np.asarray(p))[:3]
     print(n, [(models.class_name(int(i)), round(float(p[i]), 3)) for i in top])
 """),
-    md("## Every method at the default layer (one forward and one backward pass for all of them)"),
-    code("""
+  md("## Every method at the default layer (one forward and one backward pass for all of them)"),
+  code("""
 tap = jaxcam.linen_tap(module, variables)          # layer omitted: the model's default_layer ("head")
 print(tap, tap.activation_shape(x))
 methods = jaxcam.method_names()
@@ -53,8 +53,11 @@ fig = viz.grid(list(photos.values()), {m: np.asarray(results[m].maps) for m in m
                [models.class_name(int(t)) for t in results["gradcam"].target])
 viz.show(fig)
 """),
-    md("## Inside `jax.jit` and `jax.vmap`\nOptions are bound with `functools.partial`; tap, images and target are ordinary pytree arguments, so new weights never recompile."),
-    code("""
+  md(
+    "## Inside `jax.jit` and `jax.vmap`\nOptions are bound with `functools.partial`; tap, images and target are "
+    "ordinary pytree arguments, so new weights never recompile."
+  ),
+  code("""
 f = jax.jit(functools.partial(jaxcam.gradcam_pp, normalize=True))
 t = jaxcam.targets.log_softmax(jnp.array([285] * len(names)))   # explain "Egyptian cat" in every photo
 t0 = time.perf_counter(); maps = f(tap, x, target=t).block_until_ready(); t1 = time.perf_counter()
@@ -63,13 +66,13 @@ print(f"first call {t1 - t0:.2f} s (compile), second {t2 - t1:.3f} s, maps {maps
 single = jax.vmap(lambda xi: jaxcam.gradcam_pp(tap, xi[None], target=jaxcam.targets.log_softmax(285))[0])(x)
 print("vmap over single images == batched call:", bool(jnp.allclose(single, maps, atol=1e-5)))
 """),
-    md("## Choosing a layer"),
-    code("""
+  md("## Choosing a layer"),
+  code("""
 layers = jaxcam.list_layers(module, variables, x[:1])
 for info in layers[-6:]:
     print(info)
 """),
-    code("""
+  code("""
 mid = jaxcam.linen_tap(module, variables, "blocks/10")   # a middle block: finer, less semantic
 fused = jaxcam.linen_tap(module, variables, ["blocks/10", "head"])   # both layers from one forward pass
 maps_mid = jaxcam.layercam(mid, x)
@@ -78,8 +81,8 @@ viz.show(viz.grid(list(photos.values()), {"layercam head": np.asarray(results["l
                                           "layercam blocks/10": np.asarray(maps_mid),
                                           "fused (mean)": np.asarray(maps_fused)}))
 """),
-    md("## Differentiating through a CAM\nGradient-family maps are differentiable w.r.t. the input and the parameters."),
-    code("""
+  md("## Differentiating through a CAM\nGradient-family maps are differentiable w.r.t. the input and the parameters."),
+  code("""
 def concentration(x):
     m = jaxcam.gradcam(tap, x, target=285)
     return jnp.sum(m[:, 60:160, 60:160]) / jnp.sum(m)
@@ -89,7 +92,7 @@ print("d(concentration)/dx:", g.shape, float(jnp.abs(g).max()))
 ]
 
 DERIVATIVE_STUDY = [
-    md("""
+  md("""
 # How good is Grad-CAM++'s derivative approximation?
 
 Grad-CAM++ weights each feature-map element by alpha, built from the 2nd and 3rd derivatives of Y = exp(S).
@@ -98,7 +101,7 @@ the network after the layer is piecewise linear *and* S is the logit. jaxcam com
 (`jaxcam.derivatives.diagonals`) and compares (`jaxcam.study.compare_derivatives`). Compute budget: under two
 minutes on 2 CPU cores (`JAXCAM_NOTEBOOK_SMALL=1`: a fraction of that, fewer images and training steps).
 """),
-    code("""
+  code("""
 import os, time
 import numpy as np, jax, jax.numpy as jnp, optax, flax.linen as nn
 import jaxcam
@@ -129,13 +132,13 @@ for name, target, conv in [("logit (exp)", jaxcam.targets.logit(top), "exp"),
     print(f"{name}: {time.perf_counter() - t0:.1f} s")
 print(*header, *lite_rows, sep=chr(10))
 """),
-    md("""
+  md("""
 With the logit under the exp convention the approximation is **exact** (all errors 0): the head after `head` is
 global pooling + Dense. With the log-softmax score (Grad-CAM++ of the class probability) the softmax adds
 curvature: `h != 0`, so `g^2` is no longer Y''/Y. The literal convention on the softmax score has no
 approximation counterpart that makes sense (the usual code computes `g^2, g^3` of S, not derivatives of S).
 """),
-    code("""
+  code("""
 name = "log_softmax = probability (exp)"
 rep = reports[name]
 imgs = list(photos.values())
@@ -143,14 +146,14 @@ viz.show(viz.grid(imgs, {"approx (g^2, g^3)": np.asarray(rep.maps_approx), "exac
                          "|difference|": np.abs(np.asarray(rep.maps_exact) - np.asarray(rep.maps_approx))},
                   [models.class_name(int(c)) for c in top]))
 """),
-    md("""
+  md("""
 ## Small networks with smooth heads, trained with optax on scikit-image textures
 
 Four texture classes (brick, grass, gravel, the camera-man's coat region is left out: we use `rough_wall`-like
 crops from the bundled textures), 32x32 crops. A shared convolutional body; three heads after the tapped layer:
 conv + GELU, conv + SiLU, LayerNorm + GELU (ConvNeXt-like). The tapped layer is the body's output.
 """),
-    code("""
+  code("""
 from skimage import data
 textures = [data.brick(), data.grass(), data.gravel(), data.camera()]
 rng = np.random.default_rng(0)
@@ -204,7 +207,7 @@ for kind in ["conv_gelu", "conv_silu", "layernorm_gelu"]:
     nets[kind] = (net, params)
     print(f"{kind}: loss {float(loss):.3f}, test accuracy {acc:.2f}")
 """),
-    code("""
+  code("""
 small_rows = []
 for kind, (net, params) in nets.items():
     t = jaxcam.linen_tap(net, params, "body")
@@ -215,7 +218,7 @@ for kind, (net, params) in nets.items():
         small_rows.append(row(f"{kind} {name}", rep))
 print(*header, *lite_rows, *small_rows, sep=chr(10))
 """),
-    md("""
+  md("""
 Reading the table: on piecewise-linear heads with the logit the approximation is exact; smooth heads (GELU,
 SiLU, LayerNorm) and the softmax make `h` and `t` non-zero, and the approximate alpha drifts from the exact one.
 How much the *map* moves is the number that matters to a user: see the map columns. The committed outputs are

@@ -66,10 +66,14 @@ def small_cnn_weights(seed: int = 0) -> dict[str, np.ndarray]:
   """Numpy-seeded weights in torch layout (OIHW convs, (out, in) Linear), He-scaled."""
   rng = np.random.default_rng(seed)
   shapes = {
-      "block1.0.weight": (8, 3, 3, 3), "block1.0.bias": (8,),
-      "block2.0.weight": (16, 8, 3, 3), "block2.0.bias": (16,),
-      "block3.0.weight": (16, 16, 3, 3), "block3.0.bias": (16,),
-      "fc.weight": (10, 16), "fc.bias": (10,),
+    "block1.0.weight": (8, 3, 3, 3),
+    "block1.0.bias": (8,),
+    "block2.0.weight": (16, 8, 3, 3),
+    "block2.0.bias": (16,),
+    "block3.0.weight": (16, 16, 3, 3),
+    "block3.0.bias": (16,),
+    "fc.weight": (10, 16),
+    "fc.bias": (10,),
   }
   out = {}
   for k, s in shapes.items():
@@ -101,8 +105,8 @@ def nhwc(a: np.ndarray) -> np.ndarray:
 
 def make_cam_parity() -> dict[str, np.ndarray]:
   import pytorch_grad_cam as pgc
-  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
   import torchcam.methods as tcm
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
   weights = small_cnn_weights(0)
   model = SmallCNN().eval()
@@ -122,9 +126,15 @@ def make_cam_parity() -> dict[str, np.ndarray]:
   out["logits"] = logits
 
   pgc_methods = {
-      "gradcam": pgc.GradCAM, "gradcam_pp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-      "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "gradcam_elementwise": pgc.GradCAMElementWise,
-      "eigencam": pgc.EigenCAM, "eigengradcam": pgc.EigenGradCAM, "shapleycam": pgc.ShapleyCAM,
+    "gradcam": pgc.GradCAM,
+    "gradcam_pp": pgc.GradCAMPlusPlus,
+    "xgradcam": pgc.XGradCAM,
+    "layercam": pgc.LayerCAM,
+    "hirescam": pgc.HiResCAM,
+    "gradcam_elementwise": pgc.GradCAMElementWise,
+    "eigencam": pgc.EigenCAM,
+    "eigengradcam": pgc.EigenGradCAM,
+    "shapleycam": pgc.ShapleyCAM,
   }
   a_nchw = np.moveaxis(out["block2/A"], -1, 1)
   g_nchw = np.moveaxis(out["block2/G"], -1, 1)
@@ -149,8 +159,7 @@ def make_cam_parity() -> dict[str, np.ndarray]:
   with pgc.GradCAM(model=model, target_layers=[model.block2, model.block3]) as cam:
     out["pgc/gradcam/fused_maps"] = cam(input_tensor=xt, targets=targets)
 
-  tc_methods = {"gradcam": tcm.GradCAM, "gradcam_pp": tcm.GradCAMpp, "xgradcam": tcm.XGradCAM,
-                "layercam": tcm.LayerCAM}
+  tc_methods = {"gradcam": tcm.GradCAM, "gradcam_pp": tcm.GradCAMpp, "xgradcam": tcm.XGradCAM, "layercam": tcm.LayerCAM}
   for name, cls in tc_methods.items():
     with cls(model, target_layer="block2") as extractor:
       scores = model(xt)
@@ -164,8 +173,9 @@ def make_cam_parity() -> dict[str, np.ndarray]:
     scores = model(xt)
     cams = extractor(class_idx=ids, scores=scores)
     out["tc/layercam/fused_maps"] = extractor.fuse_cams(cams, target_shape=(16, 16)).detach().numpy()
-  return {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
-          for k, v in out.items()}
+  return {
+    k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in out.items()
+  }
 
 
 class SmoothHeadCNN(SmallCNN):
@@ -205,8 +215,9 @@ def make_shapley_parity() -> dict[str, np.ndarray]:
   out["pgc/shapleycam/weights"] = (grads - 0.5 * hvp).detach().numpy().mean(axis=(2, 3))
   out["pgc/shapleycam/hvp"] = nhwc(hvp.detach().numpy())
   out["logits"] = logits.detach().numpy()
-  return {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
-          for k, v in out.items()}
+  return {
+    k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in out.items()
+  }
 
 
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
@@ -265,23 +276,25 @@ def make_checkpoints() -> dict[str, np.ndarray]:
   g = torch.Generator().manual_seed(0)
   base = torch.randn(4, 6, generator=g)
   sd = {
-      "conv.weight": torch.nn.Parameter(torch.randn(3, 2, 3, 3, generator=g)),
-      "base": base,
-      "view_rows": base[1:3],               # shares storage with base, offset 6
-      "transposed": base.t(),               # non-contiguous strides
-      "strided": base[:, ::2],              # step slicing
-      "f64": torch.randn(5, generator=g, dtype=torch.float64),
-      "f16": torch.randn(2, 3, generator=g).half(),
-      "bf16": torch.randn(7, generator=g).bfloat16(),
-      "i64": torch.arange(10, dtype=torch.int64).reshape(2, 5),
-      "flags": torch.tensor([True, False, True]),
-      "scalar": torch.tensor(3.5),
-      "empty": torch.zeros(0, 4),
+    "conv.weight": torch.nn.Parameter(torch.randn(3, 2, 3, 3, generator=g)),
+    "base": base,
+    "view_rows": base[1:3],  # shares storage with base, offset 6
+    "transposed": base.t(),  # non-contiguous strides
+    "strided": base[:, ::2],  # step slicing
+    "f64": torch.randn(5, generator=g, dtype=torch.float64),
+    "f16": torch.randn(2, 3, generator=g).half(),
+    "bf16": torch.randn(7, generator=g).bfloat16(),
+    "i64": torch.arange(10, dtype=torch.int64).reshape(2, 5),
+    "flags": torch.tensor([True, False, True]),
+    "scalar": torch.tensor(3.5),
+    "empty": torch.zeros(0, 4),
   }
   torch.save(sd, os.path.join(FIXTURES, "tiny_legacy.pth"), _use_new_zipfile_serialization=False)
   torch.save(sd, os.path.join(FIXTURES, "tiny_zip.pth"))
-  save_file({k: v.detach().clone().contiguous() for k, v in sd.items() if k not in ("empty",)},
-            os.path.join(FIXTURES, "tiny.safetensors"))
+  save_file(
+    {k: v.detach().clone().contiguous() for k, v in sd.items() if k not in ("empty",)},
+    os.path.join(FIXTURES, "tiny.safetensors"),
+  )
   out = {}
   for k, v in sd.items():
     v = v.detach()
@@ -290,8 +303,13 @@ def make_checkpoints() -> dict[str, np.ndarray]:
   return out
 
 
-SECTIONS = {"cam_parity": make_cam_parity, "shapley_parity": make_shapley_parity, "efficientnet_lite0": make_efficientnet_lite0,
-            "converters": make_converters, "checkpoints": make_checkpoints}
+SECTIONS = {
+  "cam_parity": make_cam_parity,
+  "shapley_parity": make_shapley_parity,
+  "efficientnet_lite0": make_efficientnet_lite0,
+  "converters": make_converters,
+  "checkpoints": make_checkpoints,
+}
 
 
 def main(argv=None) -> None:

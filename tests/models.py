@@ -88,8 +88,9 @@ class ResNetTiny(nn.Module):
 def randomize_batch_stats(variables, seed=0):
   """Non-trivial running statistics so eval-mode BatchNorm is not the identity."""
   rng = np.random.default_rng(seed)
-  stats = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape).astype(np.float32)),
-                       variables["batch_stats"])
+  stats = jax.tree.map(
+    lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape).astype(np.float32)), variables["batch_stats"]
+  )
   return {**variables, "batch_stats": stats}
 
 
@@ -123,10 +124,20 @@ class SmoothParityCNN(nn.Module):
 
 def parity_variables(data):
   """Flax variables of ParityCNN from the torch state dict stored in the fixture (OIHW -> HWIO)."""
-  conv = lambda n: {"conv": {"kernel": jnp.asarray(np.transpose(data[f"w/{n}.0.weight"], (2, 3, 1, 0))),
-                             "bias": jnp.asarray(data[f"w/{n}.0.bias"])}}
-  return {"params": {"block1": conv("block1"), "block2": conv("block2"), "block3": conv("block3"),
-                     "fc": {"kernel": jnp.asarray(data["w/fc.weight"].T), "bias": jnp.asarray(data["w/fc.bias"])}}}
+  conv = lambda n: {
+    "conv": {
+      "kernel": jnp.asarray(np.transpose(data[f"w/{n}.0.weight"], (2, 3, 1, 0))),
+      "bias": jnp.asarray(data[f"w/{n}.0.bias"]),
+    }
+  }
+  return {
+    "params": {
+      "block1": conv("block1"),
+      "block2": conv("block2"),
+      "block3": conv("block3"),
+      "fc": {"kernel": jnp.asarray(data["w/fc.weight"].T), "bias": jnp.asarray(data["w/fc.bias"])},
+    }
+  }
 
 
 # ------------------------------------------------------------------ one network as linen, nnx and plain functions

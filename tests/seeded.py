@@ -15,7 +15,7 @@ def seeded_state_dict(keys_shapes, seed: int = 0) -> dict[str, np.ndarray]:
       out[key] = np.zeros(shape, np.int64)
     elif key.endswith("running_var"):
       out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
-    elif key.endswith("running_mean") or key.endswith("bias"):
+    elif key.endswith(("running_mean", "bias")):
       out[key] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
     elif len(shape) == 1:  # BN scale
       out[key] = rng.uniform(0.5, 1.0, shape).astype(np.float32)

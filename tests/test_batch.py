@@ -22,8 +22,14 @@ ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 @pytest.fixture(scope="module")
 def sharded_report():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-m", "tests.helpers.sharded_check"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [sys.executable, "-m", "tests.helpers.sharded_check"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -55,12 +61,15 @@ def test_input_forms_and_order(small):
   tap, x = small
   t = np.arange(10) % 5
   ref = np.asarray(jaxcam.gradcam(tap, jnp.asarray(x), target=t))
-  forms = [[(x[:3], t[:3]), (x[3:], t[3:])],
-           [{"images": x[:6], "targets": t[:6]}, {"images": jnp.asarray(x[6:]), "targets": t[6:]}]]
+  forms = [
+    [(x[:3], t[:3]), (x[3:], t[3:])],
+    [{"images": x[:6], "targets": t[:6]}, {"images": jnp.asarray(x[6:]), "targets": t[6:]}],
+  ]
   for batches in forms:
     outs = list(jaxcam.explain_batches("gradcam", tap, batches, batch_size=4))
-    assert [o["maps"].shape[0] for o in outs] == [len(b[0]) if isinstance(b, tuple) else len(b["images"])
-                                                  for b in batches]
+    assert [o["maps"].shape[0] for o in outs] == [
+      len(b[0]) if isinstance(b, tuple) else len(b["images"]) for b in batches
+    ]
     np.testing.assert_allclose(np.concatenate([o["maps"] for o in outs]), ref, atol=1e-5)
     np.testing.assert_array_equal(np.concatenate([o["targets"] for o in outs]), t)
     assert outs[0]["logits"].shape == (outs[0]["maps"].shape[0], 5)

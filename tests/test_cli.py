@@ -22,8 +22,11 @@ def image_dir(tmp_path_factory):
 
 
 def _tree(out):
-  return {os.path.relpath(os.path.join(b, n), out): open(os.path.join(b, n), "rb").read()
-          for b, _, names in os.walk(out) for n in names}
+  return {
+    os.path.relpath(os.path.join(b, n), out): open(os.path.join(b, n), "rb").read()
+    for b, _, names in os.walk(out)
+    for n in names
+  }
 
 
 def test_explain_end_to_end(image_dir, tmp_path, capsys):
@@ -57,8 +60,20 @@ def test_explain_end_to_end(image_dir, tmp_path, capsys):
 def test_explain_with_target_name_and_layer(image_dir, tmp_path):
   d, _ = image_dir
   out = tmp_path / "o2"
-  rc = cli.main(["explain", str(d / "coffee.png"), "--target", "Egyptian cat", "--layer", "blocks/15",
-                 "--out", str(out), "--batch-size", "1"])
+  rc = cli.main(
+    [
+      "explain",
+      str(d / "coffee.png"),
+      "--target",
+      "Egyptian cat",
+      "--layer",
+      "blocks/15",
+      "--out",
+      str(out),
+      "--batch-size",
+      "1",
+    ]
+  )
   assert rc == 0
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["entries"]["coffee.png"]["target"]["id"] == 285 and manifest["layer"] == "blocks/15"
@@ -77,13 +92,13 @@ def test_same_stem_inputs_keep_separate_outputs(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--method", "gradcamm"], "Closest: 'gradcam'"),
-        (["--model", "resnet05"], "Closest: 'resnet50'"),
-        (["--layer", "blocks/66"], "Closest: 'blocks_6'"),
-        (["--target", "egyptian kat"], "Closest: 'Egyptian cat'"),
-    ],
+  "args,message",
+  [
+    (["--method", "gradcamm"], "Closest: 'gradcam'"),
+    (["--model", "resnet05"], "Closest: 'resnet50'"),
+    (["--layer", "blocks/66"], "Closest: 'blocks_6'"),
+    (["--target", "egyptian kat"], "Closest: 'Egyptian cat'"),
+  ],
 )
 def test_explain_errors_have_suggestions(image_dir, tmp_path, capsys, args, message):
   d, _ = image_dir

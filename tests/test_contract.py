@@ -4,9 +4,7 @@ of every kind on one network, pytree outputs, layouts, the chunked map, and a re
 from __future__ import annotations
 
 import dataclasses
-import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,9 +23,9 @@ def net(small_linen):
   """ConvNet tapped at body_2 (GAP + Dense after it) as a linen, an nnx and a function tap, same weights."""
   module, variables, x = small_linen
   taps = {
-      "linen": jaxcam.linen_tap(module, variables, "body_2"),
-      "nnx": jaxcam.nnx_tap(models.convnet_nnx(variables), "body_2"),
-      "function": jaxcam.function_tap(models.convnet_body, models.convnet_head, variables),
+    "linen": jaxcam.linen_tap(module, variables, "body_2"),
+    "nnx": jaxcam.nnx_tap(models.convnet_nnx(variables), "body_2"),
+    "function": jaxcam.function_tap(models.convnet_body, models.convnet_head, variables),
   }
   return taps, variables, x, jnp.array([1, 0, 4])
 
@@ -82,9 +80,13 @@ DROP = jaxcam.MethodSpec("drop_cam", _drop_weights, "channel", needs=("drop_scor
 
 @pytest.fixture
 def drop_provider(monkeypatch):
-  monkeypatch.setitem(providers.PROVIDERS, "drop_scores",
-                      jaxcam.Provider("drop_scores", _drop_scores, options=(("chunk_size", 2),), expensive=True,
-                                      cost="one head pass per channel"))
+  monkeypatch.setitem(
+    providers.PROVIDERS,
+    "drop_scores",
+    jaxcam.Provider(
+      "drop_scores", _drop_scores, options=(("chunk_size", 2),), expensive=True, cost="one head pass per channel"
+    ),
+  )
 
 
 def test_user_method_and_provider_without_editing_the_package(net, drop_provider):
@@ -192,16 +194,19 @@ def test_smooth_averages_inputs_over_keyed_noise(deep):
   # the map differs from the plain method, and std = 0 gives the plain method back
   assert np.abs(np.asarray(ex.maps) - np.asarray(jaxcam.gradcam_pp(tap, x, target=t))).max() > 1e-2
   zero = jaxcam.smooth("gradcam_pp", num_samples=3, std=0.0)
-  np.testing.assert_allclose(jaxcam.explain(zero, tap, x, target=t, key=key).maps, jaxcam.gradcam_pp(tap, x, target=t),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    jaxcam.explain(zero, tap, x, target=t, key=key).maps, jaxcam.gradcam_pp(tap, x, target=t), atol=1e-5
+  )
   # chunk size changes nothing; default target: the clean image's top class for every noisy copy
   for chunk in (1, 5):
-    again = jaxcam.explain(dataclasses.replace(spec, inputs=dataclasses.replace(spec.inputs, chunk_size=chunk)), tap,
-                           x, target=t, key=key)
+    again = jaxcam.explain(
+      dataclasses.replace(spec, inputs=dataclasses.replace(spec.inputs, chunk_size=chunk)), tap, x, target=t, key=key
+    )
     np.testing.assert_allclose(again.maps, ex.maps, atol=1e-5)
   top = jnp.argmax(tap.forward(x), -1)
-  np.testing.assert_allclose(jaxcam.explain(spec, tap, x, key=key).maps, jaxcam.explain(spec, tap, x, target=top,
-                                                                                         key=key).maps, atol=1e-6)
+  np.testing.assert_allclose(
+    jaxcam.explain(spec, tap, x, key=key).maps, jaxcam.explain(spec, tap, x, target=top, key=key).maps, atol=1e-6
+  )
 
 
 def test_smooth_key_is_traced_under_jit(deep):
@@ -273,8 +278,9 @@ def test_any_pytree_output_and_the_logits_check_moves_to_class_ids():
   with pytest.raises(ValueError, match="logits of shape \\(B, classes\\) for a class-id target.*callable target"):
     jaxcam.gradcam(tap, x, target=1)
   maps = jaxcam.gradcam(tap, x, target=lambda o: o["logits"][:, 1])
-  np.testing.assert_allclose(maps, jaxcam.gradcam(jaxcam.linen_tap(plain, variables, "features"), x, target=1),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    maps, jaxcam.gradcam(jaxcam.linen_tap(plain, variables, "features"), x, target=1), atol=1e-6
+  )
   emb = jaxcam.explain("layercam", tap, x, target=lambda o: o["embedding"][:, 2])
   assert emb.maps.shape == (2, 6, 6) and set(emb.logits) == {"logits", "embedding"}
 
@@ -310,8 +316,9 @@ def test_layout_hook_reshapes_tokens_to_a_grid(net):
   tap = jaxcam.function_tap(body, head, variables, layout=_Tokens(6, 6))
   assert tap(x)[1].shape == (3, 6, 6, 8)
   for name in ("gradcam", "layercam", "shapleycam"):
-    np.testing.assert_allclose(jaxcam.explain(name, tap, x, target=t).maps,
-                               jaxcam.explain(name, taps["linen"], x, target=t).maps, atol=1e-5)
+    np.testing.assert_allclose(
+      jaxcam.explain(name, tap, x, target=t).maps, jaxcam.explain(name, taps["linen"], x, target=t).maps, atol=1e-5
+    )
 
 
 def test_taps_targets_and_diagonals_are_registered_dataclasses(net):

@@ -21,13 +21,24 @@ B, H, W, C, CLASSES = 2, 2, 2, 3, 4
 def _params(seed=0, dtype=jnp.float64):
   rng = np.random.default_rng(seed)
   p = lambda *s: jnp.asarray(rng.standard_normal(s) * 0.6, dtype)
-  return {"k": p(3, 3, C, C), "w": p(C, CLASSES), "b": p(CLASSES), "q": p(C, C), "kk": p(C, C), "v": p(C, C),
-          "m1": p(C, 5), "m2": p(5, CLASSES), "gamma": p(C), "beta": p(C)}
+  return {
+    "k": p(3, 3, C, C),
+    "w": p(C, CLASSES),
+    "b": p(CLASSES),
+    "q": p(C, C),
+    "kk": p(C, C),
+    "v": p(C, C),
+    "m1": p(C, 5),
+    "m2": p(5, CLASSES),
+    "gamma": p(C),
+    "beta": p(C),
+  }
 
 
 def _conv(a, k):
-  return jax.lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision="highest")
+  return jax.lax.conv_general_dilated(
+    a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+  )
 
 
 def _dense(z, p):
@@ -48,14 +59,13 @@ def _attention(a, p):
 
 
 HEADS = {  # name: (head(p, a) -> logits, structured applies)
-    "conv_gelu": (lambda p, a: _dense(jax.nn.gelu(_conv(a, p["k"])).mean((1, 2)), p), False),
-    "layernorm_gelu": (lambda p, a: _dense(jax.nn.gelu(_layernorm(a, p)).mean((1, 2)), p), False),
-    "attention": (lambda p, a: _dense(_attention(a, p), p), False),
-    "gap_silu_mlp": (lambda p, a: jax.nn.silu(a.mean((1, 2)) @ p["m1"]) @ p["m2"], True),
-    "gap_dense": (lambda p, a: _dense(a.mean((1, 2)), p), True),
+  "conv_gelu": (lambda p, a: _dense(jax.nn.gelu(_conv(a, p["k"])).mean((1, 2)), p), False),
+  "layernorm_gelu": (lambda p, a: _dense(jax.nn.gelu(_layernorm(a, p)).mean((1, 2)), p), False),
+  "attention": (lambda p, a: _dense(_attention(a, p), p), False),
+  "gap_silu_mlp": (lambda p, a: jax.nn.silu(a.mean((1, 2)) @ p["m1"]) @ p["m2"], True),
+  "gap_dense": (lambda p, a: _dense(a.mean((1, 2)), p), True),
 }
-TARGETS = {"logit": jaxcam.targets.logit, "log_softmax": jaxcam.targets.log_softmax,
-           "softmax": jaxcam.targets.softmax}
+TARGETS = {"logit": jaxcam.targets.logit, "log_softmax": jaxcam.targets.log_softmax, "softmax": jaxcam.targets.softmax}
 
 
 def _tap(head, p):
@@ -69,6 +79,7 @@ def _brute(head, p, a, kind, ids):
   """diag of jax.hessian and of jax.jacfwd(jax.hessian) per image, on the flattened A_b."""
   d2, d3 = [], []
   for b in range(a.shape[0]):
+
     def s(flat, b=b):
       ab = a.at[b].set(flat.reshape(a.shape[1:]))
       logits = head(p, ab)[b]
@@ -143,8 +154,10 @@ def _piecewise_linear_nets():
   x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
   conv_net = models.ConvNet()
   gap = models.GapDense()
-  return x, [(conv_net, conv_net.init(jax.random.key(1), x), "body_1"),  # conv + ReLU head: generic
-             (gap, gap.init(jax.random.key(2), x), "features")]         # GAP + Dense: structured
+  return x, [
+    (conv_net, conv_net.init(jax.random.key(1), x), "body_1"),  # conv + ReLU head: generic
+    (gap, gap.init(jax.random.key(2), x), "features"),
+  ]  # GAP + Dense: structured
 
 
 def test_exp_convention_logit_piecewise_linear_is_exactly_the_approximation():
@@ -217,14 +230,21 @@ def test_exact_alpha_matches_formula_from_brute_force_derivatives():
     tap = _tap(head, p)
     ids = [2, 0]
     a = tap(x)[1]
-    g = np.asarray(derivatives.diagonals(tap, x, jaxcam.targets.log_softmax(jnp.array(ids)), strategy='generic')[0])
+    g = np.asarray(derivatives.diagonals(tap, x, jaxcam.targets.log_softmax(jnp.array(ids)), strategy="generic")[0])
     h, t = _brute(head, p, a, "log_softmax", ids)
     d2, d3 = g**2 + h, g**3 + 3 * g * h + t
     alpha = np.where(g != 0, d2 / (2 * d2 + np.asarray(a).sum((1, 2), keepdims=True) * d3 + 1e-6), 0)
     w = (np.maximum(g, 0) * alpha).sum((1, 2))
     expected = np.maximum(np.einsum("bhwc,bc->bhw", np.asarray(a), w), 0)
-    got = jaxcam.gradcam_pp(tap, x, target=jaxcam.targets.log_softmax(jnp.array(ids)), derivatives="exact",
-                            strategy="generic", normalize=False, upsample=False)
+    got = jaxcam.gradcam_pp(
+      tap,
+      x,
+      target=jaxcam.targets.log_softmax(jnp.array(ids)),
+      derivatives="exact",
+      strategy="generic",
+      normalize=False,
+      upsample=False,
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -239,6 +259,7 @@ def test_hvp_and_shapleycam_against_brute_force():
     hv = derivatives.hvp(tap, x, jnp.array(ids), a, a)[:, 0]
     g = core.forward_and_grads(tap, x, jnp.array(ids)).grads[0][:, 0]
     for b in range(B):
+
       def s(flat, b=b):
         return head(p, a.at[b].set(flat.reshape(a.shape[1:])))[b, ids[b]]
 
@@ -286,12 +307,12 @@ def test_compare_derivatives_report():
   r = study.compare_derivatives(tap, x, t)
   d = derivatives.diagonals(tap, x, t)
   g, h = np.asarray(d.grads, np.float64), np.asarray(d.second, np.float64)
-  expected = np.linalg.norm((g**2 - (g**2 + h)).reshape(2, -1), axis=1) / np.linalg.norm((g**2 + h).reshape(2, -1),
-                                                                                           axis=1)
+  expected = np.linalg.norm((g**2 - (g**2 + h)).reshape(2, -1), axis=1) / np.linalg.norm(
+    (g**2 + h).reshape(2, -1), axis=1
+  )
   np.testing.assert_allclose(r.second_rel_err, expected, rtol=1e-4)
   assert np.all(np.asarray(r.second_rel_err) > 0)
-  np.testing.assert_allclose(
-      r.maps_exact, jaxcam.gradcam_pp(tap, x, target=t, derivatives="exact"), atol=1e-5)
+  np.testing.assert_allclose(r.maps_exact, jaxcam.gradcam_pp(tap, x, target=t, derivatives="exact"), atol=1e-5)
   np.testing.assert_allclose(r.maps_approx, jaxcam.gradcam_pp(tap, x, target=t), atol=1e-5)
   m_ex, m_ap = np.asarray(r.maps_exact, np.float64), np.asarray(r.maps_approx, np.float64)
   num = np.linalg.norm((m_ap - m_ex).reshape(2, -1), axis=1)

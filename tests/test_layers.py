@@ -12,9 +12,16 @@ from jaxcam.models import layers
 
 # (kernel, stride, padding, groups, H): 1x1 (-> dot), depthwise (-> shifted sums on CPU), dense kxk, odd sizes.
 CASES = [
-    (1, 1, "SAME", 1, 9), (1, 2, "SAME", 1, 9), (1, 2, 0, 1, 8),
-    (3, 1, "SAME", 6, 9), (3, 2, "SAME", 6, 9), (5, 2, "SAME", 6, 10), (3, 2, 1, 6, 9),
-    (3, 1, 1, 1, 9), (7, 2, 3, 1, 11), (3, 2, "SAME", 2, 9),
+  (1, 1, "SAME", 1, 9),
+  (1, 2, "SAME", 1, 9),
+  (1, 2, 0, 1, 8),
+  (3, 1, "SAME", 6, 9),
+  (3, 2, "SAME", 6, 9),
+  (5, 2, "SAME", 6, 10),
+  (3, 2, 1, 6, 9),
+  (3, 1, 1, 1, 9),
+  (7, 2, 3, 1, 11),
+  (3, 2, "SAME", 2, 9),
 ]
 
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 import jaxcam
 from jaxcam import postprocess
-from jaxcam.methods import gradient, factorization
-from tests import models, reference as ref
+from jaxcam.methods import factorization, gradient
+from tests import models
+from tests import reference as ref
 
 # ------------------------------------------------------------------------------------ weight formulas
 
@@ -29,12 +30,12 @@ def _ag(seed=0, shape=(2, 3, 5, 4, 6)):
 
 
 @pytest.mark.parametrize(
-    "fn,ref_fn",
-    [
-        (gradient.gradcam_weights, ref.gradcam_w),
-        (gradient.gradcam_pp_weights, ref.gradcam_pp_w),
-        (gradient.xgradcam_weights, ref.xgradcam_w),
-    ],
+  "fn,ref_fn",
+  [
+    (gradient.gradcam_weights, ref.gradcam_w),
+    (gradient.gradcam_pp_weights, ref.gradcam_pp_w),
+    (gradient.xgradcam_weights, ref.xgradcam_w),
+  ],
 )
 def test_channel_weights_match_numpy(fn, ref_fn, strict_promotion):
   a, g = _ag()
@@ -42,12 +43,12 @@ def test_channel_weights_match_numpy(fn, ref_fn, strict_promotion):
 
 
 @pytest.mark.parametrize(
-    "fn,ref_raw",
-    [
-        (gradient.layercam_weights, ref.layercam_raw),
-        (gradient.hirescam_weights, ref.hirescam_raw),
-        (gradient.gradcam_elementwise_weights, ref.gradcam_elementwise_raw),
-    ],
+  "fn,ref_raw",
+  [
+    (gradient.layercam_weights, ref.layercam_raw),
+    (gradient.hirescam_weights, ref.hirescam_raw),
+    (gradient.gradcam_elementwise_weights, ref.gradcam_elementwise_raw),
+  ],
 )
 def test_spatial_weights_match_numpy(fn, ref_raw, strict_promotion):
   a, g = _ag(1)
@@ -71,14 +72,14 @@ def test_gradcam_pp_zero_denominator_gives_zero_not_nan(strict_promotion):
 
 
 REF_RAW = {
-    "gradcam": lambda a, g: ref.channel_map(ref.gradcam_w(a, g), a),
-    "gradcam_pp": lambda a, g: ref.channel_map(ref.gradcam_pp_w(a, g), a),
-    "xgradcam": lambda a, g: ref.channel_map(ref.xgradcam_w(a, g), a),
-    "layercam": ref.layercam_raw,
-    "hirescam": ref.hirescam_raw,
-    "gradcam_elementwise": ref.gradcam_elementwise_raw,
-    "eigencam": lambda a, g: ref.eigen_raw(a),
-    "eigengradcam": lambda a, g: ref.eigen_raw(a * g),
+  "gradcam": lambda a, g: ref.channel_map(ref.gradcam_w(a, g), a),
+  "gradcam_pp": lambda a, g: ref.channel_map(ref.gradcam_pp_w(a, g), a),
+  "xgradcam": lambda a, g: ref.channel_map(ref.xgradcam_w(a, g), a),
+  "layercam": ref.layercam_raw,
+  "hirescam": ref.hirescam_raw,
+  "gradcam_elementwise": ref.gradcam_elementwise_raw,
+  "eigencam": lambda a, g: ref.eigen_raw(a),
+  "eigengradcam": lambda a, g: ref.eigen_raw(a * g),
 }
 
 
@@ -89,8 +90,9 @@ def _hand_split(small_linen, classes):
 
   def block(y, name, stride):
     k, b = p[name]["conv"]["kernel"], p[name]["conv"]["bias"]
-    y = jax.lax.conv_general_dilated(y, k, (stride, stride), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+    y = jax.lax.conv_general_dilated(
+      y, k, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+    )
     return jax.nn.relu(y + b[None, None, None, :])
 
   a = block(block(x, "body_0", 1), "body_1", 2)
@@ -225,8 +227,7 @@ def test_k_targets_per_image_from_one_forward(common):
   assert maps.shape == (3, 2) + x.shape[1:3]
   for k in range(2):
     np.testing.assert_allclose(maps[:, k], jaxcam.layercam(tap, x, target=ids[:, k]), atol=1e-6)
-  both = jaxcam.gradcam(tap, x, target=lambda lg: jnp.stack([lg[:, 0], -lg[:, 0]], -1), relu=False,
-                        normalize=False)
+  both = jaxcam.gradcam(tap, x, target=lambda lg: jnp.stack([lg[:, 0], -lg[:, 0]], -1), relu=False, normalize=False)
   np.testing.assert_allclose(both[:, 0], -both[:, 1], rtol=1e-5, atol=1e-7)
 
 
@@ -271,9 +272,15 @@ def test_fusion_matches_numpy(small_linen):
   t = jnp.array([0, 1, 2])
   layers = ("body_1", "body_2")
   # single-layer maps at layer resolution, normalized, no aggregation (fusion="max" of one layer is the identity)
-  per = {name: [np.asarray(getattr(jaxcam, name)(jaxcam.linen_tap(module, variables, l), x, target=t,
-                                                 upsample=False, fusion="max")) for l in layers]
-         for name in ("gradcam", "layercam")}
+  per = {
+    name: [
+      np.asarray(
+        getattr(jaxcam, name)(jaxcam.linen_tap(module, variables, l), x, target=t, upsample=False, fusion="max")
+      )
+      for l in layers
+    ]
+    for name in ("gradcam", "layercam")
+  }
   size = x.shape[1:3]
   fused = jaxcam.gradcam(jaxcam.linen_tap(module, variables, list(layers)), x, target=t)
   expected = ref.minmax(np.mean([np.maximum(ref.bilinear(m, size), 0) for m in per["gradcam"]], axis=0))
@@ -290,9 +297,9 @@ def test_fusion_matches_numpy(small_linen):
 def _smooth_tap(dtype):
   rng = np.random.default_rng(0)
   params = {
-      "k1": jnp.asarray(rng.standard_normal((3, 3, 2, 4)) * 0.5, dtype),
-      "k2": jnp.asarray(rng.standard_normal((3, 3, 4, 4)) * 0.5, dtype),
-      "w": jnp.asarray(rng.standard_normal((4, 3)), dtype),
+    "k1": jnp.asarray(rng.standard_normal((3, 3, 2, 4)) * 0.5, dtype),
+    "k2": jnp.asarray(rng.standard_normal((3, 3, 4, 4)) * 0.5, dtype),
+    "w": jnp.asarray(rng.standard_normal((4, 3)), dtype),
   }
 
   def conv(x, k):
@@ -326,7 +333,8 @@ def test_maps_differentiable_wrt_inputs_and_params(name):
       np.testing.assert_allclose(jnp.vdot(gx, dx), fd, rtol=1e-5, atol=1e-8)
     dw = jax.random.normal(jax.random.key(3), params["w"].shape, jnp.float64)
     fd = (loss(x, {**params, "w": params["w"] + eps * dw}) - loss(x, {**params, "w": params["w"] - eps * dw})) / (
-        2 * eps)
+      2 * eps
+    )
     np.testing.assert_allclose(jnp.vdot(gp["w"], dw), fd, rtol=1e-5, atol=1e-8)
 
 

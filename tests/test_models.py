@@ -91,8 +91,9 @@ def _converted(name):
   return module, variables, x, logits
 
 
-@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow),
-                                  pytest.param("vgg16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow), pytest.param("vgg16", marks=pytest.mark.slow)]
+)
 def test_torchvision_converters(name):
   module, variables, x, ref = _converted(name)
   out = np.asarray(jax.jit(module.apply)(variables, x))

@@ -16,8 +16,9 @@ def test_notebook_executes(path, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
   monkeypatch.setenv("JAXCAM_NOTEBOOK_SMALL", "1")
   nb = nbformat.read(path, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                   resources={"metadata": {"path": os.path.dirname(path)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(path)}}
+  )
   client.execute()  # raises CellExecutionError on the first failing cell
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
   assert not [o for o in outputs if o.get("output_type") == "error"]

@@ -10,10 +10,12 @@ import jaxcam
 from jaxcam.methods import gradient
 from tests import models
 
-CHANNEL = {"gradcam": gradient.gradcam_weights, "gradcam_pp": gradient.gradcam_pp_weights,
-           "xgradcam": gradient.xgradcam_weights}
-PGC = ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigencam",
-       "eigengradcam"]
+CHANNEL = {
+  "gradcam": gradient.gradcam_weights,
+  "gradcam_pp": gradient.gradcam_pp_weights,
+  "xgradcam": gradient.xgradcam_weights,
+}
+PGC = ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigencam", "eigengradcam"]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,16 @@ def test_end_to_end_maps_match_pytorch_grad_cam(parity, name):
     # peer's map is our raw map, with its sign, through the same pipeline, and that ours is our raw map.
     from tests import reference as ref
 
-    raw = np.asarray(getattr(jaxcam, name)(jaxcam.linen_tap(module, variables), jnp.asarray(d["x"]),
-                                           target=d["ids"], normalize=False, relu=False, upsample=False))
+    raw = np.asarray(
+      getattr(jaxcam, name)(
+        jaxcam.linen_tap(module, variables),
+        jnp.asarray(d["x"]),
+        target=d["ids"],
+        normalize=False,
+        relu=False,
+        upsample=False,
+      )
+    )
     sign = np.where(np.sum(raw * d[f"pgc/{name}/raw"], axis=(1, 2)) < 0, -1.0, 1.0)[:, None, None]
     np.testing.assert_allclose(ref.postprocess(sign * raw, maps.shape[1:]), theirs, atol=1e-4)
     np.testing.assert_allclose(maps, ref.postprocess(raw, maps.shape[1:]), atol=1e-4)
@@ -88,24 +98,27 @@ def test_end_to_end_maps_match_pytorch_grad_cam(parity, name):
 def test_multi_layer_mean_fusion_matches_pytorch_grad_cam(parity):
   d, module, variables = parity
   tap = jaxcam.linen_tap(module, variables, ["block2", "block3"])
-  np.testing.assert_allclose(jaxcam.gradcam(tap, jnp.asarray(d["x"]), target=d["ids"]),
-                             d["pgc/gradcam/fused_maps"], atol=1e-4)
+  np.testing.assert_allclose(
+    jaxcam.gradcam(tap, jnp.asarray(d["x"]), target=d["ids"]), d["pgc/gradcam/fused_maps"], atol=1e-4
+  )
 
 
 @pytest.mark.parametrize("name", ["gradcam", "xgradcam", "layercam"])
 def test_torchcam_maps(parity, name):
   """torchcam: relu, min-max (eps 1e-8) at layer resolution."""
   d, module, variables = parity
-  maps = getattr(jaxcam, name)(jaxcam.linen_tap(module, variables), jnp.asarray(d["x"]), target=d["ids"],
-                               upsample=False)
+  maps = getattr(jaxcam, name)(
+    jaxcam.linen_tap(module, variables), jnp.asarray(d["x"]), target=d["ids"], upsample=False
+  )
   np.testing.assert_allclose(maps, d[f"tc/{name}/maps"], atol=1e-4)
 
 
 def test_torchcam_cam(parity):
   """torchcam's CAM applies no ReLU before its min-max (its other methods do): relu=False reproduces it."""
   d, module, variables = parity
-  maps = jaxcam.cam(jaxcam.linen_tap(module, variables, "block3"), jnp.asarray(d["x"]), target=d["ids"],
-                    upsample=False, relu=False)
+  maps = jaxcam.cam(
+    jaxcam.linen_tap(module, variables, "block3"), jnp.asarray(d["x"]), target=d["ids"], upsample=False, relu=False
+  )
   np.testing.assert_allclose(maps, d["tc/cam/maps"], atol=1e-4)
 
 
@@ -128,6 +141,5 @@ def test_torchcam_gradcam_pp_divergence_is_documented(parity):
   lo = raw.min(axis=(1, 2), keepdims=True)
   expected = (raw - lo) / ((raw - lo).max(axis=(1, 2), keepdims=True) + 1e-8)
   np.testing.assert_allclose(expected, d["tc/gradcam_pp/maps"], atol=1e-4)
-  ours = jaxcam.gradcam_pp(jaxcam.linen_tap(module, variables), jnp.asarray(d["x"]), target=d["ids"],
-                           upsample=False)
+  ours = jaxcam.gradcam_pp(jaxcam.linen_tap(module, variables), jnp.asarray(d["x"]), target=d["ids"], upsample=False)
   assert np.abs(np.asarray(ours) - d["tc/gradcam_pp/maps"]).max() > 1e-2

@@ -65,8 +65,9 @@ def test_killed_run_resumes_to_byte_identical_outputs(tmp_path):
   subprocess.run(cmd + ["--out", str(full)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
 
   resumed = tmp_path / "resumed"
-  proc = subprocess.Popen(cmd + ["--out", str(resumed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    cmd + ["--out", str(resumed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   marker = resumed / "shards" / "manifest-00002.json"
   deadline = time.time() + 300
   while not marker.exists() and time.time() < deadline and proc.poll() is None:
@@ -88,8 +89,16 @@ def test_two_processes_split_shards_and_merge_to_the_single_process_manifest(tmp
   files = sorted(str(p) for p in d.iterdir())
   module, variables = models.efficientnet_lite0(pretrained=True)
   tap = jaxcam.linen_tap(module, variables)
-  common = dict(method="gradcam", tap=tap, model="efficientnet_lite0", root=str(d), shard_size=2, batch_size=2,
-                input_size=224, class_name=models.class_name)
+  common = dict(
+    method="gradcam",
+    tap=tap,
+    model="efficientnet_lite0",
+    root=str(d),
+    shard_size=2,
+    batch_size=2,
+    input_size=224,
+    class_name=models.class_name,
+  )
   single = tmp_path / "single"
   stream.explain_files(files, str(single), **common)
   multi = tmp_path / "multi"

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxcam
-from jaxcam import core, derivatives
+from jaxcam import core
 from tests import models
 
 
@@ -93,8 +93,9 @@ def test_linen_deep_model_matches_hand_split(layer):
     return (y - v(st["mean"])) / jnp.sqrt(v(st["var"]) + 1e-5) * v(pp["scale"]) + v(pp["bias"])
 
   def conv(y, kernel):
-    return jax.lax.conv_general_dilated(y, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision="highest")
+    return jax.lax.conv_general_dilated(
+      y, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+    )
 
   def block(y, name, replace=None):
     pb = p[name]
@@ -257,8 +258,7 @@ def test_layer_inside_nn_scan_is_refused_or_single():
   class Scanned(nn.Module):
     @nn.compact
     def __call__(self, x):
-      body = nn.scan(lambda m, c, _: (m(c), None), variable_broadcast="params", split_rngs={"params": False},
-                     length=2)
+      body = nn.scan(lambda m, c, _: (m(c), None), variable_broadcast="params", split_rngs={"params": False}, length=2)
       y, _ = body(models.ConvBlock(3, name="step"), x, None)
       return nn.Dense(2)(y.mean((1, 2)))
 
@@ -273,9 +273,11 @@ def test_import_has_no_global_side_effects():
   import subprocess
   import sys
 
-  code = ("import jax; before = dict(jax.config.values); import os; env = dict(os.environ); import jaxcam; "
-          "import jaxcam.models, jaxcam.viz, jaxcam.cli; after = dict(jax.config.values); "
-          "assert before == after, set(before.items()) ^ set(after.items()); "
-          "assert env.get('XLA_FLAGS') == os.environ.get('XLA_FLAGS'); print('ok')")
+  code = (
+    "import jax; before = dict(jax.config.values); import os; env = dict(os.environ); import jaxcam; "
+    "import jaxcam.models, jaxcam.viz, jaxcam.cli; after = dict(jax.config.values); "
+    "assert before == after, set(before.items()) ^ set(after.items()); "
+    "assert env.get('XLA_FLAGS') == os.environ.get('XLA_FLAGS'); print('ok')"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -17,7 +17,8 @@ def cam_weights(activations: jax.Array, kernel: jax.Array, ids: jax.Array, /) ->
   """CAM channel weights: the Dense kernel's column of each target class.
 
   ``w_k = W[k, c]`` for a head ``logits = W^T GAP(A) + b``. kernel ``(C, classes)``, ids ``(B, K)`` ->
-  ``(B, K, C)`` (the activations, ``(B, K, h, w, C)``, are not read). On such a head Grad-CAM's weights are ``W[:, c] / (h w)``: the same map up to scale.
+  ``(B, K, C)`` (the activations, ``(B, K, h, w, C)``, are not read). On such a head Grad-CAM's weights are
+  ``W[:, c] / (h w)``: the same map up to scale.
 
   Zhou et al., "Learning Deep Features for Discriminative Localization", arXiv 1512.04150. Matches
   torchcam's ``CAM`` (pytorch-grad-cam has no classic CAM).
@@ -27,9 +28,24 @@ def cam_weights(activations: jax.Array, kernel: jax.Array, ids: jax.Array, /) ->
 
 
 _LINEAR = {
-    "reduce_sum", "div", "mul", "convert_element_type", "dot_general", "add", "add_any", "reshape", "squeeze",
-    "broadcast_in_dim", "copy", "copy_p", "transpose", "expand_dims", "neg",
+  "reduce_sum",
+  "div",
+  "mul",
+  "convert_element_type",
+  "dot_general",
+  "add",
+  "add_any",
+  "reshape",
+  "squeeze",
+  "broadcast_in_dim",
+  "copy",
+  "copy_p",
+  "transpose",
+  "expand_dims",
+  "neg",
 }
+
+
 def _walk(jaxpr, dep_in, events) -> list[bool]:
   dep = dict(zip(jaxpr.invars, dep_in))
   for eqn in jaxpr.eqns:
@@ -40,7 +56,7 @@ def _walk(jaxpr, dep_in, events) -> list[bool]:
       continue
     inner = _jaxpr.inner_jaxpr(eqn)
     if inner is not None:
-      dout = _walk(inner, din[-len(inner.invars):] if len(din) >= len(inner.invars) else din, events)
+      dout = _walk(inner, din[-len(inner.invars) :] if len(din) >= len(inner.invars) else din, events)
     else:
       events.append((eqn.primitive.name, eqn, din))
       dout = [True] * len(eqn.outvars)
@@ -73,15 +89,15 @@ def check_gap_dense_head(head_fn, activations: jax.Array, *, layer: str = "layer
     shapes = [v.aval.shape for v, d in zip(eqn.invars, din) if d]
     if len(shapes) != 1 or len(shapes[0]) != 2:
       problems.append(f"the Dense layer does not read a pooled (B, C) vector (got {shapes})")
-  for name, eqn, din in events:
+  for name, _eqn, din in events:
     if name == "mul" and sum(din) > 1:
       problems.append("the head multiplies the activations with themselves")
       break
   if problems:
     raise ValueError(
-        f"CAM needs a head that is global average pooling + Dense after layer {layer!r}; "
-        + "; ".join(problems)
-        + ". Use Grad-CAM (identical up to scale on such heads) or tap the layer right before the pooling."
+      f"CAM needs a head that is global average pooling + Dense after layer {layer!r}; "
+      + "; ".join(problems)
+      + ". Use Grad-CAM (identical up to scale on such heads) or tap the layer right before the pooling."
     )
 
 
@@ -98,8 +114,8 @@ def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
     path = fc if fc is not None else getattr(tap.module, "fc_layer", None)
     if path is None:
       raise ValueError(
-          f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
-          f"{type(tap.module).__name__} declares no `fc_layer`."
+        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
+        f"{type(tap.module).__name__} declares no `fc_layer`."
       )
     parts = taps_lib.parse_path(path, argname="fc")
     node = tap.variables["params"]
@@ -108,8 +124,9 @@ def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
         node = node[p]
     except (KeyError, TypeError):
       raise taps_lib.LayerNotFoundError(
-          unknown_name_message("fc", taps_lib.format_path(parts), taps_lib._param_paths(tap.variables),
-                               "a Dense layer with parameters")
+        unknown_name_message(
+          "fc", taps_lib.format_path(parts), taps_lib._param_paths(tap.variables), "a Dense layer with parameters"
+        )
       ) from None
     if not hasattr(node, "keys") or "kernel" not in node:
       raise ValueError(f"Expected `fc` to name a Dense layer with a 'kernel', got {path!r} with {list(node)}.")
@@ -121,8 +138,8 @@ def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
     path = fc if fc is not None else getattr(model, "fc_layer", None)
     if path is None:
       raise ValueError(
-          f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
-          f"{type(model).__name__} declares no `fc_layer`."
+        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
+        f"{type(model).__name__} declares no `fc_layer`."
       )
     node = model
     for p in taps_lib.parse_path(path, argname="fc"):

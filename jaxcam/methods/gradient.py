@@ -15,17 +15,17 @@ import jax.numpy as jnp
 from jaxcam import _spatial
 
 __all__ = [
-    "gradcam_weights",
-    "gradcam_pp_weights",
-    "xgradcam_weights",
-    "layercam_weights",
-    "hirescam_weights",
-    "gradcam_elementwise_weights",
-    "shapleycam_weights",
-    "gradcam_pp_alpha",
-    "gradcam_pp_derivative_terms",
-    "layercam_fusion_rescale",
-    "safe_divide",
+  "gradcam_weights",
+  "gradcam_pp_weights",
+  "xgradcam_weights",
+  "layercam_weights",
+  "hirescam_weights",
+  "gradcam_elementwise_weights",
+  "shapleycam_weights",
+  "gradcam_pp_alpha",
+  "gradcam_pp_derivative_terms",
+  "layercam_fusion_rescale",
+  "safe_divide",
 ]
 
 
@@ -51,8 +51,9 @@ def gradcam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
   return _spatial.feature_mean(grads, keepdims=False)
 
 
-def gradcam_pp_alpha(activations: jax.Array, grads: jax.Array, second: jax.Array, third: jax.Array, /, *,
-                     eps: float = 1e-6) -> jax.Array:
+def gradcam_pp_alpha(
+  activations: jax.Array, grads: jax.Array, second: jax.Array, third: jax.Array, /, *, eps: float = 1e-6
+) -> jax.Array:
   """Grad-CAM++'s pixel coefficients ``alpha = D2 / (2 D2 + (sum_ab A_kab) D3 + eps)``, 0 where ``g == 0``.
 
   `second` and `third` are ``D2 = Y_2/Y`` and ``D3 = Y_3/Y`` (Y_n: n-th derivative; see
@@ -64,15 +65,15 @@ def gradcam_pp_alpha(activations: jax.Array, grads: jax.Array, second: jax.Array
 
 
 def gradcam_pp_weights(
-    activations: jax.Array,
-    grads: jax.Array,
-    diagonals: Any = None,
-    /,
-    *,
-    eps: float = 1e-6,
-    convention: str = "exp",
-    second: jax.Array | None = None,
-    third: jax.Array | None = None,
+  activations: jax.Array,
+  grads: jax.Array,
+  diagonals: Any = None,
+  /,
+  *,
+  eps: float = 1e-6,
+  convention: str = "exp",
+  second: jax.Array | None = None,
+  third: jax.Array | None = None,
 ) -> jax.Array:
   """Grad-CAM++ channel weights (Eq. 19 of the paper, with pytorch-grad-cam's conventions).
 
@@ -160,9 +161,10 @@ def gradcam_elementwise_weights(activations: jax.Array, grads: jax.Array, /) -> 
 def gradcam_pp_derivative_terms(grads, second, third, *, convention: str = "exp"):
   """The ``(D2, D3)`` that Grad-CAM++'s alpha uses, from g and the exact diagonals h = d2S, t = d3S.
 
-  convention "exp" (the paper's Y = exp(S)): ``D2 = Y_2/Y = g^2 + h``, ``D3 = Y_3/Y = g^3 + 3 g h + t`` (Y_n: n-th derivative)
-  (e^S cancels in alpha, so logits of 1000 never overflow). convention "literal" (Y = S): ``D2 = h``,
-  ``D3 = t``. With h = t = 0 (a piecewise-linear head) "exp" reduces exactly to Eq. 19's ``g^2, g^3``.
+  convention "exp" (the paper's Y = exp(S)): ``D2 = Y_2/Y = g^2 + h``, ``D3 = Y_3/Y = g^3 + 3 g h + t``
+  (Y_n: n-th derivative; e^S cancels in alpha, so logits of 1000 never overflow). convention "literal"
+  (Y = S): ``D2 = h``, ``D3 = t``. With h = t = 0 (a piecewise-linear head) "exp" reduces exactly to Eq. 19's
+  ``g^2, g^3``.
   """
   if convention == "exp":
     return grads * grads + second, grads**3 + 3.0 * grads * second + third

@@ -87,8 +87,9 @@ class MethodSpec:
   def expensive(self, options: Mapping[str, Any] | None = None) -> bool:
     """Whether its cost grows with the layer's size or a sample count (explain_many runs it only if asked)."""
     opts = {**self.defaults(), **(options or {})}
-    return bool(getattr(self.inputs, "expensive", False)) or any(p.expensive for p in
-                                                                 self._providers(self.needs_for(opts)))
+    return bool(getattr(self.inputs, "expensive", False)) or any(
+      p.expensive for p in self._providers(self.needs_for(opts))
+    )
 
   def cost(self, options: Mapping[str, Any] | None = None) -> str:
     """What one image costs, in words (forward pass + each provider)."""
@@ -110,14 +111,14 @@ def _check_gradcam_pp(ex, options: Mapping[str, Any]) -> None:
   maps = np.asarray(ex.maps)
   if options.get("derivatives") == "exact" and np.isnan(maps).any():
     raise ValueError(
-        "The structured exact-derivative strategy failed its cross-check against the generic strategy for layer "
-        f"{ex.layer!r}: its head is not global pooling of A. Use strategy='generic' or another layer."
+      "The structured exact-derivative strategy failed its cross-check against the generic strategy for layer "
+      f"{ex.layer!r}: its head is not global pooling of A. Use strategy='generic' or another layer."
     )
   if options.get("convention") == "literal" and not np.any(maps):
     warnings.warn(
-        "Grad-CAM++ with convention='literal' (Y = S): the second and third derivatives are all zero here (a "
-        "piecewise-linear head), so alpha is 0/0 and the maps are zeros. Use the paper's convention='exp'.",
-        stacklevel=4,
+      "Grad-CAM++ with convention='literal' (Y = S): the second and third derivatives are all zero here (a "
+      "piecewise-linear head), so alpha is 0/0 and the maps are zeros. Use the paper's convention='exp'.",
+      stacklevel=4,
     )
 
 
@@ -137,22 +138,43 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
 
 
 for _spec in [
-    MethodSpec("cam", classic.cam_weights, "channel", needs=("fc_kernel", "class_ids"), title="CAM"),
-    MethodSpec("gradcam", gradient.gradcam_weights, "channel", title="Grad-CAM"),
-    MethodSpec("gradcam_pp", gradient.gradcam_pp_weights, "channel", needs=("grads", "diagonals"),
-               options=(("eps", 1e-6), ("convention", "exp")), controls=(("derivatives", "approx"),),
-               select=_gradcam_pp_needs, check=_check_gradcam_pp, aliases=("gradcam++", "gradcampp"),
-               title="Grad-CAM++"),
-    MethodSpec("xgradcam", gradient.xgradcam_weights, "channel", options=(("eps", 1e-7),), title="XGrad-CAM"),
-    MethodSpec("layercam", gradient.layercam_weights, "spatial", per_layer=gradient.layercam_fusion_rescale,
-               title="LayerCAM"),
-    MethodSpec("hirescam", gradient.hirescam_weights, "spatial", title="HiResCAM"),
-    MethodSpec("gradcam_elementwise", gradient.gradcam_elementwise_weights, "spatial",
-               aliases=("gradcamelementwise",), title="Grad-CAM element-wise"),
-    MethodSpec("shapleycam", gradient.shapleycam_weights, "channel", needs=("grads", "hvp"), title="Shapley-CAM"),
-    MethodSpec("eigencam", factorization.eigencam_map, "map", needs=(), class_specific=False, differentiable=False,
-               title="Eigen-CAM"),
-    MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False, title="EigenGrad-CAM"),
+  MethodSpec("cam", classic.cam_weights, "channel", needs=("fc_kernel", "class_ids"), title="CAM"),
+  MethodSpec("gradcam", gradient.gradcam_weights, "channel", title="Grad-CAM"),
+  MethodSpec(
+    "gradcam_pp",
+    gradient.gradcam_pp_weights,
+    "channel",
+    needs=("grads", "diagonals"),
+    options=(("eps", 1e-6), ("convention", "exp")),
+    controls=(("derivatives", "approx"),),
+    select=_gradcam_pp_needs,
+    check=_check_gradcam_pp,
+    aliases=("gradcam++", "gradcampp"),
+    title="Grad-CAM++",
+  ),
+  MethodSpec("xgradcam", gradient.xgradcam_weights, "channel", options=(("eps", 1e-7),), title="XGrad-CAM"),
+  MethodSpec(
+    "layercam", gradient.layercam_weights, "spatial", per_layer=gradient.layercam_fusion_rescale, title="LayerCAM"
+  ),
+  MethodSpec("hirescam", gradient.hirescam_weights, "spatial", title="HiResCAM"),
+  MethodSpec(
+    "gradcam_elementwise",
+    gradient.gradcam_elementwise_weights,
+    "spatial",
+    aliases=("gradcamelementwise",),
+    title="Grad-CAM element-wise",
+  ),
+  MethodSpec("shapleycam", gradient.shapleycam_weights, "channel", needs=("grads", "hvp"), title="Shapley-CAM"),
+  MethodSpec(
+    "eigencam",
+    factorization.eigencam_map,
+    "map",
+    needs=(),
+    class_specific=False,
+    differentiable=False,
+    title="Eigen-CAM",
+  ),
+  MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False, title="EigenGrad-CAM"),
 ]:
   register_method(_spec)
 
@@ -168,7 +190,7 @@ def get_method(name: str | MethodSpec) -> MethodSpec:
     return name
   if not isinstance(name, str):
     raise TypeError(
-        f"Expected `method` to be a method name such as 'gradcam' or a jaxcam MethodSpec, got {type(name).__name__}."
+      f"Expected `method` to be a method name such as 'gradcam' or a jaxcam MethodSpec, got {type(name).__name__}."
     )
   key = name.lower().replace("-", "_")
   key = _ALIASES.get(key, _ALIASES.get(key.replace("_", ""), key))

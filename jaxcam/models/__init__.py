@@ -8,7 +8,7 @@ post-activation), ``fc_layer`` (for classic CAM), ``input_size`` and ``head_stru
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,12 +16,29 @@ import numpy as np
 from jaxcam._errors import UnknownNameError, unknown_name_message
 from jaxcam.models.efficientnet_lite import EfficientNetLite, efficientnet_lite
 from jaxcam.models.imagenet import class_name, imagenet_class, imagenet_classes
-from jaxcam.models.resnet import ResNet, VGG, resnet18, resnet50, vgg16, convert_resnet, convert_vgg
+from jaxcam.models.resnet import VGG, ResNet, convert_resnet, convert_vgg, resnet18, resnet50, vgg16
 
 __all__ = [
-    "EfficientNetLite", "ResNet", "VGG", "MODELS", "get_model", "get_module", "efficientnet_lite0", "efficientnet_lite1",
-    "efficientnet_lite2", "resnet18", "resnet50", "vgg16", "convert_resnet", "convert_vgg", "preprocess",
-    "input_size", "imagenet_classes", "imagenet_class", "class_name", "sample_images",
+  "EfficientNetLite",
+  "ResNet",
+  "VGG",
+  "MODELS",
+  "get_model",
+  "get_module",
+  "efficientnet_lite0",
+  "efficientnet_lite1",
+  "efficientnet_lite2",
+  "resnet18",
+  "resnet50",
+  "vgg16",
+  "convert_resnet",
+  "convert_vgg",
+  "preprocess",
+  "input_size",
+  "imagenet_classes",
+  "imagenet_class",
+  "class_name",
+  "sample_images",
 ]
 
 efficientnet_lite0 = functools.partial(efficientnet_lite, "efficientnet_lite0")
@@ -30,12 +47,12 @@ efficientnet_lite2 = functools.partial(efficientnet_lite, "efficientnet_lite2")
 
 # name -> (constructor(pretrained=..., weights=...), input size, has packaged weights)
 MODELS = {
-    "efficientnet_lite0": (efficientnet_lite0, 224),
-    "efficientnet_lite1": (efficientnet_lite1, 240),
-    "efficientnet_lite2": (efficientnet_lite2, 260),
-    "resnet18": (resnet18, 224),
-    "resnet50": (resnet50, 224),
-    "vgg16": (vgg16, 224),
+  "efficientnet_lite0": (efficientnet_lite0, 224),
+  "efficientnet_lite1": (efficientnet_lite1, 240),
+  "efficientnet_lite2": (efficientnet_lite2, 260),
+  "resnet18": (resnet18, 224),
+  "resnet50": (resnet50, 224),
+  "vgg16": (vgg16, 224),
 }
 
 
@@ -54,8 +71,12 @@ def get_module(name: str):
   if name in VARIANTS:
     width, depth, size, _, _ = VARIANTS[name]
     return EfficientNetLite(width=width, depth=depth, input_size=size)
-  return {"resnet18": lambda: ResNet(BasicBlock, (2, 2, 2, 2)), "resnet50": lambda: ResNet(Bottleneck, (3, 4, 6, 3)),
-          "vgg16": VGG}[name]()
+  builders: dict[str, Callable[[], Any]] = {
+    "resnet18": lambda: ResNet(BasicBlock, (2, 2, 2, 2)),
+    "resnet50": lambda: ResNet(Bottleneck, (3, 4, 6, 3)),
+    "vgg16": VGG,
+  }
+  return builders[name]()
 
 
 def get_model(name: str, **kwargs):
@@ -89,7 +110,7 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
   """PIL bilinear resize to (size, size): the policy all shipped models (and the fixtures) use."""
   from PIL import Image
 
-  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def preprocess(images: Any, model: str | int = "efficientnet_lite0") -> np.ndarray:
@@ -106,8 +127,13 @@ def preprocess(images: Any, model: str | int = "efficientnet_lite0") -> np.ndarr
   return np.stack([resize_uint8(_to_uint8_rgb(im), size) for im in images]).astype(np.float32) / 255.0
 
 
-SAMPLES = {"chelsea": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut",
-           "motorcycle": "stereo_motorcycle"}
+SAMPLES = {
+  "chelsea": "chelsea",
+  "coffee": "coffee",
+  "rocket": "rocket",
+  "astronaut": "astronaut",
+  "motorcycle": "stereo_motorcycle",
+}
 
 
 def sample_images(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:

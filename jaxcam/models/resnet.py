@@ -131,8 +131,9 @@ def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
       m[i, lo:hi] = 1.0 / (hi - lo)
     return jnp.asarray(m, x.dtype)
 
-  return jnp.einsum("Hh,bhwc,Ww->bHWc", matrix(x.shape[1], size[0]), x, matrix(x.shape[2], size[1]),
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum(
+    "Hh,bhwc,Ww->bHWc", matrix(x.shape[1], size[0]), x, matrix(x.shape[2], size[1]), precision=jax.lax.Precision.HIGHEST
+  )
 
 
 class ConvReLU(nn.Module):
@@ -178,8 +179,12 @@ class VGG(nn.Module):
     return nn.Dense(self.num_classes, name="classifier_6")(x)
 
 
-_BN = {"weight": ("params", "scale"), "bias": ("params", "bias"), "running_mean": ("batch_stats", "mean"),
-       "running_var": ("batch_stats", "var")}
+_BN = {
+  "weight": ("params", "scale"),
+  "bias": ("params", "bias"),
+  "running_mean": ("batch_stats", "mean"),
+  "running_var": ("batch_stats", "var"),
+}
 
 
 def convert_resnet(state_dict: dict[str, np.ndarray], module: ResNet, input_size: int = 64) -> dict[str, Any]:
@@ -190,8 +195,9 @@ def convert_resnet(state_dict: dict[str, np.ndarray], module: ResNet, input_size
       continue
     *mods, leaf = key.split(".")
     path = tuple(mods)
-    is_bn = any(m.startswith("bn") for m in mods[-1:]) or (len(mods) >= 2 and mods[-2] == "downsample" and
-                                                            mods[-1] == "1")
+    is_bn = any(m.startswith("bn") for m in mods[-1:]) or (
+      len(mods) >= 2 and mods[-2] == "downsample" and mods[-1] == "1"
+    )
     if is_bn:
       coll, name = _BN[leaf]
       mapping[key] = (coll, path + (name,))
@@ -223,8 +229,8 @@ def _build(module, converter, weights, key):
 def _no_packaged_weights(name: str, pretrained: bool, weights: Any) -> None:
   if pretrained and weights is None:
     raise ValueError(
-        f"No package ships {name} weights, and jaxcam never downloads. Pass `weights=` a torchvision checkpoint "
-        f"you downloaded (e.g. weights='{name}-*.pth'), or pretrained=False for random weights."
+      f"No package ships {name} weights, and jaxcam never downloads. Pass `weights=` a torchvision checkpoint "
+      f"you downloaded (e.g. weights='{name}-*.pth'), or pretrained=False for random weights."
     )
 
 
