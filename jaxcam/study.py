@@ -22,20 +22,20 @@ from jaxcam.methods import gradient
 __all__ = ["DerivativeReport", "compare_derivatives", "relative_l2", "spearman"]
 
 
+_PER_IMAGE = (  # the per-image error fields of DerivativeReport, in order
+  "second_rel_err",
+  "third_rel_err",
+  "alpha_rel_err",
+  "weights_rel_err",
+  "map_rel_l2",
+  "map_one_minus_cos",
+  "map_spearman",
+)
+
+
 @functools.partial(
   jax.tree_util.register_dataclass,
-  data_fields=[
-    "second_rel_err",
-    "third_rel_err",
-    "alpha_rel_err",
-    "weights_rel_err",
-    "map_rel_l2",
-    "map_one_minus_cos",
-    "map_spearman",
-    "argmax_moved",
-    "maps_exact",
-    "maps_approx",
-  ],
+  data_fields=[*_PER_IMAGE, "argmax_moved", "maps_exact", "maps_approx"],
   meta_fields=["convention", "strategy", "layer"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -65,18 +65,7 @@ class DerivativeReport:
 
   def summary(self) -> dict[str, float]:
     """Medians (and the worst map error) over images, as Python floats."""
-    out = {
-      f"median_{f}": float(np.median(np.asarray(getattr(self, f))))
-      for f in (
-        "second_rel_err",
-        "third_rel_err",
-        "alpha_rel_err",
-        "weights_rel_err",
-        "map_rel_l2",
-        "map_one_minus_cos",
-        "map_spearman",
-      )
-    }
+    out = {f"median_{f}": float(np.median(np.asarray(getattr(self, f)))) for f in _PER_IMAGE}
     out["worst_map_rel_l2"] = float(np.max(np.asarray(self.map_rel_l2)))
     out["argmax_moved_fraction"] = float(np.mean(np.asarray(self.argmax_moved)))
     return out

@@ -103,6 +103,25 @@ def nhwc(a: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.moveaxis(a, 1, -1))
 
 
+def _shapley_by_double_backward(model, xt, ids, *, extra=False) -> dict[str, np.ndarray]:
+  """ShapleyCAM's weights and H A at block2, by torch double backward exactly as its get_cam_weights does."""
+  store = {}
+  hook = model.block2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+  logits = model(xt.clone().requires_grad_(True))
+  hook.remove()
+  score = logits[torch.arange(len(ids)), torch.as_tensor(ids)].sum()
+  (grads,) = torch.autograd.grad(score, store["a"], create_graph=True)
+  (hvp,) = torch.autograd.grad(grads, store["a"], grad_outputs=store["a"])
+  out = {
+    "pgc/shapleycam/weights": (grads - 0.5 * hvp).detach().numpy().mean(axis=(2, 3)),
+    "pgc/shapleycam/hvp": nhwc(hvp.detach().numpy()),
+  }
+  if extra:  # the activations, gradients and logits too
+    out["block2/A"], out["block2/G"] = nhwc(store["a"].detach().numpy()), nhwc(grads.detach().numpy())
+    out["logits"] = logits.detach().numpy()
+  return out
+
+
 def make_cam_parity() -> dict[str, np.ndarray]:
   import pytorch_grad_cam as pgc
   import torchcam.methods as tcm
@@ -146,16 +165,7 @@ def make_cam_parity() -> dict[str, np.ndarray]:
       out[f"pgc/{name}/raw"] = cam.get_cam_image(xt, model.block2, targets, a_nchw, g_nchw, False)
       if name in ("gradcam", "gradcam_pp", "xgradcam"):
         out[f"pgc/{name}/weights"] = cam.get_cam_weights(xt, model.block2, targets, a_nchw, g_nchw)
-  # ShapleyCAM's weights, by torch double backward exactly as pytorch_grad_cam.ShapleyCAM.get_cam_weights
-  store = {}
-  hook = model.block2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-  logits = model(xt.clone().requires_grad_(True))
-  hook.remove()
-  score = logits[torch.arange(2), torch.as_tensor(ids)].sum()
-  (grads,) = torch.autograd.grad(score, store["a"], create_graph=True)
-  (hvp,) = torch.autograd.grad(grads, store["a"], grad_outputs=store["a"])
-  out["pgc/shapleycam/weights"] = (grads - 0.5 * hvp).detach().numpy().mean(axis=(2, 3))
-  out["pgc/shapleycam/hvp"] = nhwc(hvp.detach().numpy())
+  out.update(_shapley_by_double_backward(model, xt, ids))
   with pgc.GradCAM(model=model, target_layers=[model.block2, model.block3]) as cam:
     out["pgc/gradcam/fused_maps"] = cam(input_tensor=xt, targets=targets)
 
@@ -204,17 +214,7 @@ def make_shapley_parity() -> dict[str, np.ndarray]:
     out["pgc/shapleycam/maps"] = cam(input_tensor=xt, targets=[ClassifierOutputTarget(c) for c in ids])
   with pgc.GradCAM(model=model, target_layers=[model.block2]) as cam:
     out["pgc/gradcam/maps"] = cam(input_tensor=xt, targets=[ClassifierOutputTarget(c) for c in ids])
-  store = {}
-  hook = model.block2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-  logits = model(xt.clone().requires_grad_(True))
-  hook.remove()
-  score = logits[torch.arange(2), torch.as_tensor(ids)].sum()
-  (grads,) = torch.autograd.grad(score, store["a"], create_graph=True)
-  (hvp,) = torch.autograd.grad(grads, store["a"], grad_outputs=store["a"])
-  out["block2/A"], out["block2/G"] = nhwc(store["a"].detach().numpy()), nhwc(grads.detach().numpy())
-  out["pgc/shapleycam/weights"] = (grads - 0.5 * hvp).detach().numpy().mean(axis=(2, 3))
-  out["pgc/shapleycam/hvp"] = nhwc(hvp.detach().numpy())
-  out["logits"] = logits.detach().numpy()
+  out.update(_shapley_by_double_backward(model, xt, ids, extra=True))
   return {
     k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in out.items()
   }
