@@ -8,9 +8,14 @@ import os
 import pytest
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), os.pardir, "notebooks", "*.ipynb")))
+SLOW = {"derivative_study.ipynb"}  # trains small networks: ~100 s on 2 cores, run by .ci/run's slow tier
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+  "path",
+  [pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in SLOW else p for p in NOTEBOOKS],
+  ids=[os.path.basename(p) for p in NOTEBOOKS],
+)
 def test_notebook_executes(path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
