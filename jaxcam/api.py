@@ -116,18 +116,27 @@ def partition_options(options: dict[str, Any]) -> tuple[dict[str, Any], tuple[tu
 # ------------------------------------------------------------------------------------ inputs and maps
 
 
+def _provide(need: str, tap, x, fwd, options: dict[str, Any], cache: dict | None = None):
+  """One need's per-layer values; `cache` shares a provider between methods that ask with the same options."""
+  p = get_provider(need)
+  if p.single_layer and tap.multi:
+    raise ValueError(
+      f"Need {need!r} reads one layer; got a multi-layer tap {tap.layer!r}. Use one layer for this method."
+    )
+  kwargs = {k: options[k] for k, _ in p.options}
+  key = (need, tuple((k, id(v) if _has_array(v) else v) for k, v in kwargs.items()))
+  if cache is None or key not in cache:
+    value = p.fn(tap, x, fwd, **kwargs)
+    if cache is None:
+      return value
+    cache[key] = value
+  return cache[key]
+
+
 def plain_inputs(needs: tuple[str, ...], tap, x, target, options: dict[str, Any]):
   """The shared forward pass (with the backward pass if any provider reads grads) and each need's values."""
-  providers = [get_provider(n) for n in needs]
-  fwd = core.forward(tap, x, target, grads=any(p.grads for p in providers))
-  values = {}
-  for need, p in zip(needs, providers):
-    if p.single_layer and tap.multi:
-      raise ValueError(
-        f"Need {need!r} reads one layer; got a multi-layer tap {tap.layer!r}. Use one layer for this method."
-      )
-    values[need] = p.fn(tap, x, fwd, **{k: options[k] for k, _ in p.options})
-  return fwd, values
+  fwd = core.forward(tap, x, target, grads=any(get_provider(n).grads for n in needs))
+  return fwd, {need: _provide(need, tap, x, fwd, options) for need in needs}
 
 
 def compute_inputs(spec: MethodSpec, tap, x, target, options: dict[str, Any]):
@@ -205,13 +214,18 @@ def _explain_impl(tap, x, target, traced, *, spec, static, normalize, upsample, 
 
 def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion):
   out = {}
-  plain = [s for s in specs if s.inputs is None]
   opts = {s.name: s.defaults() for s in specs}
-  needs = tuple(dict.fromkeys(n for s in plain for n in s.needs_for(opts[s.name])))  # each need once, shared
-  shared = plain_inputs(needs, tap, x, target, {k: v for s in plain for k, v in opts[s.name].items()})
+  plain = [s for s in specs if s.inputs is None]
+  grads = any(get_provider(n).grads for s in plain for n in s.needs_for(opts[s.name]))
+  shared = core.forward(tap, x, target, grads=grads)  # one forward (+ backward) pass for every plain method
+  cache: dict = {}  # each need computed once per distinct option values, shared between methods
   for s in specs:
     TRACES[s.name] += 1
-    fwd, values = shared if s.inputs is None else compute_inputs(s, tap, x, target, opts[s.name])
+    if s.inputs is None:
+      fwd = shared
+      values = {n: _provide(n, tap, x, fwd, opts[s.name], cache) for n in s.needs_for(opts[s.name])}
+    else:
+      fwd, values = compute_inputs(s, tap, x, target, opts[s.name])
     out[s.name] = method_maps(
       s, tap, x, fwd, values, opts[s.name], normalize=normalize, upsample=upsample, relu=relu, fusion=fusion
     )

@@ -21,9 +21,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import derivatives
+from jaxcam import _spatial, chunking, derivatives
+from jaxcam import targets as targets_lib
 from jaxcam._errors import UnknownNameError, unknown_name_message
-from jaxcam.methods import classic
+from jaxcam.methods import classic, perturbation
 
 __all__ = ["Provider", "PROVIDERS", "register_provider", "get_provider"]
 
@@ -135,6 +136,123 @@ for _p in (
     cost="one third-order forward pass through the head per channel (structured) or per element of A (generic)",
   ),
   Provider("hvp", _hvp, single_layer=True, cost="1 forward-over-reverse pass through the head"),
+):
+  register_provider(_p)
+
+
+# ------------------------------------------------------------------------- perturbation (gradient-free) needs
+
+
+def _score_copy(output: Any, fwd, b) -> jax.Array:
+  """``(K,)`` target scores of one perturbed copy of image `b` (a batch of one), its class ids fixed."""
+  ids = None if fwd.ids is None else fwd.ids[b][None]
+  _, s, _ = targets_lib.with_ids(fwd.target, ids).evaluate(output)
+  return s[0]
+
+
+def _probability_copy(output: Any, fwd, b) -> jax.Array:
+  """Like `_score_copy`, but the softmax probability for class-id targets (Recipro-CAM's score)."""
+  if fwd.ids is None:
+    return _score_copy(output, fwd, b)
+  _, s, _ = targets_lib.ClassScore("softmax", fwd.ids[b][None]).evaluate(output)
+  return s[0]
+
+
+def _check_top_n(top_n: Any, channels: int) -> None:
+  if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or not 1 <= top_n <= channels):
+    raise ValueError(
+      f"Expected `top_n` to be None (every channel) or an int in [1, {channels}] (the layer's channels), got {top_n!r}."
+    )
+
+
+def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc"):
+  chunking.check_chunk_size(chunk_size)
+  if convention not in perturbation.SCORECAM_CONVENTIONS:
+    raise ValueError(f"Expected `convention` to be one of {perturbation.SCORECAM_CONVENTIONS}, got {convention!r}.")
+  size = _spatial.image_size(x)
+  out = []
+  for a in fwd.activations:
+    b, c = a.shape[0], a.shape[-1]
+    _check_top_n(top_n, c)
+    if top_n is None:
+      chans = jnp.broadcast_to(jnp.arange(c), (b, c))
+    else:  # Faster-Score-CAM: the channels with the largest spatial standard deviation
+      chans = jax.lax.top_k(jnp.std(a, axis=_spatial.BATCHED_FEATURE_AXES), top_n)[1]
+    n = chans.shape[1]
+
+    def one(j, a=a, chans=chans, n=n):
+      bi, k = j // n, chans[j // n, j % n]
+      mask = perturbation.score_mask(jnp.take(a[bi], k, axis=-1), size, convention=convention)
+      return _score_copy(tap.forward((x[bi] * mask[..., None].astype(x.dtype))[None]), fwd, bi)
+
+    s = chunking.chunked_map(one, jnp.arange(b * n), chunk_size=chunk_size).reshape(b, n, -1)  # (B, N, K)
+    full = jnp.full((b, c, s.shape[-1]), -jnp.inf, s.dtype).at[jnp.arange(b)[:, None], chans].set(s)
+    lo = jnp.min(a, axis=_spatial.BATCHED_FEATURE_AXES)
+    hi = jnp.max(a, axis=_spatial.BATCHED_FEATURE_AXES)
+    full = jnp.where((hi == lo)[..., None], -jnp.inf, full)  # a constant channel masks nothing: weight 0
+    out.append(jnp.moveaxis(full, -1, 1))  # (B, K, C)
+  return tuple(out)
+
+
+def _ablated_scores(tap, x, fwd, *, chunk_size=32):
+  chunking.check_chunk_size(chunk_size)
+  a = fwd.activations[0]
+  b, c = a.shape[0], a.shape[-1]
+
+  def one(j):
+    bi, k = j // c, j % c
+    keep = (jnp.arange(c) != k).reshape((1,) * _spatial.N_SPATIAL + (c,))
+    ablated = jnp.where(keep, a[bi], perturbation.ablation_value(a[bi]))
+    return _score_copy(tap.head(x[bi][None], ablated[None]), fwd, bi)
+
+  s = chunking.chunked_map(one, jnp.arange(b * c), chunk_size=chunk_size).reshape(b, c, -1)
+  return (jnp.moveaxis(s, -1, 1),)  # (B, K, C)
+
+
+def _position_scores(tap, x, fwd, *, chunk_size=32):
+  chunking.check_chunk_size(chunk_size)
+  a = fwd.activations[0]
+  b, n = a.shape[0], _spatial.positions(a)
+
+  def one(j):
+    bi, p = j // n, j % n
+    return _probability_copy(tap.head(x[bi][None], perturbation.reciprocam_features(a[bi], p)[None]), fwd, bi)
+
+  s = chunking.chunked_map(one, jnp.arange(b * n), chunk_size=chunk_size)  # (B * h * w, K)
+  s = s.reshape((b,) + _spatial.feature_size(a) + (-1,))
+  return (jnp.moveaxis(s, -1, 1),)  # (B, K, h, w)
+
+
+def _scores(tap, x, fwd):
+  del x
+  return (fwd.scores,) * len(tap.layers)
+
+
+for _p in (
+  Provider("scores", _scores, cost="none (the target scores of the shared forward pass)"),
+  Provider(
+    "masked_scores",
+    _masked_scores,
+    options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc")),
+    expensive=True,
+    cost="1 forward pass per channel (top_n channels with top_n) of a masked copy of the image",
+  ),
+  Provider(
+    "ablated_scores",
+    _ablated_scores,
+    options=(("chunk_size", 32),),
+    single_layer=True,
+    expensive=True,
+    cost="1 pass through the head (from the layer on) per channel",
+  ),
+  Provider(
+    "position_scores",
+    _position_scores,
+    options=(("chunk_size", 32),),
+    single_layer=True,
+    expensive=True,
+    cost="1 pass through the head (from the layer on) per position h*w",
+  ),
 ):
   register_provider(_p)
 

@@ -13,6 +13,8 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
   pytorch-grad-cam and torchcam.
 - ``shapley_parity``: pytorch-grad-cam's ShapleyCAM on the small CNN with a smooth (SiLU) head after the layer,
   so the Hessian term is non-zero.
+- ``gradient_free``: the same SmallCNN; Score-CAM from pytorch-grad-cam and torchcam, Ablation-CAM from
+  pytorch-grad-cam (maps and weights).
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -220,6 +222,34 @@ def make_shapley_parity() -> dict[str, np.ndarray]:
   }
 
 
+def make_gradient_free() -> dict[str, np.ndarray]:
+  """Score-CAM (pytorch-grad-cam and torchcam) and Ablation-CAM (pytorch-grad-cam) on cam_parity's SmallCNN."""
+  import pytorch_grad_cam as pgc
+  import torchcam.methods as tcm
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+  weights = small_cnn_weights(0)
+  model = SmallCNN().eval()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+  x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+  xt = torch.from_numpy(x)
+  ids = [3, 7]
+  targets = [ClassifierOutputTarget(c) for c in ids]
+  a_nchw, _, _ = _acts_and_grads(model, xt, model.block2, ids)
+  out = {f"w/{k}": v for k, v in weights.items()}
+  out["x"], out["ids"] = nhwc(x), np.asarray(ids)
+  for name, cls in {"scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM}.items():
+    with cls(model=model, target_layers=[model.block2]) as cam:
+      out[f"pgc/{name}/maps"] = cam(input_tensor=xt, targets=targets)
+      out[f"pgc/{name}/weights"] = cam.get_cam_weights(xt, model.block2, targets, a_nchw, None)
+  with tcm.ScoreCAM(model, target_layer="block2", batch_size=8, input_shape=(3, 16, 16)) as extractor:
+    scores = model(xt)
+    (cam_map,) = extractor(class_idx=ids, scores=scores)
+    out["tc/scorecam/maps"] = cam_map.detach().numpy()
+  return {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+          for k, v in out.items()}
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -306,6 +336,7 @@ def make_checkpoints() -> dict[str, np.ndarray]:
 SECTIONS = {
   "cam_parity": make_cam_parity,
   "shapley_parity": make_shapley_parity,
+  "gradient_free": make_gradient_free,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,

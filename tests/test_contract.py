@@ -341,13 +341,19 @@ def test_taps_targets_and_diagonals_are_registered_dataclasses(net):
 
 def test_every_registered_method_has_an_independent_reference():
   """A new method fails here until a numpy formula, a peer fixture or a brute-force check covers it."""
-  from tests import test_derivatives, test_methods, test_parity
+  from tests import test_derivatives, test_methods, test_parity, test_perturbation
 
-  numpy_pipeline = set(test_methods.REF_RAW)  # end to end against numpy formulas
-  peer_fixtures = set(test_parity.PGC) | {"cam"}  # pytorch-grad-cam maps; torchcam's CAM (test_torchcam_cam)
+  numpy_pipeline = set(test_methods.REF_RAW) | {"reciprocam"}  # end to end against numpy formulas / loops
+  peer_fixtures = set(test_parity.PGC) | {"cam", "scorecam", "ablationcam"}  # pgc / torchcam fixtures
   brute_force = {"shapleycam"}  # jax.hessian products + pytorch-grad-cam's double backward
   assert hasattr(test_derivatives, "test_hvp_and_shapleycam_against_brute_force")
   assert hasattr(test_parity, "test_torchcam_cam")
+  for name in (
+    "test_reciprocam_against_numpy",
+    "test_scorecam_matches_pytorch_grad_cam",
+    "test_ablationcam_matches_pytorch_grad_cam",
+  ):
+    assert hasattr(test_perturbation, name), name
   exceptions: dict[str, str] = {}  # name -> why it has no independent reference (none today)
   covered = numpy_pipeline | peer_fixtures | brute_force | set(exceptions)
   missing = sorted(set(jaxcam.method_names()) - covered)

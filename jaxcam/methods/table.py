@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxcam._errors import UnknownNameError, unknown_name_message
-from jaxcam.methods import classic, factorization, gradient
+from jaxcam.methods import classic, factorization, gradient, perturbation
 
 __all__ = ["MethodSpec", "METHODS", "OUTPUTS", "get_method", "method_names", "register_method"]
 
@@ -175,6 +175,30 @@ for _spec in [
     title="Eigen-CAM",
   ),
   MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False, title="EigenGrad-CAM"),
+  MethodSpec(
+    "scorecam",
+    perturbation.scorecam_weights,
+    "channel",
+    needs=("masked_scores",),
+    aliases=("score_cam", "fasterscorecam"),
+    title="Score-CAM",
+  ),
+  MethodSpec(
+    "ablationcam",
+    perturbation.ablationcam_weights,
+    "channel",
+    needs=("ablated_scores", "scores"),
+    aliases=("ablation_cam",),
+    title="Ablation-CAM",
+  ),
+  MethodSpec(
+    "reciprocam",
+    perturbation.reciprocam_map,
+    "map",
+    needs=("position_scores",),
+    aliases=("recipro_cam",),
+    title="Recipro-CAM",
+  ),
 ]:
   register_method(_spec)
 

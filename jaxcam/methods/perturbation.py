@@ -1,0 +1,145 @@
+"""Gradient-free methods: weights from scores of masked inputs, ablated channels or masked positions.
+
+The row functions here are pure functions of arrays (the scores come from providers in `jaxcam.providers`, which
+run the masked forward passes `chunk_size` copies at a time). The helpers that build one masked copy are pure
+too, and are what the providers map over:
+
+- Score-CAM (Wang et al. 2020, arXiv 1910.01279): channel k's upsampled, min-maxed map masks the input;
+  ``w = softmax_k(S(x * M_k))``.
+- Ablation-CAM (Desai & Ramaswamy, WACV 2020): ``w_k = (S - S_k) / S`` with channel k ablated, through the head
+  only.
+- Recipro-CAM (Byun & Lee 2022, arXiv 2209.14074): the map is the target's probability when the feature map keeps
+  only a 3x3 Gaussian-weighted copy of the feature vector at each position.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcam import _spatial, postprocess
+from jaxcam.methods.gradient import safe_divide
+
+__all__ = [
+  "SCORECAM_CONVENTIONS",
+  "ablation_value",
+  "ablationcam_weights",
+  "reciprocam_features",
+  "reciprocam_map",
+  "score_mask",
+  "scorecam_weights",
+  "upsample_align_corners",
+]
+
+SCORECAM_CONVENTIONS = ("pgc", "torchcam")
+MASK_EPS = 1e-8  # both peers' min-max epsilon for Score-CAM masks
+RECIPRO_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+
+def _corner_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """``(n_out, n_in)`` weights of 1-D linear interpolation with aligned corners (torch align_corners=True)."""
+  if n_out == 1 or n_in == 1:
+    mat = np.zeros((n_out, n_in))
+    mat[:, 0] = 1.0
+    return mat
+  src = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+  lo = np.minimum(np.floor(src).astype(int), n_in - 2)
+  t = src - lo
+  mat = np.zeros((n_out, n_in))
+  mat[np.arange(n_out), lo] = 1 - t
+  mat[np.arange(n_out), lo + 1] += t
+  return mat
+
+
+def upsample_align_corners(maps: jax.Array, size: tuple[int, ...]) -> jax.Array:
+  """Bilinear resize of ``(..., h, w)`` with aligned corners: ``torch.nn.UpsamplingBilinear2d`` (pytorch-grad-cam's
+  Score-CAM masks), unlike `jaxcam.postprocess.upsample` (half-pixel centres) used for maps."""
+  h, w = _spatial.map_size(maps)
+  rows = jnp.asarray(_corner_matrix(h, size[0]), maps.dtype)
+  cols = jnp.asarray(_corner_matrix(w, size[1]), maps.dtype)
+  return jnp.einsum("Hh,...hw,Ww->...HW", rows, maps, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+def _min_max(m: jax.Array, eps: float) -> jax.Array:
+  lo, hi = _spatial.map_min_max(m)
+  return (m - lo) / (hi - lo + eps)
+
+
+def score_mask(channel: jax.Array, size: tuple[int, ...], *, convention: str = "pgc") -> jax.Array:
+  """Score-CAM's mask in [0, 1] from one channel ``(h, w)`` at input size ``(H, W)``.
+
+  "pgc" (pytorch-grad-cam 1.5.7 ``ScoreCAM``): upsample with aligned corners, then ``(u - min) / (max - min +
+  1e-8)``. "torchcam" (torchcam 0.5.0 ``ScoreCAM``): the same min-max at layer resolution, then half-pixel bilinear
+  upsampling. A constant channel gives an all-zero mask (never NaN).
+  """
+  if convention == "pgc":
+    return _min_max(upsample_align_corners(channel, size), MASK_EPS)
+  if convention == "torchcam":
+    return postprocess.upsample(_min_max(channel, MASK_EPS), size)
+  raise ValueError(f"Expected `convention` to be one of {SCORECAM_CONVENTIONS}, got {convention!r}.")
+
+
+def scorecam_weights(activations: jax.Array, masked_scores: jax.Array, /) -> jax.Array:
+  """Score-CAM channel weights: softmax over channels of the target scores of the masked inputs.
+
+  masked_scores ``(B, K, C)``: ``S(x * M_k)``, ``-inf`` for channels that were not scored (Faster-Score-CAM's
+  ``top_n``, constant channels), which get weight 0. torchcam subtracts the clean input's score first, a constant
+  per image that the softmax removes. ``-> (B, K, C)``.
+
+  >>> import jax.numpy as jnp
+  >>> scorecam_weights(None, jnp.array([[[0.0, jnp.log(3.0), -jnp.inf]]]))
+  Array([[[0.25, 0.75, 0.  ]]], dtype=float32)
+  """
+  del activations
+  scored = jnp.isfinite(masked_scores).any(axis=-1, keepdims=True)  # all constant: every weight 0, never NaN
+  weights = jax.nn.softmax(jnp.where(scored, masked_scores, 0.0), axis=-1)
+  return jnp.where(scored, weights, 0.0)
+
+
+def ablation_value(activations: jax.Array) -> jax.Array:
+  """The value an ablated channel takes for one image ``(h, w, C)``: 0 when the image's activations have minimum
+  0 (after a ReLU), else that minimum minus 1e7 (pytorch-grad-cam's rule). pytorch-grad-cam re-reads the minimum
+  after each write, so its i-th copy in a batch gets ``min - (i + 1) * 1e7``; jaxcam uses ``min - 1e7`` for all."""
+  lo = jnp.min(activations)
+  return jnp.where(lo == 0, jnp.zeros_like(lo), lo - 1e7)
+
+
+def ablationcam_weights(activations: jax.Array, ablated_scores: jax.Array, scores: jax.Array, /) -> jax.Array:
+  """Ablation-CAM channel weights ``w_k = (S - S_k) / S``; 0 where ``S == 0`` (never a division by zero).
+
+  ablated_scores ``(B, K, C)``: the target score with channel k ablated; scores ``(B, K)``: the clean score.
+  Matches pytorch-grad-cam's ``AblationCAM`` (which re-runs the whole network per ablated copy; jaxcam runs only
+  the head, from the layer on).
+
+  >>> import jax.numpy as jnp
+  >>> ablationcam_weights(None, jnp.array([[[1.0, 2.0]]]), jnp.array([[2.0]]))
+  Array([[[0.5, 0. ]]], dtype=float32)
+  """
+  del activations
+  s = scores[..., None]
+  return safe_divide(s - ablated_scores, jnp.broadcast_to(s, ablated_scores.shape))
+
+
+def reciprocam_features(activations: jax.Array, position: jax.Array) -> jax.Array:
+  """Recipro-CAM's feature map for one image ``(h, w, C)`` and one flat position: zero except the 3x3
+  neighbourhood of that position, which holds the *centre* feature vector times the Gaussian kernel
+  ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` (clipped at the borders), as the authors' code does."""
+  h, w = _spatial.feature_size(activations)
+  i, j = position // w, position % w
+  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  di, dj = rows - i, cols - j
+  near = (jnp.abs(di) <= 1) & (jnp.abs(dj) <= 1)
+  kernel = jnp.asarray(RECIPRO_KERNEL, activations.dtype)[jnp.clip(di + 1, 0, 2), jnp.clip(dj + 1, 0, 2)]
+  weight = jnp.where(near, kernel, jnp.zeros_like(kernel))  # (h, w)
+  return weight[..., None] * activations[i, j][None, None, :]
+
+
+def reciprocam_map(activations: jax.Array, position_scores: jax.Array, /) -> jax.Array:
+  """Recipro-CAM map: the target's score (softmax probability for class ids) per position, ``(B, K, h, w)``.
+
+  Byun & Lee, "Recipro-CAM: Fast gradient-free visual explanations for convolutional neural networks",
+  arXiv 2209.14074 (no peer library has it; tested against a numpy reference written from the paper).
+  """
+  del activations
+  return position_scores

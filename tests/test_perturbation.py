@@ -1,0 +1,223 @@
+"""Gradient-free methods: Score-CAM (and Faster-Score-CAM), Ablation-CAM, Recipro-CAM.
+
+Parity with pytorch-grad-cam and torchcam on identical weights (tests/fixtures/gradient_free.npz from
+scripts/make_fixtures.py), slow numpy references written from the papers, chunk-size independence, edge cases.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam import core, providers
+from jaxcam.methods import perturbation
+from tests import models
+from tests import reference as ref
+from tests.conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def peer():
+  with np.load(os.path.join(FIXTURES, "gradient_free.npz")) as f:
+    d = {k: f[k] for k in f.files}
+  tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
+  return d, tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"])
+
+
+@pytest.fixture(scope="module")
+def deep(small_linen):
+  """ConvNet at body_1: the head after it is conv + ReLU + GAP + Dense."""
+  module, variables, x = small_linen
+  return jaxcam.linen_tap(module, variables, "body_1"), variables, x, jnp.array([1, 0, 4])
+
+
+def _head(variables, a):
+  """ConvNet after body_1, written out by hand (no tap code)."""
+  return models.convnet_head(variables, None, models._block(variables["params"], jnp.asarray(a), "body_2", 1))
+
+
+# ------------------------------------------------------------------------------------------------- parity
+
+
+def test_scorecam_matches_pytorch_grad_cam(peer):
+  d, tap, x, ids = peer
+  np.testing.assert_allclose(jaxcam.scorecam(tap, x, target=ids), d["pgc/scorecam/maps"], atol=1e-4)
+  # weights: ours give constant channels weight 0 (pgc scores a blank input for them); on the other channels the
+  # softmax is the same up to its normalization
+  fwd = core.forward_only(tap, x, ids)
+  (s,) = providers.PROVIDERS["masked_scores"].fn(tap, x, fwd)
+  ours = np.asarray(perturbation.scorecam_weights(None, s))[:, 0]
+  theirs = d["pgc/scorecam/weights"]
+  scored = np.isfinite(np.asarray(s)[:, 0])
+  assert scored.sum() >= 0.5 * scored.size  # most channels are scored; the comparison is not vacuous
+  for b in range(2):
+    expected = theirs[b] * scored[b] / (theirs[b] * scored[b]).sum()
+    np.testing.assert_allclose(ours[b], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_scorecam_torchcam_convention(peer):
+  d, tap, x, ids = peer
+  maps = jaxcam.scorecam(tap, x, target=ids, convention="torchcam", upsample=False)
+  np.testing.assert_allclose(maps, d["tc/scorecam/maps"], atol=1e-4)
+  pgc = jaxcam.scorecam(tap, x, target=ids, upsample=False)
+  assert np.abs(np.asarray(maps) - np.asarray(pgc)).max() > 1e-3  # the conventions really differ
+
+
+def test_ablationcam_matches_pytorch_grad_cam(peer):
+  d, tap, x, ids = peer
+  ex = jaxcam.explain("ablationcam", tap, x, target=ids)
+  np.testing.assert_allclose(ex.maps, d["pgc/ablationcam/maps"], atol=1e-4)
+  fwd = core.forward_only(tap, x, ids)
+  (ablated,) = providers.PROVIDERS["ablated_scores"].fn(tap, x, fwd)
+  w = perturbation.ablationcam_weights(None, ablated, fwd.scores)[:, 0]
+  np.testing.assert_allclose(w, d["pgc/ablationcam/weights"], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- numpy references
+
+
+def _corners(n_in, n_out):
+  """Aligned-corner linear interpolation, written with np.interp (independent of jaxcam's matrix)."""
+  return np.stack(
+    [np.interp(np.linspace(0, n_in - 1, n_out), np.arange(n_in), np.eye(n_in)[i]) for i in range(n_in)], 1
+  )
+
+
+def test_faster_scorecam_against_numpy(deep):
+  tap, variables, x, t = deep
+  module = models.ConvNet()
+  a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)  # (3, 6, 6, 8)
+  rows, cols = _corners(6, 12), _corners(6, 12)
+  top_n = 3
+  expected = np.zeros(a.shape[:3])
+  for b in range(3):
+    chans = np.argsort(-a[b].std(axis=(0, 1)), kind="stable")[:top_n]
+    scores = []
+    for k in chans:
+      u = rows @ a[b, :, :, k] @ cols.T
+      mask = (u - u.min()) / (u.max() - u.min() + 1e-8)
+      logits = module.apply(variables, (np.asarray(x[b]) * mask[..., None])[None].astype(np.float32))
+      scores.append(float(logits[0, int(t[b])]))
+    w = np.exp(np.array(scores) - max(scores))
+    w /= w.sum()
+    expected[b] = np.einsum("hwc,c->hw", a[b][..., chans], w)
+  maps = jaxcam.scorecam(tap, x, target=t, top_n=top_n)
+  np.testing.assert_allclose(maps, ref.postprocess(expected, (12, 12)), atol=2e-4)
+  # every channel kept = plain Score-CAM
+  np.testing.assert_allclose(jaxcam.scorecam(tap, x, target=t, top_n=8), jaxcam.scorecam(tap, x, target=t), atol=1e-6)
+
+
+def test_reciprocam_against_numpy(deep):
+  tap, variables, x, t = deep
+  a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)
+  kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+  h, w = a.shape[1:3]
+  raw = np.zeros(a.shape[:3])
+  for b in range(3):
+    for i in range(h):
+      for j in range(w):
+        feat = np.zeros(a.shape[1:])
+        for di in (-1, 0, 1):
+          for dj in (-1, 0, 1):
+            if 0 <= i + di < h and 0 <= j + dj < w:
+              feat[i + di, j + dj] = a[b, i, j] * kernel[di + 1, dj + 1]
+        logits = np.asarray(_head(variables, feat[None].astype(np.float32)), np.float64)[0]
+        p = np.exp(logits - logits.max())
+        raw[b, i, j] = p[int(t[b])] / p.sum()
+  maps = jaxcam.reciprocam(tap, x, target=t)
+  np.testing.assert_allclose(maps, ref.postprocess(raw, (12, 12)), atol=2e-4)
+  np.testing.assert_allclose(
+    jaxcam.reciprocam(tap, x, target=t, normalize=False, relu=False, upsample=False), raw, rtol=1e-4, atol=1e-6
+  )
+
+
+def test_ablationcam_against_numpy_through_the_head(deep):
+  tap, variables, x, t = deep
+  a = np.asarray(core.forward_only(tap, x, t).activations[0])
+  assert a.min() == 0  # post-ReLU: ablated channels are set to 0
+  s = np.asarray(_head(variables, a))[np.arange(3), np.asarray(t)]
+  w = np.zeros((3, a.shape[-1]))
+  for k in range(a.shape[-1]):
+    dropped = a.copy()
+    dropped[..., k] = 0
+    w[:, k] = (s - np.asarray(_head(variables, dropped))[np.arange(3), np.asarray(t)]) / s
+  raw = jaxcam.ablationcam(tap, x, target=t, normalize=False, relu=False, upsample=False)
+  np.testing.assert_allclose(raw, ref.channel_map(w, a.astype(np.float64)), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- chunks, errors, edges
+
+
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "reciprocam"])
+def test_independent_of_chunk_size(deep, name):
+  tap, _, x, t = deep
+  maps = [jaxcam.explain(name, tap, x, target=t, chunk_size=c).maps for c in (1, 7, 3 * 36)]
+  for m in maps[1:]:
+    np.testing.assert_allclose(m, maps[0], atol=1e-5)
+
+
+def test_peak_memory_grows_with_chunk_size_not_with_batch(deep):
+  """XLA's own accounting of the compiled program's temporaries (deterministic, no timing)."""
+  tap, _, x, _ = deep
+
+  def temp_bytes(batch, chunk):
+    xb = jnp.tile(x, (batch, 1, 1, 1))[:batch]
+    f = jax.jit(lambda tap, x: jaxcam.scorecam(tap, x, chunk_size=chunk))
+    return f.lower(tap, xb).compile().memory_analysis().temp_size_in_bytes
+
+  small, more_images, bigger_chunk = temp_bytes(2, 4), temp_bytes(8, 4), temp_bytes(2, 16)
+  assert more_images < 1.5 * small + 64 * 1024, (small, more_images)  # 4x the images, about the same memory
+  assert bigger_chunk > 1.5 * small, (small, bigger_chunk)  # 4x the chunk: more memory
+
+
+def test_errors_name_the_argument(deep, small_linen):
+  tap, _, x, t = deep
+  with pytest.raises(ValueError, match=r"`top_n` to be None .* \[1, 8\].*got 9"):
+    jaxcam.scorecam(tap, x, top_n=9)
+  with pytest.raises(ValueError, match="`top_n`.*got 0"):
+    jaxcam.scorecam(tap, x, top_n=0)
+  with pytest.raises(ValueError, match="`chunk_size` to be a positive int.*got 0"):
+    jaxcam.ablationcam(tap, x, chunk_size=0)
+  with pytest.raises(ValueError, match="`convention` to be one of \\('pgc', 'torchcam'\\)"):
+    jaxcam.scorecam(tap, x, convention="keras")
+  module, variables, _ = small_linen
+  multi = jaxcam.linen_tap(module, variables, ["body_1", "body_2"])
+  with pytest.raises(ValueError, match="'ablated_scores' reads one layer"):
+    jaxcam.ablationcam(multi, x)
+  assert jaxcam.scorecam(multi, x).shape == (3, 12, 12)  # Score-CAM takes several layers
+
+
+def test_zero_score_and_constant_channels_never_nan():
+  params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)}
+  body = lambda p, x: jnp.concatenate([x, jnp.ones_like(x[..., :1])], axis=-1)  # channel 3 is constant
+  head = lambda p, x, a: a.mean(axis=(1, 2)) @ p["w"]
+  tap = jaxcam.function_tap(body, head, params)
+  x = jax.random.uniform(jax.random.key(0), (2, 5, 5, 3))
+  fwd = core.forward_only(tap, x, 0)
+  (s,) = providers.PROVIDERS["masked_scores"].fn(tap, x, fwd)
+  w = np.asarray(perturbation.scorecam_weights(None, s))
+  assert np.all(w[..., 3] == 0) and np.allclose(w.sum(-1), 1.0)
+  # Ablation-CAM with a target score of 0: weights 0, not a division by zero
+  zero = jaxcam.explain("ablationcam", tap, x, target=lambda out: 0.0 * out[:, 0], normalize=False)
+  assert np.isfinite(zero.maps).all() and not np.any(zero.maps)
+  # every channel constant: all weights 0, maps zeros
+  flat = jaxcam.function_tap(lambda p, x: jnp.ones(x.shape[:-1] + (4,)), head, params)
+  assert not np.any(np.asarray(jaxcam.scorecam(flat, x))) and np.isfinite(jaxcam.scorecam(flat, x)).all()
+
+
+def test_expensive_methods_are_declared_and_explain_many_asks_first(deep, small_linen):
+  tap, _, x, t = deep
+  for name in ("scorecam", "ablationcam", "reciprocam"):
+    assert jaxcam.get_method(name).expensive()
+  module, variables, _ = small_linen  # body_2: a GAP + Dense head, so every cheap method (CAM too) applies
+  cheap = jaxcam.explain_many(None, jaxcam.linen_tap(module, variables, "body_2"), x)
+  assert "gradcam" in cheap and not {"scorecam", "ablationcam", "reciprocam"} & set(cheap)
+  with pytest.raises(ValueError, match="scorecam .*per channel.*allow_expensive"):
+    jaxcam.explain_many(["gradcam", "scorecam"], tap, x)
+  both = jaxcam.explain_many(["gradcam", "scorecam", "ablationcam"], tap, x, target=t, allow_expensive=True)
+  np.testing.assert_allclose(both["scorecam"].maps, jaxcam.scorecam(tap, x, target=t), atol=1e-6)
