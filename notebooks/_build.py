@@ -43,14 +43,30 @@ for n, p in zip(names, jax.nn.softmax(logits)):
     top = np.argsort(-np.asarray(p))[:3]
     print(n, [(models.class_name(int(i)), round(float(p[i]), 3)) for i in top])
 """),
-  md("## Every method at the default layer (one forward and one backward pass for all of them)"),
+  md("## Every cheap method at the default layer (one shared forward and backward pass for all of them)"),
   code("""
 tap = jaxcam.linen_tap(module, variables)          # layer omitted: the model's default_layer ("head")
 print(tap, tap.activation_shape(x))
-methods = jaxcam.method_names()
-results = jaxcam.explain_many(methods, tap, x)       # {method: Explanation}
+results = jaxcam.explain_many(None, tap, x)          # {method: Explanation}; expensive methods only when asked
+methods = list(results)
 fig = viz.grid(list(photos.values()), {m: np.asarray(results[m].maps) for m in methods},
                [models.class_name(int(t)) for t in results["gradcam"].target])
+viz.show(fig)
+"""),
+  md(
+    "## Gradient-free and smoothed methods\nEach is one compiled program over `chunk_size` perturbed copies at a "
+    "time; `spec.cost()` says what one image costs. Randomness takes an explicit `key`."
+  ),
+  code("""
+for name in ("scorecam", "ablationcam"):
+    print(name, "->", jaxcam.get_method(name).cost())
+extra = {
+    "Faster-Score-CAM (top 64)": jaxcam.scorecam(tap, x, top_n=64, chunk_size=32),
+    "Ablation-CAM": jaxcam.ablationcam(tap, x, chunk_size=256),
+    "smoothed Grad-CAM++": jaxcam.explain(jaxcam.smooth("gradcam_pp", num_samples=8, std=0.1), tap, x,
+                                          key=jax.random.key(0)).maps,
+}
+fig = viz.grid(list(photos.values()), {k: np.asarray(v) for k, v in extra.items()}, list(photos))
 viz.show(fig)
 """),
   md(

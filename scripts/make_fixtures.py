@@ -101,6 +101,11 @@ def _acts_and_grads(model, x, layer, targets):
   return store["a"].detach().numpy(), store["a"].grad.detach().numpy(), logits.detach().numpy()
 
 
+def _as_fixture(out: dict) -> dict[str, np.ndarray]:
+  """Floating arrays as float32, the rest as numpy arrays."""
+  return {k: np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in out.items()}
+
+
 def nhwc(a: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.moveaxis(a, 1, -1))
 
@@ -185,9 +190,7 @@ def make_cam_parity() -> dict[str, np.ndarray]:
     scores = model(xt)
     cams = extractor(class_idx=ids, scores=scores)
     out["tc/layercam/fused_maps"] = extractor.fuse_cams(cams, target_shape=(16, 16)).detach().numpy()
-  return {
-    k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in out.items()
-  }
+  return _as_fixture(out)
 
 
 class SmoothHeadCNN(SmallCNN):
@@ -217,9 +220,7 @@ def make_shapley_parity() -> dict[str, np.ndarray]:
   with pgc.GradCAM(model=model, target_layers=[model.block2]) as cam:
     out["pgc/gradcam/maps"] = cam(input_tensor=xt, targets=[ClassifierOutputTarget(c) for c in ids])
   out.update(_shapley_by_double_backward(model, xt, ids, extra=True))
-  return {
-    k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v) for k, v in out.items()
-  }
+  return _as_fixture(out)
 
 
 def make_gradient_free() -> dict[str, np.ndarray]:
@@ -246,8 +247,7 @@ def make_gradient_free() -> dict[str, np.ndarray]:
     scores = model(xt)
     (cam_map,) = extractor(class_idx=ids, scores=scores)
     out["tc/scorecam/maps"] = cam_map.detach().numpy()
-  return {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
-          for k, v in out.items()}
+  return _as_fixture(out)
 
 
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:

@@ -88,7 +88,7 @@ def scorecam_weights(activations: jax.Array, masked_scores: jax.Array, /) -> jax
   per image that the softmax removes. ``-> (B, K, C)``.
 
   >>> import jax.numpy as jnp
-  >>> scorecam_weights(None, jnp.array([[[0.0, jnp.log(3.0), -jnp.inf]]]))
+  >>> scorecam_weights(None, jnp.array([[[0.0, jnp.log(3.0), -jnp.inf]]])).round(4)
   Array([[[0.25, 0.75, 0.  ]]], dtype=float32)
   """
   del activations
