@@ -79,6 +79,20 @@ def test_explain_with_target_name_and_layer(image_dir, tmp_path):
   assert manifest["entries"]["coffee.png"]["target"]["id"] == 285 and manifest["layer"] == "blocks/15"
 
 
+def test_gradient_free_method_from_the_command_line(image_dir, tmp_path):
+  d, _ = image_dir
+  out = tmp_path / "abl"
+  assert (
+    cli.main(["explain", str(d / "chelsea.png"), "--method", "ablation-cam", "--out", str(out), "--batch-size", "1"])
+    == 0
+  )
+  manifest = json.loads((out / "manifest.json").read_text())
+  cat = manifest["entries"]["chelsea.png"]
+  assert manifest["method"] == "ablationcam" and cat["target"]["id"] == 285
+  r, c = cat["peak"]
+  assert 40 <= r <= 260 and 120 <= c <= 400  # on the cat's face, as Grad-CAM++'s
+
+
 def test_same_stem_inputs_keep_separate_outputs(tmp_path):
   photo = models.sample_images(["coffee"])["coffee"]
   for sub, ext in (("x", "png"), ("y", "png"), ("x", "jpg")):
