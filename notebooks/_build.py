@@ -60,11 +60,12 @@ viz.show(fig)
   code("""
 for name in ("scorecam", "ablationcam"):
     print(name, "->", jaxcam.get_method(name).cost())
+top = 16 if SMALL else 64
 extra = {
-    "Faster-Score-CAM (top 64)": jaxcam.scorecam(tap, x, top_n=64, chunk_size=32),
+    f"Faster-Score-CAM (top {top})": jaxcam.scorecam(tap, x, top_n=top, chunk_size=32),
     "Ablation-CAM": jaxcam.ablationcam(tap, x, chunk_size=256),
-    "smoothed Grad-CAM++": jaxcam.explain(jaxcam.smooth("gradcam_pp", num_samples=8, std=0.1), tap, x,
-                                          key=jax.random.key(0)).maps,
+    "smoothed Grad-CAM++": jaxcam.explain(jaxcam.smooth("gradcam_pp", num_samples=4 if SMALL else 8, std=0.1),
+                                          tap, x, key=jax.random.key(0)).maps,
 }
 fig = viz.grid(list(photos.values()), {k: np.asarray(v) for k, v in extra.items()}, list(photos))
 viz.show(fig)

@@ -261,6 +261,8 @@ def test_every_method_on_nnx_and_function_taps(net, kind, name):
   expected = jaxcam.explain(name, taps["linen"], x, target=t).maps
   maps = jaxcam.explain(name, taps[kind], x, target=t, **opts).maps
   np.testing.assert_allclose(maps, expected, atol=1e-5)
+  if jaxcam.get_method(name).expensive():
+    return  # op by op, many-copy methods take seconds; test_common_contract compares them on the linen tap
   with jax.disable_jit():
     eager = jaxcam.explain(name, taps[kind], x, target=t, **opts).maps
   np.testing.assert_allclose(maps, eager, atol=1e-5)
