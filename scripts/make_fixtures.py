@@ -85,6 +85,15 @@ def small_cnn_weights(seed: int = 0) -> dict[str, np.ndarray]:
   return out
 
 
+def _seeded(cls, *, weight_seed: int, input_seed: int):
+  """(weights, eval-mode model holding them, x (2, 3, 16, 16) numpy, the same x as a tensor)."""
+  weights = small_cnn_weights(weight_seed)
+  model = cls().eval()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+  x = np.random.default_rng(input_seed).standard_normal((2, 3, 16, 16)).astype(np.float32)
+  return weights, model, x, torch.from_numpy(x)
+
+
 def _acts_and_grads(model, x, layer, targets):
   """A and dS/dA at `layer` (NCHW) for the batch-summed scores logits[b, targets[b]], by plain autograd."""
   store = {}
@@ -134,12 +143,7 @@ def make_cam_parity() -> dict[str, np.ndarray]:
   import torchcam.methods as tcm
   from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-  weights = small_cnn_weights(0)
-  model = SmallCNN().eval()
-  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-  rng = np.random.default_rng(1)
-  x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
-  xt = torch.from_numpy(x)
+  weights, model, x, xt = _seeded(SmallCNN, weight_seed=0, input_seed=1)
   ids = [3, 7]
   targets = [ClassifierOutputTarget(c) for c in ids]
 
@@ -207,11 +211,7 @@ def make_shapley_parity() -> dict[str, np.ndarray]:
   import pytorch_grad_cam as pgc
   from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-  weights = small_cnn_weights(5)
-  model = SmoothHeadCNN().eval()
-  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-  x = np.random.default_rng(6).standard_normal((2, 3, 16, 16)).astype(np.float32)
-  xt = torch.from_numpy(x)
+  weights, model, x, xt = _seeded(SmoothHeadCNN, weight_seed=5, input_seed=6)
   ids = [2, 5]
   out = {f"w/{k}": v for k, v in weights.items()}
   out["x"], out["ids"] = nhwc(x), np.asarray(ids)
@@ -229,11 +229,7 @@ def make_gradient_free() -> dict[str, np.ndarray]:
   import torchcam.methods as tcm
   from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-  weights = small_cnn_weights(0)
-  model = SmallCNN().eval()
-  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-  x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
-  xt = torch.from_numpy(x)
+  weights, model, x, xt = _seeded(SmallCNN, weight_seed=0, input_seed=1)
   ids = [3, 7]
   targets = [ClassifierOutputTarget(c) for c in ids]
   a_nchw, _, _ = _acts_and_grads(model, xt, model.block2, ids)
