@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcam import _spatial, core, postprocess
-from jaxcam import providers as providers_lib
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
@@ -117,19 +116,19 @@ def partition_options(options: dict[str, Any]) -> tuple[dict[str, Any], tuple[tu
 
 
 def _provide(need: str, tap, x, fwd, options: dict[str, Any], cache: dict | None = None):
-  """One need's per-layer values; `cache` shares a provider between methods that ask with the same options."""
+  """One need's per-layer values. `cache` (explain_many, whose options are all static) shares a provider between
+  methods that ask for it with the same option values."""
   p = get_provider(need)
   if p.single_layer and tap.multi:
     raise ValueError(
       f"Need {need!r} reads one layer; got a multi-layer tap {tap.layer!r}. Use one layer for this method."
     )
   kwargs = {k: options[k] for k, _ in p.options}
-  key = (need, tuple((k, id(v) if _has_array(v) else v) for k, v in kwargs.items()))
-  if cache is None or key not in cache:
-    value = p.fn(tap, x, fwd, **kwargs)
-    if cache is None:
-      return value
-    cache[key] = value
+  if cache is None:
+    return p.fn(tap, x, fwd, **kwargs)
+  key = (need, tuple(kwargs.items()))
+  if key not in cache:
+    cache[key] = p.fn(tap, x, fwd, **kwargs)
   return cache[key]
 
 
@@ -147,6 +146,17 @@ def compute_inputs(spec: MethodSpec, tap, x, target, options: dict[str, Any]):
   return plain_inputs(needs, tap, x, target, options)
 
 
+def _as_float(tree: Any) -> Any:
+  """Floating leaves promoted to at least float32 (bfloat16 inputs give float32 maps); others unchanged."""
+
+  def f(v):
+    if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating):
+      return v.astype(jnp.promote_types(v.dtype, jnp.float32))
+    return v
+
+  return jax.tree.map(f, tree)
+
+
 def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion) -> Explanation:
   """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`)."""
   used = spec.needs_for(options)
@@ -155,9 +165,9 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
   k = fwd.scores.shape[1]
   per_layer = []
   for i in range(n_layers):
-    a = providers_lib.as_float(fwd.activations[i])
+    a = _as_float(fwd.activations[i])
     a = jnp.broadcast_to(a[:, None], (a.shape[0], k) + a.shape[1:])  # (B, K, h, w, C)
-    args = [providers_lib.as_float(values[n][i]) if n in used else None for n in spec.needs]
+    args = [_as_float(values[n][i]) if n in used else None for n in spec.needs]
     out = spec.fn(a, *args, **fn_options)
     expected = _OUTPUT_SHAPES[spec.output](a.shape)
     if tuple(getattr(out, "shape", ())) != expected:
@@ -240,6 +250,21 @@ def _is_traced(tree: Any) -> bool:
   return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def _prepare(x: Any, target: Any, fusion: str):
+  """The checks `explain` and `explain_many` share, before tracing; returns the target as a score object."""
+  if fusion not in _FUSIONS:
+    raise ValueError(f"Expected `fusion` to be one of {_FUSIONS}, got {fusion!r}.")
+  check_images(x)
+  return targets_lib.as_target(target)
+
+
+def _eager_checks(spec: MethodSpec, target: Any, ex: Explanation, options: dict[str, Any]) -> None:
+  """After an eager call: out-of-range class ids raise, and the row's own `check` runs."""
+  _check_ids_in_range(target, ex)
+  if spec.check is not None:
+    spec.check(ex, options)
+
+
 def _check_ids_in_range(target: Any, ex: Explanation) -> None:
   classes = getattr(target, "classes", None)
   if classes is None or isinstance(classes, jax.core.Tracer):
@@ -290,10 +315,7 @@ def explain(
   """
   spec = get_method(method)
   opts = resolve_options(spec, options)
-  if fusion not in _FUSIONS:
-    raise ValueError(f"Expected `fusion` to be one of {_FUSIONS}, got {fusion!r}.")
-  check_images(x)
-  target = targets_lib.as_target(target)
+  target = _prepare(x, target, fusion)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
   ex = _explain_jit(
@@ -309,9 +331,7 @@ def explain(
     fusion=fusion,
   )
   if not _is_traced((tap, x, target, traced)):
-    _check_ids_in_range(target, ex)
-    if spec.check is not None:
-      spec.check(ex, opts)
+    _eager_checks(spec, target, ex, opts)
   return ex
 
 
@@ -350,21 +370,17 @@ def explain_many(
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f"Expected distinct methods in `methods`, got {names}.")
-  if fusion not in _FUSIONS:
-    raise ValueError(f"Expected `fusion` to be one of {_FUSIONS}, got {fusion!r}.")
-  for s in specs:
-    if _has_array(s.defaults()) or "key" in s.defaults():
+  for s in specs:  # explain_many passes default options only: no arrays, nothing a wrapper must be given
+    wrapper_options: tuple = getattr(s.inputs, "options", ())
+    if _has_array(s.defaults()) or wrapper_options:
       raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
-  check_images(x)
-  target = targets_lib.as_target(target)
+  target = _prepare(x, target, fusion)
   out = _explain_many_jit(
     tap, x, target, specs=specs, normalize=bool(normalize), upsample=bool(upsample), relu=bool(relu), fusion=fusion
   )
-  if not _is_traced((tap, x, target)) and out:
-    _check_ids_in_range(target, next(iter(out.values())))
+  if not _is_traced((tap, x, target)):
     for s in specs:
-      if s.check is not None:
-        s.check(out[s.name], s.defaults())
+      _eager_checks(s, target, out[s.name], s.defaults())
   return out
 
 

@@ -185,13 +185,7 @@ def diagonals(
   Nested forward mode, not `jax.experimental.jet` (jet raised UnexpectedTracerError under jit after a ReLU,
   JAX issue #30352).
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
-  if tap.multi:
-    raise ValueError("Exact derivatives need a single-layer tap; got layers " + repr(tap.layer) + ".")
-  # Study code path: full float32 matmuls even where the default drops to TF32/bf16 (GPUs, TPUs); without
-  # it the structured/generic cross-check failed on an H200.
-  out = diagonals_k(
+  out = diagonals_k(  # validates strategy and the tap, and runs at full float32 matmul precision
     tap, x, target, strategy=strategy, chunk_size=chunk_size, max_generic_directions=max_generic_directions, fwd=fwd
   )
   multi = (

@@ -225,7 +225,7 @@ def _position_scores(tap, x, fwd, *, chunk_size=32):
 
 def _scores(tap, x, fwd):
   del x
-  return (fwd.scores,) * len(tap.layers)
+  return (fwd.scores,) * _layers(tap)
 
 
 for _p in (
@@ -255,14 +255,3 @@ for _p in (
   ),
 ):
   register_provider(_p)
-
-
-def as_float(tree: Any) -> Any:
-  """Floating leaves promoted to at least float32 (bfloat16 inputs give float32 maps); others unchanged."""
-
-  def f(v):
-    if hasattr(v, "dtype") and jnp.issubdtype(v.dtype, jnp.floating):
-      return v.astype(jnp.promote_types(v.dtype, jnp.float32))
-    return v
-
-  return jax.tree.map(f, tree)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -95,8 +97,12 @@ def randomize_batch_stats(variables, seed=0):
 
 
 class ParityCNN(nn.Module):
-  """The same network as scripts/make_fixtures.py's SmallCNN (torch padding=1 written explicitly)."""
+  """The same network as scripts/make_fixtures.py's SmallCNN (torch padding=1 written explicitly).
 
+  ``head_act=nn.silu`` gives its SmoothHeadCNN (a smooth head after block2, for Shapley-CAM's Hessian term).
+  """
+
+  head_act: Callable = nn.relu
   fc_layer = "fc"
   default_layer = "block2"
 
@@ -104,21 +110,7 @@ class ParityCNN(nn.Module):
   def __call__(self, x):
     x = ConvBlock(8, name="block1")(x)
     x = ConvBlock(16, strides=2, name="block2")(x)
-    x = ConvBlock(16, name="block3")(x)
-    return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
-
-
-class SmoothParityCNN(nn.Module):
-  """scripts/make_fixtures.py's SmoothHeadCNN: ParityCNN with a SiLU after block3 (a smooth head after block2)."""
-
-  fc_layer = "fc"
-  default_layer = "block2"
-
-  @nn.compact
-  def __call__(self, x):
-    x = ConvBlock(8, name="block1")(x)
-    x = ConvBlock(16, strides=2, name="block2")(x)
-    x = ConvBlock(16, name="block3", act=nn.silu)(x)
+    x = ConvBlock(16, name="block3", act=self.head_act)(x)
     return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
 
 

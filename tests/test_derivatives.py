@@ -279,7 +279,7 @@ def test_shapleycam_parity_with_pytorch_grad_cam():
   """A smooth (SiLU) head after the layer: H A is not zero, so the fixture tells Shapley-CAM from Grad-CAM."""
   with np.load(os.path.join(FIXTURES, "shapley_parity.npz")) as f:
     d = {k: f[k] for k in f.files}
-  tap = jaxcam.linen_tap(models.SmoothParityCNN(), models.parity_variables(d))
+  tap = jaxcam.linen_tap(models.ParityCNN(head_act=nn.silu), models.parity_variables(d))
   x, ids = jnp.asarray(d["x"]), jnp.asarray(d["ids"])
   np.testing.assert_allclose(tap.forward(x), d["logits"], rtol=1e-4, atol=1e-5)
   fwd = core.forward_and_grads(tap, x, ids)
