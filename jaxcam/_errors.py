@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -39,3 +40,19 @@ def unknown_name_message(what: str, given: str, choices: Sequence[str], owner: s
     msg += " Closest: " + ", ".join(repr(c) for c in near) + "."
   msg += " Available: " + abbreviate(choices) + "."
   return msg
+
+
+def check_key(key: Any, *, method: str) -> Any:
+  """`key` if it is a JAX PRNG key (new-style or a raw uint32 (2,) key; a tracer is fine), else a clear error."""
+  import jax
+  import jax.numpy as jnp
+
+  if key is None:
+    raise ValueError(
+      f"{method} draws noise: pass `key=jax.random.key(0)` (an explicit PRNG key; jaxcam has no global RNG)."
+    )
+  if not isinstance(key, jax.Array) or not (
+    jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
+  ):
+    raise TypeError(f"Expected `key` to be a jax.random key, got {getattr(key, 'dtype', type(key).__name__)}.")
+  return key

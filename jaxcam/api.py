@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _spatial, core, postprocess
+from jaxcam import _progress, _spatial, core, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
@@ -86,7 +86,7 @@ def resolve_options(spec: MethodSpec, given: dict[str, Any]) -> dict[str, Any]:
   if unknown:
     raise TypeError(
       f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(defaults) or 'none'}. Common "
-      "options: target, normalize, upsample, relu, fusion."
+      "options: target, normalize, upsample, relu, fusion, progress."
     )
   return {**defaults, **given}
 
@@ -213,16 +213,22 @@ TRACES: collections.Counter = collections.Counter()
 """How many times each method was traced (compiled) by `explain` / `explain_many`: a retrace shows up here."""
 
 
-def _explain_impl(tap, x, target, traced, *, spec, static, normalize, upsample, relu, fusion):
+def _explain_impl(tap, x, target, traced, *, spec, static, normalize, upsample, relu, fusion, progress=False):
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
-  fwd, values = compute_inputs(spec, tap, x, target, options)
+  with _progress.reporting(spec.name if progress else None):
+    fwd, values = compute_inputs(spec, tap, x, target, options)
   return method_maps(
     spec, tap, x, fwd, values, options, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion
   )
 
 
-def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion):
+def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion, progress=False):
+  with _progress.reporting("explain_many" if progress else None):
+    return _explain_many_body(tap, x, target, specs, normalize, upsample, relu, fusion)
+
+
+def _explain_many_body(tap, x, target, specs, normalize, upsample, relu, fusion):
   out = {}
   opts = {s.name: s.defaults() for s in specs}
   plain = [s for s in specs if s.inputs is None]
@@ -242,12 +248,20 @@ def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusi
   return out
 
 
-_explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs", "normalize", "upsample", "relu", "fusion"))
-_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static", "normalize", "upsample", "relu", "fusion"))
+_STATIC = ("normalize", "upsample", "relu", "fusion", "progress")
+_explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs",) + _STATIC)
+_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static") + _STATIC)
 
 
 def _is_traced(tree: Any) -> bool:
   return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _show_progress(progress: Any, traced: bool, expensive: bool) -> bool:
+  """Whether chunked maps report progress: `progress` if given, else for eager calls of expensive methods."""
+  if progress is not None and not isinstance(progress, bool):
+    raise TypeError(f"Expected `progress` to be None (automatic), True or False, got {progress!r}.")
+  return (not traced and expensive) if progress is None else progress
 
 
 def _prepare(x: Any, target: Any, fusion: str):
@@ -290,6 +304,7 @@ def explain(
   upsample: bool = True,
   relu: bool = True,
   fusion: str = "mean",
+  progress: bool | None = None,
   **options,
 ) -> Explanation:
   """Explain `x` with a CAM method; returns an `Explanation` (maps, logits, target ids, scores, layer).
@@ -306,6 +321,9 @@ def explain(
     relu: clip negative evidence (all peers do).
     fusion: "mean" (pytorch-grad-cam) or "max" (torchcam; LayerCAM also gets torchcam's tanh(2x)) for several
       layers.
+    progress: a progress bar per chunked map (masked copies, noisy samples, derivative directions) on stderr.
+      None: for eager calls of expensive methods (`MethodSpec.expensive`) only, never under your `jax.jit`;
+      True: always (host callbacks, one per chunk); False: never.
     **options: method options (e.g. ``eps`` for Grad-CAM++ and XGrad-CAM, ``fc`` for CAM, ``key`` for smoothed
       methods). Options holding arrays (a PRNG key, a Dense kernel, a mask) are traced: new values never
       recompile and they may be tracers under your `jax.jit`; other options are static.
@@ -318,6 +336,7 @@ def explain(
   target = _prepare(x, target, fusion)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
+  under_jit = _is_traced((tap, x, target, traced))
   ex = _explain_jit(
     tap,
     x,
@@ -329,8 +348,9 @@ def explain(
     upsample=bool(upsample),
     relu=bool(relu),
     fusion=fusion,
+    progress=_show_progress(progress, under_jit, spec.expensive(opts)),
   )
-  if not _is_traced((tap, x, target, traced)):
+  if not under_jit:
     _eager_checks(spec, target, ex, opts)
   return ex
 
@@ -347,6 +367,7 @@ def explain_many(
   relu: bool = True,
   fusion: str = "mean",
   allow_expensive: bool = False,
+  progress: bool | None = None,
 ) -> dict[str, Explanation]:
   """Several methods from ONE shared pass: ``{name: Explanation}`` (default options each).
 
@@ -354,7 +375,7 @@ def explain_many(
   grouped by what they need: the forward pass, the backward pass and every other need (`jaxcam.providers`) are
   computed once and shared, and each method is then a small function of them. A method whose cost grows with the
   layer's size or a sample count (exact derivatives, masked forwards, smoothing) is refused unless
-  ``allow_expensive=True``; None leaves such methods out.
+  ``allow_expensive=True``; None leaves such methods out. `progress` as in `explain`.
   """
   if methods is None:
     specs = tuple(s for s in METHODS.values() if not s.expensive())
@@ -375,17 +396,28 @@ def explain_many(
     if _has_array(s.defaults()) or wrapper_options:
       raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
   target = _prepare(x, target, fusion)
+  under_jit = _is_traced((tap, x, target))
   out = _explain_many_jit(
-    tap, x, target, specs=specs, normalize=bool(normalize), upsample=bool(upsample), relu=bool(relu), fusion=fusion
+    tap,
+    x,
+    target,
+    specs=specs,
+    normalize=bool(normalize),
+    upsample=bool(upsample),
+    relu=bool(relu),
+    fusion=fusion,
+    progress=_show_progress(progress, under_jit, any(s.expensive() for s in specs)),
   )
-  if not _is_traced((tap, x, target)):
+  if not under_jit:
     for s in specs:
       _eager_checks(s, target, out[s.name], s.defaults())
   return out
 
 
 def _make_public(spec: MethodSpec):
-  def method_fn(tap, x, /, target=None, *, normalize=True, upsample=True, relu=True, fusion="mean", **options):
+  def method_fn(
+    tap, x, /, target=None, *, normalize=True, upsample=True, relu=True, fusion="mean", progress=None, **options
+  ):
     return explain(
       spec,
       tap,
@@ -395,6 +427,7 @@ def _make_public(spec: MethodSpec):
       upsample=upsample,
       relu=relu,
       fusion=fusion,
+      progress=progress,
       **options,
     ).maps
 

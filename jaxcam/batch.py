@@ -150,6 +150,7 @@ def explain_batches(
   upsample: bool = True,
   relu: bool = True,
   fusion: str = "mean",
+  progress: bool = False,
   **options,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Explain a stream of image batches; yields ``{"maps", "logits", "targets"}`` per input batch, in order.
@@ -165,6 +166,7 @@ def explain_batches(
       input batch's size, rounded up likewise. The whole stream compiles once.
     prefetch: global batches transferred ahead in a background thread.
     normalize, upsample, relu, fusion, **options: as in `jaxcam.explain`.
+    progress: a progress bar per chunked map inside each batch (for expensive methods; host callbacks).
   """
   spec = _method_spec(method)
   traced, static = api.partition_options(api.resolve_options(spec, options))
@@ -197,7 +199,9 @@ def explain_batches(
     t = None if t is None else jax.device_put(t.astype(np.int32), data)
     return x, t, n_valid
 
-  f = _jitted(spec, bool(normalize), bool(upsample), bool(relu), fusion, static)
+  if not isinstance(progress, bool):
+    raise TypeError(f"Expected `progress` to be True or False, got {progress!r}.")
+  f = _jitted(spec, bool(normalize), bool(upsample), bool(relu), fusion, progress, static)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 
@@ -224,11 +228,21 @@ def explain_batches(
 
 
 @functools.cache
-def _jitted(spec, normalize, upsample, relu, fusion, static):
+def _jitted(spec, normalize, upsample, relu, fusion, progress, static):
   """One jitted explain per method and static options (its cache holds one executable per input shape)."""
   return jax.jit(
     lambda tap, x, t, traced: api.explain(
-      spec, tap, x, target=t, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, **dict(static), **traced
+      spec,
+      tap,
+      x,
+      target=t,
+      normalize=normalize,
+      upsample=upsample,
+      relu=relu,
+      fusion=fusion,
+      progress=progress,
+      **dict(static),
+      **traced,
     )
   )
 

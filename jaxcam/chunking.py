@@ -4,7 +4,8 @@
 (`jax.vmap` inside `jax.lax.map`), so peak memory grows with `n`, not with ``len(xs)``. `chunked_sum` reduces as it
 goes (a `jax.lax.scan` over chunks), so not even the stacked results are held. Both compile to one program,
 work under `jax.jit`, `jax.vmap` and `jax.grad`, and give the same result for every chunk size (up to the order
-of floating-point additions in `chunked_sum`).
+of floating-point additions in `chunked_sum`). Inside `jaxcam._progress.reporting` (eager calls of expensive
+methods, or ``progress=True``) each chunk also advances a progress bar through a host callback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxcam import _progress
 
 __all__ = ["chunked_map", "chunked_sum", "check_chunk_size"]
 
@@ -32,6 +35,15 @@ def _length(xs: Any) -> int:
   return leaves[0].shape[0]
 
 
+def _split(xs: Any, size: int) -> tuple[Any, Any, int, int]:
+  """(full chunks ``(n // size, size, ...)``, the rest ``(n % size, ...)`` or None, their counts)."""
+  n = _length(xs)
+  full, rest = divmod(n, size)
+  head = jax.tree.map(lambda v: v[: full * size].reshape((full, size) + v.shape[1:]), xs)
+  tail = jax.tree.map(lambda v: v[full * size :], xs) if rest else None
+  return head, tail, full, rest
+
+
 def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
   """``fn`` over the leading axis of `xs` (a pytree), `chunk_size` elements at a time.
 
@@ -41,7 +53,25 @@ def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
   """
   chunk_size = check_chunk_size(chunk_size)
   n = _length(xs)
-  return jax.lax.map(fn, xs, batch_size=max(1, min(chunk_size, n)))
+  size = max(1, min(chunk_size, n))
+  head, tail, full, rest = _split(xs, size)
+  batched = jax.vmap(fn)
+  report = _progress.tick(n, size)
+
+  def body(chunk):
+    out = batched(chunk)
+    if report is not None:
+      report(out, size)
+    return out
+
+  outs = jax.lax.map(body, head)
+  outs = jax.tree.map(lambda v: v.reshape((full * size,) + v.shape[2:]), outs)
+  if rest:
+    last = batched(tail)
+    if report is not None:
+      report(last, rest)
+    outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, last)
+  return outs
 
 
 def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
@@ -56,19 +86,19 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
   chunk_size = check_chunk_size(chunk_size)
   n = _length(xs)
   size = max(1, min(chunk_size, n))
-  full, rest = divmod(n, size)
+  head, tail, full, rest = _split(xs, size)
   batched = jax.vmap(fn)
+  report = _progress.tick(n, size)
 
-  def add_chunk(total, chunk):
+  def add_chunk(total, chunk, count):
     part = jax.tree.map(lambda v: jnp.sum(v, axis=0), batched(chunk))
-    return (part if total is None else jax.tree.map(jnp.add, total, part)), None
+    if report is not None:
+      report(part, count)
+    return part if total is None else jax.tree.map(jnp.add, total, part)
 
-  head = jax.tree.map(lambda v: v[: full * size].reshape((full, size) + v.shape[1:]), xs)
-  first = jax.tree.map(lambda v: v[0], head)
-  total, _ = add_chunk(None, first)
+  total = add_chunk(None, jax.tree.map(lambda v: v[0], head), size)
   if full > 1:
-    rest_chunks = jax.tree.map(lambda v: v[1:], head)
-    total, _ = jax.lax.scan(lambda t, c: add_chunk(t, c), total, rest_chunks)
+    total, _ = jax.lax.scan(lambda t, c: (add_chunk(t, c, size), None), total, jax.tree.map(lambda v: v[1:], head))
   if rest:
-    total, _ = add_chunk(total, jax.tree.map(lambda v: v[full * size :], xs))
+    total = add_chunk(total, tail, rest)
   return total

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxcam import writers
+from jaxcam import _progress, writers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 DEMO_METHODS = (
@@ -35,29 +35,6 @@ class CliError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _progress(total: int, desc: str):
-  """tqdm when installed, else a plain line on stderr; both show images/s."""
-  try:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=total < 2)
-  except ImportError:  # pragma: no cover - tqdm is a soft dependency
-    return _LineProgress(total, desc)
-
-
-class _LineProgress:
-  def __init__(self, total, desc):
-    self.total, self.desc, self.n, self.t0 = total, desc, 0, time.perf_counter()
-
-  def update(self, n):
-    self.n += n
-    rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
-    print(f"\r{self.desc}: {self.n}/{self.total} ({rate:.1f} img/s)", end="", file=sys.stderr)
-
-  def close(self):
-    print(file=sys.stderr)
 
 
 def _collect_images(inputs: Sequence[str]) -> list[str]:
@@ -98,6 +75,33 @@ def _load_model(name: str, weights: str | None):
   if weights is None:
     raise CliError(f"--model {name} has no packaged weights; pass --weights PATH to a torchvision checkpoint")
   return models.get_model(name, weights=weights)
+
+
+def _method_options(spec, pairs: Sequence[str], seed: int) -> dict:
+  """``--option NAME=VALUE`` pairs (Python literals, else strings) checked against the method's options; a method
+  that draws noise gets ``key=jax.random.key(--seed)``."""
+  import ast
+
+  import jax
+
+  from jaxcam import api
+
+  options: dict = {}
+  for pair in pairs:
+    name, sep, text = pair.partition("=")
+    if not sep or not name.isidentifier():
+      raise CliError(f"--option expects NAME=VALUE (e.g. chunk_size=64, top_n=64), got {pair!r}")
+    try:
+      options[name] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      options[name] = text
+  try:
+    resolved = api.resolve_options(spec, options)
+  except TypeError as e:
+    raise CliError(str(e)) from None
+  if "key" in resolved and resolved["key"] is None:
+    options["key"] = jax.random.key(seed)
+  return options
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -156,6 +160,7 @@ def cmd_explain(args) -> int:
     raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
   if args.shard_size < 0:
     raise CliError(f"--shard-size must be positive (0: one shard), got {args.shard_size}")
+  args.options = _method_options(spec, args.option, args.seed)
   files = _collect_images(args.inputs)
   target = _resolve_target(args.target)
   module, variables = _load_model(args.model, args.weights)
@@ -190,7 +195,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
   root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
   if os.path.isfile(root):
     root = os.path.dirname(root)
-  bar = _progress(len(files), "explaining")
+  bar = _progress.bar(len(files), "explaining", unit="img")
   try:
     manifest = stream.explain_files(
       files,
@@ -210,6 +215,8 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
       process_count=jax.process_count(),
       progress=bar.update,
       class_name=models.class_name,
+      chunk_progress=spec.expensive(args.options),
+      options=args.options,
     )
   except ValueError as e:
     raise CliError(str(e)) from None
@@ -288,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     default=0,
     help="streaming mode for many images: maps in shards of N files (default: one shard, with overlays); resumable",
   )
+  ex.add_argument(
+    "--option",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="a method option, repeatable (e.g. --option chunk_size=64 --option top_n=64 for Faster-Score-CAM)",
+  )
+  ex.add_argument("--seed", type=int, default=0, help="PRNG seed for methods that draw noise (sscam, smoothing)")
   ex.add_argument("--float16", action="store_true", help="store maps as float16")
   ex.add_argument("--devices", type=int, default=0, help="use the first N local devices")
   ex.add_argument(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxcam import _spatial, chunking, derivatives
 from jaxcam import targets as targets_lib
-from jaxcam._errors import UnknownNameError, unknown_name_message
+from jaxcam._errors import UnknownNameError, check_key, unknown_name_message
 from jaxcam.methods import classic, perturbation
 
 __all__ = ["Provider", "PROVIDERS", "register_provider", "get_provider"]
@@ -165,10 +165,24 @@ def _check_top_n(top_n: Any, channels: int) -> None:
     )
 
 
-def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc"):
-  chunking.check_chunk_size(chunk_size)
+def _check_convention(convention: Any) -> None:
   if convention not in perturbation.SCORECAM_CONVENTIONS:
     raise ValueError(f"Expected `convention` to be one of {perturbation.SCORECAM_CONVENTIONS}, got {convention!r}.")
+
+
+def _check_samples(num_samples: Any) -> int:
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"Expected `num_samples` to be a positive int, got {num_samples!r}.")
+  return num_samples
+
+
+def _score_masked_copies(tap, x, fwd, perturb, *, num_samples, chunk_size, top_n, convention) -> tuple:
+  """Per layer ``(B, K, C)``: the target scores of the inputs ``perturb(s, b, k, x[b], M_bk)`` averaged over
+  samples ``s < num_samples``, where M_bk is Score-CAM's mask of image b's channel k (`perturbation.score_mask`);
+  -inf for channels left out (``top_n``) or constant (they mask nothing: weight 0). One chunked map over the
+  num_samples * B * N copies, `chunk_size` copies at a time."""
+  chunking.check_chunk_size(chunk_size)
+  _check_convention(convention)
   size = _spatial.image_size(x)
   out = []
   for a in fwd.activations:
@@ -180,18 +194,73 @@ def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc"):
       chans = jax.lax.top_k(jnp.std(a, axis=_spatial.BATCHED_FEATURE_AXES), top_n)[1]
     n = chans.shape[1]
 
-    def one(j, a=a, chans=chans, n=n):
-      bi, k = j // n, chans[j // n, j % n]
+    def one(j, a=a, chans=chans, n=n, b=b):
+      s, bi, r = j // (b * n), (j // n) % b, j % n
+      k = chans[bi, r]
       mask = perturbation.score_mask(jnp.take(a[bi], k, axis=-1), size, convention=convention)
-      return _score_copy(tap.forward((x[bi] * mask[..., None].astype(x.dtype))[None]), fwd, bi)
+      return _score_copy(tap.forward(perturb(s, bi, k, x[bi], mask)[None]), fwd, bi)
 
-    s = chunking.chunked_map(one, jnp.arange(b * n), chunk_size=chunk_size).reshape(b, n, -1)  # (B, N, K)
-    full = jnp.full((b, c, s.shape[-1]), -jnp.inf, s.dtype).at[jnp.arange(b)[:, None], chans].set(s)
+    copies = jnp.arange(num_samples * b * n)
+    scores = chunking.chunked_map(one, copies, chunk_size=chunk_size).reshape(num_samples, b, n, -1)
+    scores = jnp.mean(scores, axis=0)  # (B, N, K)
+    full = jnp.full((b, c, scores.shape[-1]), -jnp.inf, scores.dtype).at[jnp.arange(b)[:, None], chans].set(scores)
     lo = jnp.min(a, axis=_spatial.BATCHED_FEATURE_AXES)
     hi = jnp.max(a, axis=_spatial.BATCHED_FEATURE_AXES)
     full = jnp.where((hi == lo)[..., None], -jnp.inf, full)  # a constant channel masks nothing: weight 0
     out.append(jnp.moveaxis(full, -1, 1))  # (B, K, C)
   return tuple(out)
+
+
+def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc"):
+  def perturb(s, b, k, xb, mask):
+    del s, b, k
+    return xb * mask[..., None].astype(xb.dtype)
+
+  return _score_masked_copies(
+    tap, x, fwd, perturb, num_samples=1, chunk_size=chunk_size, top_n=top_n, convention=convention
+  )
+
+
+def _noisy_masked_scores(
+  tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=35, std=2.0, key=None, noise=None
+):
+  _check_samples(num_samples)
+  if not isinstance(std, (int, float)) or isinstance(std, bool) or not std >= 0:
+    raise ValueError(f"Expected `std` to be a non-negative float, got {std!r}.")
+  size = _spatial.image_size(x)
+  if noise is None:
+    key = check_key(key, method="SS-CAM")
+  else:
+    expected = (num_samples, x.shape[0]) + size + (fwd.activations[0].shape[-1],)
+    if tap.multi or tuple(getattr(noise, "shape", ())) != expected:
+      raise ValueError(
+        f"Expected `noise` of shape (num_samples, B, H, W, C) = {expected} for one layer (standard normal draws per "
+        f"sample, image, input pixel and layer channel), got {tuple(getattr(noise, 'shape', ()))}."
+      )
+
+  def perturb(s, b, k, xb, mask):
+    if noise is None:
+      z = perturbation.sscam_noise(key, s, k, size, mask.dtype)
+    else:
+      z = jnp.take(noise[s, b], k, axis=-1).astype(mask.dtype)
+    return xb * (mask + jnp.asarray(std, mask.dtype) * z)[..., None].astype(xb.dtype)
+
+  return _score_masked_copies(
+    tap, x, fwd, perturb, num_samples=num_samples, chunk_size=chunk_size, top_n=top_n, convention=convention
+  )
+
+
+def _integrated_masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=10):
+  _check_samples(num_samples)
+  coeffs = perturbation.iscam_coefficients(num_samples)
+
+  def perturb(s, b, k, xb, mask):
+    del b, k
+    return jnp.asarray(coeffs, xb.dtype)[s] * (xb * mask[..., None].astype(xb.dtype))
+
+  return _score_masked_copies(
+    tap, x, fwd, perturb, num_samples=num_samples, chunk_size=chunk_size, top_n=top_n, convention=convention
+  )
 
 
 def _ablated_scores(tap, x, fwd, *, chunk_size=32):
@@ -236,6 +305,28 @@ for _p in (
     options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc")),
     expensive=True,
     cost="1 forward pass per channel (top_n channels with top_n) of a masked copy of the image",
+  ),
+  Provider(
+    "noisy_masked_scores",
+    _noisy_masked_scores,
+    options=(
+      ("chunk_size", 32),
+      ("top_n", None),
+      ("convention", "torchcam"),
+      ("num_samples", 35),
+      ("std", 2.0),
+      ("key", None),
+      ("noise", None),
+    ),
+    expensive=True,
+    cost="num_samples forward passes per channel of a masked copy of the image with noise added to the mask",
+  ),
+  Provider(
+    "integrated_masked_scores",
+    _integrated_masked_scores,
+    options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10)),
+    expensive=True,
+    cost="num_samples forward passes per channel of a scaled masked copy of the image",
   ),
   Provider(
     "ablated_scores",

@@ -103,8 +103,13 @@ def explain_files(
   process_count: int = 1,
   progress: Callable[[int], None] | None = None,
   class_name: Callable[[int], str] | None = None,
+  chunk_progress: bool = False,
+  options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-  """Explain `files` shard by shard into `out` (see the module docstring); returns the merged manifest."""
+  """Explain `files` shard by shard into `out` (see the module docstring); returns the merged manifest.
+
+  `progress` is called with the number of images done; `chunk_progress` adds a bar per chunked map inside each
+  batch (expensive methods); `options` are the method's options (``chunk_size``, ``top_n``, ...)."""
   import jax
 
   import jaxcam
@@ -150,7 +155,10 @@ def explain_files(
         yield images if target is None else (images, np.full((len(names),), target, np.int32))
 
     index = 0
-    for result in jaxcam.explain_batches(method, tap, batches(), mesh=mesh, batch_size=batch_size):
+    results = jaxcam.explain_batches(
+      method, tap, batches(), mesh=mesh, batch_size=batch_size, progress=chunk_progress, **(options or {})
+    )
+    for result in results:
       names, sizes = pending.pop(0)
       probs = np.asarray(jax.nn.softmax(result["logits"], axis=-1))
       for j, (name, size) in enumerate(zip(names, sizes)):

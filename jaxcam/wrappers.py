@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxcam import chunking, core
 from jaxcam import targets as targets_lib
+from jaxcam._errors import check_key
 from jaxcam.methods.table import MethodSpec, get_method
 
 __all__ = ["smooth"]
@@ -51,25 +52,18 @@ class SmoothInputs:
     return f"{self.num_samples} x ({inner_cost}), plus 1 clean forward pass"
 
   def __call__(self, plain, needs, tap, x, target, options):
-    key = options["key"]
-    if key is None:
-      raise ValueError(
-        f"{self.name} draws noise: pass `key=jax.random.key(0)` (an explicit PRNG key; jaxcam has no global RNG)."
-      )
-    if not isinstance(key, jax.Array) or not (
-      jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))
-    ):
-      raise TypeError(f"Expected `key` to be a jax.random key, got {getattr(key, 'dtype', type(key).__name__)}.")
+    key = check_key(options["key"], method=self.name)
     clean = core.forward_only(tap, x, target)
     fixed = targets_lib.with_ids(clean.target, clean.ids)
 
     def one(i):
       k_noise, k_inner = jax.random.split(jax.random.fold_in(key, i))
       noisy = x + jnp.asarray(self.std, x.dtype) * jax.random.normal(k_noise, x.shape, x.dtype)
+      inner_options = {**options, "key": k_inner}  # a method that draws noise itself gets its own key per copy
       if self.inner is not None:
-        _, values = self.inner(plain, needs, tap, noisy, fixed, {**options, "key": k_inner})
+        _, values = self.inner(plain, needs, tap, noisy, fixed, inner_options)
       else:
-        _, values = plain(needs, tap, noisy, fixed, options)
+        _, values = plain(needs, tap, noisy, fixed, inner_options)
       return values
 
     total = chunking.chunked_sum(one, jnp.arange(self.num_samples), chunk_size=self.chunk_size)

@@ -15,6 +15,8 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
   so the Hessian term is non-zero.
 - ``gradient_free``: the same SmallCNN; Score-CAM from pytorch-grad-cam and torchcam, Ablation-CAM from
   pytorch-grad-cam (maps and weights).
+- ``sscam_iscam``: the same SmallCNN; torchcam's SSCAM with its Gaussian noise replaced by stored draws (saved
+  for jaxcam's ``noise=``) and ISCAM (default 10 samples, and 3).
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -246,6 +248,46 @@ def make_gradient_free() -> dict[str, np.ndarray]:
   return _as_fixture(out)
 
 
+class _StoredNormal:
+  """Stands in for SSCAM's ``torch.distributions.Normal(0, std)``: hands out stored standard normal draws (one
+  (B, C, H, W) array per sample, in order) times std, so jaxcam can be given the same noise."""
+
+  def __init__(self, draws: np.ndarray, std: float):
+    self.draws, self.std, self.i = draws, std, 0
+
+  def sample(self, shape):
+    z = torch.from_numpy(self.draws[self.i]) * self.std
+    assert tuple(z.shape) == tuple(shape), (z.shape, shape)
+    self.i += 1
+    return z
+
+
+def make_sscam_iscam() -> dict[str, np.ndarray]:
+  """torchcam's SSCAM (its noise replaced by stored draws) and ISCAM on cam_parity's SmallCNN at block2."""
+  import torchcam.methods as tcm
+
+  weights, model, x, xt = _seeded(SmallCNN, weight_seed=0, input_seed=1)
+  ids = [3, 7]
+  out = {f"w/{k}": v for k, v in weights.items()}
+  out["x"], out["ids"] = nhwc(x), np.asarray(ids)
+  num_samples, std = 3, 2.0
+  draws = np.random.default_rng(5).standard_normal((num_samples, 2, 16, 16, 16)).astype(np.float32)  # (S,B,C,H,W)
+  with tcm.SSCAM(model, "block2", batch_size=8, num_samples=num_samples, std=std, input_shape=(3, 16, 16)) as ext:
+    ext._distrib = _StoredNormal(draws, std)
+    (cam_map,) = ext(class_idx=ids, scores=model(xt))
+    assert ext._distrib.i == num_samples
+    out["tc/sscam/maps"] = cam_map.detach().numpy()
+  out["sscam/noise"] = np.moveaxis(draws, 2, -1)  # (S, B, H, W, C): jaxcam's layout
+  out["sscam/num_samples"], out["sscam/std"] = np.asarray(num_samples), np.asarray(std)
+  with tcm.ISCAM(model, "block2", batch_size=8, input_shape=(3, 16, 16)) as ext:  # default num_samples=10
+    (cam_map,) = ext(class_idx=ids, scores=model(xt))
+    out["tc/iscam/maps"] = cam_map.detach().numpy()
+  with tcm.ISCAM(model, "block2", batch_size=8, num_samples=3, input_shape=(3, 16, 16)) as ext:
+    (cam_map,) = ext(class_idx=ids, scores=model(xt))
+    out["tc/iscam3/maps"] = cam_map.detach().numpy()
+  return _as_fixture(out)
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -333,6 +375,7 @@ SECTIONS = {
   "cam_parity": make_cam_parity,
   "shapley_parity": make_shapley_parity,
   "gradient_free": make_gradient_free,
+  "sscam_iscam": make_sscam_iscam,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,

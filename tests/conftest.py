@@ -19,6 +19,20 @@ if os.environ.get("JAXCAM_TEST_CACHE"):
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+def light_options(name: str) -> dict:
+  """Options that make a method cheap enough for the table-driven tests: a key where it draws noise, two samples
+  where it averages over many (the formulas are checked at their defaults against peers and numpy elsewhere)."""
+  import jaxcam
+
+  defaults = jaxcam.get_method(name).defaults()
+  opts: dict = {}
+  if "key" in defaults:
+    opts["key"] = jax.random.key(0)
+  if "num_samples" in defaults:
+    opts["num_samples"] = 2
+  return opts
+
+
 @pytest.fixture
 def strict_promotion():
   """Strict dtype promotion, around jaxcam's own pure functions (Flax itself breaks under it, e.g. nn.avg_pool)."""

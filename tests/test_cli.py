@@ -121,6 +121,44 @@ def test_explain_errors_have_suggestions(image_dir, tmp_path, capsys, args, mess
   assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--option", "top_n"], "--option expects NAME=VALUE"),
+    (["--option", "topn=3"], "unexpected option(s) ['topn']"),
+    (["--option", "top_n=0"], "`top_n` to be None (every channel) or an int in [1, 1280]"),
+  ],
+)
+def test_method_option_errors(image_dir, tmp_path, capsys, args, message):
+  d, _ = image_dir
+  out = ["--out", str(tmp_path / "x"), "--batch-size", "1", "--method", "scorecam"]
+  assert cli.main(["explain", str(d / "coffee.png")] + out + args) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_method_options_are_literals_and_noise_gets_a_seeded_key():
+  import jax
+
+  import jaxcam
+
+  opts = cli._method_options(jaxcam.get_method("sscam"), ["num_samples=2", "convention=pgc", "std=0.5"], 7)
+  assert opts["num_samples"] == 2 and opts["convention"] == "pgc" and opts["std"] == 0.5
+  assert (jax.random.key_data(opts["key"]) == jax.random.key_data(jax.random.key(7))).all()
+  assert "key" not in cli._method_options(jaxcam.get_method("scorecam"), ["top_n=4"], 7)
+
+
+@pytest.mark.slow
+def test_sscam_with_options_end_to_end(image_dir, tmp_path):
+  d, _ = image_dir
+  out = tmp_path / "ss"
+  args = ["--method", "ss-cam", "--option", "top_n=8", "--option", "num_samples=2", "--seed", "3"]
+  assert cli.main(["explain", str(d / "chelsea.png"), "--out", str(out), "--batch-size", "1"] + args) == 0
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["method"] == "sscam" and manifest["entries"]["chelsea.png"]["target"]["id"] == 285
+  maps = np.load(out / "shards" / "maps-00000.npz")
+  assert len(maps.files) == 1 and np.isfinite(maps[maps.files[0]]).all() and maps[maps.files[0]].max() > 0
+
+
 def test_unreadable_image_is_a_clear_error(tmp_path, capsys):
   bad = tmp_path / "broken.png"
   bad.write_bytes(b"not a png")

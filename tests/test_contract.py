@@ -14,6 +14,7 @@ import jaxcam
 from jaxcam import core, providers
 from tests import models
 from tests import reference as ref
+from tests.conftest import light_options
 
 # ------------------------------------------------------------------------------------------------- fixtures
 
@@ -258,7 +259,8 @@ def test_every_method_on_nnx_and_function_taps(net, kind, name):
   """The same network as a linen, nnx and function tap gives the same maps; jit equals op-by-op execution."""
   taps, variables, x, t = net
   opts = {"fc": variables["params"]["fc"]["kernel"]} if name == "cam" and kind == "function" else {}
-  expected = jaxcam.explain(name, taps["linen"], x, target=t).maps
+  opts.update(light_options(name))
+  expected = jaxcam.explain(name, taps["linen"], x, target=t, **light_options(name)).maps
   maps = jaxcam.explain(name, taps[kind], x, target=t, **opts).maps
   np.testing.assert_allclose(maps, expected, atol=1e-5)
   if jaxcam.get_method(name).expensive():
@@ -345,8 +347,8 @@ def test_every_registered_method_has_an_independent_reference():
   """A new method fails here until a numpy formula, a peer fixture or a brute-force check covers it."""
   from tests import test_derivatives, test_methods, test_parity, test_perturbation
 
-  numpy_pipeline = set(test_methods.REF_RAW) | {"reciprocam"}  # end to end against numpy formulas / loops
-  peer_fixtures = set(test_parity.PGC) | {"cam", "scorecam", "ablationcam"}  # pgc / torchcam fixtures
+  numpy_pipeline = set(test_methods.REF_RAW) | {"reciprocam", "iscam", "sscam"}  # against numpy formulas / loops
+  peer_fixtures = set(test_parity.PGC) | {"cam", "scorecam", "ablationcam", "sscam", "iscam"}  # pgc / torchcam
   brute_force = {"shapleycam"}  # jax.hessian products + pytorch-grad-cam's double backward
   assert hasattr(test_derivatives, "test_hvp_and_shapleycam_against_brute_force")
   assert hasattr(test_parity, "test_torchcam_cam")
@@ -354,6 +356,10 @@ def test_every_registered_method_has_an_independent_reference():
     "test_reciprocam_against_numpy",
     "test_scorecam_matches_pytorch_grad_cam",
     "test_ablationcam_matches_pytorch_grad_cam",
+    "test_sscam_matches_torchcam_given_its_noise",
+    "test_iscam_matches_torchcam",
+    "test_sscam_draws_the_documented_noise_from_its_key",
+    "test_iscam_against_numpy",
   ):
     assert hasattr(test_perturbation, name), name
   exceptions: dict[str, str] = {}  # name -> why it has no independent reference (none today)

@@ -17,6 +17,7 @@ from jaxcam import postprocess
 from jaxcam.methods import factorization, gradient
 from tests import models
 from tests import reference as ref
+from tests.conftest import light_options
 
 # ------------------------------------------------------------------------------------ weight formulas
 
@@ -153,7 +154,7 @@ def common(small_linen):
 @pytest.mark.parametrize("name", jaxcam.method_names())
 def test_common_contract(common, name):
   tap, x, t = common
-  fn = getattr(jaxcam, name)
+  fn = functools.partial(getattr(jaxcam, name), **light_options(name))
   maps = fn(tap, x, target=t)
   assert maps.shape == x.shape[:3] and maps.dtype == jnp.float32
   assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1

@@ -1,7 +1,8 @@
-"""Gradient-free methods: Score-CAM (and Faster-Score-CAM), Ablation-CAM, Recipro-CAM.
+"""Gradient-free methods: Score-CAM (and Faster-Score-CAM), SS-CAM, IS-CAM, Ablation-CAM, Recipro-CAM.
 
-Parity with pytorch-grad-cam and torchcam on identical weights (tests/fixtures/gradient_free.npz from
-scripts/make_fixtures.py), slow numpy references written from the papers, chunk-size independence, edge cases.
+Parity with pytorch-grad-cam and torchcam on identical weights (tests/fixtures/gradient_free.npz and
+sscam_iscam.npz from scripts/make_fixtures.py; SS-CAM gets torchcam's noise draws), slow numpy references
+written from the papers, chunk-size independence, edge cases.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from tests.conftest import FIXTURES
 @pytest.fixture(scope="module")
 def peer():
   with np.load(os.path.join(FIXTURES, "gradient_free.npz")) as f:
+    d = {k: f[k] for k in f.files}
+  tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
+  return d, tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"])
+
+
+@pytest.fixture(scope="module")
+def noisy_peer():
+  with np.load(os.path.join(FIXTURES, "sscam_iscam.npz")) as f:
     d = {k: f[k] for k in f.files}
   tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
   return d, tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"])
@@ -76,6 +85,25 @@ def test_ablationcam_matches_pytorch_grad_cam(peer):
   (ablated,) = providers.PROVIDERS["ablated_scores"].fn(tap, x, fwd)
   w = perturbation.ablationcam_weights(None, ablated, fwd.scores)[:, 0]
   np.testing.assert_allclose(w, d["pgc/ablationcam/weights"], rtol=1e-4, atol=1e-5)
+
+
+def test_sscam_matches_torchcam_given_its_noise(noisy_peer):
+  d, tap, x, ids = noisy_peer
+  n, std = int(d["sscam/num_samples"]), float(d["sscam/std"])
+  noise = jnp.asarray(d["sscam/noise"])
+  maps = jaxcam.sscam(tap, x, target=ids, noise=noise, num_samples=n, std=std, upsample=False, chunk_size=5)
+  np.testing.assert_allclose(maps, d["tc/sscam/maps"], atol=1e-5)
+  # the noise matters: without it (std 0) SS-CAM is torchcam's Score-CAM, a different map here
+  plain = jaxcam.sscam(tap, x, target=ids, noise=noise, num_samples=n, std=0.0, upsample=False)
+  np.testing.assert_allclose(plain, jaxcam.scorecam(tap, x, target=ids, convention="torchcam", upsample=False))
+  assert np.abs(np.asarray(plain) - d["tc/sscam/maps"]).max() > 1e-2
+
+
+@pytest.mark.parametrize("num_samples,key", [(10, "tc/iscam/maps"), (3, "tc/iscam3/maps")])
+def test_iscam_matches_torchcam(noisy_peer, num_samples, key):
+  d, tap, x, ids = noisy_peer
+  opts = {} if num_samples == 10 else {"num_samples": num_samples}  # 10 is torchcam's default and ours
+  np.testing.assert_allclose(jaxcam.iscam(tap, x, target=ids, upsample=False, **opts), d[key], atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- numpy references
@@ -150,13 +178,81 @@ def test_ablationcam_against_numpy_through_the_head(deep):
   np.testing.assert_allclose(raw, ref.channel_map(w, a.astype(np.float64)), rtol=1e-4, atol=1e-5)
 
 
+def _torchcam_mask(a_k, size):
+  """torchcam's Score-CAM mask in numpy: min-max at layer resolution, half-pixel bilinear upsampling."""
+  m = a_k - a_k.min()
+  return ref.bilinear(m / (m.max() + 1e-8), size)
+
+
+def _softmax_map(scores, a):
+  w = np.exp(scores - scores.max())
+  return np.einsum("hwc,c->hw", a, w / w.sum())
+
+
+def test_sscam_draws_the_documented_noise_from_its_key(deep):
+  """numpy SS-CAM with noise drawn per (sample, channel) as documented: fold_in(fold_in(key, s), k)."""
+  tap, variables, x, t = deep
+  module, key, n, std = models.ConvNet(), jax.random.key(3), 2, 0.5
+  a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)  # (3, 6, 6, 8)
+  z = {
+    (s, k): np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, s), k), (12, 12)))
+    for s in range(n)
+    for k in range(8)
+  }
+  raw = np.zeros(a.shape[:3])
+  for b in range(3):
+    scores = np.zeros(8)
+    for k in range(8):
+      mask = _torchcam_mask(a[b, ..., k], (12, 12))
+      for s in range(n):
+        xin = (np.asarray(x[b]) * (mask + std * z[s, k])[..., None])[None].astype(np.float32)
+        scores[k] += float(module.apply(variables, xin)[0, int(t[b])]) / n
+    raw[b] = _softmax_map(scores, a[b])
+  maps = jaxcam.sscam(tap, x, target=t, key=key, num_samples=n, std=std, normalize=False, relu=False, upsample=False)
+  np.testing.assert_allclose(maps, raw, rtol=1e-4, atol=1e-5)
+  # an image gets the same noise alone as in the batch: its map does not depend on the batch
+  alone = jaxcam.sscam(tap, x[1:2], target=t[1:2], key=key, num_samples=n, std=std)
+  np.testing.assert_allclose(alone, jaxcam.sscam(tap, x, target=t, key=key, num_samples=n, std=std)[1:2], atol=1e-5)
+  other = jaxcam.sscam(tap, x, target=t, key=jax.random.key(4), num_samples=n, std=std)
+  assert (
+    np.abs(np.asarray(other) - np.asarray(jaxcam.sscam(tap, x, target=t, key=key, num_samples=n, std=std))).max() > 1e-3
+  )
+
+
+def test_iscam_against_numpy(deep):
+  """numpy IS-CAM written from torchcam's loop: coeff += (s + 1) / N, score coeff * x * M_k, mean, softmax."""
+  tap, variables, x, t = deep
+  module, n = models.ConvNet(), 4
+  a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)
+  raw = np.zeros(a.shape[:3])
+  for b in range(3):
+    scores = np.zeros(8)
+    for k in range(8):
+      mask, coeff = _torchcam_mask(a[b, ..., k], (12, 12)), 0.0
+      for s in range(n):
+        coeff += (s + 1) / n
+        xin = (coeff * np.asarray(x[b]) * mask[..., None])[None].astype(np.float32)
+        scores[k] += float(module.apply(variables, xin)[0, int(t[b])]) / n
+    raw[b] = _softmax_map(scores, a[b])
+  maps = jaxcam.iscam(tap, x, target=t, num_samples=n, normalize=False, relu=False, upsample=False)
+  np.testing.assert_allclose(maps, raw, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- chunks, errors, edges
 
 
-@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "reciprocam"])
-def test_independent_of_chunk_size(deep, name):
+@pytest.mark.parametrize(
+  "name,opts,copies",
+  [
+    ("scorecam", {}, 3 * 8),
+    ("ablationcam", {}, 3 * 8),
+    ("reciprocam", {}, 3 * 36),
+    ("sscam", {"num_samples": 2, "key": jax.random.key(0)}, 2 * 3 * 8),
+  ],
+)
+def test_independent_of_chunk_size(deep, name, opts, copies):
   tap, _, x, t = deep
-  maps = [jaxcam.explain(name, tap, x, target=t, chunk_size=c).maps for c in (1, 7, 3 * 36)]
+  maps = [jaxcam.explain(name, tap, x, target=t, chunk_size=c, **opts).maps for c in (1, 7, copies)]
   for m in maps[1:]:
     np.testing.assert_allclose(m, maps[0], atol=1e-5)
 
@@ -185,11 +281,25 @@ def test_errors_name_the_argument(deep, small_linen):
     jaxcam.ablationcam(tap, x, chunk_size=0)
   with pytest.raises(ValueError, match="`convention` to be one of \\('pgc', 'torchcam'\\)"):
     jaxcam.scorecam(tap, x, convention="keras")
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match=f"`num_samples` to be a positive int, got {bad!r}"):
+      jaxcam.iscam(tap, x, num_samples=bad)
+  with pytest.raises(ValueError, match="`std` to be a non-negative float, got -1.0"):
+    jaxcam.sscam(tap, x, key=jax.random.key(0), std=-1.0)
+  with pytest.raises(ValueError, match="SS-CAM draws noise: pass `key=jax.random.key"):
+    jaxcam.sscam(tap, x)
+  with pytest.raises(TypeError, match="`key` to be a jax.random key, got int32"):
+    jaxcam.sscam(tap, x, key=jnp.arange(2))
+  with pytest.raises(
+    ValueError, match=r"`noise` of shape \(num_samples, B, H, W, C\) = \(2, 3, 12, 12, 8\).*got \(2, 3, 12, 12\)"
+  ):
+    jaxcam.sscam(tap, x, num_samples=2, noise=jnp.zeros((2, 3, 12, 12)))
   module, variables, _ = small_linen
   multi = jaxcam.linen_tap(module, variables, ["body_1", "body_2"])
   with pytest.raises(ValueError, match="'ablated_scores' reads one layer"):
     jaxcam.ablationcam(multi, x)
-  assert jaxcam.scorecam(multi, x).shape == (3, 12, 12)  # Score-CAM takes several layers
+  assert jaxcam.scorecam(multi, x).shape == (3, 12, 12)  # the Score-CAM family takes several layers
+  assert jaxcam.iscam(multi, x, num_samples=1).shape == (3, 12, 12)
 
 
 def test_zero_score_and_constant_channels_never_nan():
@@ -202,6 +312,9 @@ def test_zero_score_and_constant_channels_never_nan():
   (s,) = providers.PROVIDERS["masked_scores"].fn(tap, x, fwd)
   w = np.asarray(perturbation.scorecam_weights(None, s))
   assert np.all(w[..., 3] == 0) and np.allclose(w.sum(-1), 1.0)
+  (s,) = providers.PROVIDERS["noisy_masked_scores"].fn(tap, x, fwd, num_samples=2, key=jax.random.key(0))
+  w = np.asarray(perturbation.sscam_weights(None, s))  # torchcam would score the noise alone: ours give 0
+  assert np.all(w[..., 3] == 0) and np.allclose(w.sum(-1), 1.0)
   # Ablation-CAM with a target score of 0: weights 0, not a division by zero
   zero = jaxcam.explain("ablationcam", tap, x, target=lambda out: 0.0 * out[:, 0], normalize=False)
   assert np.isfinite(zero.maps).all() and not np.any(zero.maps)
@@ -212,7 +325,7 @@ def test_zero_score_and_constant_channels_never_nan():
 
 def test_expensive_methods_are_declared_and_explain_many_asks_first(deep, small_linen):
   tap, _, x, t = deep
-  for name in ("scorecam", "ablationcam", "reciprocam"):
+  for name in ("scorecam", "sscam", "iscam", "ablationcam", "reciprocam"):
     assert jaxcam.get_method(name).expensive()
   module, variables, _ = small_linen  # body_2: a GAP + Dense head, so every cheap method (CAM too) applies
   cheap = jaxcam.explain_many(None, jaxcam.linen_tap(module, variables, "body_2"), x)
@@ -221,6 +334,25 @@ def test_expensive_methods_are_declared_and_explain_many_asks_first(deep, small_
     jaxcam.explain_many(["gradcam", "scorecam"], tap, x)
   both = jaxcam.explain_many(["gradcam", "scorecam", "ablationcam"], tap, x, target=t, allow_expensive=True)
   np.testing.assert_allclose(both["scorecam"].maps, jaxcam.scorecam(tap, x, target=t), atol=1e-6)
+
+
+def test_progress_bars_for_eager_expensive_calls_only(deep, capsys):
+  tap, _, x, t = deep
+  jaxcam.api.TRACES.clear()
+  jaxcam.scorecam(tap, x, target=t, chunk_size=5)  # 3 images x 8 channels = 24 copies in 5 chunks
+  err = capsys.readouterr().err
+  assert "scorecam" in err and "/24" in err, err
+  jaxcam.scorecam(tap, x, target=t, chunk_size=5)
+  assert "/24" in capsys.readouterr().err and jaxcam.api.TRACES["scorecam"] == 1  # a bar every call, one trace
+  jaxcam.scorecam(tap, x, target=t, chunk_size=5, progress=False)
+  jaxcam.gradcam(tap, x, target=t)  # cheap: no bar
+  jaxcam.scorecam(tap, x, target=t, chunk_size=24)  # one chunk: nothing to report
+  assert capsys.readouterr().err == ""
+  # under the user's jit: no host callback in the program unless asked for
+  assert "debug_callback" not in str(jax.make_jaxpr(lambda x: jaxcam.scorecam(tap, x, chunk_size=5))(x))
+  assert "debug_callback" in str(jax.make_jaxpr(lambda x: jaxcam.scorecam(tap, x, chunk_size=5, progress=True))(x))
+  with pytest.raises(TypeError, match="`progress` to be None \\(automatic\\), True or False, got 'yes'"):
+    jaxcam.scorecam(tap, x, progress="yes")
 
 
 def test_batch_explanation_takes_gradient_free_and_keyed_methods(deep):

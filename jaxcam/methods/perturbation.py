@@ -6,6 +6,8 @@ too, and are what the providers map over:
 
 - Score-CAM (Wang et al. 2020, arXiv 1910.01279): channel k's upsampled, min-maxed map masks the input;
   ``w = softmax_k(S(x * M_k))``.
+- SS-CAM (Wang et al. 2020, arXiv 2006.14255) and IS-CAM (Naidu et al. 2020, arXiv 2010.03023): Score-CAM with
+  the target scores averaged over noisy masks ``x * (M_k + std * z)`` or over scaled masks ``c_s * x * M_k``.
 - Ablation-CAM (Desai & Ramaswamy, WACV 2020): ``w_k = (S - S_k) / S`` with channel k ablated, through the head
   only.
 - Recipro-CAM (Byun & Lee 2022, arXiv 2209.14074): the map is the target's probability when the feature map keeps
@@ -25,10 +27,14 @@ __all__ = [
   "SCORECAM_CONVENTIONS",
   "ablation_value",
   "ablationcam_weights",
+  "iscam_coefficients",
+  "iscam_weights",
   "reciprocam_features",
   "reciprocam_map",
   "score_mask",
   "scorecam_weights",
+  "sscam_noise",
+  "sscam_weights",
   "upsample_align_corners",
 ]
 
@@ -95,6 +101,49 @@ def scorecam_weights(activations: jax.Array, masked_scores: jax.Array, /) -> jax
   scored = jnp.isfinite(masked_scores).any(axis=-1, keepdims=True)  # all constant: every weight 0, never NaN
   weights = jax.nn.softmax(jnp.where(scored, masked_scores, 0.0), axis=-1)
   return jnp.where(scored, weights, 0.0)
+
+
+def sscam_noise(key: jax.Array, sample: jax.Array, channel: jax.Array, size: tuple[int, ...], dtype) -> jax.Array:
+  """SS-CAM's standard normal noise ``(H, W)`` for one sample and one layer channel:
+  ``jax.random.normal(fold_in(fold_in(key, sample), channel), size)``. It does not depend on the image, so an image
+  gets the same draws alone or in any batch (torchcam draws from the global RNG per sample, image and channel)."""
+  return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, sample), channel), size, dtype)
+
+
+def sscam_weights(activations: jax.Array, noisy_masked_scores: jax.Array, /) -> jax.Array:
+  """SS-CAM channel weights: softmax over channels of the target scores averaged over noisy masks.
+
+  Wang et al., "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization", arXiv 2006.14255. As
+  torchcam 0.5.0's ``SSCAM`` (defaults num_samples 35, std 2.0, its mask convention): ``w = softmax_k(mean_s
+  S(x * (M_k + std * z_sk)))`` with M_k min-maxed at layer resolution, upsampled (half-pixel), and standard
+  normal noise z at input resolution drawn from an explicit key (`sscam_noise`), or passed in as ``noise``. The
+  clean score torchcam subtracts is a constant per image, which the softmax removes. A constant channel gets
+  weight 0 (torchcam scores its noise-only mask). ``noisy_masked_scores (B, K, C) -> (B, K, C)``.
+  """
+  return scorecam_weights(activations, noisy_masked_scores)
+
+
+def iscam_coefficients(num_samples: int) -> np.ndarray:
+  """IS-CAM's input scales ``c_s = sum_{j<=s} j / N = s (s + 1) / (2 N)`` for s = 1..N, as torchcam 0.5.0's
+  ``ISCAM`` accumulates them (``coeff += (s + 1) / N``), not the paper's ``s / N``: the last copy is the input
+  scaled by (N + 1) / 2.
+
+  >>> iscam_coefficients(4).tolist()
+  [0.25, 0.75, 1.5, 2.5]
+  """
+  s = np.arange(1, num_samples + 1, dtype=np.float64)
+  return s * (s + 1) / (2 * num_samples)
+
+
+def iscam_weights(activations: jax.Array, integrated_masked_scores: jax.Array, /) -> jax.Array:
+  """IS-CAM channel weights: softmax over channels of the target scores averaged over scaled masked inputs.
+
+  Naidu et al., "IS-CAM: Integrated Score-CAM for axiomatic-based explanations", arXiv 2010.03023. As torchcam
+  0.5.0's ``ISCAM`` (default num_samples 10, its mask convention): ``w = softmax_k(mean_s S(c_s * x * M_k))`` with
+  the cumulative coefficients of `iscam_coefficients`. A constant channel gets weight 0.
+  ``integrated_masked_scores (B, K, C) -> (B, K, C)``.
+  """
+  return scorecam_weights(activations, integrated_masked_scores)
 
 
 def ablation_value(activations: jax.Array) -> jax.Array:

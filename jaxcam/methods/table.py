@@ -184,6 +184,22 @@ for _spec in [
     title="Score-CAM",
   ),
   MethodSpec(
+    "sscam",
+    perturbation.sscam_weights,
+    "channel",
+    needs=("noisy_masked_scores",),
+    aliases=("ss_cam",),
+    title="SS-CAM",
+  ),
+  MethodSpec(
+    "iscam",
+    perturbation.iscam_weights,
+    "channel",
+    needs=("integrated_masked_scores",),
+    aliases=("is_cam",),
+    title="IS-CAM",
+  ),
+  MethodSpec(
     "ablationcam",
     perturbation.ablationcam_weights,
     "channel",

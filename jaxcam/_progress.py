@@ -1,0 +1,91 @@
+"""Progress bars for long compiled runs: ticks sent from inside the program, bars drawn on the host.
+
+`reporting(label)` is a *trace-time* switch: while it is active, `jaxcam.chunking` puts one host callback per
+chunk into the program it traces (``jax.debug.callback``), and each callback advances a tqdm bar on the host. The
+switch is a static argument of the compiled explain, so a program either always reports or never does: turning
+it on for eager calls never recompiles anything else, and a user's own `jax.jit` gets no callbacks unless they
+ask for ``progress=True``. A map of fewer than two chunks reports nothing.
+
+Bars are keyed by the traced map they count (a *phase*), opened at its first tick and closed when its last
+chunk is done; `leave=False` keeps the terminal clean under the CLI's per-image bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import itertools
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["reporting", "active_label", "tick", "bar"]
+
+_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxcam_progress_label", default=None)
+_PHASES = itertools.count()
+_BARS: dict[int, Any] = {}
+_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def reporting(label: str | None) -> Iterator[None]:
+  """While tracing inside this block, chunked maps report progress under `label` (None: they do not)."""
+  token = _LABEL.set(label)
+  try:
+    yield
+  finally:
+    _LABEL.reset(token)
+
+
+def active_label() -> str | None:
+  """The label chunked maps report under at this point of tracing, or None."""
+  return _LABEL.get()
+
+
+def bar(total: int, desc: str, *, unit: str = "it", leave: bool = True):
+  """A tqdm bar on stderr (disabled for fewer than two steps)."""
+  from tqdm import tqdm
+
+  return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, disable=total < 2)
+
+
+def _advance(phase: int, total: int, desc: str, n: int, *_: Any) -> None:
+  try:
+    _update(phase, total, desc, n)
+  except Exception:  # a progress bar must never fail the computation it reports on
+    pass
+
+
+def _update(phase: int, total: int, desc: str, n: int) -> None:
+  with _LOCK:
+    b = _BARS.get(phase)
+    if b is None or b.n >= b.total:  # first chunk of this run of the phase (or a run that failed halfway)
+      if b is not None:
+        b.close()
+      b = _BARS[phase] = bar(total, desc, unit="copy", leave=False)
+    b.update(n)
+    if b.n >= total:
+      b.close()
+      del _BARS[phase]
+
+
+def tick(total: int, chunk: int) -> Any:
+  """A per-chunk reporter for a traced map of `total` elements in chunks of `chunk`, or None when no report is
+  wanted (progress off, or fewer than two chunks). Call the result on each chunk's output (``report(out)``): the
+  callback depends on it, so it fires when that chunk is computed."""
+  label = _LABEL.get()
+  if label is None or total <= chunk:
+    return None
+  phase = next(_PHASES)
+
+  def report(out: Any, size: int) -> None:
+    leaves = [v for v in jax.tree_util.tree_leaves(out) if hasattr(v, "dtype")]
+    dep = jnp.ravel(leaves[0])[:1] if leaves else jnp.zeros((1,))
+    jax.debug.callback(functools.partial(_advance, phase, total, label, size), dep)
+
+  return report
