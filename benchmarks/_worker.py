@@ -4,10 +4,13 @@
 
 Method "forward" is the floor: the network's forward pass alone (jaxcam: the jitted JAX forward; torch: NCHW;
 torch_cl: channels-last memory format, torch's fastest CPU layout), under no_grad on the torch side.
+Gradient-free methods (scorecam, ablationcam; jaxcam also fasterscorecam = Score-CAM with top_n=64, and
+scorecam_floor = the B*C masked forwards alone, ceil(B*C/chunk) jitted forward calls at batch `chunk`) run with
+`chunk` copies at a time on every side (pgc's and torchcam's batch_size).
 
 Reads one JSON request per line on stdin, answers one JSON line on stdout:
-  {"cmd": "setup", "model": ..., "batch": ..., "method": ...} -> {"rss_mb": RSS after building the model and
-      inputs, "first_call_s": the first explanation call (jaxcam: trace + compile)}
+  {"cmd": "setup", "model": ..., "batch": ..., "method": ..., "chunk": 32} -> {"rss_mb": RSS after building the
+      model and inputs, "first_call_s": the first explanation call (jaxcam: trace + compile)}
   {"cmd": "run"} -> {"s": seconds of one explanation call, results on the host}
   {"cmd": "maps", "path": ..., "layer_res": bool} -> writes the maps (B, H, W) as .npy
   {"cmd": "mem"} -> {"peak_extra_mb": max RSS minus the RSS after building (first call and compile included)}
@@ -78,8 +81,11 @@ def converter_keys(name: str):
     return list(zip([str(k) for k in d[f"{name}/keys"]], json.loads(str(d[f"{name}/shapes"]))))
 
 
+GRADIENT_FREE = {"scorecam", "fasterscorecam", "ablationcam", "scorecam_floor"}
+
+
 class JaxcamSide:
-  def setup(self, model, batch, method):
+  def setup(self, model, batch, method, chunk=32):
     import jax
     import jax.numpy as jnp
 
@@ -95,17 +101,35 @@ class JaxcamSide:
     self.x = jnp.asarray(images(batch))
     forward = jax.jit(module.apply)
     self.t = jnp.argmax(forward(variables, self.x), -1)
+    self.opts, self.layer_opts = {}, {}
+    if method in GRADIENT_FREE:
+      self.opts = {"chunk_size": chunk, "progress": False}
+    if method == "scorecam":
+      self.layer_opts = {"convention": "torchcam"}
+    if method == "fasterscorecam":
+      method, self.opts["top_n"] = "scorecam", 64
     if method == "forward":
       self.run = lambda: np.asarray(forward(variables, self.x))
+    elif method == "scorecam_floor":  # the masked forwards alone: same count and batch as Score-CAM's chunks
+      c = jaxcam.core.forward_only(self.tap, self.x[:1], None).activations[0].shape[-1]
+      n_calls = -(-batch * c // chunk)
+      xs = jnp.tile(self.x, (-(-chunk // batch), 1, 1, 1))[:chunk]
+
+      def floor():
+        out = [forward(variables, xs) for _ in range(n_calls)]
+        return np.asarray(jax.block_until_ready(out)[-1])
+
+      self.run = floor
     else:
       self.fn = getattr(jaxcam, method)
 
   def run(self):
-    return np.asarray(self.fn(self.tap, self.x, target=self.t))
+    return np.asarray(self.fn(self.tap, self.x, target=self.t, **self.opts))
 
   def maps(self, layer_res):
     if layer_res:  # torchcam's convention: relu + min-max at layer resolution, no upsampling
-      return np.asarray(self.fn(self.tap, self.x, target=self.t, upsample=False, fusion="max"))
+      opts = {**self.opts, **self.layer_opts}
+      return np.asarray(self.fn(self.tap, self.x, target=self.t, upsample=False, fusion="max", **opts))
     return self.run()
 
 
@@ -113,7 +137,7 @@ class TorchSide:
   def __init__(self, lib):
     self.lib = lib
 
-  def setup(self, model, batch, method):
+  def setup(self, model, batch, method, chunk=32):
     import torch
 
     torch.set_grad_enabled(True)
@@ -157,17 +181,26 @@ class TorchSide:
         "layercam": pgc.LayerCAM,
         "xgradcam": pgc.XGradCAM,
         "hirescam": pgc.HiResCAM,
+        "scorecam": pgc.ScoreCAM,
+        "ablationcam": pgc.AblationCAM,
       }[method]
       self.cam = cls(model=m, target_layers=[layer])
+      if method in GRADIENT_FREE:
+        self.cam.batch_size = chunk
       self.targets = [ClassifierOutputTarget(c) for c in self.ids]
       self.call = lambda: self.cam(input_tensor=self.x, targets=self.targets)
     else:
       import torchcam.methods as tcm
 
-      cls = {"gradcam": tcm.GradCAM, "gradcam_pp": tcm.GradCAMpp, "layercam": tcm.LayerCAM, "xgradcam": tcm.XGradCAM}[
-        method
-      ]
-      self.cam = cls(m, target_layer=layer)
+      cls = {
+        "gradcam": tcm.GradCAM,
+        "gradcam_pp": tcm.GradCAMpp,
+        "layercam": tcm.LayerCAM,
+        "xgradcam": tcm.XGradCAM,
+        "scorecam": tcm.ScoreCAM,
+      }[method]
+      extra = {"batch_size": chunk, "input_shape": tuple(self.x.shape[1:])} if method in GRADIENT_FREE else {}
+      self.cam = cls(m, target_layer=layer, **extra)
 
       def call():
         scores = m(self.x)
@@ -191,7 +224,7 @@ def main():
     req = json.loads(line)
     cmd = req["cmd"]
     if cmd == "setup":  # build; then the first call (jaxcam: trace + compile), counted in the peak memory
-      side.setup(req["model"], req["batch"], req["method"])
+      side.setup(req["model"], req["batch"], req["method"], req.get("chunk", 32))
       reset_peak_rss()
       base = rss_mb()
       t0 = time.perf_counter()

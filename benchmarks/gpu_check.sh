@@ -16,3 +16,7 @@ JAX_DEFAULT_MATMUL_PRECISION=highest timeout 170 python3 -m pytest -q -p no:cach
   2>&1 | tee "$OUT/tests.log" | tail -25
 timeout 110 python3 benchmarks/methods.py --batches 1 16 --repeats 3 --json "$OUT/methods_gpu.json" 2>&1 | tee "$OUT/methods.log" | tail -40
 timeout 90 python3 benchmarks/derivatives.py --repeats 3 --generic-directions 4096 --json "$OUT/derivatives_gpu.json" 2>&1 | tee "$OUT/derivatives.log" | tail -12
+# Gradient-free (issue 11): Score-CAM against its floor (the masked forwards alone) and Faster-Score-CAM (top 64),
+# jaxcam only (the peers' CAM packages are not on the device).
+timeout 150 python3 benchmarks/peers.py --models efficientnet_lite0 --batches 1 16 \
+  --methods scorecam_floor scorecam fasterscorecam --rounds 3 --json "$OUT/gradient_free_gpu.json" 2>&1 | tee "$OUT/gradient_free.log" | tail -12

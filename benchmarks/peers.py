@@ -5,6 +5,11 @@
         [--models resnet50 efficientnet_lite0] [--batches 1 16] [--methods gradcam gradcam_pp] [--rounds 10] \
         [--json out.json]
 
+Gradient-free methods (issue 11), e.g.:
+    ... peers.py --models efficientnet_lite0 --batches 1 --methods scorecam_floor scorecam fasterscorecam --rounds 3
+    ... peers.py --models resnet50 --batches 1 --methods ablationcam --rounds 2
+    ... peers.py --models efficientnet_lite0 --batches 16 --methods scorecam --rounds 0   # peak memory, one call
+
 For each model x batch x method, fresh worker processes (one per library: jaxcam here, pytorch-grad-cam and
 torchcam in the peers' environment) build the same network with the same weights and images, then take
 alternating requests (jaxcam, pgc, torchcam, jaxcam, ...) for `--rounds` rounds so machine drift cancels. Reported
@@ -28,8 +33,9 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TORCHCAM_METHODS = {"gradcam", "gradcam_pp", "layercam", "xgradcam"}
-TORCHCAM_AGREES = {"gradcam", "layercam", "xgradcam"}  # torchcam's Grad-CAM++ never applies alpha (see README)
+TORCHCAM_METHODS = {"gradcam", "gradcam_pp", "layercam", "xgradcam", "scorecam"}
+TORCHCAM_AGREES = {"gradcam", "layercam", "xgradcam", "scorecam"}  # torchcam's Grad-CAM++ never applies alpha
+JAXCAM_ONLY = {"fasterscorecam", "scorecam_floor"}  # Score-CAM with top_n=64; Score-CAM's masked forwards alone
 
 
 class Worker:
@@ -60,18 +66,23 @@ class Worker:
     self.proc.wait(timeout=60)
 
 
-def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False):
+def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False, chunk=32):
+  """`rounds` interleaved timed calls after each library's first call; with rounds=0 the first call is the only
+  one (time and peak memory of a single, cold explanation: for runs too long to repeat)."""
   libs = ["jaxcam"]
   if peers_python and method == "forward":
     libs += ["torch", "torch_cl"]
-  elif peers_python:
+  elif peers_python and method not in JAXCAM_ONLY:
     libs.append("pgc")
     if method in TORCHCAM_METHODS:
       libs.append("torchcam")
   workers = {lib: Worker(sys.executable if lib == "jaxcam" else peers_python, lib) for lib in libs}
   try:
-    setup = {lib: w.ask(cmd="setup", model=model, batch=batch, method=method) for lib, w in workers.items()}
-    times = {lib: [] for lib in libs}
+    setup = {}
+    for lib, w in workers.items():
+      setup[lib] = w.ask(cmd="setup", model=model, batch=batch, method=method, chunk=chunk)
+      print(f"  {lib} {model} b{batch} {method}: first call {setup[lib]['first_call_s']:.1f} s", file=sys.stderr)
+    times = {lib: [] if rounds else [setup[lib]["first_call_s"]] for lib in libs}
     for _ in range(rounds):
       for lib in libs:  # interleaved: A B C A B C ...
         time.sleep(gap)  # let the previous worker's threads go idle before the next one starts
@@ -96,7 +107,7 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False):
   finally:
     for w in workers.values():
       w.close()
-  row = {"model": model, "batch": batch, "method": method, "rounds": rounds, "libs": {}}
+  row = {"model": model, "batch": batch, "method": method, "rounds": rounds, "chunk": chunk, "libs": {}}
   for lib in libs:
     t = times[lib]
     row["libs"][lib] = {
@@ -163,7 +174,8 @@ def main(argv=None):
     action="store_true",
     help="also time the forward pass alone: JAX vs torch NCHW and channels-last (the floor-vs-floor ratio)",
   )
-  p.add_argument("--rounds", type=int, default=10)
+  p.add_argument("--rounds", type=int, default=10, help="timed rounds (0: the first call only, cold)")
+  p.add_argument("--chunk", type=int, default=32, help="copies at a time for gradient-free methods (every library)")
   p.add_argument("--gap", type=float, default=0.0, help="seconds of idle time before each timed request")
   p.add_argument("--warm", action="store_true", help="an untimed call before each timed one (steady-state turns)")
   p.add_argument("--json")
@@ -178,9 +190,12 @@ def main(argv=None):
         floors.append(one_config(model, batch, "forward", args.rounds, peers_python, args.gap, args.warm))
         print(floor_table(floors[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
       for method in args.methods:
-        rows.append(one_config(model, batch, method, args.rounds, peers_python, args.gap, args.warm))
+        rows.append(one_config(model, batch, method, args.rounds, peers_python, args.gap, args.warm, args.chunk))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-  print(f"CPU: {os.cpu_count()} cores; rounds: {args.rounds}; ratios < 1 mean jaxcam is faster / smaller")
+  print(
+    f"CPU: {os.cpu_count()} cores; rounds: {args.rounds}; chunk: {args.chunk}; ratios < 1 mean jaxcam is faster / "
+    "smaller"
+  )
   if floors:
     print(floor_table(floors))
   if rows:

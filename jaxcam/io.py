@@ -13,6 +13,12 @@ tensor rebuild functions, typed storages of numeric dtypes, ``OrderedDict``) to 
 other global (``os.system``, ``builtins.eval``, an unknown class) raises `UnsafeCheckpointError` before
 anything runs. Arrays are rebuilt with numpy from the stored bytes (offsets, strides and shared storages
 included), with bounds checked.
+
+A small file cannot make the loader hang or exhaust memory: shared references in the pickle are resolved once
+(a pickle that is a DAG of shared lists stays linear), element counts claimed by the file are checked against
+the bytes actually present, and the arrays built may hold at most ``max_bytes`` in total (default: 4 x the file
+size + 16 MiB, which tied weights and views fit in; zero strides and many views of one storage do not). Every
+failure is a `CheckpointError` (or `UnsafeCheckpointError`) naming the file.
 """
 
 from __future__ import annotations
@@ -82,6 +88,30 @@ class CheckpointError(ValueError):
   """A checkpoint that is truncated, corrupt or of an unknown format."""
 
 
+_BUDGET_SLACK = 16 * 2**20
+
+
+def default_max_bytes(file_bytes: int) -> int:
+  """The default budget of array bytes a checkpoint of `file_bytes` bytes may produce."""
+  return 4 * int(file_bytes) + _BUDGET_SLACK
+
+
+class _Budget:
+  """Bytes of arrays the file may still produce."""
+
+  def __init__(self, path: str, max_bytes: int):
+    self.path, self.left, self.max = path, int(max_bytes), int(max_bytes)
+
+  def charge(self, nbytes: int, what: str) -> None:
+    self.left -= int(nbytes)
+    if self.left < 0:
+      raise CheckpointError(
+        f"{self.path}: {what} would take the arrays built from this file past {self.max} bytes (4 x the file size "
+        "+ 16 MiB by default): zero strides, many views of one storage or a claimed size larger than the data. "
+        "If you trust the file, pass max_bytes= a larger budget."
+      )
+
+
 class UnsafeCheckpointError(pickle.UnpicklingError):
   """A pickle that asks for a global a plain state dict never needs; nothing was executed."""
 
@@ -111,17 +141,26 @@ class _TensorRef:
   def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple, dtype: np.dtype | None = None):
     if not isinstance(storage, _Storage):
       raise CheckpointError("corrupt checkpoint: a tensor refers to something that is not a storage")
-    self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
+    try:
+      self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+    except TypeError:
+      raise CheckpointError(f"corrupt checkpoint: tensor size {size!r} / stride {stride!r} are not sequences") from None
     self.dtype = dtype
 
-  def materialize(self) -> np.ndarray:
+  def materialize(self, budget: _Budget) -> np.ndarray:
     flat = self.storage.array
     if flat is None:
       raise CheckpointError(f"corrupt checkpoint: storage {self.storage.key!r} has no data")
     if self.dtype is not None and self.dtype != flat.dtype:
       flat = flat.view(self.dtype)
-    if len(self.size) != len(self.stride) or any(s < 0 for s in self.size) or any(s < 0 for s in self.stride):
+    geometry = self.size + self.stride + (self.offset,)
+    if (
+      len(self.size) != len(self.stride)
+      or not all(isinstance(v, int) and not isinstance(v, bool) for v in geometry)
+      or any(v < 0 for v in geometry)
+    ):
       raise CheckpointError(f"corrupt checkpoint: bad tensor geometry size={self.size} stride={self.stride}")
+    budget.charge(int(np.prod(self.size, dtype=object)) * flat.itemsize, f"a tensor of size {self.size}")
     if 0 in self.size:
       return np.zeros(self.size, flat.dtype)
     last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
@@ -213,24 +252,28 @@ class _ViewStorage(_Storage):
     pass
 
 
-def _resolve(obj: Any) -> Any:
+def _resolve(obj: Any, budget: _Budget, memo: dict[int, Any] | None = None) -> Any:
+  """Tensor references replaced by arrays; each shared object (pickle memo) resolved once."""
+  memo = {} if memo is None else memo
+  if id(obj) in memo:
+    return memo[id(obj)][1]
   if isinstance(obj, _TensorRef):
-    return obj.materialize()
-  if isinstance(obj, dict):
-    return (
-      type(obj)((k, _resolve(v)) for k, v in obj.items())
-      if isinstance(obj, collections.OrderedDict)
-      else {k: _resolve(v) for k, v in obj.items()}
-    )
-  if isinstance(obj, (list, tuple)):
-    return type(obj)(_resolve(v) for v in obj)
-  return obj
+    out: Any = obj.materialize(budget)
+  elif isinstance(obj, dict):
+    items = [(k, _resolve(v, budget, memo)) for k, v in obj.items()]
+    out = collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
+  elif isinstance(obj, (list, tuple)):
+    out = type(obj)(_resolve(v, budget, memo) for v in obj)
+  else:
+    return obj
+  memo[id(obj)] = (obj, out)  # keep obj alive so its id is not reused
+  return out
 
 
 # ------------------------------------------------------------------------------------------------ formats
 
 
-def _load_legacy(f: BinaryIO, path: str) -> Any:
+def _load_legacy(f: BinaryIO, path: str, budget: _Budget) -> Any:
   storages: dict[str, _Storage] = {}
 
   def loader(key, dtype, numel):
@@ -268,14 +311,17 @@ def _load_legacy(f: BinaryIO, path: str) -> Any:
       raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} is missing")
     (numel,) = struct.unpack("<q", header)
     nbytes = numel * storage.dtype.itemsize
+    left = os.fstat(f.fileno()).st_size - f.tell() if hasattr(f, "fileno") else nbytes
+    if numel < 0 or nbytes > left:
+      raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} claims {nbytes} bytes, {left} left")
     data = f.read(nbytes)
-    if numel < 0 or len(data) < nbytes:
+    if len(data) < nbytes:
       raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} has {len(data)} of {nbytes} bytes")
     storage.array = np.frombuffer(data, dtype=storage.dtype)
-  return _resolve(result)
+  return _resolve(result, budget)
 
 
-def _load_zip(path: str) -> Any:
+def _load_zip(path: str, budget: _Budget) -> Any:
   try:
     zf = zipfile.ZipFile(path)
   except zipfile.BadZipFile as e:
@@ -298,6 +344,7 @@ def _load_zip(path: str) -> Any:
           raise CheckpointError(f"{path}: corrupt torch checkpoint: storage {key!r} is missing") from None
         except (zipfile.BadZipFile, zlib_error(), EOFError) as e:
           raise CheckpointError(f"{path}: corrupt torch checkpoint: {e}") from None
+        budget.charge(len(raw), f"storage {key!r}")  # a zip entry may inflate far beyond the file's size
         s = _Storage(key, dtype, numel)
         usable = len(raw) // dtype.itemsize * dtype.itemsize
         s.array = np.frombuffer(raw[:usable], dtype=dtype)
@@ -311,7 +358,7 @@ def _load_zip(path: str) -> Any:
       raise
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as e:
       raise CheckpointError(f"{path}: corrupt torch checkpoint: {e}") from None
-  return _resolve(result)
+  return _resolve(result, budget)
 
 
 def zlib_error():
@@ -320,12 +367,23 @@ def zlib_error():
   return zlib.error
 
 
-def load_torch(path: str | os.PathLike) -> Any:
-  """The object in a torch checkpoint (legacy or zip format), tensors as numpy arrays, without torch."""
+def _budget(path: str, max_bytes: int | None) -> _Budget:
+  if max_bytes is None:
+    max_bytes = default_max_bytes(os.path.getsize(path))
+  elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+    raise ValueError(f"Expected `max_bytes` to be None or a non-negative int, got {max_bytes!r}.")
+  return _Budget(path, max_bytes)
+
+
+def load_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
+  """The object in a torch checkpoint (legacy or zip format), tensors as numpy arrays, without torch.
+
+  `max_bytes`: the most bytes of arrays the file may produce (default `default_max_bytes` of its size)."""
   path = os.fspath(path)
+  budget = _budget(path, max_bytes)
   try:
     if zipfile.is_zipfile(path):
-      return _load_zip(path)
+      return _load_zip(path, budget)
     with open(path, "rb") as f:
       head = f.read(2)
       if not head or head[0] != 0x80:
@@ -333,15 +391,21 @@ def load_torch(path: str | os.PathLike) -> Any:
           f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {head!r})"
         )
       f.seek(0)
-      return _load_legacy(f, path)
+      return _load_legacy(f, path, budget)
   except (CheckpointError, UnsafeCheckpointError):
     raise
+  except RecursionError:
+    raise CheckpointError(f"{path}: corrupt torch checkpoint (objects nested too deeply)") from None
   except Exception as e:  # any other failure while parsing means the bytes are not a valid checkpoint
-    raise CheckpointError(f"{path}: corrupt torch checkpoint ({type(e).__name__}: {e})") from None
+    raise CheckpointError(f"{path}: corrupt torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """A ``.safetensors`` file as ``{name: array}`` (header parsed here; no code, no pickles)."""
+  """A ``.safetensors`` file as ``{name: array}`` (header parsed and validated here; no code, no pickles)."""
   path = os.fspath(path)
   with open(path, "rb") as f:
     raw = f.read()
@@ -352,29 +416,49 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{path}: truncated safetensors file (header of {n} bytes)")
   try:
     header = json.loads(raw[8 : 8 + n])
-  except ValueError as e:
-    raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+  except (ValueError, RecursionError) as e:
+    raise CheckpointError(f"{path}: corrupt safetensors header: {str(e)[:200]}") from None
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object, got {type(header).__name__}")
   body = memoryview(raw)[8 + n :]
   out = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    dtype = np.dtype(_SAFETENSORS_DTYPES.get(info.get("dtype"), np.void))
+    if not isinstance(info, dict):
+      raise CheckpointError(
+        f"{path}: corrupt safetensors header: entry {name!r} is a {type(info).__name__}, not an object"
+      )
+    dtype = np.dtype(_SAFETENSORS_DTYPES.get(info.get("dtype"), np.void))  # type: ignore[arg-type]
     if dtype == np.void:
       raise CheckpointError(f"{path}: unsupported safetensors dtype {info.get('dtype')!r} for {name!r}")
-    start, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if end > len(body) or end - start != int(np.prod(shape)) * dtype.itemsize:
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+      raise CheckpointError(
+        f"{path}: corrupt safetensors header: shape of {name!r} is {shape!r}, not a list of ints >= 0"
+      )
+    if (
+      not isinstance(offsets, list)
+      or len(offsets) != 2
+      or not all(_is_int(o) for o in offsets)
+      or not 0 <= offsets[0] <= offsets[1]
+    ):
+      raise CheckpointError(
+        f"{path}: corrupt safetensors header: data_offsets of {name!r} are {offsets!r}, not [start, end] with "
+        "0 <= start <= end"
+      )
+    start, end = offsets
+    if end > len(body) or end - start != int(np.prod(shape, dtype=object)) * dtype.itemsize:
       raise CheckpointError(f"{path}: truncated or corrupt safetensors data for {name!r}")
-    out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(shape).copy()
+    out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(tuple(shape)).copy()
   return out
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
   """``{name: numpy array}`` from a torch checkpoint (.pt/.pth/.bin, either format), .safetensors or .npz.
 
   Torch checkpoints holding ``{"state_dict": ...}`` or ``{"model": ...}`` are unwrapped. No code from the file
-  is executed (see the module docstring).
+  is executed, and a torch file may produce at most `max_bytes` of arrays (see the module docstring).
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -387,10 +471,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: d[k] for k in d.files}
     except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
       raise CheckpointError(f"{path}: corrupt .npz file: {e}") from None
-  obj = load_torch(path)
+  obj = load_torch(path, max_bytes=max_bytes)
   for key in ("state_dict", "model", "model_state_dict"):
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
       obj = obj[key]
-  if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-    raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"{path}: expected a state dict of tensors, got a {type(obj).__name__}")
+  bad = [(k, v) for k, v in obj.items() if not isinstance(v, np.ndarray)]
+  if bad:
+    k, v = bad[0]
+    raise CheckpointError(
+      f"{path}: expected a state dict of tensors; {str(k)[:80]!r} is a {type(v).__name__} ({len(bad)} such entries)"
+    )
   return dict(obj)

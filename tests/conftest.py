@@ -20,8 +20,9 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 def light_options(name: str) -> dict:
-  """Options that make a method cheap enough for the table-driven tests: a key where it draws noise, two samples
-  where it averages over many (the formulas are checked at their defaults against peers and numpy elsewhere)."""
+  """Options that make a method cheap enough for the table-driven tests: a key where it draws noise, one sample
+  where it averages over many, two channels where it masks each (the formulas are checked at their defaults
+  against peers and numpy elsewhere)."""
   import jaxcam
 
   defaults = jaxcam.get_method(name).defaults()
@@ -29,7 +30,9 @@ def light_options(name: str) -> dict:
   if "key" in defaults:
     opts["key"] = jax.random.key(0)
   if "num_samples" in defaults:
-    opts["num_samples"] = 2
+    opts["num_samples"] = 1
+  if "top_n" in defaults:
+    opts["top_n"] = 2
   return opts
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import re
+import struct
+import time
 import zipfile
 
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jaxcam import io, writers
 from tests.conftest import FIXTURES
+from tests.helpers import torchfiles
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +122,133 @@ def test_save_npz_is_deterministic_and_loadable(tmp_path):
   np.testing.assert_array_equal(back["b"], arrays["b"])
   np.testing.assert_array_equal(back["a"], arrays["a"])
   assert back["a"].dtype == np.float16
+
+
+# --------------------------------------------------------------------------- hostile files (bounded work)
+
+
+@pytest.mark.parametrize("write", [torchfiles.write_zip, torchfiles.write_legacy], ids=["zip", "legacy"])
+def test_small_files_cannot_hang_or_exhaust_memory(tmp_path, write):
+  s = torchfiles.Storage("0", np.arange(6.0))
+  path = tmp_path / "w.pth"
+  # a DAG of shared references (2**60 paths): resolved once per object, instantly
+  node: list = [0]
+  for _ in range(60):
+    node = [node, node]
+  write(path, {"w": torchfiles.Tensor(s, 0, (2, 3), (3, 1)), "dag": node})
+  t0 = time.perf_counter()
+  with pytest.raises(io.CheckpointError, match="'dag' is a list"):
+    io.load_state_dict(path)
+  assert time.perf_counter() - t0 < 5
+  # zero strides: a 1 GiB array claimed from a few hundred bytes
+  write(path, {"w": torchfiles.Tensor(s, 0, (16384, 16384), (0, 0))})
+  with pytest.raises(io.CheckpointError, match=r"size \(16384, 16384\) would take .* past \d+ bytes"):
+    io.load_state_dict(path)
+  # many views of one storage (each legal alone)
+  big = torchfiles.Storage("1", np.zeros(2**18))
+  write(path, {f"k{i}": torchfiles.Tensor(big, 0, (2**18,), (1,)) for i in range(512)})
+  with pytest.raises(io.CheckpointError, match="many views of one storage"):
+    io.load_state_dict(path)
+  assert len(io.load_state_dict(path, max_bytes=2**30)) == 512  # a trusted file: the budget is the user's call
+  # tied weights (two views of one storage) and a transposed view fit the default budget
+  write(path, {"a": torchfiles.Tensor(s, 0, (2, 3), (3, 1)), "b": torchfiles.Tensor(s, 0, (3, 2), (1, 3))})
+  got = io.load_state_dict(path)
+  np.testing.assert_array_equal(got["b"], np.arange(6.0).reshape(2, 3).T)
+  # geometry that is not ints, negative, or reads past the storage
+  for size, stride, offset in [((2, 3), (3, -1), 0), ((2, 3), (3, 1), 1), (("2", 3), (3, 1), 0), ((2,), (1, 1), 0)]:
+    write(path, {"w": torchfiles.Tensor(s, offset, size, stride)})
+    with pytest.raises(io.CheckpointError, match="geometry|reads element"):
+      io.load_state_dict(path)
+  with pytest.raises(ValueError, match="`max_bytes` to be None or a non-negative int, got -1"):
+    io.load_state_dict(path, max_bytes=-1)
+
+
+def test_legacy_storage_claiming_more_than_the_file_holds(tmp_path):
+  path = tmp_path / "w.pth"
+  torchfiles.write_legacy(path, {"w": torchfiles.Tensor(torchfiles.Storage("0", np.arange(6.0)), 0, (6,), (1,))})
+  raw = bytearray(path.read_bytes())
+  at = raw.rindex(struct.pack("<q", 6))
+  raw[at : at + 8] = struct.pack("<q", 2**60)  # the element count in front of the storage
+  path.write_bytes(bytes(raw))
+  with pytest.raises(io.CheckpointError, match="claims .* bytes, .* left"):
+    io.load_state_dict(path)
+
+
+def _safetensors(header, body: bytes = b"\0" * 64) -> bytes:
+  text = json.dumps(header).encode()
+  return struct.pack("<Q", len(text)) + text + body
+
+
+@pytest.mark.parametrize(
+  "header,message",
+  [
+    ([1, 2], "expected a JSON object, got list"),
+    ({"w": [1]}, "entry 'w' is a list"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, "data_offsets of 'w'"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, "data_offsets of 'w'"),
+    ({"w": {"dtype": "F32", "shape": [2]}}, "data_offsets of 'w' are None"),
+    ({"w": {"dtype": "F32", "shape": ["2"], "data_offsets": [0, 8]}}, "shape of 'w'"),
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "shape of 'w'"),
+    ({"w": {"dtype": "F32", "data_offsets": [0, 8]}}, "shape of 'w' is None"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "0 <= start <= end"),
+    ({"w": {"dtype": "Q9", "shape": [2], "data_offsets": [0, 8]}}, "unsupported safetensors dtype 'Q9'"),
+    ({"w": {"dtype": "F32", "shape": [64], "data_offsets": [0, 256]}}, "truncated or corrupt"),
+  ],
+)
+def test_safetensors_headers_are_validated(tmp_path, header, message):
+  path = tmp_path / "w.safetensors"
+  path.write_bytes(_safetensors(header))
+  with pytest.raises(io.CheckpointError, match=re.escape(message)):
+    io.load_state_dict(path)
+
+
+def _budget_ok(result, path) -> bool:
+  return sum(v.nbytes for v in result.values()) <= io.default_max_bytes(os.path.getsize(path))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+  kind=st.sampled_from(["zip", "legacy", "safetensors"]),
+  edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
+  cut=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_loader_fuzz_every_outcome_is_arrays_or_a_checkpoint_error(tmp_path, kind, edits, cut):
+  """Mutated real files: a dict of arrays within the byte budget, or CheckpointError / UnsafeCheckpointError."""
+  name = {"zip": "tiny_zip.pth", "legacy": "tiny_legacy.pth", "safetensors": "tiny.safetensors"}[kind]
+  raw = bytearray(open(os.path.join(FIXTURES, name), "rb").read())
+  for where, byte in edits:
+    raw[int(where * len(raw))] = byte
+  if cut is not None:
+    raw = raw[: int(cut * len(raw))]
+  path = tmp_path / f"fuzz{os.path.splitext(name)[1]}"
+  path.write_bytes(bytes(raw))
+  t0 = time.perf_counter()
+  try:
+    result = io.load_state_dict(path)
+  except (io.CheckpointError, io.UnsafeCheckpointError):
+    pass
+  else:
+    assert isinstance(result, dict) and all(isinstance(v, np.ndarray) for v in result.values())
+    assert _budget_ok(result, path)
+  assert time.perf_counter() - t0 < 5
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+  header=st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: (
+      st.lists(inner, max_size=3)
+      | st.dictionaries(st.sampled_from(["dtype", "shape", "data_offsets", "w"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+  )
+)
+def test_safetensors_header_fuzz(tmp_path, header):
+  path = tmp_path / "h.safetensors"
+  path.write_bytes(_safetensors(header))
+  try:
+    result = io.load_state_dict(path)
+  except io.CheckpointError:
+    return
+  assert isinstance(result, dict) and all(isinstance(v, np.ndarray) for v in result.values())

@@ -161,9 +161,10 @@ def test_common_contract(common, name):
   at_layer = fn(tap, x, target=t, upsample=False)  # min-max happens at layer resolution
   np.testing.assert_allclose(at_layer.max(axis=(1, 2)), 1.0, atol=1e-4)
   # jit (ours, and the user's with options bound by partial) == op-by-op execution
-  with jax.disable_jit():
-    eager = fn(tap, x, target=t)
-  np.testing.assert_allclose(maps, eager, atol=1e-5)
+  if "key" not in jaxcam.get_method(name).defaults():  # op by op, threefry alone takes ~10 s here
+    with jax.disable_jit():
+      eager = fn(tap, x, target=t)
+    np.testing.assert_allclose(maps, eager, atol=1e-5)
   jitted = jax.jit(functools.partial(fn, normalize=True))(tap, x, target=t)
   np.testing.assert_allclose(jitted, maps, atol=1e-6)
   # vmap over single images == the batched call

@@ -8,7 +8,9 @@ import os
 import pytest
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), os.pardir, "notebooks", "*.ipynb")))
-SLOW = {"derivative_study.ipynb"}  # trains small networks: ~100 s on 2 cores, run by .ci/run's slow tier
+# derivative_study trains small networks (~100 s on 2 cores); quickstart compiles the real Lite0 a dozen times
+# (~75 s): .ci/run's slow tier runs both
+SLOW = {"derivative_study.ipynb", "quickstart.ipynb"}
 
 
 @pytest.mark.parametrize(
