@@ -11,15 +11,17 @@ input shape and options) and inside a user's `jax.jit`, where Python options are
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _progress, _spatial, core, postprocess
+from jaxcam import _checks, _progress, _spatial, core, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
@@ -32,7 +34,7 @@ _FUSIONS = ("mean", "max")
 @functools.partial(
   jax.tree_util.register_dataclass,
   data_fields=["maps", "logits", "target", "scores"],
-  meta_fields=["method", "layer"],
+  meta_fields=["method", "layer", "feature_sizes"],
 )
 @dataclasses.dataclass(frozen=True)
 class Explanation:
@@ -40,7 +42,7 @@ class Explanation:
 
   maps: ``(B, H, W)`` float32 in [0, 1] by default (``(B, K, H, W)`` for K classes per image; layer resolution
   with ``upsample=False``). logits: ``(B, classes)``. target: class ids ``(B,)`` / ``(B, K)``, None for a custom
-  score. scores: the target scores S, ``(B,)`` / ``(B, K)``.
+  score. scores: the target scores S, ``(B,)`` / ``(B, K)``. feature_sizes: each tapped layer's spatial size.
   """
 
   maps: jax.Array
@@ -49,6 +51,7 @@ class Explanation:
   scores: jax.Array
   method: str
   layer: Any
+  feature_sizes: tuple[tuple[int, ...], ...] = ()
 
 
 def check_images(x: Any, *, argname: str = "x") -> None:
@@ -88,6 +91,8 @@ def resolve_options(spec: MethodSpec, given: dict[str, Any]) -> dict[str, Any]:
       f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(defaults) or 'none'}. Common "
       "options: target, normalize, upsample, relu, fusion, progress."
     )
+  for name, value in given.items():
+    _checks.check_option(name, value)
   return {**defaults, **given}
 
 
@@ -200,7 +205,10 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
   if not fwd.multi:
     maps, scores = maps[:, 0], scores[:, 0]
     ids = None if ids is None else ids[:, 0]
-  return Explanation(maps=maps, logits=fwd.logits, target=ids, scores=scores, method=spec.name, layer=tap.layer)
+  sizes = tuple(tuple(_spatial.feature_size(a)) for a in fwd.activations)
+  return Explanation(
+    maps=maps, logits=fwd.logits, target=ids, scores=scores, method=spec.name, layer=tap.layer, feature_sizes=sizes
+  )
 
 
 _OUTPUT_SHAPES = {  # what a row's fn returns, from A's (B, K, h, w, C)
@@ -264,33 +272,82 @@ def _show_progress(progress: Any, traced: bool, expensive: bool) -> bool:
   return (not traced and expensive) if progress is None else progress
 
 
+def check_flags(normalize: Any, upsample: Any, relu: Any, fusion: Any) -> tuple[bool, bool, bool, str]:
+  """The common post-processing flags, validated (``relu=None`` or ``normalize="no"`` are errors, not bools)."""
+  return (
+    _checks.check_bool("normalize", normalize),
+    _checks.check_bool("upsample", upsample),
+    _checks.check_bool("relu", relu),
+    _checks.check_choice("fusion", fusion, _FUSIONS),
+  )
+
+
+def check_finite(x: Any, *, argname: str = "x") -> None:
+  """For concrete `x`: raise naming the images that hold NaN or Inf (a NaN image would give a silent NaN map)."""
+  if isinstance(x, jax.core.Tracer):
+    return
+  ok = np.asarray(jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))))
+  if not ok.all():
+    bad = np.flatnonzero(~ok).tolist()
+    raise ValueError(
+      f"Expected finite pixel values in `{argname}`, got NaN or Inf in image(s) {bad[:10]}"
+      + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+      + ". Check the decoding / preprocessing of those images."
+    )
+
+
+@contextlib.contextmanager
+def model_errors(x: Any):
+  """Flax's parameter errors from inside the traced model, as one clear error about `x` or the variables."""
+  from flax import errors as flax_errors
+
+  try:
+    yield
+  except flax_errors.ScopeParamShapeError as e:
+    detail = str(e).split(" (https://")[0]
+    raise ValueError(
+      f"The model's parameters do not fit `x` of shape {tuple(x.shape)}: {detail} Images must be channels-last "
+      "with the channel count the model was built for (RGB: 3; repeat grayscale with np.repeat(x, 3, -1), drop "
+      "alpha with x[..., :3]), or the variables belong to another model."
+    ) from None
+  except (flax_errors.ScopeParamNotFoundError, flax_errors.ScopeCollectionNotFound) as e:
+    detail = str(e).split(" (https://")[0]
+    raise ValueError(
+      f"The tap's variables do not belong to its module: {detail} Pass the variables of this very module "
+      "(module.init(...) or the model builder's)."
+    ) from None
+
+
 def _prepare(x: Any, target: Any, fusion: str):
   """The checks `explain` and `explain_many` share, before tracing; returns the target as a score object."""
-  if fusion not in _FUSIONS:
-    raise ValueError(f"Expected `fusion` to be one of {_FUSIONS}, got {fusion!r}.")
   check_images(x)
+  check_finite(x)
   return targets_lib.as_target(target)
 
 
 def _eager_checks(spec: MethodSpec, target: Any, ex: Explanation, options: dict[str, Any]) -> None:
   """After an eager call: out-of-range class ids raise, and the row's own `check` runs."""
   _check_ids_in_range(target, ex)
+  _warn_degenerate_layer(ex)
   if spec.check is not None:
     spec.check(ex, options)
+
+
+def _warn_degenerate_layer(ex: Explanation) -> None:
+  tiny = [size for size in ex.feature_sizes if int(np.prod(size)) <= 1]
+  if tiny:
+    warnings.warn(
+      f"Layer {ex.layer!r} has a feature map of size {tiny[0]} for this input: one position, so every {ex.method} "
+      "map is constant (all zeros after min-max). Use larger images (the model's input size) or an earlier layer.",
+      stacklevel=4,
+    )
 
 
 def _check_ids_in_range(target: Any, ex: Explanation) -> None:
   classes = getattr(target, "classes", None)
   if classes is None or isinstance(classes, jax.core.Tracer):
     return
-  ids = np.asarray(classes)
-  n = ex.logits.shape[-1]
-  bad = ids[(ids < 0) | (ids >= n)]
-  if bad.size:
-    raise ValueError(
-      f"Expected class ids in [0, {n}) for a model with {n} classes, got {sorted(set(bad.tolist()))[:10]}. "
-      "jaxcam.models.imagenet_class(name) looks up ImageNet ids by name."
-    )
+  targets_lib.check_ids_in_range(classes, ex.logits.shape[-1])
 
 
 def explain(
@@ -332,24 +389,26 @@ def explain(
   NaN.
   """
   spec = get_method(method)
+  normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
   opts = resolve_options(spec, options)
   target = _prepare(x, target, fusion)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
   under_jit = _is_traced((tap, x, target, traced))
-  ex = _explain_jit(
-    tap,
-    x,
-    target,
-    traced,
-    spec=spec,
-    static=static,
-    normalize=bool(normalize),
-    upsample=bool(upsample),
-    relu=bool(relu),
-    fusion=fusion,
-    progress=_show_progress(progress, under_jit, spec.expensive(opts)),
-  )
+  with model_errors(x):
+    ex = _explain_jit(
+      tap,
+      x,
+      target,
+      traced,
+      spec=spec,
+      static=static,
+      normalize=normalize,
+      upsample=upsample,
+      relu=relu,
+      fusion=fusion,
+      progress=_show_progress(progress, under_jit, spec.expensive(opts)),
+    )
   if not under_jit:
     _eager_checks(spec, target, ex, opts)
   return ex
@@ -388,6 +447,8 @@ def explain_many(
         + "; ".join(f"{s.name} ({s.cost()})" for s in costly)
         + ". Pass allow_expensive=True to run them, or call jaxcam.explain for each."
       )
+  normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
+  _checks.check_bool("allow_expensive", allow_expensive)
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f"Expected distinct methods in `methods`, got {names}.")
@@ -397,17 +458,18 @@ def explain_many(
       raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
   target = _prepare(x, target, fusion)
   under_jit = _is_traced((tap, x, target))
-  out = _explain_many_jit(
-    tap,
-    x,
-    target,
-    specs=specs,
-    normalize=bool(normalize),
-    upsample=bool(upsample),
-    relu=bool(relu),
-    fusion=fusion,
-    progress=_show_progress(progress, under_jit, any(s.expensive() for s in specs)),
-  )
+  with model_errors(x):
+    out = _explain_many_jit(
+      tap,
+      x,
+      target,
+      specs=specs,
+      normalize=normalize,
+      upsample=upsample,
+      relu=relu,
+      fusion=fusion,
+      progress=_show_progress(progress, under_jit, any(s.expensive() for s in specs)),
+    )
   if not under_jit:
     for s in specs:
       _eager_checks(s, target, out[s.name], s.defaults())

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcam import api
+from jaxcam import _checks, api
+from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
 __all__ = ["explain_batches", "local_mesh", "run_ahead"]
@@ -169,6 +170,9 @@ def explain_batches(
     progress: a progress bar per chunked map inside each batch (for expensive methods; host callbacks).
   """
   spec = _method_spec(method)
+  normalize, upsample, relu, fusion = api.check_flags(normalize, upsample, relu, fusion)
+  _checks.check_positive_int("batch_size", batch_size, allow_none=True)
+  _checks.check_positive_int("prefetch", prefetch)
   traced, static = api.partition_options(api.resolve_options(spec, options))
   mesh = local_mesh() if mesh is None else mesh
   n_dev = mesh.devices.size
@@ -182,9 +186,9 @@ def explain_batches(
   except StopIteration:
     return
   first_len = _split_item(first, 0)[0].shape[0]
-  size = int(batch_size or first_len)
+  size = int(first_len if batch_size is None else batch_size)
   if size < 1:
-    raise ValueError(f"Expected a positive `batch_size`, got {size}.")
+    raise ValueError(f"Expected a non-empty first batch (batch_size=None takes its size), got {first_len} images.")
   size = -(-size // n_dev) * n_dev
 
   def chain():
@@ -199,8 +203,7 @@ def explain_batches(
     t = None if t is None else jax.device_put(t.astype(np.int32), data)
     return x, t, n_valid
 
-  if not isinstance(progress, bool):
-    raise TypeError(f"Expected `progress` to be True or False, got {progress!r}.")
+  _checks.check_bool("progress", progress)
   f = _jitted(spec, bool(normalize), bool(upsample), bool(relu), fusion, progress, static)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
@@ -248,8 +251,10 @@ def _jitted(spec, normalize, upsample, relu, fusion, progress, static):
 
 
 def _fetch(ex, n_valid: int, pending) -> int:
+  logits = np.asarray(ex.logits)[:n_valid]
+  targets = np.asarray(ex.target if ex.target is not None else jnp.argmax(ex.logits, -1))[:n_valid]
+  targets_lib.check_ids_in_range(targets, logits.shape[-1])  # their maps are NaN: an error, as everywhere eager
   pending["maps"].append(np.asarray(ex.maps)[:n_valid])
-  pending["logits"].append(np.asarray(ex.logits)[:n_valid])
-  targets = ex.target if ex.target is not None else jnp.argmax(ex.logits, -1)
-  pending["targets"].append(np.asarray(targets)[:n_valid])
+  pending["logits"].append(logits)
+  pending["targets"].append(targets)
   return n_valid

@@ -34,6 +34,11 @@ class CliError(Exception):
   """A user error: printed as 'jaxcam: error: ...' with exit status 2."""
 
 
+EXIT_PARTIAL = 1
+"""Exit status of a run that explained some inputs and skipped unreadable ones (listed on stderr and in the
+manifest); 0: every input explained; 2: a user error (nothing or nothing more was written)."""
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -70,11 +75,20 @@ def _load_model(name: str, weights: str | None):
     from jaxcam._errors import unknown_name_message
 
     raise CliError(unknown_name_message("--model", name, list(models.MODELS), "a shipped model"))
-  if name.startswith("efficientnet_lite") and weights is None:
+  if name.startswith("efficientnet_lite"):
+    if weights is not None:
+      raise CliError(f"--model {name} loads its packaged ImageNet weights; --weights is for models without them")
     return models.get_model(name, pretrained=True)
   if weights is None:
     raise CliError(f"--model {name} has no packaged weights; pass --weights PATH to a torchvision checkpoint")
-  return models.get_model(name, weights=weights)
+  from jaxcam import io
+
+  try:
+    return models.get_model(name, weights=weights)
+  except (io.CheckpointError, io.UnsafeCheckpointError, FileNotFoundError, IsADirectoryError, KeyError) as e:
+    raise CliError(f"cannot load --weights {weights!r}: {e}") from None
+  except ValueError as e:  # a state dict of another architecture (keys or shapes)
+    raise CliError(f"--weights {weights!r} do not fit --model {name}: {e}") from None
 
 
 def _method_options(spec, pairs: Sequence[str], seed: int) -> dict:
@@ -97,11 +111,22 @@ def _method_options(spec, pairs: Sequence[str], seed: int) -> dict:
       options[name] = text
   try:
     resolved = api.resolve_options(spec, options)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise CliError(str(e)) from None
   if "key" in resolved and resolved["key"] is None:
     options["key"] = jax.random.key(seed)
   return options
+
+
+def _check_out(path: str) -> None:
+  """--out must be (or become) a writable folder: checked before any model is loaded."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise CliError(f"--out {path!r} exists and is not a folder")
+  parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise CliError(f"--out {path!r} is not writable (no write permission in {parent!r})")
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -115,6 +140,7 @@ def cmd_demo(args) -> int:
   from jaxcam import models, stream, viz
 
   t0 = time.perf_counter()
+  _check_out(args.out)
   os.makedirs(args.out, exist_ok=True)
   module, variables = models.efficientnet_lite0(pretrained=True)
   photos = models.sample_images()
@@ -161,6 +187,7 @@ def cmd_explain(args) -> int:
   if args.shard_size < 0:
     raise CliError(f"--shard-size must be positive (0: one shard), got {args.shard_size}")
   args.options = _method_options(spec, args.option, args.seed)
+  _check_out(args.out)
   files = _collect_images(args.inputs)
   target = _resolve_target(args.target)
   module, variables = _load_model(args.model, args.weights)
@@ -217,6 +244,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
       class_name=models.class_name,
       chunk_progress=spec.expensive(args.options),
       options=args.options,
+      overwrite=args.overwrite,
     )
   except ValueError as e:
     raise CliError(str(e)) from None
@@ -233,7 +261,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
     f"layer {tap.layer!r}; wrote {args.out}/manifest.json, {args.out}/shards/"
     + (f" and {args.out}/overlays/" if overlays else "")
   )
-  return 0
+  return EXIT_PARTIAL if skipped else 0
 
 
 def cmd_merge(args) -> int:
@@ -241,7 +269,7 @@ def cmd_merge(args) -> int:
 
   try:
     merged = stream.merge_manifests(args.out)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     raise CliError(str(e)) from None
   print(f"merged {merged['shards']} shard manifests into {args.out}/manifest.json")
   return 0
@@ -303,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     help="a method option, repeatable (e.g. --option chunk_size=64 --option top_n=64 for Faster-Score-CAM)",
   )
   ex.add_argument("--seed", type=int, default=0, help="PRNG seed for methods that draw noise (sscam, smoothing)")
+  ex.add_argument(
+    "--overwrite", action="store_true", help="replace the outputs of a different previous run in --out (else: error)"
+  )
   ex.add_argument("--float16", action="store_true", help="store maps as float16")
   ex.add_argument("--devices", type=int, default=0, help="use the first N local devices")
   ex.add_argument(
@@ -325,11 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     return args.func(args)
-  except CliError as e:
+  except (CliError, ImportError) as e:
     print(f"jaxcam: error: {e}", file=sys.stderr)
     return 2
-  except ImportError as e:
-    print(f"jaxcam: error: {e}", file=sys.stderr)
+  except OSError as e:  # the file system refused (an --out that is a file, a read-only folder, a full disk)
+    where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+    print(f"jaxcam: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
     return 2
 
 

@@ -185,6 +185,11 @@ def diagonals(
   Nested forward mode, not `jax.experimental.jet` (jet raised UnexpectedTracerError under jit after a ReLU,
   JAX issue #30352).
   """
+  classes = getattr(targets_lib.as_target(target), "classes", None)
+  if classes is not None and not isinstance(classes, jax.core.Tracer) and not isinstance(x, jax.core.Tracer):
+    out_shape = jax.eval_shape(tap.forward, x)
+    if hasattr(out_shape, "shape"):  # an out-of-range id would silently give zero derivatives
+      targets_lib.check_ids_in_range(classes, out_shape.shape[-1])
   out = diagonals_k(  # validates strategy and the tap, and runs at full float32 matmul precision
     tap, x, target, strategy=strategy, chunk_size=chunk_size, max_generic_directions=max_generic_directions, fwd=fwd
   )

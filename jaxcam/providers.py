@@ -176,14 +176,33 @@ def _check_samples(num_samples: Any) -> int:
   return num_samples
 
 
-def _score_masked_copies(tap, x, fwd, perturb, *, num_samples, chunk_size, top_n, convention) -> tuple:
-  """Per layer ``(B, K, C)``: the target scores of the inputs ``perturb(s, b, k, x[b], M_bk)`` averaged over
-  samples ``s < num_samples``, where M_bk is Score-CAM's mask of image b's channel k (`perturbation.score_mask`);
-  -inf for channels left out (``top_n``) or constant (they mask nothing: weight 0). One chunked map over the
-  num_samples * B * N copies, `chunk_size` copies at a time."""
+def input_baseline(tap, x, baseline: Any) -> jax.Array:
+  """What a masked-out pixel becomes: `baseline` (a number or one value per input channel), or for None the
+  model's declared ``input_mean`` (shipped models declare the mean they normalize with, so masking reaches the
+  mean colour, i.e. zero after normalization, as when the PyTorch peers mask a normalized tensor), else 0."""
+  if baseline is None:
+    baseline = getattr(getattr(tap, "module", None), "input_mean", None)
+    if baseline is None:
+      return jnp.zeros((), x.dtype)
+  b = jnp.asarray(baseline, x.dtype)
+  if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != x.shape[-1]):
+    raise ValueError(
+      f"Expected `baseline` to be None, a number or one value per input channel ({x.shape[-1]},), got shape "
+      f"{tuple(b.shape)}."
+    )
+  return b.reshape((1,) * _spatial.N_SPATIAL + (-1,)) if b.ndim == 1 else b
+
+
+def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, convention, baseline) -> tuple:
+  """Per layer ``(B, K, C)``: the target scores of the inputs ``b + field(s, b, k, M_bk) * (x[b] - b)``
+  averaged over samples ``s < num_samples``, where M_bk is Score-CAM's mask of image b's channel k
+  (`perturbation.score_mask`) and b the baseline (`input_baseline`); -inf for channels left out (``top_n``) or
+  constant (they mask nothing: weight 0). One chunked map over the num_samples * B * N copies, `chunk_size`
+  copies at a time."""
   chunking.check_chunk_size(chunk_size)
   _check_convention(convention)
   size = _spatial.image_size(x)
+  base = input_baseline(tap, x, baseline)
   out = []
   for a in fwd.activations:
     b, c = a.shape[0], a.shape[-1]
@@ -198,7 +217,8 @@ def _score_masked_copies(tap, x, fwd, perturb, *, num_samples, chunk_size, top_n
       s, bi, r = j // (b * n), (j // n) % b, j % n
       k = chans[bi, r]
       mask = perturbation.score_mask(jnp.take(a[bi], k, axis=-1), size, convention=convention)
-      return _score_copy(tap.forward(perturb(s, bi, k, x[bi], mask)[None]), fwd, bi)
+      m = field(s, bi, k, mask).astype(x.dtype)[..., None]
+      return _score_copy(tap.forward((base + m * (x[bi] - base))[None]), fwd, bi)
 
     copies = jnp.arange(num_samples * b * n)
     scores = chunking.chunked_map(one, copies, chunk_size=chunk_size).reshape(num_samples, b, n, -1)
@@ -211,18 +231,29 @@ def _score_masked_copies(tap, x, fwd, perturb, *, num_samples, chunk_size, top_n
   return tuple(out)
 
 
-def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc"):
-  def perturb(s, b, k, xb, mask):
+def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc", baseline=None):
+  def field(s, b, k, mask):
     del s, b, k
-    return xb * mask[..., None].astype(xb.dtype)
+    return mask
 
   return _score_masked_copies(
-    tap, x, fwd, perturb, num_samples=1, chunk_size=chunk_size, top_n=top_n, convention=convention
+    tap, x, fwd, field, num_samples=1, chunk_size=chunk_size, top_n=top_n, convention=convention, baseline=baseline
   )
 
 
 def _noisy_masked_scores(
-  tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=35, std=2.0, key=None, noise=None
+  tap,
+  x,
+  fwd,
+  *,
+  chunk_size=32,
+  top_n=None,
+  convention="torchcam",
+  num_samples=35,
+  std=2.0,
+  key=None,
+  noise=None,
+  baseline=None,
 ):
   _check_samples(num_samples)
   if not isinstance(std, (int, float)) or isinstance(std, bool) or not std >= 0:
@@ -238,28 +269,46 @@ def _noisy_masked_scores(
         f"sample, image, input pixel and layer channel), got {tuple(getattr(noise, 'shape', ()))}."
       )
 
-  def perturb(s, b, k, xb, mask):
+  def field(s, b, k, mask):
     if noise is None:
       z = perturbation.sscam_noise(key, s, k, size, mask.dtype)
     else:
       z = jnp.take(noise[s, b], k, axis=-1).astype(mask.dtype)
-    return xb * (mask + jnp.asarray(std, mask.dtype) * z)[..., None].astype(xb.dtype)
+    return mask + jnp.asarray(std, mask.dtype) * z
 
   return _score_masked_copies(
-    tap, x, fwd, perturb, num_samples=num_samples, chunk_size=chunk_size, top_n=top_n, convention=convention
+    tap,
+    x,
+    fwd,
+    field,
+    num_samples=num_samples,
+    chunk_size=chunk_size,
+    top_n=top_n,
+    convention=convention,
+    baseline=baseline,
   )
 
 
-def _integrated_masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=10):
+def _integrated_masked_scores(
+  tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=10, baseline=None
+):
   _check_samples(num_samples)
   coeffs = perturbation.iscam_coefficients(num_samples)
 
-  def perturb(s, b, k, xb, mask):
+  def field(s, b, k, mask):
     del b, k
-    return jnp.asarray(coeffs, xb.dtype)[s] * (xb * mask[..., None].astype(xb.dtype))
+    return jnp.asarray(coeffs, mask.dtype)[s] * mask
 
   return _score_masked_copies(
-    tap, x, fwd, perturb, num_samples=num_samples, chunk_size=chunk_size, top_n=top_n, convention=convention
+    tap,
+    x,
+    fwd,
+    field,
+    num_samples=num_samples,
+    chunk_size=chunk_size,
+    top_n=top_n,
+    convention=convention,
+    baseline=baseline,
   )
 
 
@@ -302,7 +351,7 @@ for _p in (
   Provider(
     "masked_scores",
     _masked_scores,
-    options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc")),
+    options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc"), ("baseline", None)),
     expensive=True,
     cost="1 forward pass per channel (top_n channels with top_n) of a masked copy of the image",
   ),
@@ -317,6 +366,7 @@ for _p in (
       ("std", 2.0),
       ("key", None),
       ("noise", None),
+      ("baseline", None),
     ),
     expensive=True,
     cost="num_samples forward passes per channel of a masked copy of the image with noise added to the mask",
@@ -324,7 +374,7 @@ for _p in (
   Provider(
     "integrated_masked_scores",
     _integrated_masked_scores,
-    options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10)),
+    options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10), ("baseline", None)),
     expensive=True,
     cost="num_samples forward passes per channel of a scaled masked copy of the image",
   ),

@@ -8,6 +8,12 @@ was skipped), both atomically (temporary file + rename). A shard is complete whe
 run restarted with the same command skips the complete shards and produces byte-identical outputs. ``manifest.json``
 merges the shard manifests at the end, with the method, layer, model and versions (no timestamps).
 
+Resuming verifies the run: ``run.json`` holds a fingerprint of what the outputs depend on (the input paths with
+their sizes and modification times, method, options, layer, model, target, input size, shard size, float16, the
+jaxcam and jax versions). A rerun with an identical fingerprint resumes; any difference (files added, another
+method) is a `RunMismatchError` naming what changed, never a silent mix of old and new maps; ``overwrite=True``
+(``--overwrite``) removes the previous run's outputs (and only those) first.
+
 Several hosts: each process takes every ``process_count``-th shard starting at ``process_index`` and writes its own
 shard files; ``jaxcam merge-manifests OUT`` (run once all processes are done) rewrites ``manifest.json`` from every
 shard manifest present.
@@ -15,8 +21,10 @@ shard manifest present.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,7 +33,99 @@ import numpy as np
 
 from jaxcam import writers
 
-__all__ = ["explain_files", "merge_manifests", "shard_paths", "decode_image", "top5", "overlay_path"]
+__all__ = [
+  "RunMismatchError",
+  "explain_files",
+  "merge_manifests",
+  "shard_paths",
+  "decode_image",
+  "top5",
+  "overlay_path",
+  "run_fingerprint",
+]
+
+
+class RunMismatchError(ValueError):
+  """`out` holds the outputs of a different run (other inputs, method, options, ...)."""
+
+
+def _describe(value: Any) -> Any:
+  """A JSON-able, deterministic description of an option value (arrays and keys by a hash of their bytes)."""
+  import jax
+
+  if isinstance(value, (str, int, float, bool)) or value is None:
+    return value
+  if isinstance(value, (list, tuple)):
+    return [_describe(v) for v in value]
+  if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+    value = jax.random.key_data(value)
+  if hasattr(value, "shape") and hasattr(value, "dtype"):
+    arr = np.asarray(value)
+    return {"array": list(arr.shape), "dtype": str(arr.dtype), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+  return repr(value)
+
+
+def run_fingerprint(files: Sequence[str], root: str, settings: dict[str, Any]) -> dict[str, Any]:
+  """What a run's outputs depend on: its inputs (relative path, size, mtime) and settings, with a sha256."""
+  inputs = []
+  for f in files:
+    try:
+      st = os.stat(f)
+      inputs.append([os.path.relpath(f, root), st.st_size, st.st_mtime_ns])
+    except OSError:
+      inputs.append([os.path.relpath(f, root), None, None])
+  body = {"inputs": inputs, **{k: _describe(v) for k, v in sorted(settings.items())}}
+  digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+  return {"sha256": digest, **body}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  out = []
+  for key in sorted(set(old) | set(new) - {"sha256"}):
+    if key == "sha256" or old.get(key) == new.get(key):
+      continue
+    if key == "inputs":
+      a = {tuple(i[:1]): i for i in old.get(key, [])}
+      b = {tuple(i[:1]): i for i in new.get(key, [])}
+      added, removed = len(set(b) - set(a)), len(set(a) - set(b))
+      changed = sum(1 for k in set(a) & set(b) if a[k] != b[k])
+      out.append(f"inputs ({added} added, {removed} removed, {changed} changed)")
+    else:
+      out.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
+  return out
+
+
+def _prepare_out(out: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
+  """Create `out`; resume only a run with the same fingerprint; with `overwrite`, remove a previous run's outputs."""
+  run_path = os.path.join(out, "run.json")
+  ours = ("shards", "overlays", "manifest.json", "run.json")
+  if overwrite:
+    for name in ours:
+      p = os.path.join(out, name)
+      if os.path.isdir(p):
+        shutil.rmtree(p)
+      elif os.path.exists(p):
+        os.remove(p)
+  os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+  if os.path.exists(run_path):
+    try:
+      with open(run_path, encoding="utf-8") as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      old = {}
+    if old.get("sha256") != fingerprint["sha256"]:
+      changed = ", ".join(_differences(old, fingerprint)) or "an unreadable run.json"
+      raise RunMismatchError(
+        f"{out!r} holds the outputs of a different run (changed: {changed}). Use a fresh --out, or --overwrite "
+        "to replace them."
+      )
+    return
+  if any(n.startswith(("maps-", "manifest-")) for n in os.listdir(os.path.join(out, "shards"))):
+    raise RunMismatchError(
+      f"{out!r} holds shards of a run without a run.json (an older jaxcam, or not a jaxcam run). Use a fresh --out, "
+      "or --overwrite to replace them."
+    )
+  writers.write_json(run_path, fingerprint, indent=1)
 
 
 def shard_paths(out: str, k: int) -> tuple[str, str]:
@@ -34,11 +134,15 @@ def shard_paths(out: str, k: int) -> tuple[str, str]:
 
 
 def decode_image(path: str) -> np.ndarray:
-  """The image at `path` as uint8 RGB ``(h, w, 3)`` (PIL; any mode converted). Raises what PIL raises."""
+  """The image at `path` as uint8 RGB ``(h, w, 3)``, by bit depth (`jaxcam.models.to_uint8_rgb`: 16-bit PNGs
+  are scaled, not clipped). Raises what PIL raises (decompression bombs included)."""
   from PIL import Image
 
+  from jaxcam.models import to_uint8_rgb
+
   with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"))
+    im.load()
+    return to_uint8_rgb(im)
 
 
 def top5(probs: np.ndarray, class_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
@@ -105,6 +209,7 @@ def explain_files(
   class_name: Callable[[int], str] | None = None,
   chunk_progress: bool = False,
   options: dict[str, Any] | None = None,
+  overwrite: bool = False,
 ) -> dict[str, Any]:
   """Explain `files` shard by shard into `out` (see the module docstring); returns the merged manifest.
 
@@ -117,12 +222,26 @@ def explain_files(
 
   if shard_size % batch_size:
     raise ValueError(f"Expected --shard-size to be a multiple of --batch-size ({batch_size}), got {shard_size}.")
+  method_name = method if isinstance(method, str) else method.name
+  settings = {
+    "method": method_name,
+    "method_inputs": None if isinstance(method, str) else repr(getattr(method, "inputs", None)),
+    "options": {k: _describe(v) for k, v in sorted((options or {}).items())},
+    "layer": _describe(tap.layer),
+    "model": model,
+    "target": target,
+    "input_size": input_size,
+    "shard_size": shard_size,
+    "float16": float16,
+    "jaxcam": jaxcam.__version__,
+    "jax": jax.__version__,
+  }
+  fingerprint = run_fingerprint(files, root, settings)
+  _prepare_out(out, fingerprint, overwrite)
   shard_dir = os.path.join(out, "shards")
-  os.makedirs(shard_dir, exist_ok=True)
   for stale in [n for n in os.listdir(shard_dir) if ".tmp-" in n]:  # left by a killed run
     os.remove(os.path.join(shard_dir, stale))
   n_shards = -(-len(files) // shard_size)
-  method_name = method if isinstance(method, str) else method.name
   header = {
     "method": method_name,
     "layer": tap.layer,
@@ -131,6 +250,7 @@ def explain_files(
     "jaxcam": jaxcam.__version__,
     "jax": jax.__version__,
     "files": len(files),
+    "fingerprint": fingerprint["sha256"],
   }
   for k in range(process_index, n_shards, process_count):
     maps_path, manifest_path = shard_paths(out, k)
@@ -195,10 +315,20 @@ def merge_manifests(out: str) -> dict[str, Any]:
   if not names:
     raise FileNotFoundError(f"No shard manifests in {d!r}: nothing to merge.")
   merged: dict[str, Any] = {"entries": {}}
+  keys = ("method", "layer", "model", "shard_size", "jaxcam", "jax", "files", "fingerprint")
   for n in names:
-    with open(os.path.join(d, n), encoding="utf-8") as f:
-      shard = json.load(f)
-    for key in ("method", "layer", "model", "shard_size", "jaxcam", "jax", "files"):
+    path = os.path.join(d, n)
+    try:
+      with open(path, encoding="utf-8") as f:
+        shard = json.load(f)
+      missing = [k for k in keys + ("entries",) if k not in shard]
+    except (OSError, ValueError) as e:
+      raise ValueError(f"Cannot read shard manifest {path!r} ({type(e).__name__}: {e}); rerun that shard.") from None
+    if missing:
+      raise ValueError(f"Shard manifest {path!r} lacks {missing}: not a manifest of this jaxcam; rerun that shard.")
+    if merged.setdefault("fingerprint", shard["fingerprint"]) != shard["fingerprint"]:
+      raise RunMismatchError(f"Shard manifest {path!r} belongs to a different run than {names[0]!r}; not merged.")
+    for key in keys:
       merged.setdefault(key, shard[key])
     merged["entries"].update(shard["entries"])
   merged["shards"] = len(names)

@@ -146,6 +146,12 @@ class ScoreFn:
         f"Expected the target callable {getattr(self.fn, '__name__', self.fn)!r} to return scores of shape "
         f"({b},) or ({b}, K) for a model output of shapes {shapes}, got {getattr(s, 'shape', type(s).__name__)}."
       )
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+      raise TypeError(
+        f"Expected the target callable {getattr(self.fn, '__name__', self.fn)!r} to return float scores, got "
+        f"{s.dtype} (class ids, e.g. from argmax, have no gradient: every map would be zero). Return the score, "
+        "e.g. lambda out: out[:, 3], or pass class ids as `target`."
+      )
     return s
 
   def __call__(self, output: Any) -> jax.Array:
@@ -167,6 +173,17 @@ def log_softmax(classes: Any = None) -> ClassScore:
   return ClassScore("log_softmax", _check_ids(classes))
 
 
+def check_ids_in_range(classes: Any, n: int) -> None:
+  """Raise for concrete class ids outside [0, n) (under jit they give NaN maps instead)."""
+  ids = np.asarray(classes)
+  bad = ids[(ids < 0) | (ids >= n)]
+  if bad.size:
+    raise ValueError(
+      f"Expected class ids in [0, {n}) for a model with {n} classes, got {sorted(set(bad.tolist()))[:10]}. "
+      "jaxcam.models.imagenet_class(name) looks up ImageNet ids by name."
+    )
+
+
 def as_target(target: Any) -> ClassScore | ScoreFn:
   """Normalize `target` (None, ids, a score object or a callable) to a score object."""
   if target is None:
@@ -175,6 +192,12 @@ def as_target(target: Any) -> ClassScore | ScoreFn:
     return target
   if callable(target) and not hasattr(target, "dtype"):
     return ScoreFn(target)
+  if isinstance(target, str) or (
+    isinstance(target, (list, tuple)) and target and all(isinstance(t, str) for t in target)
+  ):  # ImageNet class names ("Egyptian cat"), looked up with their closest matches on a typo
+    from jaxcam.models.imagenet import imagenet_class
+
+    target = [imagenet_class(t) for t in target] if isinstance(target, (list, tuple)) else imagenet_class(target)
   if isinstance(target, (list, tuple)):
     target = np.asarray(target)
   return ClassScore("logit", _check_ids(target))

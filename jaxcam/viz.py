@@ -12,9 +12,9 @@ __all__ = ["overlay", "grid", "save_png", "map_to_image", "peak", "show"]
 
 
 def _as_uint8_image(image: Any) -> np.ndarray:
-  from jaxcam.models import _to_uint8_rgb
+  from jaxcam.models import to_uint8_rgb
 
-  return _to_uint8_rgb(image)
+  return to_uint8_rgb(image)
 
 
 def map_to_image(cam: Any, size: tuple[int, int]) -> np.ndarray:

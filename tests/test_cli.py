@@ -126,7 +126,8 @@ def test_explain_errors_have_suggestions(image_dir, tmp_path, capsys, args, mess
   [
     (["--option", "top_n"], "--option expects NAME=VALUE"),
     (["--option", "topn=3"], "unexpected option(s) ['topn']"),
-    (["--option", "top_n=0"], "`top_n` to be None (every channel) or an int in [1, 1280]"),
+    (["--option", "top_n=5000"], "`top_n` to be None (every channel) or an int in [1, 1280]"),
+    (["--option", "chunk_size=0"], "`chunk_size` to be a positive int, got 0"),
   ],
 )
 def test_method_option_errors(image_dir, tmp_path, capsys, args, message):

@@ -16,6 +16,7 @@ import pytest
 
 import jaxcam
 from jaxcam import core, providers
+from jaxcam import models as models_lib
 from jaxcam.methods import perturbation
 from tests import models
 from tests import reference as ref
@@ -241,6 +242,29 @@ def test_iscam_against_numpy(deep):
 # ------------------------------------------------------------------------------- chunks, errors, edges
 
 
+@pytest.mark.parametrize("name", ["scorecam", "iscam"])
+def test_baseline_masks_to_the_mean_a_model_normalizes_with(small_linen, name):
+  """A model that normalizes inside, masked towards its mean (``baseline``), gives the maps of the same network
+  fed the normalized image and masked towards 0 (what the PyTorch peers do with a normalized tensor)."""
+  _, variables, x = small_linen
+  mean, std = jnp.array([[[[0.4, 0.5, 0.6]]]]), jnp.array([[[[0.2, 0.25, 0.3]]]])
+  img = jax.nn.sigmoid(x)  # images in [0, 1]
+  inside = jaxcam.function_tap(lambda p, v: models.convnet_body(p, (v - mean) / std), models.convnet_head, variables)
+  outside = jaxcam.function_tap(models.convnet_body, models.convnet_head, variables)
+  opts = {"num_samples": 2} if name == "iscam" else {}
+  got = jaxcam.explain(name, inside, img, target=1, baseline=mean.ravel(), **opts).maps
+  np.testing.assert_allclose(got, jaxcam.explain(name, outside, (img - mean) / std, target=1, **opts).maps, atol=1e-5)
+  plain = jaxcam.explain(name, inside, img, target=1, **opts).maps  # masked towards black: another map
+  assert np.abs(np.asarray(plain) - np.asarray(got)).max() > 1e-3
+  with pytest.raises(ValueError, match=r"`baseline` to be None, a number or one value per input channel \(3,\)"):
+    jaxcam.explain(name, inside, img, target=1, baseline=jnp.zeros(4), **opts)
+
+
+def test_shipped_models_declare_their_mean():
+  assert models_lib.EfficientNetLite.input_mean == (0.5, 0.5, 0.5)
+  assert models_lib.ResNet.input_mean == models_lib.VGG.input_mean == (0.485, 0.456, 0.406)
+
+
 @pytest.mark.parametrize(
   "name,opts,copies",
   [
@@ -282,9 +306,9 @@ def test_errors_name_the_argument(deep, small_linen):
   with pytest.raises(ValueError, match="`convention` to be one of \\('pgc', 'torchcam'\\)"):
     jaxcam.scorecam(tap, x, convention="keras")
   for bad in (0, -1, 2.5, True):
-    with pytest.raises(ValueError, match=f"`num_samples` to be a positive int, got {bad!r}"):
+    with pytest.raises((ValueError, TypeError), match=f"`num_samples` to be a positive int, got {bad!r}"):
       jaxcam.iscam(tap, x, num_samples=bad)
-  with pytest.raises(ValueError, match="`std` to be a non-negative float, got -1.0"):
+  with pytest.raises(ValueError, match="`std` to be a finite number >= 0, got -1.0"):
     jaxcam.sscam(tap, x, key=jax.random.key(0), std=-1.0)
   with pytest.raises(ValueError, match="SS-CAM draws noise: pass `key=jax.random.key"):
     jaxcam.sscam(tap, x)

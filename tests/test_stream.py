@@ -39,7 +39,8 @@ def _tree(out):
 def test_stream_outputs_and_skipped_images(tmp_path):
   d = _images(tmp_path / "imgs", 9)
   out = tmp_path / "out"
-  assert cli.main(["explain", str(d), "--out", str(out), "--shard-size", "4", "--batch-size", "2", "--float16"]) == 0
+  args = ["explain", str(d), "--out", str(out), "--shard-size", "4", "--batch-size", "2", "--float16"]
+  assert cli.main(args) == cli.EXIT_PARTIAL  # broken.png skipped: results kept, status 1
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["skipped"] == ["broken.png"] and "Error" in manifest["entries"]["broken.png"]["skipped"]
   assert manifest["shards"] == 3 and manifest["method"] == "gradcam" and manifest["layer"] == "head"

@@ -34,6 +34,7 @@ __all__ = [
   "convert_resnet",
   "convert_vgg",
   "preprocess",
+  "to_uint8_rgb",
   "input_size",
   "imagenet_classes",
   "imagenet_class",
@@ -89,21 +90,72 @@ def input_size(name: str) -> int:
   return _model_entry(name)[1]
 
 
-def _to_uint8_rgb(image: Any) -> np.ndarray:
+FLOAT_TOLERANCE = 0.05
+"""Float images are in [0, 1]; values up to this far outside (interpolation overshoot) are clipped."""
+
+
+def to_uint8_rgb(image: Any, *, index: int | None = None) -> np.ndarray:
+  """One image as uint8 RGB ``(H, W, 3)``, by its bit depth; the rule every jaxcam entry point uses.
+
+  - uint8: as is; uint16 / int32 (16-bit PNGs, PIL modes "I;16", "I"): scaled by 255 / 65535; bool: 0 or 255.
+  - float: [0, 1] (values within 0.05 outside are clipped); NaN/Inf, values below -0.05 (normalized with a mean
+    and std? the models normalize inside) and ambiguous maxima in (1.05, 2] raise `ValueError`; a maximum above
+    2 and up to 255 is read as 0-255 with a `UserWarning` (pass uint8, or divide by 255, to silence it).
+  - grayscale ``(H, W)`` or ``(H, W, 1)`` is repeated to RGB, alpha ``(H, W, 4)`` dropped; PIL images by mode.
+  """
+  import warnings
+
   from PIL import Image
 
+  where = "" if index is None else f" (image {index})"
   if isinstance(image, Image.Image):
-    return np.asarray(image.convert("RGB"))
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grayscale or float: keep depth
+      image = np.asarray(image)
+    else:
+      return np.asarray(image.convert("RGB"))
   arr = np.asarray(image)
+  if arr.ndim == 3 and arr.shape[-1] == 1:
+    arr = arr[..., 0]
   if arr.ndim == 2:
     arr = np.stack([arr] * 3, axis=-1)
-  if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-    raise ValueError(f"Expected an image of shape (H, W, 3) (or grayscale (H, W)), got {arr.shape}.")
-  if arr.dtype != np.uint8:
-    if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
-      arr = np.round(arr * 255)
-    arr = np.clip(arr, 0, 255).astype(np.uint8)
-  return arr[..., :3]
+  if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or 0 in arr.shape:
+    raise ValueError(f"Expected an image of shape (H, W, 3) (or grayscale (H, W), RGBA), got {arr.shape}{where}.")
+  arr = arr[..., :3]
+  if arr.dtype == np.uint8:
+    return arr
+  if arr.dtype == np.bool_:
+    return arr.astype(np.uint8) * 255
+  if np.issubdtype(arr.dtype, np.integer):
+    top = 255 if arr.dtype.itemsize == 1 else 65535
+    if arr.min() < 0 or arr.max() > top:
+      raise ValueError(
+        f"Expected integer pixel values in [0, {top}] for dtype {arr.dtype}, got [{arr.min()}, {arr.max()}]{where}."
+      )
+    return np.round(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+  if not np.issubdtype(arr.dtype, np.floating):
+    raise TypeError(f"Expected an image of integer or float pixels, got dtype {arr.dtype}{where}.")
+  if not np.isfinite(arr).all():
+    raise ValueError(f"Expected finite pixel values, got NaN or Inf{where}.")
+  lo, hi = float(arr.min()), float(arr.max())
+  if lo < -FLOAT_TOLERANCE:
+    raise ValueError(
+      f"Expected float pixels in [0, 1], got minimum {lo:.3g}{where}: the image looks normalized already (mean/std); "
+      "jaxcam's models normalize inside, so pass images in [0, 1] (or uint8)."
+    )
+  if hi <= 1.0 + FLOAT_TOLERANCE:
+    return np.round(np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8)
+  if hi <= 2.0:
+    raise ValueError(
+      f"Ambiguous float pixel range [{lo:.3g}, {hi:.3g}]{where}: neither [0, 1] nor 0-255. Rescale to [0, 1] or pass "
+      "uint8."
+    )
+  if hi > 255.0 + FLOAT_TOLERANCE:
+    raise ValueError(f"Expected float pixels in [0, 1] (or 0-255), got maximum {hi:.3g}{where}.")
+  warnings.warn(
+    f"Float pixels in [{lo:.3g}, {hi:.3g}]{where} read as 0-255; pass uint8 or images in [0, 1] to silence this.",
+    stacklevel=3,
+  )
+  return np.round(np.clip(arr, 0.0, 255.0)).astype(np.uint8)
 
 
 def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
@@ -116,15 +168,23 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
 def preprocess(images: Any, model: str | int = "efficientnet_lite0") -> np.ndarray:
   """Images -> float32 ``(B, S, S, 3)`` in [0, 1] at the model's input size (bilinear resize, PIL).
 
-  `images`: a PIL image, an ``(H, W, 3)`` uint8/float array, or a list of those (sizes may differ); a
-  ``(B, H, W, 3)`` array. `model`: a shipped model's name or an int size. Normalization is inside the models.
+  `images`: a PIL image, an ``(H, W, 3)`` uint8/uint16/float array (numpy or jax), or a list of those (sizes may
+  differ); a ``(B, H, W, 3)`` array. Pixel values follow `to_uint8_rgb`'s rule (floats in [0, 1]; 16-bit by
+  depth; NaN and ambiguous ranges refused, naming the image). `model`: a shipped model's name or an int size.
+  Normalization is inside the models.
   """
   size = model if isinstance(model, int) else input_size(model)
+  if hasattr(images, "__array__") and not isinstance(images, np.ndarray) and getattr(images, "ndim", 0) >= 2:
+    images = np.asarray(images)  # a jax array (or any array-like with a shape)
   if isinstance(images, np.ndarray) and images.ndim == 4:
     images = list(images)
   elif not isinstance(images, (list, tuple)):
     images = [images]
-  return np.stack([resize_uint8(_to_uint8_rgb(im), size) for im in images]).astype(np.float32) / 255.0
+  if not images:
+    raise ValueError("Expected at least one image in `images`, got an empty sequence.")
+  return (
+    np.stack([resize_uint8(to_uint8_rgb(im, index=i), size) for i, im in enumerate(images)]).astype(np.float32) / 255.0
+  )
 
 
 SAMPLES = {
@@ -150,5 +210,5 @@ def sample_images(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     img = getattr(data, SAMPLES[name])()
     if isinstance(img, tuple):  # stereo_motorcycle -> (left, right, disparity)
       img = img[0]
-    out[name] = _to_uint8_rgb(img)
+    out[name] = to_uint8_rgb(img)
   return out

@@ -106,6 +106,7 @@ class EfficientNetLite(nn.Module):
   default_layer = "head"
   fc_layer = "fc"
   head_structure = "gap_dense"  # A -> global average pooling -> Dense: piecewise linear (for exact derivatives)
+  input_mean = (0.5, 0.5, 0.5)  # what normalization maps to 0: the fill of masked pixels (Score-CAM family)
 
   @nn.compact
   def __call__(self, x):
@@ -172,7 +173,9 @@ def weights_path(name: str) -> str:
 def efficientnet_lite(name: str, *, pretrained: bool = True, key: jax.Array | None = None):
   """``(module, variables)`` of EfficientNet-Lite `name`; real ImageNet weights when `pretrained`."""
   from jaxcam import io
+  from jaxcam._checks import check_bool
 
+  check_bool("pretrained", pretrained)
   width, depth, size, _, _ = VARIANTS[name]
   module = EfficientNetLite(width=width, depth=depth, input_size=size)
   if pretrained:

@@ -108,6 +108,7 @@ class ResNet(nn.Module):
   default_layer = "layer4"
   fc_layer = "fc"
   head_structure = "gap_dense"
+  input_mean = IMAGENET_MEAN  # what normalization maps to 0: the fill of masked pixels (Score-CAM family)
 
   @nn.compact
   def __call__(self, x):
@@ -160,6 +161,7 @@ class VGG(nn.Module):
 
   default_layer = "features/28"
   head_structure = "generic"
+  input_mean = IMAGENET_MEAN
 
   @nn.compact
   def __call__(self, x):
@@ -227,6 +229,9 @@ def _build(module, converter, weights, key):
 
 
 def _no_packaged_weights(name: str, pretrained: bool, weights: Any) -> None:
+  from jaxcam._checks import check_bool
+
+  check_bool("pretrained", pretrained)
   if pretrained and weights is None:
     raise ValueError(
       f"No package ships {name} weights, and jaxcam never downloads. Pass `weights=` a torchvision checkpoint "

@@ -1,0 +1,453 @@
+"""Re-run the bad-input audit classes (issue 16) and count the outcomes.
+
+    python scripts/audit.py [--json out.json]                    # audits this checkout's jaxcam
+    JAXCAM_AUDIT_ROOT=/path/to/old/checkout python scripts/audit.py  # audits another checkout's jaxcam
+
+Each case throws one bad input or fault at jaxcam and classifies what came back:
+
+- ``clear``: an exception from jaxcam (its type defined in jaxcam or a builtin raised by jaxcam code) whose message
+  names what was wrong (the case's expected words), a warning where the case expects one, or a CLI exit status 2
+  with a one-line ``jaxcam: error:`` message and no traceback;
+- ``silent``: no error (a wrong result, or a NaN map, handed back as if fine);
+- ``deep``: an exception raised inside JAX, Flax, numpy or PIL rather than by jaxcam;
+- ``unclear``: a jaxcam error whose message does not name the problem; ``traceback``: the CLI printed one;
+- ``hang``: over the case's time limit.
+
+The cases are the audit's classes (options of the wrong type, inputs misread, degenerate results, deep errors,
+hostile checkpoints, CLI user errors, runs mixed on resume), several per class, built on a small random network
+(plus the packaged EfficientNet-Lite0 where the CLI needs a model). Run it on two checkouts to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io as _io
+import json
+import os
+import pickle
+import signal
+import struct
+import sys
+import tempfile
+import traceback
+import warnings
+import zipfile
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+sys.path.insert(0, os.environ.get("JAXCAM_AUDIT_ROOT", ROOT))
+
+
+def _torchfiles():
+  """tests/helpers/torchfiles.py of this checkout (the audited one may predate it)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("torchfiles", os.path.join(ROOT, "tests", "helpers", "torchfiles.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import jaxcam  # noqa: E402
+from jaxcam import cli, io, models  # noqa: E402
+from tests import models as test_models  # noqa: E402
+
+CASES: list[tuple[str, str, object, tuple[str, ...]]] = []  # (class, name, fn, words the message must contain)
+
+
+def case(cls: str, *words: str):
+  def register(fn):
+    CASES.append((cls, fn.__name__, fn, words))
+    return fn
+
+  return register
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+  def handler(*_):
+    raise TimeoutError
+
+  old = signal.signal(signal.SIGALRM, handler)
+  signal.alarm(seconds)
+  try:
+    yield
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+_module = test_models.ConvNet()
+_x = jax.random.normal(jax.random.key(0), (3, 12, 12, 3))
+_vars = _module.init(jax.random.key(1), _x)
+_tap = jaxcam.linen_tap(_module, _vars, "body_2")
+TMP = tempfile.mkdtemp(prefix="jaxcam-audit-")
+
+
+def _path(name: str) -> str:
+  return os.path.join(TMP, name)
+
+
+# --------------------------------------------------------------------------------------------- options
+
+
+@case("options", "relu")
+def relu_none():
+  return jaxcam.gradcam(_tap, _x, relu=None)
+
+
+@case("options", "normalize")
+def normalize_string():
+  return jaxcam.gradcam(_tap, _x, normalize="no")
+
+
+@case("options", "upsample")
+def upsample_string():
+  return jaxcam.gradcam(_tap, _x, upsample="false")
+
+
+@case("options", "eps")
+def eps_negative():
+  return jaxcam.gradcam_pp(_tap, _x, eps=-1.0)
+
+
+@case("options", "eps")
+def eps_string():
+  return jaxcam.xgradcam(_tap, _x, eps="abc")
+
+
+@case("options", "chunk_size")
+def chunk_size_zero():
+  return jaxcam.scorecam(_tap, _x, chunk_size=0)
+
+
+@case("options", "chunk_size")
+def chunk_size_float():
+  return jaxcam.ablationcam(_tap, _x, chunk_size=2.5)
+
+
+@case("options", "batch_size")
+def batch_size_zero():
+  return list(jaxcam.explain_batches("gradcam", _tap, [np.asarray(_x)], batch_size=0))
+
+
+@case("options", "pretrained")
+def pretrained_string():
+  return models.resnet18(pretrained="no")
+
+
+@case("options", "fusion")
+def fusion_unknown():
+  return jaxcam.gradcam(_tap, _x, fusion="avg")
+
+
+@case("options", "partial")
+def jit_without_partial():
+  return jax.jit(jaxcam.gradcam)(_tap, _x, normalize=False)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+@case("inputs", "NaN", "image")
+def nan_image():
+  return jaxcam.gradcam(_tap, _x.at[1, 2, 2, 0].set(jnp.nan))
+
+
+@case("inputs", "NaN", "image")
+def inf_image_many():
+  return jaxcam.explain_many(["gradcam", "layercam"], _tap, _x.at[0].set(jnp.inf))
+
+
+@case("inputs", "Ambiguous")
+def float_slightly_over_two():
+  return models.preprocess(np.full((8, 8, 3), 1.6, np.float32), 8)
+
+
+@case("inputs", "NaN")
+def preprocess_nan():
+  return models.preprocess(np.full((8, 8, 3), np.nan, np.float32), 8)
+
+
+@case("inputs", "normalized")
+def preprocess_normalized():
+  return models.preprocess(np.full((8, 8, 3), -1.0, np.float32), 8)
+
+
+@case("inputs", "16-bit")
+def png_16_bit():
+  gray = np.linspace(0, 255, 64).reshape(8, 8).astype(np.uint8)
+  Image.fromarray(gray.astype(np.uint16) * 257).save(_path("g16.png"))
+  from jaxcam import stream
+
+  got = stream.decode_image(_path("g16.png"))
+  if not np.array_equal(got[..., 0], gray):
+    return "misread"  # a silent wrong result
+  raise _Clear("16-bit decoded by depth")
+
+
+@case("inputs", "image")
+def preprocess_empty():
+  return models.preprocess([], 8)
+
+
+@case("inputs", "shape")
+def preprocess_five_channels():
+  return models.preprocess(np.zeros((8, 8, 5), np.uint8), 8)
+
+
+# --------------------------------------------------------------------------------------------- degenerate
+
+
+@case("degenerate", "1, 1")
+def one_by_one_layer():
+  return jaxcam.gradcam(_tap, _x[:, :2, :2])
+
+
+@case("degenerate", "float")
+def int_score_callable():
+  return jaxcam.gradcam(_tap, _x, target=lambda out: jnp.argmax(out, -1))
+
+
+@case("degenerate", "class ids")
+def out_of_range_id_batches():
+  return list(jaxcam.explain_batches("gradcam", _tap, [(np.asarray(_x), np.array([0, 1, 99]))]))
+
+
+@case("degenerate", "class ids")
+def out_of_range_id_diagonals():
+  return jaxcam.derivatives.diagonals(_tap, _x, jnp.array([0, 1, 99]))
+
+
+@case("degenerate", "class ids")
+def out_of_range_id_gradcam():
+  return jaxcam.gradcam(_tap, _x, target=jnp.array([0, 1, 99]))
+
+
+# --------------------------------------------------------------------------------------------- deep errors
+
+
+@case("deep", "channel")
+def one_channel_image():
+  return jaxcam.gradcam(_tap, _x[..., :1])
+
+
+@case("deep", "channel")
+def four_channel_image():
+  return jaxcam.gradcam(_tap, jnp.concatenate([_x, _x[..., :1]], -1))
+
+
+@case("deep", "variables")
+def variables_of_another_model():
+  other = {"params": {k: v for k, v in _vars["params"].items() if k != "body_0"}}
+  return jaxcam.gradcam(jaxcam.linen_tap(_module, other, "body_2"), _x)
+
+
+@case("deep", "ImageNet")
+def class_name_target_typo():
+  return jaxcam.gradcam(_tap, _x, target="egyptian kat")
+
+
+@case("deep", "images")
+def preprocess_jax_array():
+  out = models.preprocess(jnp.zeros((1, 8, 8, 3)), 8)
+  if out.shape == (1, 8, 8, 3):
+    raise _Clear("accepted a jax array: images")
+  return out
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def _legacy_pickle(obj_bytes: bytes) -> bytes:
+  buf = _io.BytesIO()
+  for header in (io._LEGACY_MAGIC, io._LEGACY_PROTOCOL, {"protocol_version": 1001}):
+    pickle.dump(header, buf, protocol=2)
+  return buf.getvalue() + obj_bytes
+
+
+@case("checkpoints", "state dict")
+def dag_pickle():
+  node: list = [0]
+  for _ in range(60):
+    node = [node, node]
+  with open(_path("dag.pth"), "wb") as f:
+    f.write(_legacy_pickle(pickle.dumps({"x": node}, protocol=2)) + pickle.dumps([], protocol=2))
+  return io.load_state_dict(_path("dag.pth"))
+
+
+@case("checkpoints", "bytes")
+def zero_strides():
+  torchfiles = _torchfiles()
+  s = torchfiles.Storage("0", np.arange(4.0))
+  torchfiles.write_zip(_path("z.pth"), {"w": torchfiles.Tensor(s, 0, (16384, 16384), (0, 0))})
+  return io.load_state_dict(_path("z.pth"))
+
+
+@case("checkpoints", "data_offsets")
+def safetensors_negative_offsets():
+  header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}).encode()
+  with open(_path("neg.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+  return io.load_state_dict(_path("neg.safetensors"))
+
+
+@case("checkpoints", "JSON object")
+def safetensors_list_header():
+  header = json.dumps([1, 2]).encode()
+  with open(_path("list.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(header)) + header)
+  return io.load_state_dict(_path("list.safetensors"))
+
+
+@case("checkpoints", "shape")
+def safetensors_string_shape():
+  header = json.dumps({"w": {"dtype": "F32", "shape": ["2"], "data_offsets": [0, 8]}}).encode()
+  with open(_path("str.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+  return io.load_state_dict(_path("str.safetensors"))
+
+
+@case("checkpoints", "storage")
+def zip_missing_storage():
+  torchfiles = _torchfiles()
+  with zipfile.ZipFile(_path("nostorage.pth"), "w") as zf:
+    data, _ = torchfiles.dump({"w": torchfiles.Tensor(torchfiles.Storage("0", np.ones(2)), 0, (2,), (1,))})
+    zf.writestr("archive/data.pkl", data)
+  return io.load_state_dict(_path("nostorage.pth"))
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _image(name="a.png", size=8) -> str:
+  Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(_path(name))
+  return _path(name)
+
+
+@case("cli", "not a folder")
+def cli_out_is_a_file():
+  open(_path("afile"), "w").close()
+  return ("cli", ["explain", _image(), "--out", _path("afile")])
+
+
+@case("cli", "weights")
+def cli_missing_weights():
+  return ("cli", ["explain", _image(), "--model", "resnet18", "--weights", _path("nope.pth"), "--out", _path("o1")])
+
+
+@case("cli", "weights")
+def cli_garbage_weights():
+  with open(_path("garbage.pth"), "wb") as f:
+    f.write(b"\x80\x02garbage")
+  return ("cli", ["explain", _image(), "--model", "resnet18", "--weights", _path("garbage.pth"), "--out", _path("o2")])
+
+
+@case("cli", "weights")
+def cli_malicious_weights():
+  with open(_path("evil.pth"), "wb") as f:
+    f.write(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R.")
+  return ("cli", ["explain", _image(), "--model", "resnet18", "--weights", _path("evil.pth"), "--out", _path("o3")])
+
+
+@case("cli", "weights")
+def cli_weights_for_packaged_model():
+  return ("cli", ["explain", _image(), "--weights", _path("garbage.pth"), "--out", _path("o4")])
+
+
+@case("cli", "shard-size")
+def cli_negative_shard_size():
+  return ("cli", ["explain", _image(), "--shard-size", "-3", "--out", _path("o5")])
+
+
+@case("cli", "manifest")
+def cli_truncated_manifest():
+  os.makedirs(_path("m/shards"), exist_ok=True)
+  with open(_path("m/shards/manifest-00000.json"), "w") as f:
+    f.write('{"method": "gradc')
+  return ("cli", ["merge-manifests", _path("m")])
+
+
+CLASSES = ("options", "inputs", "degenerate", "deep", "checkpoints", "cli")
+
+
+class _Clear(Exception):
+  """Raised by a case that verified the right behaviour itself."""
+
+
+def _from_jaxcam(e: BaseException) -> bool:
+  tb = traceback.extract_tb(e.__traceback__)
+  return bool(tb) and "jaxcam" in tb[-1].filename.replace(os.sep, "/").split("/site-packages/")[-1]
+
+
+def run_case(fn, words) -> str:
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      with time_limit(60):
+        result = fn()
+    except _Clear:
+      return "clear"
+    except TimeoutError:
+      return "hang"
+    except Exception as e:
+      text = f"{type(e).__name__}: {e}"
+      if not _from_jaxcam(e) and type(e).__module__.split(".")[0] in ("jax", "jaxlib", "flax", "numpy", "PIL"):
+        return "deep"
+      if not _from_jaxcam(e):
+        return "deep"
+      return "clear" if all(w.lower() in text.lower() for w in words) else "unclear"
+  if isinstance(result, tuple) and result and result[0] == "cli":
+    err = _io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
+      try:
+        rc = cli.main(result[1])
+      except SystemExit as e:
+        rc = e.code
+      except Exception:
+        return "traceback"
+    text = err.getvalue()
+    if rc == 2 and text.startswith("jaxcam: error:") and "Traceback" not in text:
+      return "clear" if all(w.lower() in text.lower() for w in words) else "unclear"
+    return "silent"
+  if any(all(w.lower() in str(m.message).lower() for w in words) for m in caught):
+    return "clear"
+  return "silent"
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--json")
+  args = p.parse_args(argv)
+  counts: dict[str, collections.Counter] = {c: collections.Counter() for c in CLASSES}
+  rows = []
+  for cls, name, fn, words in CASES:
+    outcome = run_case(fn, words)
+    counts[cls][outcome] += 1
+    rows.append({"class": cls, "case": name, "outcome": outcome})
+    print(f"{cls:12s} {name:34s} {outcome}", file=sys.stderr, flush=True)
+  kinds = ("clear", "silent", "deep", "unclear", "traceback", "hang")
+  print(f"jaxcam {jaxcam.__version__} at {os.path.abspath(os.path.dirname(jaxcam.__file__))}: {len(CASES)} cases")
+  print("| class | cases | " + " | ".join(kinds) + " |")
+  print("|---|---|" + "---|" * len(kinds))
+  for cls in CLASSES:
+    c = counts[cls]
+    print(f"| {cls} | {sum(c.values())} | " + " | ".join(str(c[k]) for k in kinds) + " |")
+  total = sum(counts.values(), collections.Counter())
+  print(f"| all | {len(CASES)} | " + " | ".join(str(total[k]) for k in kinds) + " |")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
