@@ -6,7 +6,9 @@ Method "forward" is the floor: the network's forward pass alone (jaxcam: the jit
 torch_cl: channels-last memory format, torch's fastest CPU layout), under no_grad on the torch side.
 Gradient-free methods (scorecam, ablationcam; jaxcam also fasterscorecam = Score-CAM with top_n=64, and
 scorecam_floor = the B*C masked forwards alone, ceil(B*C/chunk) jitted forward calls at batch `chunk`) run with
-`chunk` copies at a time on every side (pgc's and torchcam's batch_size).
+`chunk` copies at a time on every side (pgc's and torchcam's batch_size). For them the torch model holds its
+normalization inside and takes [0, 1] images, as jaxcam's do, so both sides mask the same tensor (jaxcam's
+perturbations act on the `x` passed; see the README).
 
 Reads one JSON request per line on stdin, answers one JSON line on stdout:
   {"cmd": "setup", "model": ..., "batch": ..., "method": ..., "chunk": 32} -> {"rss_mb": RSS after building the
@@ -133,6 +135,21 @@ class JaxcamSide:
     return self.run()
 
 
+def _Normalize(mean, std):
+  import torch
+
+  class Normalize(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)).reshape(1, -1, 1, 1))
+      self.register_buffer("std", torch.as_tensor(np.asarray(std, np.float32)).reshape(1, -1, 1, 1))
+
+    def forward(self, x):
+      return (x - self.mean) / self.std
+
+  return Normalize()
+
+
 class TorchSide:
   def __init__(self, lib):
     self.lib = lib
@@ -157,7 +174,11 @@ class TorchSide:
       m.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(keys, seed=7).items()})
       layer = m.layer4 if model.startswith("resnet") else m.features[29]
       mean, std = MEAN, STD
-    x = (images(batch) - mean) / std
+    if method in GRADIENT_FREE:  # masks act on the [0, 1] image on both sides: normalization inside the model
+      m = torch.nn.Sequential(_Normalize(mean, std), m).eval()
+      x = images(batch)
+    else:
+      x = (images(batch) - mean) / std
     self.x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
     self.model, self.layer = m, layer
     with torch.no_grad():

@@ -129,6 +129,22 @@ def _check_out(path: str) -> None:
     raise CliError(f"--out {path!r} is not writable (no write permission in {parent!r})")
 
 
+def _init_distributed(args) -> None:
+  """Several hosts for real: `jax.distributed.initialize`; each process then explains its own shards."""
+  import jax
+
+  if args.coordinator is None or args.num_processes is None or args.process_id is None:
+    raise CliError("--coordinator, --num-processes and --process-id go together (one process per host)")
+  if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+    raise CliError(
+      f"--process-id must be in [0, --num-processes) and --num-processes >= 1, got {args.process_id} of "
+      f"{args.num_processes}"
+    )
+  jax.distributed.initialize(
+    coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+  )
+
+
 # ---------------------------------------------------------------------------------------------- commands
 
 
@@ -186,6 +202,8 @@ def cmd_explain(args) -> int:
     raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
   if args.shard_size < 0:
     raise CliError(f"--shard-size must be positive (0: one shard), got {args.shard_size}")
+  if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+    _init_distributed(args)
   args.options = _method_options(spec, args.option, args.seed)
   _check_out(args.out)
   files = _collect_images(args.inputs)
@@ -330,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     metavar="NAME=VALUE",
     help="a method option, repeatable (e.g. --option chunk_size=64 --option top_n=64 for Faster-Score-CAM)",
   )
+  ex.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="several hosts: jax.distributed coordinator")
+  ex.add_argument("--num-processes", type=int, default=None, help="several hosts: how many processes in all")
+  ex.add_argument("--process-id", type=int, default=None, help="several hosts: this process's index")
   ex.add_argument("--seed", type=int, default=0, help="PRNG seed for methods that draw noise (sscam, smoothing)")
   ex.add_argument(
     "--overwrite", action="store_true", help="replace the outputs of a different previous run in --out (else: error)"

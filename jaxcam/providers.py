@@ -177,17 +177,23 @@ def _check_samples(num_samples: Any) -> int:
 
 
 def input_baseline(tap, x, baseline: Any) -> jax.Array:
-  """What a masked-out pixel becomes: `baseline` (a number or one value per input channel), or for None the
-  model's declared ``input_mean`` (shipped models declare the mean they normalize with, so masking reaches the
-  mean colour, i.e. zero after normalization, as when the PyTorch peers mask a normalized tensor), else 0."""
-  if baseline is None:
+  """What a masked-out pixel becomes. jaxcam's perturbations act on the `x` you pass (its models take [0, 1] and
+  normalize inside), so the default 0 masks to black. ``"mean"``: the model's declared ``input_mean`` (shipped
+  models declare the mean they normalize with): masked pixels become 0 *after* normalization, as when the PyTorch
+  peers mask a normalized tensor. Or a number, or one value per input channel."""
+  if isinstance(baseline, str):
+    if baseline != "mean":
+      raise ValueError(f"Expected `baseline` to be a number, per-channel values or 'mean', got {baseline!r}.")
     baseline = getattr(getattr(tap, "module", None), "input_mean", None)
     if baseline is None:
-      return jnp.zeros((), x.dtype)
+      raise ValueError(
+        "baseline='mean' needs a model that declares `input_mean` (jaxcam's shipped models do); pass the mean "
+        "your model normalizes with, e.g. baseline=(0.485, 0.456, 0.406)."
+      )
   b = jnp.asarray(baseline, x.dtype)
   if b.ndim > 1 or (b.ndim == 1 and b.shape[0] != x.shape[-1]):
     raise ValueError(
-      f"Expected `baseline` to be None, a number or one value per input channel ({x.shape[-1]},), got shape "
+      f"Expected `baseline` to be a number, 'mean' or one value per input channel ({x.shape[-1]},), got shape "
       f"{tuple(b.shape)}."
     )
   return b.reshape((1,) * _spatial.N_SPATIAL + (-1,)) if b.ndim == 1 else b
@@ -231,7 +237,7 @@ def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, 
   return tuple(out)
 
 
-def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc", baseline=None):
+def _masked_scores(tap, x, fwd, *, chunk_size=32, top_n=None, convention="pgc", baseline=0.0):
   def field(s, b, k, mask):
     del s, b, k
     return mask
@@ -253,7 +259,7 @@ def _noisy_masked_scores(
   std=2.0,
   key=None,
   noise=None,
-  baseline=None,
+  baseline=0.0,
 ):
   _check_samples(num_samples)
   if not isinstance(std, (int, float)) or isinstance(std, bool) or not std >= 0:
@@ -290,7 +296,7 @@ def _noisy_masked_scores(
 
 
 def _integrated_masked_scores(
-  tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=10, baseline=None
+  tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=10, baseline=0.0
 ):
   _check_samples(num_samples)
   coeffs = perturbation.iscam_coefficients(num_samples)
@@ -351,7 +357,7 @@ for _p in (
   Provider(
     "masked_scores",
     _masked_scores,
-    options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc"), ("baseline", None)),
+    options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc"), ("baseline", 0.0)),
     expensive=True,
     cost="1 forward pass per channel (top_n channels with top_n) of a masked copy of the image",
   ),
@@ -366,7 +372,7 @@ for _p in (
       ("std", 2.0),
       ("key", None),
       ("noise", None),
-      ("baseline", None),
+      ("baseline", 0.0),
     ),
     expensive=True,
     cost="num_samples forward passes per channel of a masked copy of the image with noise added to the mask",
@@ -374,7 +380,7 @@ for _p in (
   Provider(
     "integrated_masked_scores",
     _integrated_masked_scores,
-    options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10), ("baseline", None)),
+    options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10), ("baseline", 0.0)),
     expensive=True,
     cost="num_samples forward passes per channel of a scaled masked copy of the image",
   ),

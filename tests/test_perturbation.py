@@ -245,7 +245,8 @@ def test_iscam_against_numpy(deep):
 @pytest.mark.parametrize("name", ["scorecam", "iscam"])
 def test_baseline_masks_to_the_mean_a_model_normalizes_with(small_linen, name):
   """A model that normalizes inside, masked towards its mean (``baseline``), gives the maps of the same network
-  fed the normalized image and masked towards 0 (what the PyTorch peers do with a normalized tensor)."""
+  fed the normalized image and masked towards 0 (what the PyTorch peers do with a normalized tensor); the default
+  masks the `x` you pass towards 0."""
   _, variables, x = small_linen
   mean, std = jnp.array([[[[0.4, 0.5, 0.6]]]]), jnp.array([[[[0.2, 0.25, 0.3]]]])
   img = jax.nn.sigmoid(x)  # images in [0, 1]
@@ -256,8 +257,10 @@ def test_baseline_masks_to_the_mean_a_model_normalizes_with(small_linen, name):
   np.testing.assert_allclose(got, jaxcam.explain(name, outside, (img - mean) / std, target=1, **opts).maps, atol=1e-5)
   plain = jaxcam.explain(name, inside, img, target=1, **opts).maps  # masked towards black: another map
   assert np.abs(np.asarray(plain) - np.asarray(got)).max() > 1e-3
-  with pytest.raises(ValueError, match=r"`baseline` to be None, a number or one value per input channel \(3,\)"):
+  with pytest.raises(ValueError, match=r"`baseline` to be a number, 'mean' or one value per input channel \(3,\)"):
     jaxcam.explain(name, inside, img, target=1, baseline=jnp.zeros(4), **opts)
+  with pytest.raises(ValueError, match="baseline='mean' needs a model that declares `input_mean`"):
+    jaxcam.explain(name, inside, img, target=1, baseline="mean", **opts)
 
 
 def test_shipped_models_declare_their_mean():
