@@ -429,7 +429,8 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
       raise CheckpointError(
         f"{path}: corrupt safetensors header: entry {name!r} is a {type(info).__name__}, not an object"
       )
-    dtype = np.dtype(_SAFETENSORS_DTYPES.get(info.get("dtype"), np.void))  # type: ignore[arg-type]
+    name_of_dtype = info.get("dtype")
+    dtype = np.dtype(_SAFETENSORS_DTYPES.get(name_of_dtype, np.void) if isinstance(name_of_dtype, str) else np.void)
     if dtype == np.void:
       raise CheckpointError(f"{path}: unsupported safetensors dtype {info.get('dtype')!r} for {name!r}")
     shape, offsets = info.get("shape"), info.get("data_offsets")
