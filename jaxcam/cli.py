@@ -271,11 +271,12 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
   skipped = manifest.get("skipped", [])
   for rel in skipped:
     print(f"jaxcam: skipped unreadable image {rel!r}: {manifest['entries'][rel]['skipped']}", file=sys.stderr)
-  if skipped and len(skipped) == len(files):
+  mine = len(manifest.get("entries", {})) if jax.process_count() > 1 else len(files)  # this process's inputs
+  if skipped and len(skipped) == mine:
     first = skipped[0]
     raise CliError(f"cannot read image {first!r}: {manifest['entries'][first]['skipped']} (no image was readable)")
   print(
-    f"explained {len(files) - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name} at "
+    f"explained {mine - len(skipped)} image(s), skipped {len(skipped)} unreadable, with {spec.name} at "
     f"layer {tap.layer!r}; wrote {args.out}/manifest.json, {args.out}/shards/"
     + (f" and {args.out}/overlays/" if overlays else "")
   )

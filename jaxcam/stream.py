@@ -305,7 +305,13 @@ def explain_files(
         progress(len(names))
     writers.save_npz(maps_path, maps)
     writers.write_json(manifest_path, {**header, "shard": k, "entries": entries}, indent=1)
-  return merge_manifests(out) if process_count == 1 else header
+  if process_count == 1:
+    return merge_manifests(out)
+  own: dict[str, Any] = {}  # this process's shards (complete ones included): what it explained and skipped
+  for k in range(process_index, n_shards, process_count):
+    with open(shard_paths(out, k)[1], encoding="utf-8") as f:
+      own.update(json.load(f)["entries"])
+  return {**header, "entries": own, "skipped": sorted(r for r, e in own.items() if "skipped" in e)}
 
 
 def merge_manifests(out: str) -> dict[str, Any]:
