@@ -318,10 +318,24 @@ def model_errors(x: Any):
     ) from None
 
 
-def _prepare(x: Any, target: Any, fusion: str):
+def _warn_pixel_range(tap: Any, x: Any) -> None:
+  """A shipped model (it declares ``input_mean``) takes [0, 1]: warn when concrete `x` looks like 0-255."""
+  if isinstance(x, jax.core.Tracer) or getattr(getattr(tap, "module", None), "input_mean", None) is None:
+    return
+  hi = float(jnp.max(x))
+  if hi > 2.0:
+    warnings.warn(
+      f"`x` has pixel values up to {hi:.4g}, but {type(tap.module).__name__} takes images in [0, 1] (it normalizes "
+      "inside): divide by 255 or use jaxcam.models.preprocess.",
+      stacklevel=4,
+    )
+
+
+def _prepare(tap: Any, x: Any, target: Any):
   """The checks `explain` and `explain_many` share, before tracing; returns the target as a score object."""
   check_images(x)
   check_finite(x)
+  _warn_pixel_range(tap, x)
   return targets_lib.as_target(target)
 
 
@@ -391,7 +405,7 @@ def explain(
   spec = get_method(method)
   normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
   opts = resolve_options(spec, options)
-  target = _prepare(x, target, fusion)
+  target = _prepare(tap, x, target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
   under_jit = _is_traced((tap, x, target, traced))
@@ -456,7 +470,7 @@ def explain_many(
     wrapper_options: tuple = getattr(s.inputs, "options", ())
     if _has_array(s.defaults()) or wrapper_options:
       raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
-  target = _prepare(x, target, fusion)
+  target = _prepare(tap, x, target)
   under_jit = _is_traced((tap, x, target))
   with model_errors(x):
     out = _explain_many_jit(

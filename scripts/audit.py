@@ -169,6 +169,14 @@ def inf_image_many():
   return jaxcam.explain_many(["gradcam", "layercam"], _tap, _x.at[0].set(jnp.inf))
 
 
+@case("inputs", "divide by 255")
+def floats_0_255_into_a_shipped_model():
+  class Shipped(test_models.ConvNet):
+    input_mean = (0.5, 0.5, 0.5)
+
+  return jaxcam.gradcam(jaxcam.linen_tap(Shipped(), _vars, "body_2"), jax.nn.sigmoid(_x) * 255)
+
+
 @case("inputs", "Ambiguous")
 def float_slightly_over_two():
   return models.preprocess(np.full((8, 8, 3), 1.6, np.float32), 8)

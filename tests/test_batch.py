@@ -34,6 +34,7 @@ def sharded_report():
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess with 8 host devices compiles every method anew (~30 s): .ci/run's slow tier
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "gradcam_pp", "eigencam"])
 def test_sharded_over_8_devices_equals_single_device(sharded_report, method):
   r = sharded_report[method]

@@ -167,6 +167,23 @@ def test_nan_images_are_refused_by_index(small):
     jaxcam.explain_many(["gradcam"], tap, x.at[0].set(jnp.inf).at[2, 3].set(jnp.nan))
 
 
+def test_0_255_floats_into_a_model_that_takes_0_1_warn(small):
+  from tests import models as test_models
+
+  class Shipped(test_models.ConvNet):  # declares its input mean, as jaxcam's shipped models do: it takes [0, 1]
+    input_mean = (0.5, 0.5, 0.5)
+
+  module, variables, _, x = small
+  tap = jaxcam.linen_tap(Shipped(), variables, "body_2")
+  img = jax.nn.sigmoid(x)
+  with pytest.warns(UserWarning, match=r"pixel values up to 2\d\d.*takes images in \[0, 1\].*divide by 255"):
+    jaxcam.gradcam(tap, img * 255)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    jaxcam.gradcam(tap, img)
+    jaxcam.gradcam(jaxcam.linen_tap(module, variables, "body_2"), img * 255)  # a user's model: any range
+
+
 # ------------------------------------------------------------------------------------ degenerate results
 
 

@@ -193,7 +193,7 @@ def _softmax_map(scores, a):
 def test_sscam_draws_the_documented_noise_from_its_key(deep):
   """numpy SS-CAM with noise drawn per (sample, channel) as documented: fold_in(fold_in(key, s), k)."""
   tap, variables, x, t = deep
-  module, key, n, std = models.ConvNet(), jax.random.key(3), 2, 0.5
+  apply, key, n, std = jax.jit(models.ConvNet().apply), jax.random.key(3), 2, 0.5
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)  # (3, 6, 6, 8)
   z = {
     (s, k): np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, s), k), (12, 12)))
@@ -207,7 +207,7 @@ def test_sscam_draws_the_documented_noise_from_its_key(deep):
       mask = _torchcam_mask(a[b, ..., k], (12, 12))
       for s in range(n):
         xin = (np.asarray(x[b]) * (mask + std * z[s, k])[..., None])[None].astype(np.float32)
-        scores[k] += float(module.apply(variables, xin)[0, int(t[b])]) / n
+        scores[k] += float(apply(variables, xin)[0, int(t[b])]) / n
     raw[b] = _softmax_map(scores, a[b])
   maps = jaxcam.sscam(tap, x, target=t, key=key, num_samples=n, std=std, normalize=False, relu=False, upsample=False)
   np.testing.assert_allclose(maps, raw, rtol=1e-4, atol=1e-5)
@@ -223,7 +223,7 @@ def test_sscam_draws_the_documented_noise_from_its_key(deep):
 def test_iscam_against_numpy(deep):
   """numpy IS-CAM written from torchcam's loop: coeff += (s + 1) / N, score coeff * x * M_k, mean, softmax."""
   tap, variables, x, t = deep
-  module, n = models.ConvNet(), 4
+  apply, n = jax.jit(models.ConvNet().apply), 4
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)
   raw = np.zeros(a.shape[:3])
   for b in range(3):
@@ -233,7 +233,7 @@ def test_iscam_against_numpy(deep):
       for s in range(n):
         coeff += (s + 1) / n
         xin = (coeff * np.asarray(x[b]) * mask[..., None])[None].astype(np.float32)
-        scores[k] += float(module.apply(variables, xin)[0, int(t[b])]) / n
+        scores[k] += float(apply(variables, xin)[0, int(t[b])]) / n
     raw[b] = _softmax_map(scores, a[b])
   maps = jaxcam.iscam(tap, x, target=t, num_samples=n, normalize=False, relu=False, upsample=False)
   np.testing.assert_allclose(maps, raw, rtol=1e-4, atol=1e-5)
