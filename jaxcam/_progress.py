@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["reporting", "active_label", "tick", "bar"]
+__all__ = ["reporting", "tick", "bar"]
 
 _LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxcam_progress_label", default=None)
 _PHASES = itertools.count()
@@ -40,11 +40,6 @@ def reporting(label: str | None) -> Iterator[None]:
     yield
   finally:
     _LABEL.reset(token)
-
-
-def active_label() -> str | None:
-  """The label chunked maps report under at this point of tracing, or None."""
-  return _LABEL.get()
 
 
 def bar(total: int, desc: str, *, unit: str = "it", leave: bool = True):

@@ -282,20 +282,6 @@ def check_flags(normalize: Any, upsample: Any, relu: Any, fusion: Any) -> tuple[
   )
 
 
-def check_finite(x: Any, *, argname: str = "x") -> None:
-  """For concrete `x`: raise naming the images that hold NaN or Inf (a NaN image would give a silent NaN map)."""
-  if isinstance(x, jax.core.Tracer):
-    return
-  ok = np.asarray(jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))))
-  if not ok.all():
-    bad = np.flatnonzero(~ok).tolist()
-    raise ValueError(
-      f"Expected finite pixel values in `{argname}`, got NaN or Inf in image(s) {bad[:10]}"
-      + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-      + ". Check the decoding / preprocessing of those images."
-    )
-
-
 @contextlib.contextmanager
 def model_errors(x: Any):
   """Flax's parameter errors from inside the traced model, as one clear error about `x` or the variables."""
@@ -318,15 +304,25 @@ def model_errors(x: Any):
     ) from None
 
 
-def _warn_pixel_range(tap: Any, x: Any) -> None:
-  """A shipped model (it declares ``input_mean``) takes [0, 1]: warn when concrete `x` looks like 0-255."""
-  if isinstance(x, jax.core.Tracer) or getattr(getattr(tap, "module", None), "input_mean", None) is None:
+def _check_pixels(tap: Any, x: Any) -> None:
+  """For concrete `x`, from one device-to-host transfer: raise naming the images that hold NaN or Inf (they would
+  give silent NaN maps), and warn when a shipped model (it declares ``input_mean``: it takes [0, 1]) is given
+  what looks like 0-255."""
+  if isinstance(x, jax.core.Tracer):
     return
-  hi = float(jnp.max(x))
-  if hi > 2.0:
+  ok, hi = jax.device_get((jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))), jnp.max(x)))
+  if not ok.all():
+    bad = np.flatnonzero(~ok).tolist()
+    raise ValueError(
+      f"Expected finite pixel values in `x`, got NaN or Inf in image(s) {bad[:10]}"
+      + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+      + ". Check the decoding / preprocessing of those images."
+    )
+  module = getattr(tap, "module", None)
+  if getattr(module, "input_mean", None) is not None and float(hi) > 2.0:
     warnings.warn(
-      f"`x` has pixel values up to {hi:.4g}, but {type(tap.module).__name__} takes images in [0, 1] (it normalizes "
-      "inside): divide by 255 or use jaxcam.models.preprocess.",
+      f"`x` has pixel values up to {float(hi):.4g}, but {type(module).__name__} takes images in [0, 1] (it "
+      "normalizes inside): divide by 255 or use jaxcam.models.preprocess.",
       stacklevel=4,
     )
 
@@ -334,8 +330,7 @@ def _warn_pixel_range(tap: Any, x: Any) -> None:
 def _prepare(tap: Any, x: Any, target: Any):
   """The checks `explain` and `explain_many` share, before tracing; returns the target as a score object."""
   check_images(x)
-  check_finite(x)
-  _warn_pixel_range(tap, x)
+  _check_pixels(tap, x)
   return targets_lib.as_target(target)
 
 

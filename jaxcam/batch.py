@@ -204,7 +204,7 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  f = _jitted(spec, bool(normalize), bool(upsample), bool(relu), fusion, progress, static)
+  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _spatial, chunking, derivatives
+from jaxcam import _checks, _spatial, chunking, derivatives
 from jaxcam import targets as targets_lib
 from jaxcam._errors import UnknownNameError, check_key, unknown_name_message
 from jaxcam.methods import classic, perturbation
@@ -170,12 +170,6 @@ def _check_convention(convention: Any) -> None:
     raise ValueError(f"Expected `convention` to be one of {perturbation.SCORECAM_CONVENTIONS}, got {convention!r}.")
 
 
-def _check_samples(num_samples: Any) -> int:
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"Expected `num_samples` to be a positive int, got {num_samples!r}.")
-  return num_samples
-
-
 def input_baseline(tap, x, baseline: Any) -> jax.Array:
   """What a masked-out pixel becomes. jaxcam's perturbations act on the `x` you pass (its models take [0, 1] and
   normalize inside), so the default 0 masks to black. ``"mean"``: the model's declared ``input_mean`` (shipped
@@ -261,9 +255,8 @@ def _noisy_masked_scores(
   noise=None,
   baseline=0.0,
 ):
-  _check_samples(num_samples)
-  if not isinstance(std, (int, float)) or isinstance(std, bool) or not std >= 0:
-    raise ValueError(f"Expected `std` to be a non-negative float, got {std!r}.")
+  _checks.check_positive_int("num_samples", num_samples)
+  _checks.check_float("std", std, minimum=0.0)
   size = _spatial.image_size(x)
   if noise is None:
     key = check_key(key, method="SS-CAM")
@@ -298,7 +291,7 @@ def _noisy_masked_scores(
 def _integrated_masked_scores(
   tap, x, fwd, *, chunk_size=32, top_n=None, convention="torchcam", num_samples=10, baseline=0.0
 ):
-  _check_samples(num_samples)
+  _checks.check_positive_int("num_samples", num_samples)
   coeffs = perturbation.iscam_coefficients(num_samples)
 
   def field(s, b, k, mask):
