@@ -4,13 +4,17 @@ Importing jaxcam changes no global state (no XLA flags, no JAX config). One publ
 (`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is generated from the method table, here and nowhere else.
 """
 
-from jaxcam import chunking, core, derivatives, postprocess, providers, targets
+from jaxcam import chunking, core, derivatives, guided, postprocess, providers, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
 from jaxcam._version import __version__
 from jaxcam.api import Explanation, check_images, explain, explain_many, public_functions
 from jaxcam.batch import explain_batches, local_mesh
 from jaxcam.chunking import chunked_map, chunked_sum
+from jaxcam.concepts import Concepts, dff
+from jaxcam.fullgradient import fullgrad
+from jaxcam.guided import guided_backprop, guided_gradcam
 from jaxcam.methods.table import METHODS, MethodSpec, get_method, method_names, register_method
+from jaxcam.multiscale import sess
 from jaxcam.providers import Provider, register_provider
 from jaxcam.taps import (
   FunctionTap,
@@ -24,7 +28,7 @@ from jaxcam.taps import (
   list_layers,
   nnx_tap,
 )
-from jaxcam.wrappers import smooth
+from jaxcam.wrappers import Augmentation, finer, flip_multiply_tta, refine, smooth
 
 _METHOD_FUNCTIONS = public_functions()
 globals().update(_METHOD_FUNCTIONS)
@@ -39,6 +43,8 @@ def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loade
 
 
 __all__ = [
+  "Augmentation",
+  "Concepts",
   "METHODS",
   "Explanation",
   "FunctionTap",
@@ -56,13 +62,20 @@ __all__ = [
   "chunked_map",
   "chunked_sum",
   "chunking",
+  "guided",
   "core",
   "derivatives",
+  "dff",
   "explain",
   "explain_batches",
   "explain_many",
+  "finer",
+  "flip_multiply_tta",
+  "fullgrad",
   "function_tap",
   "get_method",
+  "guided_backprop",
+  "guided_gradcam",
   "linen_tap",
   "list_layers",
   "local_mesh",
@@ -70,8 +83,10 @@ __all__ = [
   "nnx_tap",
   "postprocess",
   "providers",
+  "refine",
   "register_method",
   "register_provider",
+  "sess",
   "smooth",
   "targets",
 ]

@@ -82,8 +82,24 @@ def _optional_positive_int(name: str, value: Any) -> None:
   check_positive_int(name, value, allow_none=True)
 
 
+def _optional_positive_float(name: str, value: Any) -> None:
+  if value is not None:
+    check_float(name, value, minimum=0.0, strict=True)
+
+
+def _kernel(name: str, value: Any) -> None:
+  from jaxcam.methods.factorization import KERNELS
+
+  check_choice(name, value, KERNELS)
+
+
 OPTION_RULES: dict[str, Callable[[str, Any], None]] = {
   "eps": _positive_float,
+  "k": _positive_float,
+  "gamma": _optional_positive_float,
+  "kernel": _kernel,
+  "degree": _positive_int,
+  "n_components": _positive_int,
   "std": _nonneg_float,
   "chunk_size": _positive_int,
   "num_samples": _positive_int,

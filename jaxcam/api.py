@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _checks, _progress, _spatial, core, postprocess
+from jaxcam import _checks, _progress, _spatial, core, postprocess, wrappers
 from jaxcam import targets as targets_lib
+from jaxcam.methods.factorization import first_component_projection
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
 
@@ -162,8 +163,14 @@ def _as_float(tree: Any) -> Any:
   return jax.tree.map(f, tree)
 
 
-def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion) -> Explanation:
-  """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`)."""
+def method_maps(
+  spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion, eigen_smooth=False
+) -> Explanation:
+  """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`).
+
+  With `eigen_smooth` the weighted activations ``w * A`` are projected on their first principal component
+  (pytorch-grad-cam's ``get_2d_projection``, with Eigen-CAM's deterministic sign) instead of summed over channels.
+  """
   used = spec.needs_for(options)
   fn_options = {k: options[k] for k, _ in spec.options}
   n_layers = len(fwd.activations)
@@ -180,19 +187,28 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
         f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape "
         f"{tuple(getattr(out, 'shape', ()))}; expected {expected} from activations {tuple(a.shape)}."
       )
-    m = out if spec.output == "map" else postprocess.combine(out, a)
+    if spec.output == "map":
+      m = out
+    elif eigen_smooth:
+      m = first_component_projection(out[..., None, None, :] * a if spec.output == "channel" else out * a)
+    else:
+      m = postprocess.combine(out, a)
     if relu:
       m = jax.nn.relu(m)
     if normalize:
       m = postprocess.normalize(m)
     if spec.per_layer is not None:
       m = spec.per_layer(m, fusion=fusion, n_layers=n_layers)
-    if upsample:
+    if upsample and spec.fuse is None:
       m = postprocess.upsample(m, _spatial.image_size(x))
     per_layer.append(m)
-  if n_layers > 1 and len({m.shape for m in per_layer}) != 1:
+  if spec.fuse is not None:
+    maps = spec.fuse(
+      per_layer, size=_spatial.image_size(x), options=options, normalize=normalize, relu=relu, upsample=upsample
+    )
+  elif n_layers > 1 and len({m.shape for m in per_layer}) != 1:
     raise ValueError("Fusing several layers needs `upsample=True` (their maps have different sizes).")
-  if fusion == "mean":
+  elif fusion == "mean":
     # pytorch-grad-cam aggregates even a single layer: relu, mean over layers, min-max again (after upsampling)
     maps = postprocess.fuse(jnp.stack(per_layer), mode="mean", normalized=normalize, relu=relu)
   else:
@@ -221,14 +237,56 @@ TRACES: collections.Counter = collections.Counter()
 """How many times each method was traced (compiled) by `explain` / `explain_many`: a retrace shows up here."""
 
 
-def _explain_impl(tap, x, target, traced, *, spec, static, normalize, upsample, relu, fusion, progress=False):
+def _explain_impl(
+  tap,
+  x,
+  target,
+  traced,
+  *,
+  spec,
+  static,
+  normalize,
+  upsample,
+  relu,
+  fusion,
+  progress=False,
+  eigen_smooth=False,
+  augment=None,
+):
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
+  flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, eigen_smooth=eigen_smooth)
+  if augment is not None:
+    return _augmented(spec, tap, x, target, options, augment, progress, flags)
   with _progress.reporting(spec.name if progress else None):
     fwd, values = compute_inputs(spec, tap, x, target, options)
-  return method_maps(
-    spec, tap, x, fwd, values, options, normalize=normalize, upsample=upsample, relu=relu, fusion=fusion
-  )
+  return method_maps(spec, tap, x, fwd, values, options, **flags)
+
+
+def _augmented(spec, tap, x, target, options, augment, progress, flags) -> Explanation:
+  """Test-time augmentation (pytorch-grad-cam's ``aug_smooth``): the method on every augmented copy of `x` (one
+  batch of n B images), each map mapped back by its augmentation's `invert` and averaged (not re-normalized).
+
+  Class ids come from the clean `x` (pytorch-grad-cam lets each augmented copy pick its own top class when no
+  target is given; with explicit targets the two agree). Logits and scores are the clean image's.
+  """
+  n, b = len(augment), x.shape[0]
+  clean = core.forward_only(tap, x, target)
+  fixed = targets_lib.with_ids(clean.target, None if clean.ids is None else jnp.tile(clean.ids, (n, 1)))
+  xs = jnp.concatenate([aug.apply(x) for aug in augment], axis=0)
+  if xs.shape != (n * b,) + x.shape[1:]:
+    raise ValueError(
+      f"Expected each augmentation's `apply` to keep the images' shape {tuple(x.shape)}, got "
+      f"{tuple(xs.shape[:1])} + {tuple(xs.shape[1:])} for {n} augmentations."
+    )
+  with _progress.reporting(spec.name if progress else None):
+    fwd, values = compute_inputs(spec, tap, xs, fixed, options)
+  ex = method_maps(spec, tap, xs, fwd, values, options, **flags)
+  maps = ex.maps.reshape((n, b) + ex.maps.shape[1:])
+  maps = jnp.mean(jnp.stack([aug.invert(m) for aug, m in zip(augment, maps)]), axis=0)
+  scores = clean.scores if clean.multi else clean.scores[:, 0]
+  ids = clean.ids if clean.ids is None or clean.multi else clean.ids[:, 0]
+  return dataclasses.replace(ex, maps=maps, logits=clean.logits, target=ids, scores=scores)
 
 
 def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion, progress=False):
@@ -258,7 +316,20 @@ def _explain_many_body(tap, x, target, specs, normalize, upsample, relu, fusion)
 
 _STATIC = ("normalize", "upsample", "relu", "fusion", "progress")
 _explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs",) + _STATIC)
-_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static") + _STATIC)
+_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static", "eigen_smooth", "augment") + _STATIC)
+
+
+def check_eigen_smooth(spec: MethodSpec, eigen_smooth: Any) -> bool:
+  """`eigen_smooth` as a bool; an error for a method that returns a map (there are no weighted activations)."""
+  eigen_smooth = _checks.check_bool("eigen_smooth", eigen_smooth)
+  if eigen_smooth and spec.output == "map":
+    raise ValueError(
+      f"Expected `eigen_smooth=False` for {spec.name}: it returns a map, not channel or spatial weights, so there "
+      "are no weighted activations to project. eigen_smooth applies to: "
+      + ", ".join(s.name for s in METHODS.values() if s.output != "map")
+      + "."
+    )
+  return eigen_smooth
 
 
 def _is_traced(tree: Any) -> bool:
@@ -371,6 +442,8 @@ def explain(
   relu: bool = True,
   fusion: str = "mean",
   progress: bool | None = None,
+  eigen_smooth: bool = False,
+  aug_smooth: Any = False,
   **options,
 ) -> Explanation:
   """Explain `x` with a CAM method; returns an `Explanation` (maps, logits, target ids, scores, layer).
@@ -390,6 +463,12 @@ def explain(
     progress: a progress bar per chunked map (masked copies, noisy samples, derivative directions) on stderr.
       None: for eager calls of expensive methods (`MethodSpec.expensive`) only, never under your `jax.jit`;
       True: always (host callbacks, one per chunk); False: never.
+    eigen_smooth: the map is the first principal component of the weighted activations ``w * A`` instead of their
+      channel sum (pytorch-grad-cam's ``eigen_smooth``; sign fixed as in Eigen-CAM). For methods that weight
+      channels or positions (every row whose output is "channel" or "spatial"); an error for map methods.
+    aug_smooth: test-time augmentation: True for pytorch-grad-cam's horizontal flip x (0.9, 1, 1.1) multipliers,
+      or a tuple of `jaxcam.Augmentation(apply, invert)`. Each augmented map (normalized as usual) is mapped back
+      and the maps are averaged, not re-normalized. One batch of ``n_aug * B`` images: memory grows with it.
     **options: method options (e.g. ``eps`` for Grad-CAM++ and XGrad-CAM, ``fc`` for CAM, ``key`` for smoothed
       methods). Options holding arrays (a PRNG key, a Dense kernel, a mask) are traced: new values never
       recompile and they may be tracers under your `jax.jit`; other options are static.
@@ -399,6 +478,8 @@ def explain(
   """
   spec = get_method(method)
   normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
+  eigen_smooth = check_eigen_smooth(spec, eigen_smooth)
+  augment = wrappers.resolve_augmentations(aug_smooth)
   opts = resolve_options(spec, options)
   target = _prepare(tap, x, target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
@@ -417,6 +498,8 @@ def explain(
       relu=relu,
       fusion=fusion,
       progress=_show_progress(progress, under_jit, spec.expensive(opts)),
+      eigen_smooth=eigen_smooth,
+      augment=augment,
     )
   if not under_jit:
     _eager_checks(spec, target, ex, opts)
@@ -446,7 +529,7 @@ def explain_many(
   ``allow_expensive=True``; None leaves such methods out. `progress` as in `explain`.
   """
   if methods is None:
-    specs = tuple(s for s in METHODS.values() if not s.expensive())
+    specs = tuple(s for s in METHODS.values() if not s.expensive() and _runs_on_defaults(s))
   else:
     specs = tuple(get_method(m) for m in methods)
     costly = [s for s in specs if s.expensive()]
@@ -461,9 +544,8 @@ def explain_many(
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f"Expected distinct methods in `methods`, got {names}.")
-  for s in specs:  # explain_many passes default options only: no arrays, nothing a wrapper must be given
-    wrapper_options: tuple = getattr(s.inputs, "options", ())
-    if _has_array(s.defaults()) or wrapper_options:
+  for s in specs:  # explain_many passes default options only: no arrays, no key
+    if not _runs_on_defaults(s):
       raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
   target = _prepare(tap, x, target)
   under_jit = _is_traced((tap, x, target))
@@ -485,9 +567,28 @@ def explain_many(
   return out
 
 
+def _runs_on_defaults(spec: MethodSpec) -> bool:
+  """Whether a row runs on its default options alone (explain_many passes no options): no array option and no
+  key to be given (a ``key`` whose default is None must be passed)."""
+  defaults = spec.defaults()
+  return not _has_array(defaults) and not ("key" in defaults and defaults["key"] is None)
+
+
 def _make_public(spec: MethodSpec):
   def method_fn(
-    tap, x, /, target=None, *, normalize=True, upsample=True, relu=True, fusion="mean", progress=None, **options
+    tap,
+    x,
+    /,
+    target=None,
+    *,
+    normalize=True,
+    upsample=True,
+    relu=True,
+    fusion="mean",
+    progress=None,
+    eigen_smooth=False,
+    aug_smooth=False,
+    **options,
   ):
     return explain(
       spec,
@@ -499,6 +600,8 @@ def _make_public(spec: MethodSpec):
       relu=relu,
       fusion=fusion,
       progress=progress,
+      eigen_smooth=eigen_smooth,
+      aug_smooth=aug_smooth,
       **options,
     ).maps
 

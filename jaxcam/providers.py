@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _checks, _spatial, chunking, derivatives
+from jaxcam import _checks, _spatial, chunking, core, derivatives
 from jaxcam import targets as targets_lib
 from jaxcam._errors import UnknownNameError, check_key, unknown_name_message
 from jaxcam.methods import classic, perturbation
@@ -340,6 +340,35 @@ def _position_scores(tap, x, fwd, *, chunk_size=32):
   return (jnp.moveaxis(s, -1, 1),)  # (B, K, h, w)
 
 
+def _noisy_grad_moments(tap, x, fwd, *, num_samples=4, std=0.3, key=None, noise=None, chunk_size=4):
+  """Per layer ``(mean g, mean g^2, mean g^3)`` over `num_samples` noisy copies ``x + std * z_s`` (Smooth
+  Grad-CAM++'s inputs), the class ids fixed by the clean pass. ``z_s = normal(fold_in(key, s), (H, W, C))`` is
+  shared by the images of the batch (an image gets the same draws alone or in any batch), or the user's `noise`
+  ``(num_samples, B, H, W, C)``."""
+  _checks.check_positive_int("num_samples", num_samples)
+  _checks.check_float("std", std, minimum=0.0)
+  chunking.check_chunk_size(chunk_size)
+  if noise is None:
+    key = check_key(key, method="Smooth Grad-CAM++")
+  elif tuple(getattr(noise, "shape", ())) != (num_samples,) + tuple(x.shape):
+    raise ValueError(
+      f"Expected `noise` of shape (num_samples, B, H, W, C) = {(num_samples,) + tuple(x.shape)} (standard normal "
+      f"draws per sample and image), got {tuple(getattr(noise, 'shape', ()))}."
+    )
+  fixed = targets_lib.with_ids(fwd.target, fwd.ids)
+
+  def one(s):
+    if noise is None:
+      z = jax.random.normal(jax.random.fold_in(key, s), x.shape[1:], x.dtype)[None]
+    else:
+      z = jnp.take(noise, s, axis=0).astype(x.dtype)
+    grads = core.forward_and_grads(tap, x + jnp.asarray(std, x.dtype) * z, fixed).grads or ()
+    return tuple((gi, gi * gi, gi * gi * gi) for gi in grads)
+
+  total = chunking.chunked_sum(one, jnp.arange(num_samples), chunk_size=chunk_size)
+  return jax.tree.map(lambda v: v / num_samples, total)
+
+
 def _scores(tap, x, fwd):
   del x
   return (fwd.scores,) * _layers(tap)
@@ -376,6 +405,13 @@ for _p in (
     options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10), ("baseline", 0.0)),
     expensive=True,
     cost="num_samples forward passes per channel of a scaled masked copy of the image",
+  ),
+  Provider(
+    "noisy_grad_moments",
+    _noisy_grad_moments,
+    options=(("num_samples", 4), ("std", 0.3), ("key", None), ("noise", None), ("chunk_size", 4)),
+    expensive=True,
+    cost="num_samples forward and backward passes of noisy copies of the image",
   ),
   Provider(
     "ablated_scores",

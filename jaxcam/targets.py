@@ -25,7 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ClassScore", "ScoreFn", "logit", "softmax", "log_softmax", "as_target", "with_ids", "check_logits"]
+__all__ = [
+  "ClassScore",
+  "FinerScore",
+  "ScoreFn",
+  "as_target",
+  "check_logits",
+  "finer",
+  "log_softmax",
+  "logit",
+  "softmax",
+  "with_ids",
+]
 
 _KINDS = ("logit", "softmax", "log_softmax")
 
@@ -158,6 +169,98 @@ class ScoreFn:
     return self._call_checked(output)
 
 
+FINER_CONVENTIONS = ("pgc", "torchcam")
+
+
+@functools.partial(
+  jax.tree_util.register_dataclass, data_fields=["classes"], meta_fields=["convention", "alpha", "references"]
+)
+@dataclasses.dataclass(frozen=True, eq=False)
+class FinerScore:
+  """Finer-CAM's contrastive score of class c against the classes whose logits are closest to c's.
+
+  convention "pgc" (pytorch-grad-cam's ``FinerWeightedTarget``): ``S = sum_i p_i (z_c - alpha z_i) /
+  (sum_i p_i + 1e-9)`` over the comparison classes ranked `references` (default (1, 2, 3): the 2nd-4th closest
+  logits, rank 0 being c itself), ``p = softmax(z)`` inside the differentiated graph, alpha 1.
+  convention "torchcam" (torchcam's ``FinerCAM``): ``S = z_c - alpha mean_i z_i`` over the `references` (default
+  3) closest other classes, alpha 0.6. The comparison classes are chosen on the logits without gradient; c is
+  the target class (None: the top class). Build it with `finer`.
+  """
+
+  classes: Any = None
+  convention: str = "pgc"
+  alpha: float = 1.0
+  references: Any = (1, 2, 3)
+
+  def __repr__(self) -> str:
+    return f"jaxcam.targets.finer({self.classes!r}, convention={self.convention!r}, alpha={self.alpha!r})"
+
+  @property
+  def multi(self) -> bool:
+    return self.classes is not None and np.ndim(self.classes) == 2
+
+  def evaluate(self, logits: jax.Array) -> tuple[jax.Array, jax.Array, bool]:
+    """``(ids (B, K), contrastive scores (B, K), multi)``."""
+    logits = check_logits(logits)
+    ids = ClassScore("logit", self.classes).class_ids(logits)  # (B, K)
+    n = logits.shape[-1]
+    fixed = jax.lax.stop_gradient(logits)
+    zc = jnp.take_along_axis(logits, ids, axis=-1, mode="fill", fill_value=jnp.nan)  # (B, K)
+    dist = jnp.abs(fixed[:, None, :] - jax.lax.stop_gradient(zc)[..., None])  # (B, K, N)
+    dist = jnp.where(jnp.arange(n)[None, None, :] == ids[..., None], -jnp.inf, dist)  # c itself ranks first
+    order = jnp.argsort(dist, axis=-1, stable=True)
+    if self.convention == "pgc":
+      ranks = [r for r in self.references if r < n]
+      refs = order[..., jnp.asarray(ranks, jnp.int32)]  # (B, K, R)
+      z_ref = jnp.take_along_axis(logits[:, None, :], refs, axis=-1)
+      p_ref = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1)[:, None, :], refs, axis=-1)
+      scores = jnp.sum(p_ref * (zc[..., None] - self.alpha * z_ref), axis=-1) / (jnp.sum(p_ref, axis=-1) + 1e-9)
+    else:
+      count = min(int(self.references), n - 1)
+      z_ref = jnp.take_along_axis(logits[:, None, :], order[..., 1 : 1 + count], axis=-1)
+      scores = zc - self.alpha * jnp.mean(z_ref, axis=-1)
+    return ids, scores, self.multi
+
+  def __call__(self, logits: jax.Array) -> jax.Array:
+    _, s, multi = self.evaluate(logits)
+    return s if multi else s[:, 0]
+
+
+def finer(
+  classes: Any = None, *, convention: str = "pgc", alpha: float | None = None, references: Any = None
+) -> FinerScore:
+  """Finer-CAM's contrastive target (see `FinerScore`): explain what tells class c apart from its closest rivals.
+
+  Args:
+    classes: class ids as for `logit` (None: each image's top class).
+    convention: "pgc" (pytorch-grad-cam, the default) or "torchcam".
+    alpha: comparison strength; None gives the convention's default (1.0 for "pgc", torchcam's gamma 0.6).
+    references: "pgc": the similarity ranks compared with (default (1, 2, 3)); "torchcam": how many closest
+      classes are averaged (default 3).
+  """
+  if convention not in FINER_CONVENTIONS:
+    raise ValueError(f"Expected `convention` to be one of {FINER_CONVENTIONS}, got {convention!r}.")
+  from jaxcam import _checks
+
+  if alpha is None:
+    alpha = 1.0 if convention == "pgc" else 0.6
+  _checks.check_float("alpha", alpha, minimum=0.0)
+  if convention == "pgc":
+    refs = (1, 2, 3) if references is None else references
+    if (
+      not isinstance(refs, (tuple, list))
+      or not refs
+      or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in refs)
+    ):
+      raise ValueError(
+        f"Expected `references` to be a tuple of similarity ranks >= 1 (rank 0 is the class itself), got {refs!r}."
+      )
+    refs = tuple(refs)
+  else:
+    refs = 3 if references is None else _checks.check_positive_int("references", references)
+  return FinerScore(_check_ids(classes), convention, float(alpha), refs)
+
+
 def logit(classes: Any = None) -> ClassScore:
   """S = logits[c]: the raw class score (Grad-CAM's default)."""
   return ClassScore("logit", _check_ids(classes))
@@ -184,11 +287,15 @@ def check_ids_in_range(classes: Any, n: int) -> None:
     )
 
 
-def as_target(target: Any) -> ClassScore | ScoreFn:
+Target = ClassScore | ScoreFn | FinerScore
+"""What `as_target` returns: a score object with ``evaluate(logits) -> (ids, scores (B, K), multi)``."""
+
+
+def as_target(target: Any) -> Target:
   """Normalize `target` (None, ids, a score object or a callable) to a score object."""
   if target is None:
     return ClassScore("logit", None)
-  if isinstance(target, (ClassScore, ScoreFn)):
+  if isinstance(target, (ClassScore, ScoreFn, FinerScore)):
     return target
   if callable(target) and not hasattr(target, "dtype"):
     return ScoreFn(target)
@@ -203,12 +310,12 @@ def as_target(target: Any) -> ClassScore | ScoreFn:
   return ClassScore("logit", _check_ids(target))
 
 
-def with_ids(target: ClassScore | ScoreFn, ids: jax.Array | None) -> ClassScore | ScoreFn:
+def with_ids(target: Target, ids: jax.Array | None) -> Target:
   """The same score with its class ids fixed to `ids` ``(B, K)`` (None ids: the target unchanged).
 
   Used wherever the input moves (a derivative direction, a noisy or masked copy): the class chosen on the clean
   input must not move with it.
   """
-  if isinstance(target, ClassScore) and ids is not None:
-    return ClassScore(target.kind, ids if target.multi else ids[:, 0])
+  if isinstance(target, (ClassScore, FinerScore)) and ids is not None:
+    return dataclasses.replace(target, classes=ids if target.multi else ids[:, 0])
   return target

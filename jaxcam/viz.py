@@ -8,7 +8,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["overlay", "grid", "save_png", "map_to_image", "peak", "show"]
+__all__ = [
+  "concept_overlay",
+  "deprocess_gradient",
+  "grid",
+  "map_to_image",
+  "overlay",
+  "peak",
+  "save_png",
+  "show",
+  "show_concepts",
+]
 
 
 def _as_uint8_image(image: Any) -> np.ndarray:
@@ -105,6 +115,63 @@ def grid(
   fig.tight_layout()
   if path is not None:
     fig.savefig(os.fspath(path), format="png", metadata={"Software": None})
+  return fig
+
+
+def deprocess_gradient(grad: Any) -> np.ndarray:
+  """uint8 RGB of a raw input gradient ``(H, W, 3)`` (guided backprop, Guided Grad-CAM): standardized, scaled by
+  0.1 and centered on gray, as pytorch-grad-cam's ``deprocess_image``."""
+  g = np.asarray(grad, np.float32)
+  if g.ndim != 3:
+    raise ValueError(f"Expected one gradient image (H, W, C), got shape {g.shape}.")
+  g = (g - g.mean()) / (g.std() + 1e-5) * 0.1 + 0.5
+  return np.uint8(np.clip(g, 0, 1) * 255)
+
+
+def _concept_colors(n: int) -> np.ndarray:
+  import matplotlib
+
+  cmap = matplotlib.colormaps["hsv"]
+  return np.asarray([cmap(i / n)[:3] for i in range(n)], np.float32)
+
+
+def concept_overlay(image: Any, maps: Any, *, image_weight: float = 0.5) -> np.ndarray:
+  """uint8 RGB: each pixel colored by its strongest concept (hue) with that concept's map as brightness, blended
+  with the photo, as pytorch-grad-cam's ``show_factorization_on_image``. `maps`: ``(K, h, w)`` in [0, 1] (one
+  image's `jaxcam.dff` maps), resized to the photo."""
+  img = _as_uint8_image(image).astype(np.float32) / 255.0
+  m = np.asarray(maps, np.float32)
+  if m.ndim != 3:
+    raise ValueError(f"Expected one image's concept maps (K, h, w), got shape {m.shape}.")
+  m = np.stack([map_to_image(mi, img.shape[:2]) for mi in m])
+  owner = m.argmax(axis=0)
+  colors = _concept_colors(len(m))
+  strength = np.take_along_axis(m, owner[None], axis=0)[0]
+  mask = colors[owner] * strength[..., None]
+  out = img * image_weight + mask * (1.0 - image_weight)
+  return np.uint8(np.clip(out, 0, 1) * 255)
+
+
+def show_concepts(image: Any, maps: Any, labels: Sequence[str] | None = None, *, ax=None, image_weight: float = 0.5):
+  """Draw `concept_overlay` with a legend (one colored entry per concept, e.g. its top classes from
+  ``Concepts.scores``) on `ax` (a new figure when None); returns the figure."""
+  from matplotlib.figure import Figure
+  from matplotlib.patches import Patch
+
+  m = np.asarray(maps)
+  labels = [f"concept {k}" for k in range(len(m))] if labels is None else list(labels)
+  if len(labels) != len(m):
+    raise ValueError(f"Expected {len(m)} labels (one per concept), got {len(labels)}.")
+  if ax is None:
+    fig = Figure(figsize=(5, 4), dpi=100)
+    ax = fig.subplots()
+  else:
+    fig = ax.figure
+  ax.imshow(concept_overlay(image, m, image_weight=image_weight))
+  colors = _concept_colors(len(m))
+  ax.legend(handles=[Patch(color=c, label=t) for c, t in zip(colors, labels)], fontsize=7, loc="lower left")
+  ax.set_xticks([])
+  ax.set_yticks([])
   return fig
 
 

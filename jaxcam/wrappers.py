@@ -14,7 +14,8 @@ models take images in [0, 1] and normalise inside).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,9 @@ import jax.numpy as jnp
 from jaxcam import chunking, core
 from jaxcam import targets as targets_lib
 from jaxcam._errors import check_key
-from jaxcam.methods.table import MethodSpec, get_method
+from jaxcam.methods.table import MethodSpec, get_method, register_method
 
-__all__ = ["smooth"]
+__all__ = ["Augmentation", "DEFAULT_TTA", "finer", "flip_multiply_tta", "refine", "smooth"]
 
 
 def _mean(total: Any, n: int) -> Any:
@@ -91,3 +92,181 @@ def smooth(method: str | MethodSpec, *, num_samples: int = 8, std: float = 0.3, 
   name = f"smooth_{inner.name}"
   hook = SmoothInputs(inner.inputs, int(num_samples), float(std), int(chunk_size), name)
   return dataclasses.replace(inner, name=name, title=f"Smoothed {inner.title or inner.name}", inputs=hook, aliases=())
+
+
+class Augmentation(NamedTuple):
+  """A test-time augmentation for ``aug_smooth=``: `apply` maps images ``(B, H, W, C)``, `invert` maps the maps of
+  the augmented images ``(B, [K,] H, W)`` back onto the original pixels. Both are traceable functions; define them
+  once (they are static: a new function object recompiles)."""
+
+  apply: Callable[[jax.Array], jax.Array]
+  invert: Callable[[jax.Array], jax.Array]
+
+
+def _identity(v):
+  return v
+
+
+def _flip_images(x):
+  return x[:, :, ::-1, :]
+
+
+def _flip_maps(m):
+  return m[..., ::-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class _FlipScale:
+  """Flip (optionally) then multiply by `factor`: hashable by value, so equal augmentations never recompile."""
+
+  flip: bool
+  factor: float
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return (_flip_images(x) if self.flip else x) * jnp.asarray(self.factor, x.dtype)
+
+
+def flip_multiply_tta(factors: tuple[float, ...] = (0.9, 1.0, 1.1)) -> tuple[Augmentation, ...]:
+  """pytorch-grad-cam's default ``tta_transforms``: horizontal flip (off, on) x brightness multipliers.
+
+  Six augmentations by default, in ttach's order (no flip with each factor, then flipped). The multiplier acts on
+  the `x` you pass (jaxcam's models take [0, 1] and normalize inside; pytorch-grad-cam multiplies the normalized
+  tensor).
+  """
+  factors = tuple(float(f) for f in factors)
+  if not factors:
+    raise ValueError("Expected at least one factor in `factors`, got ().")
+  return tuple(
+    Augmentation(_FlipScale(flip, f), _flip_maps if flip else _identity) for flip in (False, True) for f in factors
+  )
+
+
+DEFAULT_TTA = flip_multiply_tta()
+
+
+def resolve_augmentations(aug_smooth: Any) -> tuple[Augmentation, ...] | None:
+  """``aug_smooth`` as a static tuple of augmentations (None when off); clear errors otherwise."""
+  if aug_smooth is False or aug_smooth is None:
+    return None
+  if aug_smooth is True:
+    return DEFAULT_TTA
+  if isinstance(aug_smooth, Augmentation):
+    aug_smooth = (aug_smooth,)
+  if (
+    isinstance(aug_smooth, (tuple, list))
+    and aug_smooth
+    and all(isinstance(a, Augmentation) and callable(a.apply) and callable(a.invert) for a in aug_smooth)
+  ):
+    return tuple(aug_smooth)
+  raise TypeError(
+    "Expected `aug_smooth` to be False, True (pytorch-grad-cam's flip x (0.9, 1, 1.1) multipliers) or a tuple of "
+    f"jaxcam.Augmentation(apply, invert), got {aug_smooth!r}."
+  )
+
+
+# ------------------------------------------------------------------------------------------------ Finer-CAM
+
+
+@dataclasses.dataclass(frozen=True)
+class FinerInputs:
+  """The `inputs` hook of a Finer-CAM row: the base method's inputs for the contrastive target."""
+
+  inner: Any
+  name: str
+  options: tuple[tuple[str, Any], ...] = (("finer_convention", "pgc"), ("alpha", None), ("references", None))
+  expensive: bool = False
+
+  def cost(self, inner_cost: str) -> str:
+    return inner_cost
+
+  def __call__(self, plain, needs, tap, x, target, options):
+    if not isinstance(target, targets_lib.ClassScore) or target.kind != "logit":
+      raise ValueError(
+        f"{self.name} builds its own contrastive score from class ids: pass `target` as class ids or None (the top "
+        f"class), got {target!r}. For another score, use jaxcam.targets.finer(...) with the base method."
+      )
+    finer = targets_lib.finer(
+      target.classes,
+      convention=options["finer_convention"],
+      alpha=options["alpha"],
+      references=options["references"],
+    )
+    if self.inner is not None:
+      return self.inner(plain, needs, tap, x, finer, options)
+    return plain(needs, tap, x, finer, options)
+
+
+def finer(method: str | MethodSpec = "gradcam") -> MethodSpec:
+  """Finer-CAM around any method that reads the target (`jaxcam.finercam` is ``finer("gradcam")``).
+
+  The base method explains `jaxcam.targets.finer` (the target class against its closest rivals) instead of the
+  class score. Options: ``finer_convention`` "pgc" (pytorch-grad-cam's ``FinerCAM``, the default: softmax-weighted
+  differences with the 2nd-4th closest classes, alpha 1) or "torchcam" (``z_c - 0.6 mean`` of the 3 closest),
+  ``alpha`` (None: the convention's default), ``references`` (see `jaxcam.targets.finer`).
+
+  Ziyi Zhang et al., "Finer-CAM: Spotting the Difference Reveals Finer Details for Visual Explanation",
+  arXiv 2501.11309.
+  """
+  inner = get_method(method)
+  if not inner.class_specific:
+    raise ValueError(f"Expected a class-specific base method for Finer-CAM, got {inner.name} (it ignores the target).")
+  name = "finercam" if inner.name == "gradcam" else f"finer_{inner.name}"
+  hook = FinerInputs(inner.inputs, name, expensive=bool(getattr(inner.inputs, "expensive", False)))
+  return dataclasses.replace(
+    inner, name=name, title=f"Finer-CAM ({inner.title or inner.name})", inputs=hook, aliases=()
+  )
+
+
+# ------------------------------------------------------------------------------------------------ RefineCAM
+
+REFINE_CONVENTIONS = ("pgc", "torchcam")
+
+
+def refine_fuse(maps, *, size, options, normalize, relu, upsample):
+  """RefineCAM's fusion: the product of the layers' maps, min-max normalized.
+
+  "pgc" (pytorch-grad-cam's ``RefineCAM``): each layer's map upsampled to the input and min-max normalized again
+  (its per-layer CAM), multiplied, normalized. "torchcam": each layer's normalized map resized to the largest
+  layer's size, multiplied, normalized, then upsampled to the input when `upsample`.
+  """
+  from jaxcam import postprocess
+
+  convention = options["refine_convention"]
+  if convention not in REFINE_CONVENTIONS:
+    raise ValueError(f"Expected `refine_convention` to be one of {REFINE_CONVENTIONS}, got {convention!r}.")
+  if convention == "pgc":
+    target = tuple(size) if upsample else tuple(max(d) for d in zip(*(m.shape[-2:] for m in maps)))
+    layers = [postprocess.upsample(m, target) for m in maps]
+    if normalize:
+      layers = [postprocess.normalize(jax.nn.relu(m) if relu else m) for m in layers]
+    out = jnp.prod(jnp.stack(layers), axis=0)
+    return postprocess.normalize(out) if normalize else out
+  largest = tuple(max(d) for d in zip(*(m.shape[-2:] for m in maps)))
+  out = jnp.prod(jnp.stack([postprocess.upsample(m, largest) for m in maps]), axis=0)
+  if normalize:
+    out = postprocess.normalize(out)
+  return postprocess.upsample(out, tuple(size)) if upsample else out
+
+
+def refine(method: str | MethodSpec = "gradcam_pp") -> MethodSpec:
+  """RefineCAM around any method (`jaxcam.refinecam` is ``refine("gradcam_pp")``): the element-wise product of
+  the maps of a multi-layer tap's layers (``linen_tap(module, variables, ["layer2", "layer3", "layer4"])``), which
+  keeps what every layer agrees on and denoises early layers. Option ``refine_convention``: "pgc" (the default) or
+  "torchcam" (see `refine_fuse`). A single-layer tap gives the base method's map.
+
+  "How to Evaluate and Refine your CAM", arXiv 2605.14641; pytorch-grad-cam's and torchcam's ``RefineCAM``.
+  """
+  inner = get_method(method)
+  name = "refinecam" if inner.name == "gradcam_pp" else f"refine_{inner.name}"
+  return dataclasses.replace(
+    inner,
+    name=name,
+    title=f"RefineCAM ({inner.title or inner.name})",
+    fuse=refine_fuse,
+    controls=inner.controls + (("refine_convention", "pgc"),),
+    aliases=(),
+  )
+
+
+register_method(finer("gradcam"))
+register_method(refine("gradcam_pp"))

@@ -17,6 +17,9 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
   pytorch-grad-cam (maps and weights).
 - ``sscam_iscam``: the same SmallCNN; torchcam's SSCAM with its Gaussian noise replaced by stored draws (saved
   for jaxcam's ``noise=``) and ISCAM (default 10 samples, and 3).
+- ``family``: FEM, KPCA-CAM, Seg-Eigen-CAM, eigen_smooth, aug_smooth, Finer-CAM, RefineCAM (pytorch-grad-cam and
+  torchcam) and torchcam's Smooth Grad-CAM++ (stored noise) on the SmallCNN; pytorch-grad-cam's guided
+  backpropagation and FullGrad on a seeded torchvision ResNet-18 with its normalization inside.
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -288,6 +291,103 @@ def make_sscam_iscam() -> dict[str, np.ndarray]:
   return _as_fixture(out)
 
 
+def make_family() -> dict[str, np.ndarray]:
+  """The rest of the family on cam_parity's SmallCNN (FEM, KPCA-CAM, Seg-Eigen-CAM, eigen/aug smoothing,
+  Finer-CAM, RefineCAM, torchcam's Smooth Grad-CAM++ with stored noise) and, on a numpy-seeded torchvision
+  ResNet-18 with its normalization inside (64x64 inputs in [0, 1]), pytorch-grad-cam's guided backpropagation
+  and FullGrad."""
+  import pytorch_grad_cam as pgc
+  import torchcam.methods as tcm
+  import torchvision
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+  weights, model, x, xt = _seeded(SmallCNN, weight_seed=0, input_seed=1)
+  ids = [3, 7]
+  targets = [ClassifierOutputTarget(c) for c in ids]
+  out = {f"w/{k}": v for k, v in weights.items()}
+  out["x"], out["ids"] = nhwc(x), np.asarray(ids)
+  a_nchw, g_nchw, _ = _acts_and_grads(model, xt, model.block2, ids)
+  out["block2/A"], out["block2/G"] = nhwc(a_nchw), nhwc(g_nchw)
+  for name, cls in {"fem": pgc.FEM, "kpcacam": pgc.KPCA_CAM, "segeigencam": pgc.SegEigenCAM}.items():
+    with cls(model=model, target_layers=[model.block2]) as cam:
+      out[f"pgc/{name}/maps"] = cam(input_tensor=xt, targets=targets)
+  for name, cls in {"gradcam": pgc.GradCAM, "layercam": pgc.LayerCAM}.items():
+    with cls(model=model, target_layers=[model.block2]) as cam:
+      out[f"pgc/{name}/eigen_raw"] = cam.get_cam_image(xt, model.block2, targets, a_nchw, g_nchw, True)
+  with pgc.GradCAM(model=model, target_layers=[model.block2]) as cam:
+    out["pgc/gradcam/aug_maps"] = cam(input_tensor=xt, targets=targets, aug_smooth=True)
+  finer = pgc.FinerCAM(model=model, target_layers=[model.block2])
+  out["pgc/finercam/maps"] = finer(input_tensor=xt, targets=None)
+  refine = pgc.RefineCAM(model=model, target_layers=[model.block2, model.block3])  # no context manager in 1.5.7
+  out["pgc/refinecam/maps"] = refine(input_tensor=xt, targets=targets)
+  with tcm.FinerCAM(model, "block2", base_method=tcm.GradCAM) as extractor:
+    (cam_map,) = extractor(class_idx=ids, scores=model(xt))
+    out["tc/finercam/maps"] = cam_map.detach().numpy()
+  with tcm.RefineCAM(model, ["block2", "block3"], base_method=tcm.GradCAM, input_shape=(3, 16, 16)) as extractor:
+    (cam_map,) = extractor(class_idx=ids, scores=model(xt))
+    out["tc/refinecam/maps"] = cam_map.detach().numpy()
+
+  # torchcam's Smooth Grad-CAM++ with stored draws, plus each noisy copy's A and dS/dA for the quirk test
+  num_samples, std = 4, 0.3
+  draws = np.random.default_rng(11).standard_normal((num_samples, 2, 3, 16, 16)).astype(np.float32)
+  with tcm.SmoothGradCAMpp(model, "block2", num_samples=num_samples, std=std, input_shape=(3, 16, 16)) as ext:
+    ext._distrib = _StoredNormal(draws, std)
+    model(xt)
+    (cam_map,) = ext(class_idx=ids)
+    assert ext._distrib.i == num_samples
+    out["tc/smooth_gradcam_pp/maps"] = cam_map.detach().numpy()
+  per_a, per_g = [], []
+  for i in range(num_samples):
+    noisy = xt + torch.from_numpy(draws[i]) * std
+    a_s, g_s, _ = _acts_and_grads(model, noisy, model.block2, ids)
+    per_a.append(nhwc(a_s))
+    per_g.append(nhwc(g_s))
+  out["smooth/noise"] = np.moveaxis(draws, 2, -1)  # (S, B, H, W, C)
+  out["smooth/A"], out["smooth/G"] = np.stack(per_a), np.stack(per_g)
+  out["smooth/std"] = np.asarray(std)
+
+  # SESS around Grad-CAM: the default grid (12 scales from the 16-pixel window) and a max-pooled, pre-filtered,
+  # unblurred variant with a smaller stride
+  with pgc.SESS(model=model, target_layers=[model.block2]) as cam:
+    out["pgc/sess/maps"] = cam(input_tensor=xt, targets=targets)
+  with pgc.SESS(
+    model=model,
+    target_layers=[model.block2],
+    num_scales=3,
+    step_size=6,
+    pre_filter_ratio=0.5,
+    pool="max",
+    smooth=False,
+  ) as cam:
+    out["pgc/sess_max/maps"] = cam(input_tensor=xt, targets=targets)
+
+  # guided backprop and FullGrad on a seeded torchvision ResNet-18 (normalization inside)
+  net = torchvision.models.resnet18(weights=None).eval()
+  keys_shapes = [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+  net.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(keys_shapes, seed=7).items()})
+  mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+  std_t = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+  class Normalized(nn.Module):
+    def __init__(self, inner):
+      super().__init__()
+      self.inner = inner
+
+    def forward(self, v):
+      return self.inner((v - mean) / std_t)
+
+  wrapped = Normalized(net).eval()
+  rx = np.random.default_rng(3).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+  rxt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(rx, -1, 1)))
+  rids = [5, 321]
+  out["resnet/x"], out["resnet/ids"] = rx, np.asarray(rids)
+  guided = pgc.GuidedBackpropReLUModel(wrapped, device="cpu")
+  out["pgc/guided/grads"] = np.stack([guided(rxt[i : i + 1], target_category=c) for i, c in enumerate(rids)])
+  with pgc.FullGrad(model=wrapped, target_layers=[]) as cam:
+    out["pgc/fullgrad/maps"] = cam(input_tensor=rxt.clone(), targets=[ClassifierOutputTarget(c) for c in rids])
+  return _as_fixture(out)
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -376,6 +476,7 @@ SECTIONS = {
   "shapley_parity": make_shapley_parity,
   "gradient_free": make_gradient_free,
   "sscam_iscam": make_sscam_iscam,
+  "family": make_family,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,

@@ -243,7 +243,11 @@ def test_explain_many_shares_one_pass_and_equals_explain(net):
   taps, _, x, t = net
   tap = taps["linen"]
   many = jaxcam.explain_many(None, tap, x, target=t)
-  assert set(many) == {s.name for s in jaxcam.METHODS.values() if not s.expensive()}
+  keyed = {s.name for s in jaxcam.METHODS.values() if "key" in s.defaults()}  # a key must be passed: explain only
+  assert "randomcam" in keyed and "finercam" in many and "refinecam" in many
+  assert set(many) == {s.name for s in jaxcam.METHODS.values() if not s.expensive()} - keyed
+  with pytest.raises(ValueError, match="randomcam needs options"):
+    jaxcam.explain_many(["gradcam", "randomcam"], tap, x, target=t)
   for name, ex in many.items():
     np.testing.assert_allclose(ex.maps, jaxcam.explain(name, tap, x, target=t).maps, atol=1e-6, err_msg=name)
   exact = jaxcam.get_method("gradcam_pp").expensive({"derivatives": "exact"})
@@ -345,7 +349,7 @@ def test_taps_targets_and_diagonals_are_registered_dataclasses(net):
 
 def test_every_registered_method_has_an_independent_reference():
   """A new method fails here until a numpy formula, a peer fixture or a brute-force check covers it."""
-  from tests import test_derivatives, test_methods, test_parity, test_perturbation
+  from tests import test_derivatives, test_family, test_methods, test_parity, test_perturbation
 
   numpy_pipeline = set(test_methods.REF_RAW) | {"reciprocam", "iscam", "sscam"}  # against numpy formulas / loops
   peer_fixtures = set(test_parity.PGC) | {"cam", "scorecam", "ablationcam", "sscam", "iscam"}  # pgc / torchcam
@@ -362,7 +366,19 @@ def test_every_registered_method_has_an_independent_reference():
     "test_iscam_against_numpy",
   ):
     assert hasattr(test_perturbation, name), name
-  exceptions: dict[str, str] = {}  # name -> why it has no independent reference (none today)
-  covered = numpy_pipeline | peer_fixtures | brute_force | set(exceptions)
+  family = {  # tests/test_family.py: peer fixtures and numpy references
+    "fem": "test_rows_match_pytorch_grad_cam",
+    "kpcacam": "test_kpca_kernels_against_numpy",
+    "segeigencam": "test_rows_match_pytorch_grad_cam",
+    "finercam": "test_finercam_torchcam_convention",
+    "refinecam": "test_refinecam_matches_both_peers",
+    "smooth_gradcam_pp": "test_smooth_gradcam_pp_intended_formula",
+  }
+  for test in family.values():
+    assert hasattr(test_family, test), test
+  # a baseline: keyed uniform weights, checked for range, determinism and batch independence (no formula to match)
+  exceptions: dict[str, str] = {"randomcam": "test_family.test_randomcam_is_keyed_uniform_and_batch_independent"}
+  assert hasattr(test_family, exceptions["randomcam"].split(".")[1])
+  covered = numpy_pipeline | peer_fixtures | brute_force | set(family) | set(exceptions)
   missing = sorted(set(jaxcam.method_names()) - covered)
   assert not missing, f"methods without an independent reference: {missing}"

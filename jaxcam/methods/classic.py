@@ -7,10 +7,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _jaxpr
-from jaxcam._errors import unknown_name_message
+from jaxcam import _jaxpr, _spatial
+from jaxcam._errors import check_key, unknown_name_message
 
-__all__ = ["cam_weights", "check_gap_dense_head", "resolve_fc_kernel"]
+__all__ = ["cam_weights", "check_gap_dense_head", "fem_weights", "randomcam_weights", "resolve_fc_kernel"]
 
 
 def cam_weights(activations: jax.Array, kernel: jax.Array, ids: jax.Array, /) -> jax.Array:
@@ -103,13 +103,19 @@ def check_gap_dense_head(head_fn, activations: jax.Array, *, layer: str = "layer
 
 def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
   """The Dense kernel ``(C, classes)`` from `fc` (an array or a layer path) or the model's ``fc_layer``."""
+  return resolve_fc(tap, fc)[0]
+
+
+def resolve_fc(tap, fc: Any) -> tuple[jax.Array, jax.Array | None]:
+  """``(kernel (C, classes), bias (classes,) or None)`` of the Dense layer `fc` (an array: no bias) or the model's
+  ``fc_layer``."""
   from jaxcam import taps as taps_lib
 
   if fc is not None and not isinstance(fc, (str, tuple)):
     kernel = jnp.asarray(fc)
     if kernel.ndim != 2:
       raise ValueError(f"Expected `fc` to be a Dense kernel of shape (C, classes), got shape {kernel.shape}.")
-    return kernel
+    return kernel, None
   if isinstance(tap, taps_lib.LinenTap):
     path = fc if fc is not None else getattr(tap.module, "fc_layer", None)
     if path is None:
@@ -130,7 +136,7 @@ def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
       ) from None
     if not hasattr(node, "keys") or "kernel" not in node:
       raise ValueError(f"Expected `fc` to name a Dense layer with a 'kernel', got {path!r} with {list(node)}.")
-    return node["kernel"]
+    return node["kernel"], node.get("bias")
   if isinstance(tap, taps_lib.NnxTap):
     from flax import nnx
 
@@ -144,5 +150,36 @@ def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
     node = model
     for p in taps_lib.parse_path(path, argname="fc"):
       node = taps_lib._nnx_get(node, p)
-    return jnp.asarray(node.kernel[...])
+    bias = getattr(node, "bias", None)
+    return jnp.asarray(node.kernel[...]), None if bias is None else jnp.asarray(bias[...])
   raise ValueError("CAM on a function_tap needs `fc=` as a (C, classes) kernel array.")
+
+
+def fem_weights(activations: jax.Array, /, *, k: float = 2.0) -> jax.Array:
+  """FEM channel weights: the fraction of positions where a channel exceeds its k-sigma threshold.
+
+  ``w_c = mean_{ij} [A_c(i, j) > mean(A_c) + k std(A_c)]`` (population std). ``(..., h, w, C) -> (..., C)``.
+  Class-agnostic (no gradients): it highlights what is unusually strong in each feature map.
+
+  Fuad et al., "Features Understanding in 3D CNNs for Actions Recognition in Video", IPTA 2020. Matches
+  pytorch-grad-cam's ``FEM`` (k = 2).
+  """
+  a = activations
+  mean = _spatial.feature_mean(a)
+  std = jnp.sqrt(_spatial.feature_mean(jnp.square(a - mean)))
+  above = (a > mean + jnp.asarray(k, a.dtype) * std).astype(a.dtype)
+  return _spatial.feature_mean(above, keepdims=False)
+
+
+def randomcam_weights(activations: jax.Array, /, *, key: jax.Array | None = None) -> jax.Array:
+  """Random-CAM channel weights: uniform(-1, 1), one draw per channel from `key` (a sanity-check baseline).
+
+  ``(..., h, w, C) -> (..., C)``. The same `key` gives every image (and target) the same weights, so an image's
+  map never depends on its batch companions; pass per-image keys (``jax.random.fold_in``) through `jax.vmap` for
+  independent draws. pytorch-grad-cam's ``RandomCAM`` draws per image from numpy's global RNG (no parity: a
+  baseline, not a formula).
+  """
+  key = check_key(key, method="randomcam")
+  c = activations.shape[-1]
+  w = jax.random.uniform(key, (c,), activations.dtype, minval=-1.0, maxval=1.0)
+  return jnp.broadcast_to(w, activations.shape[:-3] + (c,))

@@ -7,10 +7,19 @@ import jax.numpy as jnp
 
 from jaxcam import _spatial
 
-__all__ = ["first_component_projection", "eigencam_map", "eigengradcam_map"]
+__all__ = [
+  "KERNELS",
+  "eigencam_map",
+  "eigengradcam_map",
+  "first_component_projection",
+  "kpcacam_map",
+  "segeigencam_map",
+]
+
+SIGN_RULES = ("energy", "extreme")
 
 
-def first_component_projection(features: jax.Array, /) -> jax.Array:
+def first_component_projection(features: jax.Array, /, *, sign: str = "energy") -> jax.Array:
   """Projection of each position on the first principal component of the channels.
 
   ``X = features`` reshaped to ``(hw, C)`` and centered over positions; ``map = X v1`` with ``v1`` the first
@@ -19,18 +28,24 @@ def first_component_projection(features: jax.Array, /) -> jax.Array:
   Sign rule: an SVD's singular vectors have arbitrary sign, which would invert maps at random. We flip
   ``v1`` so that the projection correlates non-negatively with the channel sum of the uncentered features
   (the "energy" map); this is deterministic and puts the salient region on top. pytorch-grad-cam leaves the
-  sign to LAPACK (compare after aligning the sign). NaNs in the features are zeroed first, as there.
+  sign to LAPACK (compare after aligning the sign). ``sign="extreme"`` is Seg-Eigen-CAM's rule instead: flip
+  when ``|min| > |max|``. NaNs in the features are zeroed first, as there.
   """
+  if sign not in SIGN_RULES:
+    raise ValueError(f"Expected `sign` to be one of {SIGN_RULES}, got {sign!r}.")
   x = jnp.nan_to_num(features)
   flat = _spatial.flatten_positions(x)  # (..., n, C)
   centered = flat - jnp.mean(flat, axis=-2, keepdims=True)
   _, _, vt = jnp.linalg.svd(centered, full_matrices=False)
   v1 = vt[..., 0, :]  # (..., C)
   proj = jnp.einsum("...nc,...c->...n", centered, v1, precision=jax.lax.Precision.HIGHEST)
-  energy = jnp.sum(flat, axis=-1)
-  energy = energy - jnp.mean(energy, axis=-1, keepdims=True)
-  sign = jnp.where(jnp.sum(proj * energy, axis=-1, keepdims=True) < 0, -1.0, 1.0).astype(proj.dtype)
-  return (proj * sign).reshape(x.shape[:-1])
+  if sign == "extreme":
+    flip = jnp.abs(jnp.min(proj, axis=-1, keepdims=True)) > jnp.abs(jnp.max(proj, axis=-1, keepdims=True))
+  else:
+    energy = jnp.sum(flat, axis=-1)
+    energy = energy - jnp.mean(energy, axis=-1, keepdims=True)
+    flip = jnp.sum(proj * energy, axis=-1, keepdims=True) < 0
+  return (proj * jnp.where(flip, -1.0, 1.0).astype(proj.dtype)).reshape(x.shape[:-1])
 
 
 def eigencam_map(activations: jax.Array, grads: jax.Array | None = None, /) -> jax.Array:
@@ -50,3 +65,79 @@ def eigengradcam_map(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
   pytorch-grad-cam's ``EigenGradCAM`` (class-discriminative Eigen-CAM), matched up to the sign rule.
   """
   return first_component_projection(grads * activations)
+
+
+def segeigencam_map(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
+  """Seg-Eigen-CAM: first principal component of ``|g| * A``, sign fixed so that ``|max| >= |min|``.
+
+  ``(..., h, w, C) -> (..., h, w)``. Chung & Ying, "Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for
+  Semantic Segmentation Models", Appl. Sci. 15(13) 7562, 2025. Matches pytorch-grad-cam's ``SegEigenCAM`` (its
+  sign correction is deterministic, so maps agree without sign alignment unless the extremes tie).
+  """
+  return first_component_projection(jnp.abs(grads) * activations, sign="extreme")
+
+
+KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+
+
+def _gram(x: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.einsum("...nc,...mc->...nm", x, y, precision=jax.lax.Precision.HIGHEST)
+
+
+def _kernel_matrix(x: jax.Array, kernel: str, gamma: float, coef0: float, degree: int) -> jax.Array:
+  """scikit-learn's ``pairwise_kernels(x, x, metric=kernel)`` for positions ``(..., n, C)`` -> ``(..., n, n)``."""
+  if kernel == "linear":
+    return _gram(x, x)
+  if kernel == "cosine":
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    unit = x / jnp.where(norm == 0, 1.0, norm)
+    return _gram(unit, unit)
+  if kernel == "rbf":
+    sq = jnp.sum(x * x, axis=-1)
+    d2 = jnp.maximum(sq[..., :, None] + sq[..., None, :] - 2 * _gram(x, x), 0.0)
+    return jnp.exp(-gamma * d2)
+  if kernel == "poly":
+    return (gamma * _gram(x, x) + coef0) ** degree
+  return jnp.tanh(gamma * _gram(x, x) + coef0)  # sigmoid
+
+
+def kpcacam_map(
+  activations: jax.Array,
+  grads: jax.Array | None = None,
+  /,
+  *,
+  kernel: str = "sigmoid",
+  gamma: float | None = None,
+  coef0: float = 1.0,
+  degree: int = 3,
+) -> jax.Array:
+  """KPCA-CAM: projection of each position on the first kernel principal component of the channels.
+
+  Positions ``X`` ``(hw, C)`` are centered; ``K = k(X, X)`` (scikit-learn's kernels: sigmoid
+  ``tanh(gamma x.y + coef0)``, rbf, poly, linear, cosine; ``gamma`` None means ``1 / C``) is double-centered;
+  with ``(lambda, v)`` its top eigenpair (``eigh`` on device) the map is ``v sqrt(max(lambda, 0))``, the sign of
+  ``v`` chosen so that its largest-magnitude entry is positive (scikit-learn's ``svd_flip``).
+  ``(..., h, w, C) -> (..., h, w)``. Class-agnostic.
+
+  Karmani et al., "KPCA-CAM: Visual Explainability of Deep Computer Vision Models using Kernel PCA",
+  arXiv 2410.00267. Matches pytorch-grad-cam's ``KPCA_CAM`` (sklearn's ``KernelPCA(n_components=1)``, including
+  its deterministic sign). Memory and time grow as ``(hw)^2`` and ``(hw)^3``: a late, small layer is the intended
+  use.
+  """
+  del grads
+  if kernel not in KERNELS:
+    raise ValueError(f"Expected `kernel` to be one of {KERNELS}, got {kernel!r}.")
+  x = _spatial.flatten_positions(jnp.nan_to_num(activations))
+  x = x - jnp.mean(x, axis=-2, keepdims=True)
+  g = 1.0 / x.shape[-1] if gamma is None else gamma
+  k = _kernel_matrix(x, kernel, g, coef0, degree)
+  col = jnp.mean(k, axis=-2, keepdims=True)
+  row = jnp.mean(k, axis=-1, keepdims=True)
+  k = k - col - row + jnp.mean(col, axis=-1, keepdims=True)
+  k = 0.5 * (k + jnp.swapaxes(k, -1, -2))
+  evals, evecs = jnp.linalg.eigh(k)
+  lam, v = evals[..., -1], evecs[..., :, -1]
+  pivot = jnp.take_along_axis(v, jnp.argmax(jnp.abs(v), axis=-1, keepdims=True), axis=-1)
+  v = v * jnp.where(pivot < 0, -1.0, 1.0).astype(v.dtype)
+  proj = v * jnp.sqrt(jnp.maximum(lam, 0.0))[..., None]
+  return proj.reshape(activations.shape[:-1])

@@ -17,6 +17,7 @@ from jaxcam import _spatial
 __all__ = [
   "gradcam_weights",
   "gradcam_pp_weights",
+  "smooth_gradcam_pp_weights",
   "xgradcam_weights",
   "layercam_weights",
   "hirescam_weights",
@@ -182,3 +183,23 @@ def shapleycam_weights(activations: jax.Array, grads: jax.Array, hvp: jax.Array,
   """
   del activations
   return _spatial.feature_mean(grads - 0.5 * hvp, keepdims=False)
+
+
+def smooth_gradcam_pp_weights(activations: jax.Array, moments: Any, /, *, eps: float = 1e-8) -> jax.Array:
+  """Smooth Grad-CAM++ channel weights from gradient moments averaged over noisy copies of the input.
+
+  With ``(m1, m2, m3)`` the means of ``g, g^2, g^3`` over the copies and A the clean activations:
+  ``alpha = m2 / (2 m2 + (sum_ab A_kab) m3 + eps)``, ``w_k = sum_ij alpha_kij relu(m1_kij)``.
+  ``(..., h, w, C) -> (..., C)``.
+
+  Omeiza et al., "Smooth Grad-CAM++: An Enhanced Inference Level Visualization Technique for Deep Convolutional
+  Neural Network Models", arXiv 1908.01224, as torchcam 0.5.0's ``SmoothGradCAMpp`` defines it (num_samples 4,
+  std 0.3, eps 1e-8, its alpha numerator m2 rather than the paper's m1). torchcam's code then weights the *last*
+  noisy copy's ``relu(g)`` and sums the *last* copy's activations (its hooks keep the last pass); jaxcam uses the
+  intended ``relu(m1)`` and the clean A, and the paper's ``(sum_ab A_kab) m3_kij`` in alpha where torchcam's
+  code sums ``sum_ab A_kab m3_kab`` (tests/test_family.py reproduces torchcam's actual output from its fixture).
+  """
+  m1, m2, m3 = moments
+  sum_a = _spatial.feature_sum(activations)
+  alpha = m2 / (2.0 * m2 + sum_a * m3 + eps)
+  return _spatial.feature_sum(alpha * jax.nn.relu(m1), keepdims=False)

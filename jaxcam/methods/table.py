@@ -37,6 +37,9 @@ class MethodSpec:
   ``per_layer(maps, fusion=, n_layers=)`` on each layer's normalized map at layer resolution. check:
   ``check(explanation, options)``, run after eager calls (warnings, clear errors). class_specific: whether the map
   depends on the target. differentiable: whether maps are meant to be differentiated (the Eigen methods are not).
+  fuse: ``fuse(maps, size=, options=, normalize=, relu=, upsample=)`` replaces the upsampling and layer fusion:
+  it gets each layer's post-processed map at layer resolution (a list of ``(B, K, h, w)``) and returns
+  ``(B, K, H, W)`` (see `jaxcam.refine`).
   """
 
   name: str
@@ -51,6 +54,7 @@ class MethodSpec:
   check: Callable[[Any, Mapping[str, Any]], None] | None = None
   class_specific: bool = True
   differentiable: bool = True
+  fuse: Callable[..., Any] | None = None
   aliases: tuple[str, ...] = ()
   title: str = ""
 
@@ -152,6 +156,15 @@ for _spec in [
     aliases=("gradcam++", "gradcampp"),
     title="Grad-CAM++",
   ),
+  MethodSpec(
+    "smooth_gradcam_pp",
+    gradient.smooth_gradcam_pp_weights,
+    "channel",
+    needs=("noisy_grad_moments",),
+    options=(("eps", 1e-8),),
+    aliases=("smoothgradcampp", "smooth_gradcam++"),
+    title="Smooth Grad-CAM++",
+  ),
   MethodSpec("xgradcam", gradient.xgradcam_weights, "channel", options=(("eps", 1e-7),), title="XGrad-CAM"),
   MethodSpec(
     "layercam", gradient.layercam_weights, "spatial", per_layer=gradient.layercam_fusion_rescale, title="LayerCAM"
@@ -175,6 +188,36 @@ for _spec in [
     title="Eigen-CAM",
   ),
   MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False, title="EigenGrad-CAM"),
+  MethodSpec(
+    "segeigencam",
+    factorization.segeigencam_map,
+    "map",
+    differentiable=False,
+    aliases=("seg_eigen_cam",),
+    title="Seg-Eigen-CAM",
+  ),
+  MethodSpec(
+    "kpcacam",
+    factorization.kpcacam_map,
+    "map",
+    needs=(),
+    options=(("kernel", "sigmoid"), ("gamma", None), ("coef0", 1.0), ("degree", 3)),
+    class_specific=False,
+    differentiable=False,
+    aliases=("kpca_cam",),
+    title="KPCA-CAM",
+  ),
+  MethodSpec("fem", classic.fem_weights, "channel", needs=(), options=(("k", 2.0),), class_specific=False, title="FEM"),
+  MethodSpec(
+    "randomcam",
+    classic.randomcam_weights,
+    "channel",
+    needs=(),
+    options=(("key", None),),
+    class_specific=False,
+    aliases=("random_cam",),
+    title="Random-CAM",
+  ),
   MethodSpec(
     "scorecam",
     perturbation.scorecam_weights,

@@ -1,0 +1,217 @@
+"""Guided backpropagation and Guided Grad-CAM without model edits: the model is traced to a jaxpr once and re-run
+with ReLU's derivative replaced.
+
+Every ReLU is found by what it computes, not by module type: ``max(x, 0)`` with a literal or constant zero, which
+is what ``jax.nn.relu``, ``flax.linen.relu``, ``nnx.relu`` and ``jnp.maximum(x, 0)`` all lower to (also inside
+nested ``jit`` calls and custom-derivative wrappers). ReLU6 (``jax.nn.relu6``) is ``min(max(x, 0), 6)``: its
+``max`` gets the guided rule and the cap at 6 keeps its ordinary derivative, so a gradient passes where
+``0 < x < 6`` and it is positive. ``relu6=False`` leaves ReLU6 plain, as pytorch-grad-cam does (it replaces
+``nn.ReLU`` modules only; functional ReLUs are missed there too). ReLUs inside ``scan``/``while``/``cond`` bodies
+are left plain (none of the shipped models has one).
+
+Rules (Springenberg et al., "Striving for Simplicity: The All Convolutional Net", arXiv 1412.6806):
+``"guided"`` passes the gradient where the ReLU's input is positive *and* the gradient is positive;
+``"deconvnet"`` (Zeiler & Fergus) passes ``relu(gradient)`` whatever the input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcam import _jaxpr
+from jaxcam import targets as targets_lib
+
+__all__ = ["RULES", "GuidedFunction", "guided_backprop", "guided_function", "guided_gradcam"]
+
+RULES = ("guided", "deconvnet")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _relu(rule: str, x: jax.Array) -> jax.Array:
+  return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+def _relu_fwd(rule, x):
+  return _relu(rule, x), x
+
+
+def _relu_bwd(rule, x, g):
+  zero = jnp.zeros((), g.dtype)
+  if rule == "deconvnet":
+    return (jnp.maximum(g, zero),)
+  return (jnp.where((x > 0) & (g > 0), g, zero),)
+
+
+_relu.defvjp(_relu_fwd, _relu_bwd)
+
+
+def _is_zero(v, env) -> bool:
+  if _jaxpr.is_literal(v):
+    val = v.val
+  else:
+    val = env.get(v)
+    if isinstance(val, jax.core.Tracer) or val is None:
+      return False
+  arr = np.asarray(val)
+  return arr.size > 0 and arr.ndim == 0 and float(arr) == 0.0
+
+
+def _sub_name(eqn) -> str:
+  """The name of the function a custom_jvp_call wraps (``relu``, ``relu6``, ...), read from its inner jit."""
+  inner = _jaxpr.inner_jaxpr(eqn)
+  if inner is None:
+    return ""
+  for e in inner.eqns:
+    if "name" in e.params:
+      return str(e.params["name"])
+  return ""
+
+
+def _eval(jaxpr, consts, args, rule: str | None, relu6: bool):
+  """Evaluate `jaxpr` with ``max(x, 0)`` replaced by the guided ReLU of `rule` (None: evaluate it plainly)."""
+  env: dict = {}
+
+  def read(v):
+    return v.val if _jaxpr.is_literal(v) else env[v]
+
+  for v, c in zip(jaxpr.constvars, consts):
+    env[v] = c
+  for v, a in zip(jaxpr.invars, args):
+    env[v] = a
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    invals = [read(v) for v in eqn.invars]
+    if rule is not None and name == "max" and len(eqn.invars) == 2 and any(_is_zero(v, env) for v in eqn.invars):
+      other = invals[1] if _is_zero(eqn.invars[0], env) else invals[0]
+      shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in invals))
+      outs = [_relu(rule, jnp.broadcast_to(other, shape))]
+    elif name == "custom_jvp_call":  # relu, relu6, silu, ...: their own derivative rule is replaced or unused
+      closed = eqn.params["call_jaxpr"]
+      plain = rule is None or (not relu6 and _sub_name(eqn) == "relu6")
+      outs = _eval(closed.jaxpr, closed.consts, invals, None if plain else rule, relu6)
+    elif name in ("pjit", "jit", "closed_call", "core_call") and "jaxpr" in eqn.params:
+      closed = eqn.params["jaxpr"]
+      outs = _eval(closed.jaxpr, getattr(closed, "consts", ()), invals, rule, relu6)
+    elif name in ("checkpoint", "remat"):
+      outs = _eval(eqn.params["jaxpr"], (), invals, rule, relu6)
+    else:
+      outs = eqn.primitive.bind(*invals, **eqn.params)
+      if not eqn.primitive.multiple_results:
+        outs = [outs]
+    for v, o in zip(eqn.outvars, outs):
+      env[v] = o
+  return [read(v) for v in jaxpr.outvars]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidedFunction:
+  """`fn` with every ReLU's derivative replaced by `rule` (same values); hashable, so `jax.jit` caches it."""
+
+  fn: Callable[[jax.Array], Any]
+  rule: str = "guided"
+  relu6: bool = True
+
+  def __call__(self, x: jax.Array, *args: Any) -> Any:
+    closed, out_shape = jax.make_jaxpr(self.fn, return_shape=True)(x, *args)
+    flat = _eval(closed.jaxpr, closed.consts, [x, *jax.tree.leaves(args)], self.rule, self.relu6)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
+
+
+def guided_function(fn: Callable[[jax.Array], Any], *, rule: str = "guided", relu6: bool = True) -> GuidedFunction:
+  """`fn` with every ReLU's derivative replaced by `rule` (see the module docstring); its output may be any pytree.
+
+  `fn` is traced to a jaxpr on each call (inside `jax.jit`: once per shape).
+  """
+  if rule not in RULES:
+    raise ValueError(f"Expected `rule` to be one of {RULES}, got {rule!r}.")
+  if not isinstance(relu6, bool):
+    raise TypeError(f"Expected `relu6` to be a bool, got {relu6!r}.")
+  return GuidedFunction(fn, rule, relu6)
+
+
+def _tap_forward(x, tap):
+  return tap.forward(x)
+
+
+def _split_model(model: Any) -> tuple[Callable, Any]:
+  """(static function, traced argument): a tap travels as a pytree argument (new weights never recompile)."""
+  if hasattr(model, "forward") and hasattr(model, "activation_shape"):  # a jaxcam tap: its plain forward pass
+    return _tap_forward, model
+  if not callable(model):
+    raise TypeError(
+      f"Expected `model_fn` to be a function x -> logits or a jaxcam tap, got {type(model).__name__}. For a linen "
+      "module: functools.partial(module.apply, variables)."
+    )
+  return model, None
+
+
+def _check_x(x: Any) -> None:
+  from jaxcam.api import check_images
+
+  check_images(x)
+
+
+def guided_backprop(
+  model_fn: Any, x: jax.Array, /, target: Any = None, *, rule: str = "guided", relu6: bool = True
+) -> jax.Array:
+  """Guided backpropagation: the input gradient of the target score with guided ReLU derivatives.
+
+  Args:
+    model_fn: a function ``x -> logits`` (any JAX function; ``functools.partial(module.apply, variables)`` for
+      linen) or a jaxcam tap (its plain forward pass). No model edits.
+    x: images ``(B, H, W, C)``.
+    target: as in `jaxcam.explain` (None: each image's top class; ids ``(B,)`` or ``(B, K)``; a score).
+    rule: "guided" (the default) or "deconvnet".
+    relu6: apply the rule to ReLU6 too (default); False leaves it plain, as pytorch-grad-cam.
+
+  Returns:
+    The raw gradient ``(B, H, W, C)`` (``(B, K, H, W, C)`` for ``(B, K)`` targets), float32 or wider. Batched:
+    each image's gradient depends on that image only (pytorch-grad-cam's ``GuidedBackpropReLUModel`` takes one
+    image at a time). Draw it with `jaxcam.viz.deprocess_gradient`.
+  """
+  _check_x(x)
+  fn, arg = _split_model(model_fn)
+  g = guided_function(fn, rule=rule, relu6=relu6)
+  return _guided_jit(g, arg, x, targets_lib.as_target(target))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _guided_jit(fn, arg, x, target):
+  extra = () if arg is None else (arg,)
+  logits = fn(x, *extra)
+  ids, scores, multi = target.evaluate(logits)
+  fixed = targets_lib.with_ids(target, ids)
+
+  def total(xx, column):
+    _, s, _ = fixed.evaluate(fn(xx, *extra))
+    return jnp.sum(s[:, column])
+
+  grads = jnp.stack([jax.grad(total)(x, j) for j in range(scores.shape[1])], axis=1)  # (B, K, H, W, C)
+  grads = grads.astype(jnp.promote_types(grads.dtype, jnp.float32))
+  return grads if multi else grads[:, 0]
+
+
+def guided_gradcam(tap: Any, model_fn: Any, x: jax.Array, /, target: Any = None, **options) -> jax.Array:
+  """Guided Grad-CAM: the Grad-CAM map ``(B, H, W)`` times the guided-backprop gradient ``(B, H, W, C)``.
+
+  `model_fn` as in `guided_backprop` (None: the tap's own forward pass); `options` go to `jaxcam.explain`
+  (``method="gradcam"`` by default, e.g. ``method="gradcam_pp"``), plus ``rule`` and ``relu6``. The class is fixed
+  once (the top class of the clean image when `target` is None), so both factors explain the same class.
+  Selvaraju et al., "Grad-CAM", arXiv 1610.02391; pytorch-grad-cam's examples multiply the same two arrays.
+  """
+  from jaxcam import api
+
+  method = options.pop("method", "gradcam")
+  rule = options.pop("rule", "guided")
+  relu6 = options.pop("relu6", True)
+  ex = api.explain(method, tap, x, target=target, **options)
+  ids = ex.target if ex.target is not None else target
+  grads = guided_backprop(tap if model_fn is None else model_fn, x, target=ids, rule=rule, relu6=relu6)
+  return ex.maps[..., None] * grads

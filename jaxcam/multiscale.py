@@ -1,0 +1,244 @@
+"""SESS: Saliency Enhancing with Scaling and Sliding, a meta-method around any CAM method, on device.
+
+Tursun et al., "SESS: Saliency Enhancing with Scaling and Sliding", arXiv 2207.01769; pytorch-grad-cam 1.5.7's
+``SESS``, whose defaults and arithmetic this follows: the image is resized (bilinear) so that its shorter side is
+each of the `scales` (default: 12 scales from the window size in steps of ``round(2/7 * window)``); a square
+window slides over each (stride `step_size`, default the window; windows at the right/bottom border are shifted
+back inside); every patch is scored (the target's softmax probability by default, clipped at 0) and explained by
+the base method; each patch map, times its score divided by the best patch score, is pasted into its scale's
+canvas, which is resized (bilinear, as ``cv2.resize``) to the input size; the canvases are fused by a spatial
+weighted average over the patches that cover each pixel with a value above `theta` ("mean") or a maximum ("max"),
+blurred (an 11x11 Gaussian, sigma 5, reflected borders: ``cv2.GaussianBlur``) and min-max normalized per image.
+
+Unlike pytorch-grad-cam's per-image Python loops, the patches of every image are explained as one chunked batch
+in one compiled program. Pasting and resizing are done as two small matrix products per patch (resizing is
+linear), never materializing a canvas. The class is fixed on the whole image (its top class when `target` is
+None), as there.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcam import _checks, chunking
+from jaxcam import targets as targets_lib
+
+__all__ = ["sess", "window_starts", "default_scales", "resize_matrix", "gaussian_kernel"]
+
+POOLS = ("mean", "max")
+
+
+def window_starts(length: int, step_size: int, window_size: int) -> list[int]:
+  """Window starts along one axis, as pytorch-grad-cam: stride `step_size`, the last window shifted back inside."""
+  starts = []
+  for start in range(0, length, step_size):
+    if start + window_size >= length:
+      starts.append(max(length - window_size, 0))
+      break
+    starts.append(start)
+  return starts
+
+
+def default_scales(window_size: int, num_scales: int = 12, scale_step_ratio: float = 2.0 / 7.0) -> list[int]:
+  """pytorch-grad-cam's scales: ``window + round(window * ratio) * i`` for i < `num_scales`."""
+  step = int(round(window_size * scale_step_ratio))
+  return [window_size + step * i for i in range(num_scales)]
+
+
+def resize_matrix(src: int, dst: int) -> np.ndarray:
+  """``(dst, src)`` matrix of bilinear resizing with half-pixel centers and clamped borders (``cv2.resize``
+  INTER_LINEAR, ``torch.nn.functional.interpolate(align_corners=False)``; no antialiasing)."""
+  m = np.zeros((dst, src), np.float64)
+  scale = src / dst
+  for i in range(dst):
+    pos = max((i + 0.5) * scale - 0.5, 0.0)
+    lo = min(int(math.floor(pos)), src - 1)
+    hi = min(lo + 1, src - 1)
+    frac = pos - lo if lo < src - 1 else 0.0
+    m[i, lo] += 1.0 - frac
+    m[i, hi] += frac
+  return m
+
+
+def gaussian_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
+  """``cv2.getGaussianKernel(size, sigma)``: normalized ``exp(-(i - c)^2 / (2 sigma^2))``."""
+  i = np.arange(size) - (size - 1) / 2
+  k = np.exp(-(i**2) / (2 * sigma**2))
+  return k / k.sum()
+
+
+def _blur(maps: jax.Array) -> jax.Array:
+  """``cv2.GaussianBlur(m, (11, 11), 5.0)`` with its default BORDER_REFLECT_101, on ``(B, H, W)``."""
+  k = jnp.asarray(gaussian_kernel(), maps.dtype)
+  r = (len(k) - 1) // 2
+  padded = jnp.pad(maps, ((0, 0), (r, r), (r, r)), mode="reflect")
+  h, w = maps.shape[1:]
+  rows = sum(k[i] * padded[:, i : i + h, :] for i in range(len(k)))
+  return sum(k[i] * rows[:, :, i : i + w] for i in range(len(k)))
+
+
+def _scaled_size(h: int, w: int, scale: int) -> tuple[int, int]:
+  """torchvision ``resize(img, scale)``: the shorter side becomes `scale`, the longer ``int(scale * long / short)``."""
+  if h <= w:
+    return scale, int(scale * w / h)
+  return int(scale * h / w), scale
+
+
+def _patches(x: jax.Array, scales, window: int, step: int):
+  """All patches ``(B, P, window, window, C)`` and, per patch, its scale's canvas size and its corner."""
+  _, h, w, c = x.shape
+  patches, where = [], []
+  for scale in scales:
+    sh, sw = _scaled_size(h, w, scale)
+    scaled = jax.image.resize(x, (x.shape[0], sh, sw, c), method="linear", antialias=False)
+    for y1 in window_starts(sh, step, window):
+      for x1 in window_starts(sw, step, window):
+        patches.append(scaled[:, y1 : y1 + window, x1 : x1 + window])
+        where.append((sh, sw, y1, x1))
+  return jnp.stack(patches, axis=1), where
+
+
+def _check(scales, window, h, w, num_scales, pre_filter_ratio, pool):
+  _checks.check_choice("pool", pool, POOLS)
+  _checks.check_float("pre_filter_ratio", pre_filter_ratio, minimum=0.0)
+  if pre_filter_ratio >= 1.0:
+    raise ValueError(f"Expected `pre_filter_ratio` in [0, 1), got {pre_filter_ratio!r}.")
+  _checks.check_positive_int("num_scales", num_scales)
+  if window > min(h, w):
+    raise ValueError(f"Expected `window_size` <= the image's shorter side {min(h, w)}, got {window}.")
+  small = [s for s in scales if s < window]
+  if small:
+    raise ValueError(f"Expected every scale >= the window size {window}, got {small}.")
+
+
+def sess(
+  tap: Any,
+  x: jax.Array,
+  /,
+  target: Any = None,
+  *,
+  method: Any = "gradcam",
+  scales: tuple[int, ...] | None = None,
+  num_scales: int = 12,
+  scale_step_ratio: float = 2.0 / 7.0,
+  window_size: int | None = None,
+  step_size: int | None = None,
+  pre_filter_ratio: float = 0.0,
+  theta: float = 0.0,
+  pool: str = "mean",
+  smooth: bool = True,
+  use_softmax_scores: bool = True,
+  chunk_size: int = 32,
+  **options: Any,
+) -> jax.Array:
+  """SESS maps ``(B, H, W, C) -> (B, H, W)`` in [0, 1] around `method` (see the module docstring).
+
+  Args:
+    tap, x, target: as in `jaxcam.explain` (one class per image; None: each image's top class).
+    method: the base method (a name or row); `options` go to it.
+    scales, num_scales, scale_step_ratio, window_size, step_size: pytorch-grad-cam's patch grid (the window
+      defaults to the shorter side, the stride to the window).
+    pre_filter_ratio: the fraction of lowest-scoring patches left out. theta: the "mean" fusion's threshold.
+    pool: "mean" or "max". smooth: the final Gaussian blur. use_softmax_scores: score patches by probability
+      (else the raw target score, clipped at 0).
+    chunk_size: patches explained at once (memory grows with it).
+
+  Cost: one forward pass per patch for the scores plus the base method per kept patch (the default grid of a
+  224x224 image has 126 patches).
+  """
+  from jaxcam import api
+
+  api.check_images(x)
+  _, h, w, _ = x.shape
+  window = min(h, w) if window_size is None else _checks.check_positive_int("window_size", window_size)
+  step = window if step_size is None else _checks.check_positive_int("step_size", step_size)
+  scales = tuple(default_scales(window, num_scales, scale_step_ratio) if scales is None else scales)
+  _check(scales, window, h, w, num_scales, pre_filter_ratio, pool)
+  chunking.check_chunk_size(chunk_size)
+  smooth = _checks.check_bool("smooth", smooth)
+  use_softmax_scores = _checks.check_bool("use_softmax_scores", use_softmax_scores)
+  spec = api.get_method(method)
+  opts = api.resolve_options(spec, options)
+  traced, static = api.partition_options(opts)
+  config = (scales, window, step, float(pre_filter_ratio), float(theta), pool, smooth, use_softmax_scores)
+  return _sess_jit(
+    tap, x, api._prepare(tap, x, target), traced, spec=spec, static=static, config=config, chunk_size=int(chunk_size)
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "static", "config", "chunk_size"))
+def _sess_jit(tap, x, target, traced, *, spec, static, config, chunk_size):
+  from jaxcam import api, core
+
+  scales, window, step, ratio, theta, pool, smooth, use_softmax = config
+  b, h, w, _ = x.shape
+  clean = core.forward_only(tap, x, target)
+  if clean.scores.shape[1] != 1:
+    raise ValueError("Expected one target class per image for SESS, got (B, K) targets.")
+  patches, where = _patches(x, scales, window, step)  # (B, P, w, w, C)
+  n = patches.shape[1]
+  fixed = targets_lib.with_ids(clean.target, clean.ids)
+
+  def score_one(j):  # image j // n, patch j % n
+    bi, p = j // n, j % n
+    out = tap.forward(patches[bi, p][None])
+    if use_softmax:  # pytorch-grad-cam applies the target to the softmax of the output
+      out = jax.nn.softmax(targets_lib.check_logits(out), axis=-1)
+    one = targets_lib.with_ids(fixed, None if clean.ids is None else clean.ids[bi][None])
+    return one.evaluate(out)[1][0, 0]
+
+  scores = jnp.maximum(chunking.chunked_map(score_one, jnp.arange(b * n), chunk_size=chunk_size).reshape(b, n), 0.0)
+  keep = n - int(n * ratio)
+  order = jnp.argsort(scores, axis=1, stable=True)[:, n - keep :]  # (B, keep): the best `keep` patches, ascending
+  best = jnp.take_along_axis(scores, order[:, -1:], axis=1)
+  weights = jnp.where(best > 0, scores / jnp.where(best > 0, best, 1.0), 1.0)
+  kept = jnp.zeros((b, n), bool).at[jnp.arange(b)[:, None], order].set(True)
+
+  options = {**dict(static), **traced}
+
+  def cam_one(j):
+    bi, p = j // n, j % n
+    ids = None if clean.ids is None else clean.ids[bi][None]
+    patch = patches[bi, p][None]
+    tgt = targets_lib.with_ids(fixed, ids)
+    fwd, values = api.compute_inputs(spec, tap, patch, tgt, options)
+    ex = api.method_maps(
+      spec, tap, patch, fwd, values, options, normalize=True, upsample=True, relu=True, fusion="mean"
+    )
+    return ex.maps[0, 0] if ex.maps.ndim == 4 else ex.maps[0]
+
+  cams = chunking.chunked_map(cam_one, jnp.arange(b * n), chunk_size=chunk_size).reshape(b, n, window, window)
+  total = jnp.zeros((b, h, w), jnp.float32)
+  counts = jnp.zeros((b, h, w), jnp.float32)
+  mats: dict = {}
+  for p, (sh, sw, y1, x1) in enumerate(where):
+    if (sh, sw) not in mats:
+      mats[(sh, sw)] = (jnp.asarray(resize_matrix(sh, h), jnp.float32), jnp.asarray(resize_matrix(sw, w), jnp.float32))
+    ry, rx = mats[(sh, sw)]
+    cam = cams[:, p] * weights[:, p, None, None]
+    full = jnp.einsum(
+      "hy,byx,wx->bhw",
+      ry[:, y1 : y1 + window],
+      cam,
+      rx[:, x1 : x1 + window],
+      precision=jax.lax.Precision.HIGHEST,
+    )
+    on = kept[:, p, None, None]
+    if pool == "max":
+      total = jnp.where(on, jnp.maximum(total, full), total)
+    else:
+      mask = on & (full > theta)
+      total = total + jnp.where(mask, full, 0.0)
+      counts = counts + mask
+  fused = total if pool == "max" else jnp.where(counts > 0, total / jnp.where(counts > 0, counts, 1.0), 0.0)
+  if smooth:
+    fused = _blur(fused)
+  lo = jnp.min(fused, axis=(1, 2), keepdims=True)
+  fused = fused - lo
+  return fused / (1e-7 + jnp.max(fused, axis=(1, 2), keepdims=True))
