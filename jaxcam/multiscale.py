@@ -79,8 +79,13 @@ def _blur(maps: jax.Array) -> jax.Array:
   r = (len(k) - 1) // 2
   padded = jnp.pad(maps, ((0, 0), (r, r), (r, r)), mode="reflect")
   h, w = maps.shape[1:]
-  rows = sum(k[i] * padded[:, i : i + h, :] for i in range(len(k)))
-  return sum(k[i] * rows[:, :, i : i + w] for i in range(len(k)))
+  rows = jnp.zeros(padded.shape[:1] + (h,) + padded.shape[2:], maps.dtype)
+  for i in range(len(k)):
+    rows = rows + k[i] * padded[:, i : i + h, :]
+  out = jnp.zeros_like(maps)
+  for i in range(len(k)):
+    out = out + k[i] * rows[:, :, i : i + w]
+  return out
 
 
 def _scaled_size(h: int, w: int, scale: int) -> tuple[int, int]:
