@@ -84,6 +84,10 @@ def converter_keys(name: str):
 
 
 GRADIENT_FREE = {"scorecam", "fasterscorecam", "ablationcam", "scorecam_floor"}
+# issue 12: guided backprop (input gradients: both sides differentiate w.r.t. the [0, 1] image), KPCA-CAM, DFF;
+# jaxcam-only smoothing rows (num_samples copies of Grad-CAM / Grad-CAM++) against the plain method
+NORMALIZE_INSIDE = GRADIENT_FREE | {"guided", "kpcacam", "dff"}
+SMOOTH = {"smooth8_gradcam": ("gradcam", 8), "smooth8_gradcam_pp": ("gradcam_pp", 8)}
 
 
 class JaxcamSide:
@@ -110,6 +114,18 @@ class JaxcamSide:
       self.layer_opts = {"convention": "torchcam"}
     if method == "fasterscorecam":
       method, self.opts["top_n"] = "scorecam", 64
+    if method == "guided":
+      self.run = lambda: np.asarray(jaxcam.guided_backprop(self.tap, self.x, target=self.t))
+      return
+    if method == "dff":
+      self.run = lambda: np.asarray(jaxcam.dff(self.tap, self.x, n_components=5).maps)
+      return
+    if method in SMOOTH:
+      base, n = SMOOTH[method]
+      spec = jaxcam.smooth(base, num_samples=n, std=0.3)
+      key = jax.random.key(0)
+      self.run = lambda: np.asarray(jaxcam.explain(spec, self.tap, self.x, self.t, key=key, progress=False).maps)
+      return
     if method == "forward":
       self.run = lambda: np.asarray(forward(variables, self.x))
     elif method == "scorecam_floor":  # the masked forwards alone: same count and batch as Score-CAM's chunks
@@ -174,7 +190,7 @@ class TorchSide:
       m.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(keys, seed=7).items()})
       layer = m.layer4 if model.startswith("resnet") else m.features[29]
       mean, std = MEAN, STD
-    if method in GRADIENT_FREE:  # masks act on the [0, 1] image on both sides: normalization inside the model
+    if method in NORMALIZE_INSIDE:  # masks / gradients act on the [0, 1] image on both sides: normalization inside
       m = torch.nn.Sequential(_Normalize(mean, std), m).eval()
       x = images(batch)
     else:
@@ -192,6 +208,16 @@ class TorchSide:
           return m(self.x).numpy()
 
       self.call = forward
+    elif self.lib == "pgc" and method == "guided":  # its API: one image per call
+      import pytorch_grad_cam as pgc
+
+      guided = pgc.GuidedBackpropReLUModel(m, device="cpu")
+      self.call = lambda: np.stack([guided(self.x[i : i + 1], target_category=c) for i, c in enumerate(self.ids)])
+    elif self.lib == "pgc" and method == "dff":
+      from pytorch_grad_cam import DeepFeatureFactorization
+
+      dff = DeepFeatureFactorization(model=m, target_layer=layer)
+      self.call = lambda: np.stack(dff(self.x, n_components=5)[1])
     elif self.lib == "pgc":
       import pytorch_grad_cam as pgc
       from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -204,6 +230,7 @@ class TorchSide:
         "hirescam": pgc.HiResCAM,
         "scorecam": pgc.ScoreCAM,
         "ablationcam": pgc.AblationCAM,
+        "kpcacam": pgc.KPCA_CAM,
       }[method]
       self.cam = cls(model=m, target_layers=[layer])
       if method in GRADIENT_FREE:

@@ -5,6 +5,10 @@
         [--models resnet50 efficientnet_lite0] [--batches 1 16] [--methods gradcam gradcam_pp] [--rounds 10] \
         [--json out.json]
 
+Issue 12's rows: guided backpropagation (pgc: one image per call), KPCA-CAM, DFF (no map comparison), and
+jaxcam-only smoothing (8 noisy copies; compare with the plain row), e.g.:
+    ... peers.py --models resnet18 --batches 16 --methods guided kpcacam dff gradcam smooth8_gradcam --rounds 3
+
 Gradient-free methods (issue 11), e.g.:
     ... peers.py --models efficientnet_lite0 --batches 1 --methods scorecam_floor scorecam fasterscorecam --rounds 3
     ... peers.py --models resnet50 --batches 1 --methods ablationcam --rounds 2
@@ -35,7 +39,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCHCAM_METHODS = {"gradcam", "gradcam_pp", "layercam", "xgradcam", "scorecam"}
 TORCHCAM_AGREES = {"gradcam", "layercam", "xgradcam", "scorecam"}  # torchcam's Grad-CAM++ never applies alpha
-JAXCAM_ONLY = {"fasterscorecam", "scorecam_floor"}  # Score-CAM with top_n=64; Score-CAM's masked forwards alone
+JAXCAM_ONLY = {"fasterscorecam", "scorecam_floor", "smooth8_gradcam", "smooth8_gradcam_pp"}  # top_n=64 Score-CAM;
+# Score-CAM's masked forwards alone; jaxcam.smooth(method, num_samples=8) (compare with the plain method's row)
+NO_MAP_COMPARISON = {"dff"}  # same NMF problem, different solver and random start: factors are not comparable
 
 
 class Worker:
@@ -94,7 +100,8 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False, 
     with tempfile.TemporaryDirectory() as tmp:
       ours = os.path.join(tmp, "jaxcam.npy")
       workers["jaxcam"].ask(cmd="maps", path=ours)  # maps at input resolution; logits for "forward"
-      for lib in libs[1:] if method == "forward" else [lib for lib in libs if lib == "pgc"]:
+      compared = [] if method in NO_MAP_COMPARISON else [lib for lib in libs if lib == "pgc"]
+      for lib in libs[1:] if method == "forward" else compared:
         p = os.path.join(tmp, f"{lib}.npy")
         workers[lib].ask(cmd="maps", path=p)
         diffs[lib] = float(np.abs(np.load(ours) - np.load(p)).max())

@@ -17,17 +17,15 @@ import numpy as np
 from jaxcam import _progress, writers
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-DEMO_METHODS = (
-  "gradcam",
-  "gradcam_pp",
-  "xgradcam",
-  "layercam",
-  "hirescam",
-  "gradcam_elementwise",
-  "eigengradcam",
-  "cam",
-  "eigencam",
-)
+DEMO_EXTRA = ("gradcam_pp (exact)",)
+"""Beside every method row, the demo draws Grad-CAM++ with exact derivatives (jaxcam only)."""
+
+
+def demo_methods(include_expensive: bool = False) -> list[str]:
+  """The demo's rows: every method in the table whose cost is a fixed number of passes (``--all``: every row)."""
+  from jaxcam.methods.table import METHODS
+
+  return [name for name, spec in METHODS.items() if include_expensive or not spec.expensive()]
 
 
 class CliError(Exception):
@@ -163,29 +161,40 @@ def cmd_demo(args) -> int:
   names = list(photos)
   x = jnp.asarray(models.preprocess([photos[n] for n in names], "efficientnet_lite0"))
   tap = jaxcam.linen_tap(module, variables)
-  results = jaxcam.explain_many(DEMO_METHODS, tap, x)  # one forward + backward for every method
-  probs = np.asarray(jax.nn.softmax(next(iter(results.values())).logits, axis=-1))
+  methods = demo_methods(args.all)
+  shared = [m for m in methods if jaxcam.api._runs_on_defaults(jaxcam.get_method(m))]
+  shared = [m for m in shared if not jaxcam.get_method(m).expensive()]
+  results = {k: v.maps for k, v in jaxcam.explain_many(shared, tap, x).items()}  # one forward + backward for these
+  key = jax.random.key(args.seed)
+  for m in methods:
+    if m not in results:
+      results[m] = jaxcam.explain(m, tap, x, **({"key": key} if "key" in jaxcam.get_method(m).defaults() else {})).maps
+  results[DEMO_EXTRA[0]] = jaxcam.explain("gradcam_pp", tap, x, derivatives="exact").maps
+  shown = methods + list(DEMO_EXTRA)  # table order, exact Grad-CAM++ last
+  logits = jaxcam.explain("gradcam", tap, x).logits
+  probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   images: dict[str, dict] = {}
-  summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": list(DEMO_METHODS), "images": images}
+  summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": shown, "images": images}
   for i, name in enumerate(names):
     top = stream.top5(probs[i], models.class_name)
     h, w = photos[name].shape[:2]
-    peaks = {m: list(viz.peak(np.asarray(results[m].maps[i]), (h, w))) for m in DEMO_METHODS}
+    peaks = {m: list(viz.peak(np.asarray(results[m][i]), (h, w))) for m in shown}
     images[name] = {"top5": top, "target": top[0], "peak": peaks}
     print(f"{name}: " + ", ".join(f"{t['name']} ({t['p']:.2f})" for t in top))
     print(f"  map peak (row, col) in the {h}x{w} photo: " + ", ".join(f"{m} {tuple(p)}" for m, p in peaks.items()))
-    for m in DEMO_METHODS:
-      viz.save_png(os.path.join(args.out, f"{name}_{m}.png"), viz.overlay(photos[name], np.asarray(results[m].maps[i])))
+    for m in shown:
+      file = m.replace(" (exact)", "_exact")
+      viz.save_png(os.path.join(args.out, f"{name}_{file}.png"), viz.overlay(photos[name], np.asarray(results[m][i])))
   grid_path = os.path.join(args.out, "grid.png")
   viz.grid(
     [photos[n] for n in names],
-    {m: list(np.asarray(results[m].maps)) for m in DEMO_METHODS},
+    {m: list(np.asarray(results[m])) for m in shown},
     [f"{n}: {images[n]['target']['name']}" for n in names],
     path=grid_path,
   )
   writers.write_json(os.path.join(args.out, "summary.json"), summary)
   print(
-    f"wrote {len(names) * len(DEMO_METHODS)} overlays, {grid_path} and summary.json to {args.out} "
+    f"wrote {len(names) * len(shown)} overlays, {grid_path} and summary.json to {args.out} "
     f"in {time.perf_counter() - t0:.1f} s"
   )
   return 0
@@ -323,8 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--version", action="version", version=f"jaxcam {jaxcam.__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  demo = sub.add_parser("demo", help="EfficientNet-Lite0 (real weights) on bundled photos, every method")
+  demo = sub.add_parser(
+    "demo", help="EfficientNet-Lite0 (real weights) on bundled photos: every method, and exact Grad-CAM++"
+  )
   demo.add_argument("--out", default="jaxcam-demo", help="output directory (default: jaxcam-demo)")
+  demo.add_argument(
+    "--all",
+    action="store_true",
+    help="also the methods whose cost grows with the layer's size or a sample count (Score-CAM family, "
+    "Ablation-CAM, Recipro-CAM, Smooth Grad-CAM++): minutes instead of seconds",
+  )
+  demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods (default 0)")
   demo.set_defaults(func=cmd_demo)
 
   ex = sub.add_parser("explain", help="explain images or directories of images")

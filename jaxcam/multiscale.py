@@ -155,7 +155,7 @@ def sess(
     chunk_size: patches explained at once (memory grows with it).
 
   Cost: one forward pass per patch for the scores plus the base method per kept patch (the default grid of a
-  224x224 image has 126 patches).
+  224x224 image has 122 patches).
   """
   from jaxcam import api
 

@@ -187,3 +187,19 @@ def test_overlay_and_grid(tmp_path):
   assert (tmp_path / "g.png").exists() and len(fig.axes) == 6
   with pytest.raises(ValueError, match="one per image"):
     viz.grid([img], {"a": [cam, cam]})
+
+
+@pytest.mark.slow
+def test_demo_draws_every_cheap_row_and_exact_gradcam_pp(tmp_path, capsys):
+  """`jaxcam demo`: every table row whose cost is a fixed number of passes (Shapley-CAM included) plus exact
+  Grad-CAM++, one overlay per photo and method, the grid and summary.json."""
+  out = tmp_path / "demo"
+  assert cli.main(["demo", "--out", str(out)]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  expected = cli.demo_methods() + ["gradcam_pp (exact)"]
+  assert summary["methods"] == expected and "shapleycam" in expected and "scorecam" not in expected
+  n = len(summary["images"])
+  assert len(list(out.glob("*_gradcam_pp_exact.png"))) == n
+  assert len(list(out.glob("*.png"))) == n * len(expected) + 1  # + grid.png
+  exact = {k: v["peak"]["gradcam_pp (exact)"] for k, v in summary["images"].items()}
+  assert all(0 <= r and 0 <= c for r, c in exact.values())

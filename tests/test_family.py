@@ -385,7 +385,7 @@ def test_sess_max_pool_prefiltered_matches_pytorch_grad_cam(fam):
 
 @pytest.mark.slow
 def test_sess_default_grid_matches_pytorch_grad_cam(fam):
-  """The default 12 scales (150 patches per image), mean fusion and the Gaussian blur."""
+  """The default 12 scales (138 patches per 16x16 image), mean fusion and the Gaussian blur."""
   d, tap, x, ids, _ = fam
   np.testing.assert_allclose(jaxcam.sess(tap, x, ids), d["pgc/sess/maps"], atol=1e-5)
 

@@ -376,3 +376,18 @@ def test_gradcam_invariant_to_positive_gradient_scale_and_channel_permutation(se
 def test_constant_map_normalizes_to_zeros(strict_promotion):
   out = postprocess.normalize(jnp.full((1, 3, 3), 2.5))
   np.testing.assert_array_equal(out, np.zeros((1, 3, 3)))
+
+
+def test_constant_input_gives_finite_maps(common):
+  """A blank image (every activation constant over space): defined maps, never NaN, for every row."""
+  tap, x, t = common
+  blank = jnp.full_like(x[:1], 0.5)
+  many = jaxcam.explain_many(None, tap, blank, target=t[:1])  # the cheap rows, one compiled program
+  rest = [n for n in jaxcam.method_names() if n not in many]
+  assert rest, "the keyed and expensive rows are checked one by one below"
+  maps = {n: ex.maps for n, ex in many.items()}
+  for name in rest:
+    maps[name] = getattr(jaxcam, name)(tap, blank, target=t[:1], **light_options(name))
+  for name, m in maps.items():
+    m = np.asarray(m)
+    assert np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1, name
