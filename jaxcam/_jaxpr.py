@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 CALL_PRIMITIVES = frozenset(
-  {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat"}
+  {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "checkpoint", "remat", "remat2"}
 )
 
 

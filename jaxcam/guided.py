@@ -92,15 +92,12 @@ def _eval(jaxpr, consts, args, rule: str | None, relu6: bool):
       other = invals[1] if _is_zero(eqn.invars[0], env) else invals[0]
       shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in invals))
       outs = [_relu(rule, jnp.broadcast_to(other, shape))]
-    elif name == "custom_jvp_call":  # relu, relu6, silu, ...: their own derivative rule is replaced or unused
-      closed = eqn.params["call_jaxpr"]
-      plain = rule is None or (not relu6 and _sub_name(eqn) == "relu6")
-      outs = _eval(closed.jaxpr, closed.consts, invals, None if plain else rule, relu6)
-    elif name in ("pjit", "jit", "closed_call", "core_call") and "jaxpr" in eqn.params:
-      closed = eqn.params["jaxpr"]
-      outs = _eval(closed.jaxpr, getattr(closed, "consts", ()), invals, rule, relu6)
-    elif name in ("checkpoint", "remat"):
-      outs = _eval(eqn.params["jaxpr"], (), invals, rule, relu6)
+    elif name in _jaxpr.CALL_PRIMITIVES and _jaxpr.inner_jaxpr(eqn) is not None:
+      # jit calls, remat, and custom-derivative wrappers (relu, relu6, silu, ...: their own rule is replaced by the
+      # guided one inside, or unused: the guided gradient is defined by the primal computation)
+      sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+      plain = rule is None or (name == "custom_jvp_call" and not relu6 and _sub_name(eqn) == "relu6")
+      outs = _eval(_jaxpr.inner_jaxpr(eqn), getattr(sub, "consts", ()), invals, None if plain else rule, relu6)
     else:
       outs = eqn.primitive.bind(*invals, **eqn.params)
       if not eqn.primitive.multiple_results:

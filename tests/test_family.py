@@ -432,3 +432,26 @@ def test_dff_errors_and_viz(fam):
   assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a", "b", "c"]
   g = jaxcam.viz.deprocess_gradient(np.random.default_rng(0).standard_normal((8, 8, 3)))
   assert g.dtype == np.uint8 and abs(float(g.mean()) - 127.5) < 5
+
+
+def test_guided_reaches_relus_inside_remat_jit_and_custom_vjp():
+  @jax.custom_vjp
+  def ident(v):
+    return v
+
+  ident.defvjp(lambda v: (v, None), lambda _, g: (g,))
+  rng = np.random.default_rng(1)
+  w1, w2 = jnp.asarray(rng.standard_normal((4, 6)), jnp.float32), jnp.asarray(rng.standard_normal((6, 3)), jnp.float32)
+
+  def plain(v):
+    return jnp.einsum("bj,jk->bk", jax.nn.relu(jnp.einsum("bi,ij->bj", v[:, 0, 0], w1)), w2)
+
+  def wrapped(v):
+    inner = jax.jit(jax.checkpoint(lambda u: jax.nn.relu(ident(jnp.einsum("bi,ij->bj", u, w1)))))
+    return jnp.einsum("bj,jk->bk", inner(v[:, 0, 0]), w2)
+
+  x = jnp.asarray(rng.standard_normal((5, 1, 1, 4)), jnp.float32)
+  expected = guided.guided_backprop(plain, x, target=2)
+  np.testing.assert_allclose(guided.guided_backprop(wrapped, x, target=2), expected, atol=1e-6)
+  ordinary = jax.grad(lambda v: plain(v)[:, 2].sum())(x)
+  assert float(jnp.abs(ordinary - expected).max()) > 1e-3  # the rule changed something
