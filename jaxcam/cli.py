@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,8 @@ def cmd_demo(args) -> int:
   key = jax.random.key(args.seed)
   for m in methods:
     if m not in results:
-      results[m] = jaxcam.explain(m, tap, x, **({"key": key} if "key" in jaxcam.get_method(m).defaults() else {})).maps
+      keyed: dict[str, Any] = {"key": key} if "key" in jaxcam.get_method(m).defaults() else {}
+      results[m] = jaxcam.explain(m, tap, x, **keyed).maps
   results[DEMO_EXTRA[0]] = jaxcam.explain("gradcam_pp", tap, x, derivatives="exact").maps
   shown = methods + list(DEMO_EXTRA)  # table order, exact Grad-CAM++ last
   logits = jaxcam.explain("gradcam", tap, x).logits
