@@ -87,7 +87,9 @@ GRADIENT_FREE = {"scorecam", "fasterscorecam", "ablationcam", "scorecam_floor"}
 # issue 12: guided backprop (input gradients: both sides differentiate w.r.t. the [0, 1] image), KPCA-CAM, DFF;
 # jaxcam-only smoothing rows (num_samples copies of Grad-CAM / Grad-CAM++) against the plain method
 NORMALIZE_INSIDE = GRADIENT_FREE | {"guided", "kpcacam", "dff"}
-SMOOTH = {"smooth8_gradcam": ("gradcam", 8), "smooth8_gradcam_pp": ("gradcam_pp", 8)}
+# at ResNet `layer3`: after `layer4` the head is linear in A (GAP + fc), so dS/dA is the same for every noisy copy and
+# XLA rightly drops the copies' forward passes; at `layer3` each copy costs a real forward and backward pass
+SMOOTH = {"smooth8_gradcam": ("gradcam", 8), "smooth8_gradcam_pp": ("gradcam_pp", 8), "gradcam_layer3": ("gradcam", 0)}
 
 
 class JaxcamSide:
@@ -122,6 +124,11 @@ class JaxcamSide:
       return
     if method in SMOOTH:
       base, n = SMOOTH[method]
+      if model.startswith("resnet"):
+        self.tap = jaxcam.linen_tap(module, variables, "layer3")
+      if n == 0:  # the plain method at the same layer, for the ratio
+        self.run = lambda: np.asarray(jaxcam.explain(base, self.tap, self.x, self.t).maps)
+        return
       spec = jaxcam.smooth(base, num_samples=n, std=0.3)
       key = jax.random.key(0)
       self.run = lambda: np.asarray(jaxcam.explain(spec, self.tap, self.x, self.t, key=key, progress=False).maps)

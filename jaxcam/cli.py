@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -165,7 +166,9 @@ def cmd_demo(args) -> int:
   methods = demo_methods(args.all)
   shared = [m for m in methods if jaxcam.api._runs_on_defaults(jaxcam.get_method(m))]
   shared = [m for m in shared if not jaxcam.get_method(m).expensive()]
-  results = {k: v.maps for k, v in jaxcam.explain_many(shared, tap, x).items()}  # one forward + backward for these
+  many = jaxcam.explain_many(shared, tap, x)  # one forward + backward for these
+  results = {k: v.maps for k, v in many.items()}
+  logits = next(iter(many.values())).logits
   key = jax.random.key(args.seed)
   for m in methods:
     if m not in results:
@@ -173,9 +176,9 @@ def cmd_demo(args) -> int:
       results[m] = jaxcam.explain(m, tap, x, **keyed).maps
   results[DEMO_EXTRA[0]] = jaxcam.explain("gradcam_pp", tap, x, derivatives="exact").maps
   shown = methods + list(DEMO_EXTRA)  # table order, exact Grad-CAM++ last
-  logits = jaxcam.explain("gradcam", tap, x).logits
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   images: dict[str, dict] = {}
+  jobs: list = []
   summary = {"model": "efficientnet_lite0", "layer": tap.layer, "methods": shown, "images": images}
   for i, name in enumerate(names):
     top = stream.top5(probs[i], models.class_name)
@@ -184,9 +187,9 @@ def cmd_demo(args) -> int:
     images[name] = {"top5": top, "target": top[0], "peak": peaks}
     print(f"{name}: " + ", ".join(f"{t['name']} ({t['p']:.2f})" for t in top))
     print(f"  map peak (row, col) in the {h}x{w} photo: " + ", ".join(f"{m} {tuple(p)}" for m, p in peaks.items()))
-    for m in shown:
-      file = m.replace(" (exact)", "_exact")
-      viz.save_png(os.path.join(args.out, f"{name}_{file}.png"), viz.overlay(photos[name], np.asarray(results[m][i])))
+    jobs += [(photos[name], np.asarray(results[m][i]), f"{name}_{m.replace(' (exact)', '_exact')}.png") for m in shown]
+  with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PNG encoding releases the GIL
+    list(pool.map(lambda job: viz.save_png(os.path.join(args.out, job[2]), viz.overlay(job[0], job[1])), jobs))
   grid_path = os.path.join(args.out, "grid.png")
   viz.grid(
     [photos[n] for n in names],

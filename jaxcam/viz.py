@@ -76,6 +76,17 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
   return path
 
 
+def _shrink(img: np.ndarray, side: int) -> np.ndarray:
+  from PIL import Image
+
+  h, w = img.shape[:2]
+  scale = side / max(h, w)
+  if scale >= 1:
+    return img
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
+
+
 def grid(
   images: Sequence[Any],
   maps_by_method: Mapping[str, Sequence[Any]],
@@ -99,8 +110,9 @@ def grid(
   rows, cols = len(images), 1 + len(methods)
   fig = Figure(figsize=(cell * cols, cell * rows), dpi=100)
   axes = fig.subplots(rows, cols, squeeze=False)
+  side = int(2 * cell * 100)  # photos larger than twice a cell's pixels are shrunk first (same picture, less work)
   for i, image in enumerate(images):
-    img = _as_uint8_image(image)
+    img = _shrink(_as_uint8_image(image), side)
     axes[i, 0].imshow(img)
     axes[i, 0].set_ylabel(titles[i] if titles else f"image {i}", fontsize=9)
     for j, name in enumerate(methods):
