@@ -39,7 +39,13 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCHCAM_METHODS = {"gradcam", "gradcam_pp", "layercam", "xgradcam", "scorecam"}
 TORCHCAM_AGREES = {"gradcam", "layercam", "xgradcam", "scorecam"}  # torchcam's Grad-CAM++ never applies alpha
-JAXCAM_ONLY = {"fasterscorecam", "scorecam_floor", "smooth8_gradcam", "smooth8_gradcam_pp", "gradcam_layer3"}  # top_n=64 Score-CAM;
+JAXCAM_ONLY = {
+  "fasterscorecam",
+  "scorecam_floor",
+  "smooth8_gradcam",
+  "smooth8_gradcam_pp",
+  "gradcam_layer3",
+}  # top_n=64 Score-CAM;
 # Score-CAM's masked forwards alone; jaxcam.smooth(method, num_samples=8) (compare with the plain method's row)
 NO_MAP_COMPARISON = {"dff"}  # same NMF problem, different solver and random start: factors are not comparable
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcam import _checks, api
+from jaxcam import _checks, api, wrappers
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
@@ -152,6 +152,8 @@ def explain_batches(
   relu: bool = True,
   fusion: str = "mean",
   progress: bool = False,
+  eigen_smooth: bool = False,
+  aug_smooth: Any = False,
   **options,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Explain a stream of image batches; yields ``{"maps", "logits", "targets"}`` per input batch, in order.
@@ -166,11 +168,13 @@ def explain_batches(
     batch_size: the fixed global batch size, rounded up to a multiple of the device count; default: the first
       input batch's size, rounded up likewise. The whole stream compiles once.
     prefetch: global batches transferred ahead in a background thread.
-    normalize, upsample, relu, fusion, **options: as in `jaxcam.explain`.
+    normalize, upsample, relu, fusion, eigen_smooth, aug_smooth, **options: as in `jaxcam.explain`.
     progress: a progress bar per chunked map inside each batch (for expensive methods; host callbacks).
   """
   spec = _method_spec(method)
   normalize, upsample, relu, fusion = api.check_flags(normalize, upsample, relu, fusion)
+  eigen_smooth = api.check_eigen_smooth(spec, eigen_smooth)
+  augment = wrappers.resolve_augmentations(aug_smooth)
   _checks.check_positive_int("batch_size", batch_size, allow_none=True)
   _checks.check_positive_int("prefetch", prefetch)
   traced, static = api.partition_options(api.resolve_options(spec, options))
@@ -204,7 +208,7 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static)
+  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static, eigen_smooth, augment)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 
@@ -231,7 +235,7 @@ def explain_batches(
 
 
 @functools.cache
-def _jitted(spec, normalize, upsample, relu, fusion, progress, static):
+def _jitted(spec, normalize, upsample, relu, fusion, progress, static, eigen_smooth=False, augment=None):
   """One jitted explain per method and static options (its cache holds one executable per input shape)."""
   return jax.jit(
     lambda tap, x, t, traced: api.explain(
@@ -244,6 +248,8 @@ def _jitted(spec, normalize, upsample, relu, fusion, progress, static):
       relu=relu,
       fusion=fusion,
       progress=progress,
+      eigen_smooth=eigen_smooth,
+      aug_smooth=augment or False,
       **dict(static),
       **traced,
     )

@@ -219,6 +219,10 @@ def cmd_explain(args) -> int:
   if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
     _init_distributed(args)
   args.options = _method_options(spec, args.option, args.seed)
+  try:
+    jaxcam.api.check_eigen_smooth(spec, args.eigen_smooth)
+  except ValueError as e:
+    raise CliError(str(e).replace("`eigen_smooth=False`", "no --eigen-smooth")) from None
   _check_out(args.out)
   files = _collect_images(args.inputs)
   target = _resolve_target(args.target)
@@ -277,6 +281,8 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
       chunk_progress=spec.expensive(args.options),
       options=args.options,
       overwrite=args.overwrite,
+      eigen_smooth=args.eigen_smooth,
+      aug_smooth=args.aug_smooth,
     )
   except ValueError as e:
     raise CliError(str(e)) from None
@@ -376,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
   ex.add_argument("--num-processes", type=int, default=None, help="several hosts: how many processes in all")
   ex.add_argument("--process-id", type=int, default=None, help="several hosts: this process's index")
   ex.add_argument("--seed", type=int, default=0, help="PRNG seed for methods that draw noise (sscam, smoothing)")
+  ex.add_argument(
+    "--eigen-smooth",
+    action="store_true",
+    help="first principal component of the weighted activations (pytorch-grad-cam's --eigen_smooth)",
+  )
+  ex.add_argument(
+    "--aug-smooth",
+    action="store_true",
+    help="test-time augmentation: flips x brightness 0.9/1/1.1, maps averaged (pytorch-grad-cam's --aug_smooth)",
+  )
   ex.add_argument(
     "--overwrite", action="store_true", help="replace the outputs of a different previous run in --out (else: error)"
   )

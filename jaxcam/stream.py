@@ -210,11 +210,14 @@ def explain_files(
   chunk_progress: bool = False,
   options: dict[str, Any] | None = None,
   overwrite: bool = False,
+  eigen_smooth: bool = False,
+  aug_smooth: bool = False,
 ) -> dict[str, Any]:
   """Explain `files` shard by shard into `out` (see the module docstring); returns the merged manifest.
 
   `progress` is called with the number of images done; `chunk_progress` adds a bar per chunked map inside each
-  batch (expensive methods); `options` are the method's options (``chunk_size``, ``top_n``, ...)."""
+  batch (expensive methods); `options` are the method's options (``chunk_size``, ``top_n``, ...);
+  `eigen_smooth` / `aug_smooth` as in `jaxcam.explain` (aug_smooth: pytorch-grad-cam's default augmentations)."""
   import jax
 
   import jaxcam
@@ -233,6 +236,8 @@ def explain_files(
     "input_size": input_size,
     "shard_size": shard_size,
     "float16": float16,
+    "eigen_smooth": bool(eigen_smooth),
+    "aug_smooth": bool(aug_smooth),
     "jaxcam": jaxcam.__version__,
     "jax": jax.__version__,
   }
@@ -276,7 +281,15 @@ def explain_files(
 
     index = 0
     results = jaxcam.explain_batches(
-      method, tap, batches(), mesh=mesh, batch_size=batch_size, progress=chunk_progress, **(options or {})
+      method,
+      tap,
+      batches(),
+      mesh=mesh,
+      batch_size=batch_size,
+      progress=chunk_progress,
+      eigen_smooth=eigen_smooth,
+      aug_smooth=aug_smooth,
+      **(options or {}),
     )
     for result in results:
       names, sizes = pending.pop(0)

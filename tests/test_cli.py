@@ -203,3 +203,18 @@ def test_demo_draws_every_cheap_row_and_exact_gradcam_pp(tmp_path, capsys):
   assert len(list(out.glob("*.png"))) == n * len(expected) + 1  # + grid.png
   exact = {k: v["peak"]["gradcam_pp (exact)"] for k, v in summary["images"].items()}
   assert all(0 <= r and 0 <= c for r, c in exact.values())
+
+
+def test_eigen_and_aug_smooth_flags(image_dir, tmp_path, capsys):
+  """The flags reach explain_batches and the run's fingerprint; eigen smoothing of a map method is refused."""
+  d, _ = image_dir
+  out = tmp_path / "aug"
+  args = ["explain", str(d / "coffee.png"), "--out", str(out), "--batch-size", "1", "--aug-smooth", "--eigen-smooth"]
+  assert cli.main(args) == 0
+  run = json.loads((out / "run.json").read_text())
+  assert run["aug_smooth"] is True and run["eigen_smooth"] is True
+  maps = np.load(out / "shards" / "maps-00000.npz")
+  m = maps[maps.files[0]]
+  assert m.shape == (224, 224) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1  # the math: test_family
+  assert cli.main(["explain", str(d / "coffee.png"), "--method", "eigencam", "--eigen-smooth", "--out", str(out)]) == 2
+  assert "no --eigen-smooth for eigencam" in capsys.readouterr().err
