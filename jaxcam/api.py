@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxcam import _checks, _progress, _spatial, core, postprocess, wrappers
 from jaxcam import targets as targets_lib
+from jaxcam._errors import check_key
 from jaxcam.methods.factorization import first_component_projection
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
@@ -289,14 +290,14 @@ def _augmented(spec, tap, x, target, options, augment, progress, flags) -> Expla
   return dataclasses.replace(ex, maps=maps, logits=clean.logits, target=ids, scores=scores)
 
 
-def _explain_many_impl(tap, x, target, *, specs, normalize, upsample, relu, fusion, progress=False):
+def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, relu, fusion, progress=False):
   with _progress.reporting("explain_many" if progress else None):
-    return _explain_many_body(tap, x, target, specs, normalize, upsample, relu, fusion)
+    return _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fusion)
 
 
-def _explain_many_body(tap, x, target, specs, normalize, upsample, relu, fusion):
+def _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fusion):
   out = {}
-  opts = {s.name: s.defaults() for s in specs}
+  opts = {s.name: _many_options(s, key) for s in specs}
   plain = [s for s in specs if s.inputs is None]
   grads = any(get_provider(n).grads for s in plain for n in s.needs_for(opts[s.name]))
   shared = core.forward(tap, x, target, grads=grads)  # one forward (+ backward) pass for every plain method
@@ -519,6 +520,7 @@ def explain_many(
   fusion: str = "mean",
   allow_expensive: bool = False,
   progress: bool | None = None,
+  key: jax.Array | None = None,
 ) -> dict[str, Explanation]:
   """Several methods from ONE shared pass: ``{name: Explanation}`` (default options each).
 
@@ -526,10 +528,14 @@ def explain_many(
   grouped by what they need: the forward pass, the backward pass and every other need (`jaxcam.providers`) are
   computed once and shared, and each method is then a small function of them. A method whose cost grows with the
   layer's size or a sample count (exact derivatives, masked forwards, smoothing) is refused unless
-  ``allow_expensive=True``; None leaves such methods out. `progress` as in `explain`.
+  ``allow_expensive=True``; None leaves such methods out. `progress` as in `explain`. `key`: the PRNG key given to
+  every method that draws one (Random-CAM, smoothed rows); without it such methods are refused (None leaves them
+  out).
   """
+  if key is not None:
+    key = check_key(key, method="explain_many")
   if methods is None:
-    specs = tuple(s for s in METHODS.values() if not s.expensive() and _runs_on_defaults(s))
+    specs = tuple(s for s in METHODS.values() if not s.expensive() and _runs_on_defaults(s, key))
   else:
     specs = tuple(get_method(m) for m in methods)
     costly = [s for s in specs if s.expensive()]
@@ -544,16 +550,19 @@ def explain_many(
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
     raise ValueError(f"Expected distinct methods in `methods`, got {names}.")
-  for s in specs:  # explain_many passes default options only: no arrays, no key
-    if not _runs_on_defaults(s):
-      raise ValueError(f"{s.name} needs options (a key or an array) that explain_many does not pass; use explain.")
+  for s in specs:  # explain_many passes default options only (and `key`)
+    if not _runs_on_defaults(s, key):
+      raise ValueError(
+        f"{s.name} needs options (a key or an array) that explain_many does not pass; pass key= or use explain."
+      )
   target = _prepare(tap, x, target)
-  under_jit = _is_traced((tap, x, target))
+  under_jit = _is_traced((tap, x, target, key))
   with model_errors(x):
     out = _explain_many_jit(
       tap,
       x,
       target,
+      key,
       specs=specs,
       normalize=normalize,
       upsample=upsample,
@@ -567,11 +576,19 @@ def explain_many(
   return out
 
 
-def _runs_on_defaults(spec: MethodSpec) -> bool:
-  """Whether a row runs on its default options alone (explain_many passes no options): no array option and no
-  key to be given (a ``key`` whose default is None must be passed)."""
+def _many_options(spec: MethodSpec, key: Any) -> dict[str, Any]:
+  opts = spec.defaults()
+  if key is not None and "key" in opts:
+    opts["key"] = key
+  return opts
+
+
+def _runs_on_defaults(spec: MethodSpec, key: Any = None) -> bool:
+  """Whether a row runs on its default options alone (explain_many passes no options but `key`): no array option
+  and no key to be given (a ``key`` whose default is None must be passed)."""
   defaults = spec.defaults()
-  return not _has_array(defaults) and not ("key" in defaults and defaults["key"] is None)
+  needs_key = "key" in defaults and defaults["key"] is None
+  return not _has_array(defaults) and not (needs_key and key is None)
 
 
 def _make_public(spec: MethodSpec):

@@ -164,12 +164,11 @@ def cmd_demo(args) -> int:
   x = jnp.asarray(models.preprocess([photos[n] for n in names], "efficientnet_lite0"))
   tap = jaxcam.linen_tap(module, variables)
   methods = demo_methods(args.all)
-  shared = [m for m in methods if jaxcam.api._runs_on_defaults(jaxcam.get_method(m))]
-  shared = [m for m in shared if not jaxcam.get_method(m).expensive()]
-  many = jaxcam.explain_many(shared, tap, x)  # one forward + backward for these
+  key = jax.random.key(args.seed)
+  shared = [m for m in methods if not jaxcam.get_method(m).expensive()]
+  many = jaxcam.explain_many(shared, tap, x, key=key)  # one forward + backward for these
   results = {k: v.maps for k, v in many.items()}
   logits = next(iter(many.values())).logits
-  key = jax.random.key(args.seed)
   for m in methods:
     if m not in results:
       keyed: dict[str, Any] = {"key": key} if "key" in jaxcam.get_method(m).defaults() else {}

@@ -248,6 +248,11 @@ def test_explain_many_shares_one_pass_and_equals_explain(net):
   assert set(many) == {s.name for s in jaxcam.METHODS.values() if not s.expensive()} - keyed
   with pytest.raises(ValueError, match="randomcam needs options"):
     jaxcam.explain_many(["gradcam", "randomcam"], tap, x, target=t)
+  key = jax.random.key(7)  # a key lets the keyed cheap rows share the pass too
+  keyed_many = jaxcam.explain_many(["gradcam", "randomcam"], tap, x, target=t, key=key)
+  np.testing.assert_allclose(
+    keyed_many["randomcam"].maps, jaxcam.explain("randomcam", tap, x, target=t, key=key).maps, atol=1e-6
+  )
   for name, ex in many.items():
     np.testing.assert_allclose(ex.maps, jaxcam.explain(name, tap, x, target=t).maps, atol=1e-6, err_msg=name)
   exact = jaxcam.get_method("gradcam_pp").expensive({"derivatives": "exact"})
