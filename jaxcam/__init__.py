@@ -37,7 +37,7 @@ globals().update(_METHOD_FUNCTIONS)
 def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loaders, matplotlib)
   import importlib
 
-  if name in ("models", "viz", "io", "cli", "study", "writers", "stream"):
+  if name in ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics"):
     return importlib.import_module(f"jaxcam.{name}")
   raise AttributeError(f"module 'jaxcam' has no attribute {name!r}")
 

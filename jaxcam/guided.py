@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxcam import _jaxpr
 from jaxcam import targets as targets_lib
+from jaxcam._model import split_model
 
 __all__ = ["RULES", "GuidedFunction", "guided_backprop", "guided_function", "guided_gradcam"]
 
@@ -133,22 +134,6 @@ def guided_function(fn: Callable[[jax.Array], Any], *, rule: str = "guided", rel
   return GuidedFunction(fn, rule, relu6)
 
 
-def _tap_forward(x, tap):
-  return tap.forward(x)
-
-
-def _split_model(model: Any) -> tuple[Callable, Any]:
-  """(static function, traced argument): a tap travels as a pytree argument (new weights never recompile)."""
-  if hasattr(model, "forward") and hasattr(model, "activation_shape"):  # a jaxcam tap: its plain forward pass
-    return _tap_forward, model
-  if not callable(model):
-    raise TypeError(
-      f"Expected `model_fn` to be a function x -> logits or a jaxcam tap, got {type(model).__name__}. For a linen "
-      "module: functools.partial(module.apply, variables)."
-    )
-  return model, None
-
-
 def _check_x(x: Any) -> None:
   from jaxcam.api import check_images
 
@@ -174,7 +159,7 @@ def guided_backprop(
     image at a time). Draw it with `jaxcam.viz.deprocess_gradient`.
   """
   _check_x(x)
-  fn, arg = _split_model(model_fn)
+  fn, arg = split_model(model_fn)
   g = guided_function(fn, rule=rule, relu6=relu6)
   return _guided_jit(g, arg, x, targets_lib.as_target(target))
 

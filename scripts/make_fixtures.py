@@ -20,6 +20,8 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
 - ``family``: FEM, KPCA-CAM, Seg-Eigen-CAM, eigen_smooth, aug_smooth, Finer-CAM, RefineCAM (pytorch-grad-cam and
   torchcam) and torchcam's Smooth Grad-CAM++ (stored noise) on the SmallCNN; pytorch-grad-cam's guided
   backpropagation and FullGrad on a seeded torchvision ResNet-18 with its normalization inside.
+- ``metrics``: torchcam's ClassificationMetric and DeletionInsertionMetric (curves too) and pytorch-grad-cam's
+  CamMultImageConfidenceChange on the SmallCNN, with the maps they used.
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -388,6 +390,58 @@ def make_family() -> dict[str, np.ndarray]:
   return _as_fixture(out)
 
 
+def make_metrics() -> dict[str, np.ndarray]:
+  """torchcam's ClassificationMetric and DeletionInsertionMetric (softmax scores, Grad-CAM at block2, 5 steps) and
+  pytorch-grad-cam's CamMultImageConfidenceChange (logits) on cam_parity's SmallCNN, with the maps they used."""
+  from functools import partial
+
+  import torchcam.methods as tcm
+  from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+  from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
+
+  weights, model, x, xt = _seeded(SmallCNN, weight_seed=0, input_seed=1)
+  ids = [3, 7]
+  out = {f"w/{k}": v for k, v in weights.items()}
+  out["x"], out["ids"] = nhwc(x), np.asarray(ids)
+  softmax = partial(torch.softmax, dim=-1)
+  with tcm.GradCAM(model, "block2") as extractor:
+    scores = softmax(model(xt))
+    (cam,) = extractor(ids, scores)
+    maps = torch.nn.functional.interpolate(cam[:, None], (16, 16), mode="bilinear", align_corners=False)[:, 0]
+    out["maps"] = maps.detach().numpy()
+    metric = ClassificationMetric(extractor, softmax)
+    metric.update(xt, class_idx=ids)
+    summary = metric.summary()
+    out["tc/avg_drop"], out["tc/conf_increase"] = np.asarray(summary["avg_drop"]), np.asarray(summary["conf_increase"])
+    other = [0, 9]  # classes whose masked scores drop: a non-trivial Average Drop
+    (cam2,) = extractor(other, softmax(model(xt)))
+    maps2 = torch.nn.functional.interpolate(cam2[:, None], (16, 16), mode="bilinear", align_corners=False)[:, 0]
+    out["ids2"], out["maps2"] = np.asarray(other), maps2.detach().numpy()
+    metric.reset()
+    metric.update(xt, class_idx=other)
+    summary = metric.summary()
+    out["tc2/avg_drop"], out["tc2/conf_increase"] = (np.asarray(summary[k]) for k in ("avg_drop", "conf_increase"))
+    di = DeletionInsertionMetric(extractor, softmax, steps=5, batch_size=8)
+    di.update(xt, class_idx=ids)
+    summary = di.summary()
+    out["tc/deletion_auc"], out["tc/insertion_auc"] = (
+      np.asarray(summary[k]) for k in ("deletion_auc", "insertion_auc")
+    )
+    order = torch.argsort(maps.flatten(1), dim=1, descending=True, stable=True)
+    with torch.no_grad():
+      original = softmax(model(xt))[torch.arange(2), torch.tensor(ids)]
+    fractions, deletion, insertion = di._compute_curves(
+      xt, torch.zeros_like(xt), torch.argsort(order, dim=1), torch.tensor(ids), original
+    )
+    out["tc/fractions"], out["tc/deletion"], out["tc/insertion"] = (
+      t.detach().numpy() for t in (fractions, deletion, insertion)
+    )
+  targets = [ClassifierOutputTarget(c) for c in ids]
+  out["pgc/change"] = CamMultImageConfidenceChange()(xt, out["maps"], targets, model)
+  return _as_fixture(out)
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -477,6 +531,7 @@ SECTIONS = {
   "gradient_free": make_gradient_free,
   "sscam_iscam": make_sscam_iscam,
   "family": make_family,
+  "metrics": make_metrics,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,
