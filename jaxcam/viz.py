@@ -15,6 +15,7 @@ __all__ = [
   "map_to_image",
   "overlay",
   "peak",
+  "randomization_plot",
   "save_png",
   "show",
   "show_concepts",
@@ -184,6 +185,42 @@ def show_concepts(image: Any, maps: Any, labels: Sequence[str] | None = None, *,
   ax.legend(handles=[Patch(color=c, label=t) for c, t in zip(colors, labels)], fontsize=7, loc="lower left")
   ax.set_xticks([])
   ax.set_yticks([])
+  return fig
+
+
+def randomization_plot(result: Any, images: Sequence[Any] | None = None, *, image: int = 0, cell: float = 1.8):
+  """The cascading-randomization sanity check (`jaxcam.metrics.randomization_check`): one image's map at every
+  stage (original first, then each layer randomized, top down) over the similarity curves (Spearman, |Spearman|
+  of the raw maps, SSIM; mean over the batch). Returns the matplotlib figure."""
+  from matplotlib.figure import Figure
+
+  maps = np.asarray(result.maps)
+  stages = ["original"] + [f"+ {s}" for s in result.stages]
+  cols = len(stages) + (images is not None)
+  fig = Figure(figsize=(cell * cols, cell * 2.4), dpi=100)
+  grid = fig.add_gridspec(2, cols, height_ratios=[1, 1.2])
+  offset = 0
+  if images is not None:
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(_as_uint8_image(images[image]))
+    ax.set_title("input", fontsize=8)
+    ax.set_axis_off()
+    offset = 1
+  for j, title in enumerate(stages):
+    ax = fig.add_subplot(grid[0, j + offset])
+    ax.imshow(maps[j, image], cmap="jet", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.set_axis_off()
+  ax = fig.add_subplot(grid[1, :])
+  steps = np.arange(1, len(stages))
+  for name in ("spearman", "spearman_abs", "ssim"):
+    ax.plot(steps, np.nanmean(np.asarray(getattr(result, name)), axis=1), marker="o", label=name)
+  ax.set_xticks(steps)
+  ax.set_xticklabels(stages[1:], rotation=30, fontsize=7)
+  ax.set_ylabel("similarity to original")
+  ax.set_title(f"{result.method}: cascading randomization", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
   return fig
 
 

@@ -1,5 +1,5 @@
-"""Evaluation on device: faithfulness (confidence change, deletion, insertion) and localization (pointing game,
-AUROC, IoU) metrics as pure JAX functions (jit-compiled, their many forwards chunked)."""
+"""Evaluation on device: faithfulness (confidence change, deletion, insertion), localization (pointing game, AUROC,
+IoU) and sanity-check (cascading randomization: Spearman, SSIM) metrics as pure JAX functions."""
 
 from jaxcam.metrics.faithfulness import (
   ConfidenceChange,
@@ -11,12 +11,14 @@ from jaxcam.metrics.faithfulness import (
   step_counts,
 )
 from jaxcam.metrics.localization import Localization, Pointing, auroc, boxes_to_masks, localization, pointing_game
+from jaxcam.metrics.sanity import Randomization, randomization_check, spearman, ssim
 
 __all__ = [
   "ConfidenceChange",
   "Curve",
   "Localization",
   "Pointing",
+  "Randomization",
   "auroc",
   "blur_baseline",
   "boxes_to_masks",
@@ -25,5 +27,8 @@ __all__ = [
   "insertion",
   "localization",
   "pointing_game",
+  "randomization_check",
+  "spearman",
+  "ssim",
   "step_counts",
 ]
