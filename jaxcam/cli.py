@@ -1,4 +1,4 @@
-"""The `jaxcam` command: ``demo``, ``explain``, ``layers``, ``merge-manifests``.
+"""The `jaxcam` command: ``demo``, ``explain``, ``evaluate``, ``layers``, ``merge-manifests``.
 
 Outputs are deterministic (no timestamps), so reruns give byte-identical files. ``explain`` always runs through
 `jaxcam.stream`: one shard with overlays by default, shards of ``--shard-size`` files for large runs.
@@ -313,6 +313,125 @@ def cmd_merge(args) -> int:
   return 0
 
 
+EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion")
+EXACT_ROW = "gradcam_pp_exact"
+
+
+def _evaluation_rows(names: str) -> list[str]:
+  """--methods: comma-separated rows (``gradcam_pp_exact`` is Grad-CAM++ with exact derivatives), or "default":
+  every fixed-cost row plus exact Grad-CAM++."""
+  import jaxcam
+
+  if names == "default":
+    return demo_methods() + [EXACT_ROW]
+  rows = [n.strip() for n in names.split(",") if n.strip()]
+  for n in rows:
+    if n != EXACT_ROW:
+      try:
+        jaxcam.get_method(n)
+      except KeyError as e:
+        raise CliError(str(e)) from None
+  return rows
+
+
+def cmd_evaluate(args) -> int:
+  import jax
+  import jax.numpy as jnp
+
+  import jaxcam
+  from jaxcam import metrics, models, stream
+
+  t0 = time.perf_counter()
+  rows = _evaluation_rows(args.methods)
+  wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+  bad = sorted(set(wanted) - set(EVAL_METRICS))
+  if bad:
+    raise CliError(f"--metrics: unknown {bad}; choose from {', '.join(EVAL_METRICS)}")
+  if args.steps < 1:
+    raise CliError(f"--steps must be at least 1, got {args.steps}")
+  _check_out(args.out)
+  if args.inputs:
+    files = _collect_images(args.inputs)
+    photos = {os.path.relpath(f): stream.decode_image(f) for f in files}
+  else:
+    photos = models.sample_images()
+  module, variables = _load_model(args.model, args.weights)
+  names = list(photos)
+  x = jnp.asarray(models.preprocess([photos[n] for n in names], args.model))
+  try:
+    tap = jaxcam.linen_tap(module, variables, args.layer)
+  except (KeyError, ValueError, TypeError) as e:
+    raise CliError(str(e)) from None
+  ids = jnp.argmax(tap.forward(x), axis=-1)
+  score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
+  key = jax.random.key(args.seed)
+  table: dict[str, dict[str, list[float]]] = {}
+  per_image: list[dict] = []
+  bar = _progress.bar(len(rows), "evaluating", unit="method")
+  try:
+    for row in rows:
+      spec_name = "gradcam_pp" if row == EXACT_ROW else row
+      opts: dict[str, Any] = {"derivatives": "exact"} if row == EXACT_ROW else {}
+      if "key" in jaxcam.get_method(spec_name).defaults():
+        opts["key"] = key
+
+      def run(spec_name=spec_name, opts=opts):
+        return jax.block_until_ready(jaxcam.explain(spec_name, tap, x, ids, progress=False, **opts).maps)
+
+      run()  # compile
+      start = time.perf_counter()
+      maps = run()
+      cost = (time.perf_counter() - start) / len(names)
+      values: dict[str, np.ndarray] = {}
+      if "avg_drop" in wanted or "increase" in wanted:
+        cc = metrics.confidence_change(tap, x, maps, target=score)
+        values["avg_drop"], values["increase"] = 100 * np.asarray(cc.drop), 100 * np.asarray(cc.increased, float)
+      for kind in ("deletion", "insertion"):
+        if kind in wanted:
+          fn = metrics.deletion if kind == "deletion" else metrics.insertion
+          values[kind] = np.asarray(fn(tap, x, maps, target=score, steps=args.steps, chunk_size=args.chunk_size).auc)
+      values = {k: v for k, v in values.items() if k in wanted}
+      table[row] = {k: v.tolist() for k, v in values.items()} | {"s_per_image": [cost]}
+      for i, n in enumerate(names):
+        per_image.append({"method": row, "image": n, **{k: float(v[i]) for k, v in values.items()}})
+      bar.update(1)
+  finally:
+    bar.close()
+  os.makedirs(args.out, exist_ok=True)
+  summary = {
+    "model": args.model,
+    "layer": tap.layer,
+    "score": args.score,
+    "steps": args.steps,
+    "images": names,
+    "metrics": wanted,
+    "methods": {
+      row: {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in vals.items()}
+      for row, vals in table.items()
+    },
+  }
+  writers.write_json(os.path.join(args.out, "summary.json"), summary)
+  with open(os.path.join(args.out, "results.csv"), "w", encoding="utf-8") as f:
+    f.write(",".join(["method", "image", *wanted]) + "\n")
+    for r in per_image:
+      f.write(",".join([r["method"], r["image"], *(f"{r[k]:.6g}" for k in wanted)]) + "\n")
+  print(evaluation_table(summary))
+  print(f"wrote results.csv and summary.json to {args.out} in {time.perf_counter() - t0:.1f} s")
+  return 0
+
+
+def evaluation_table(summary: dict) -> str:
+  """The markdown table `jaxcam evaluate` prints: mean ± std per method and metric, and the warm cost per image."""
+  wanted = summary["metrics"]
+  arrows = {"avg_drop": "↓", "increase": "↑", "deletion": "↓", "insertion": "↑"}
+  head = "| method | " + " | ".join(f"{m} {arrows[m]}" for m in wanted) + " | s/img |"
+  lines = [head, "|" + "---|" * (len(wanted) + 2)]
+  for row, vals in summary["methods"].items():
+    cells = [f"{vals[m]['mean']:.3f} ± {vals[m]['std']:.3f}" for m in wanted]
+    lines.append(f"| {row} | " + " | ".join(cells) + f" | {vals['s_per_image']['mean']:.3f} |")
+  return "\n".join(lines)
+
+
 def cmd_layers(args) -> int:
   import jax.numpy as jnp
 
@@ -404,6 +523,32 @@ def build_parser() -> argparse.ArgumentParser:
   merge = sub.add_parser("merge-manifests", help="merge the shard manifests of a (multi-host) run")
   merge.add_argument("out")
   merge.set_defaults(func=cmd_merge)
+
+  ev = sub.add_parser(
+    "evaluate", help="faithfulness metrics (Average Drop, Increase, deletion / insertion AUC) for a set of methods"
+  )
+  ev.add_argument("inputs", nargs="*", help="images or folders (default: the bundled photos)")
+  ev.add_argument("--model", default="efficientnet_lite0")
+  ev.add_argument("--weights", default=None, help="a checkpoint for models without packaged weights")
+  ev.add_argument("--layer", default=None, help="layer path (default: the model's default layer)")
+  ev.add_argument(
+    "--methods",
+    default="default",
+    help="comma-separated rows, gradcam_pp_exact for exact Grad-CAM++ (default: "
+    "every fixed-cost row and gradcam_pp_exact)",
+  )
+  ev.add_argument("--metrics", default=",".join(EVAL_METRICS), help=f"comma-separated, from {', '.join(EVAL_METRICS)}")
+  ev.add_argument(
+    "--score",
+    choices=("probability", "logit"),
+    default="probability",
+    help="what the metrics measure for the top class (default: probability, as the Grad-CAM++ paper)",
+  )
+  ev.add_argument("--steps", type=int, default=20, help="deletion / insertion steps (default 20)")
+  ev.add_argument("--chunk-size", type=int, default=32, help="perturbed copies per forward pass (default 32)")
+  ev.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods")
+  ev.add_argument("--out", default="jaxcam-eval", help="output directory (default: jaxcam-eval)")
+  ev.set_defaults(func=cmd_evaluate)
 
   layers = sub.add_parser("layers", help="layer paths of a model with their output shapes")
   layers.add_argument("--model", default="efficientnet_lite0")

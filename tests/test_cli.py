@@ -218,3 +218,20 @@ def test_eigen_and_aug_smooth_flags(image_dir, tmp_path, capsys):
   assert m.shape == (224, 224) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1  # the math: test_family
   assert cli.main(["explain", str(d / "coffee.png"), "--method", "eigencam", "--eigen-smooth", "--out", str(out)]) == 2
   assert "no --eigen-smooth for eigencam" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_writes_results_and_prints_the_table(tmp_path, capsys):
+  out = tmp_path / "eval"
+  args = ["evaluate", "--methods", "gradcam,gradcam_pp_exact", "--steps", "2", "--out", str(out)]
+  assert cli.main(args) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert list(summary["methods"]) == ["gradcam", "gradcam_pp_exact"] and summary["score"] == "probability"
+  rows = (out / "results.csv").read_text().splitlines()
+  assert rows[0] == "method,image,avg_drop,increase,deletion,insertion" and len(rows) == 1 + 2 * len(summary["images"])
+  for vals in summary["methods"].values():
+    assert 0 <= vals["avg_drop"]["mean"] <= 100 and 0 <= vals["deletion"]["mean"] <= 1
+  printed = capsys.readouterr().out
+  assert "| gradcam_pp_exact |" in printed and "avg_drop ↓" in printed
+  assert cli.main(["evaluate", "--metrics", "road", "--out", str(out)]) == 2
+  assert "--metrics: unknown ['road']" in capsys.readouterr().err
