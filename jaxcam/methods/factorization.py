@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -17,6 +19,21 @@ __all__ = [
 ]
 
 SIGN_RULES = ("energy", "extreme")
+
+
+def one_matrix_at_a_time(fn, x: jax.Array):
+  """`fn` (a LAPACK decomposition) over the leading axes of ``x`` ``(..., n, m)``, one matrix per call (`lax.map`).
+
+  jaxlib's CPU kernels split a large *batched* decomposition over XLA's intra-op thread pool and block their
+  worker until the pieces finish; two such decompositions running at once in one program (explain_many's Eigen
+  rows beside KPCA-CAM) can then hold every worker of a 2-core pool while their pieces wait in its queue: a
+  deadlock (seen on this project's 2-core machine). One matrix per call never splits, so it never waits on the
+  pool. The per-image cost is the same; the batch runs serially, which is what a 2-core pool does anyway.
+  """
+  lead = x.shape[:-2]
+  flat = x.reshape((-1,) + x.shape[-2:])
+  out = jax.lax.map(fn, flat)
+  return jax.tree.map(lambda v: v.reshape(lead + v.shape[1:]), out)
 
 
 def first_component_projection(features: jax.Array, /, *, sign: str = "energy") -> jax.Array:
@@ -36,7 +53,7 @@ def first_component_projection(features: jax.Array, /, *, sign: str = "energy") 
   x = jnp.nan_to_num(features)
   flat = _spatial.flatten_positions(x)  # (..., n, C)
   centered = flat - jnp.mean(flat, axis=-2, keepdims=True)
-  _, _, vt = jnp.linalg.svd(centered, full_matrices=False)
+  _, _, vt = one_matrix_at_a_time(functools.partial(jnp.linalg.svd, full_matrices=False), centered)
   v1 = vt[..., 0, :]  # (..., C)
   proj = jnp.einsum("...nc,...c->...n", centered, v1, precision=jax.lax.Precision.HIGHEST)
   if sign == "extreme":
@@ -135,7 +152,7 @@ def kpcacam_map(
   row = jnp.mean(k, axis=-1, keepdims=True)
   k = k - col - row + jnp.mean(col, axis=-1, keepdims=True)
   k = 0.5 * (k + jnp.swapaxes(k, -1, -2))
-  evals, evecs = jnp.linalg.eigh(k)
+  evals, evecs = one_matrix_at_a_time(jnp.linalg.eigh, k)
   lam, v = evals[..., -1], evecs[..., :, -1]
   pivot = jnp.take_along_axis(v, jnp.argmax(jnp.abs(v), axis=-1, keepdims=True), axis=-1)
   v = v * jnp.where(pivot < 0, -1.0, 1.0).astype(v.dtype)
