@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxcam import _checks, chunking
 from jaxcam import targets as targets_lib
+from jaxcam._filters import gaussian_kernel, separable_filter
 
 __all__ = ["sess", "window_starts", "default_scales", "resize_matrix", "gaussian_kernel"]
 
@@ -66,26 +67,9 @@ def resize_matrix(src: int, dst: int) -> np.ndarray:
   return m
 
 
-def gaussian_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
-  """``cv2.getGaussianKernel(size, sigma)``: normalized ``exp(-(i - c)^2 / (2 sigma^2))``."""
-  i = np.arange(size) - (size - 1) / 2
-  k = np.exp(-(i**2) / (2 * sigma**2))
-  return k / k.sum()
-
-
 def _blur(maps: jax.Array) -> jax.Array:
   """``cv2.GaussianBlur(m, (11, 11), 5.0)`` with its default BORDER_REFLECT_101, on ``(B, H, W)``."""
-  k = jnp.asarray(gaussian_kernel(), maps.dtype)
-  r = (len(k) - 1) // 2
-  padded = jnp.pad(maps, ((0, 0), (r, r), (r, r)), mode="reflect")
-  h, w = maps.shape[1:]
-  rows = jnp.zeros(padded.shape[:1] + (h,) + padded.shape[2:], maps.dtype)
-  for i in range(len(k)):
-    rows = rows + k[i] * padded[:, i : i + h, :]
-  out = jnp.zeros_like(maps)
-  for i in range(len(k)):
-    out = out + k[i] * rows[:, :, i : i + w]
-  return out
+  return separable_filter(maps, gaussian_kernel(11, 5.0), axes=(1, 2), mode="reflect")
 
 
 def _scaled_size(h: int, w: int, scale: int) -> tuple[int, int]:

@@ -20,10 +20,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcam import _checks, chunking
 from jaxcam import targets as targets_lib
+from jaxcam._filters import gaussian_kernel, separable_filter
 from jaxcam._model import split_model
 
 __all__ = ["ConfidenceChange", "Curve", "confidence_change", "deletion", "insertion", "blur_baseline"]
@@ -159,25 +159,9 @@ def step_counts(n: int, steps: int) -> list[int]:
   return [*range(0, n, size), n]
 
 
-def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
-  i = np.arange(size) - (size - 1) / 2
-  k = np.exp(-(i**2) / (2 * sigma**2))
-  return k / k.sum()
-
-
 def blur_baseline(x: jax.Array, *, size: int = 11, sigma: float = 5.0) -> jax.Array:
   """RISE's insertion baseline: each image blurred by a separable Gaussian (reflected borders)."""
-  k = jnp.asarray(_gaussian_1d(size, sigma), x.dtype)
-  r = (size - 1) // 2
-  padded = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)), mode="reflect")
-  h, w = x.shape[1:3]
-  rows = jnp.zeros((x.shape[0], h, padded.shape[2], x.shape[3]), x.dtype)
-  for i in range(size):
-    rows = rows + k[i] * padded[:, i : i + h]
-  out = jnp.zeros_like(x)
-  for i in range(size):
-    out = out + k[i] * rows[:, :, i : i + w]
-  return out
+  return separable_filter(x, gaussian_kernel(size, sigma), axes=(1, 2), mode="reflect")
 
 
 def _baseline(x: jax.Array, baseline: Any) -> jax.Array:

@@ -15,7 +15,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jaxcam._filters import gaussian_kernel, separable_filter
 
 __all__ = ["Randomization", "randomization_check", "spearman", "ssim"]
 
@@ -39,24 +40,9 @@ def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(den > 0, jnp.sum(ra * rb, axis=-1) / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _gauss(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-  i = np.arange(size) - (size - 1) / 2
-  k = np.exp(-(i**2) / (2 * sigma**2))
-  return k / k.sum()
-
-
 def _filter(m: jax.Array) -> jax.Array:
-  """Separable 11x11 Gaussian (sigma 1.5), 'valid' region, on ``(B, H, W)``."""
-  k = jnp.asarray(_gauss(), m.dtype)
-  n = len(k)
-  h, w = m.shape[-2] - n + 1, m.shape[-1] - n + 1
-  rows = jnp.zeros(m.shape[:-2] + (h, m.shape[-1]), m.dtype)
-  for i in range(n):
-    rows = rows + k[i] * m[..., i : i + h, :]
-  out = jnp.zeros(m.shape[:-2] + (h, w), m.dtype)
-  for i in range(n):
-    out = out + k[i] * rows[..., i : i + w]
-  return out
+  """Separable 11x11 Gaussian (sigma 1.5), 'valid' region, on ``(..., H, W)``."""
+  return separable_filter(m, gaussian_kernel(11, 1.5), axes=(-2, -1), mode="valid")
 
 
 def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0) -> jax.Array:
