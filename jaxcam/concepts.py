@@ -88,8 +88,7 @@ def _dff(tap, x, key, fc, *, n_components, iterations, upsample, head):
   error = jnp.linalg.norm(v - w @ h) / (jnp.linalg.norm(v) + _EPS)
   concepts = w + offset
   maps = jnp.moveaxis(h.reshape((n_components, b) + size), 0, 1)  # (B, K, h, w)
-  lo, hi = _spatial.map_min_max(maps)
-  maps = (maps - lo) / (hi - lo + 1e-7)  # pytorch-grad-cam's scale_cam_image per concept map
+  maps = postprocess.normalize(maps)  # pytorch-grad-cam's scale_cam_image per concept map
   if upsample:
     maps = postprocess.upsample(maps, _spatial.image_size(x))
   scores = None

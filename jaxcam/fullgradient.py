@@ -29,8 +29,6 @@ from jaxcam import targets as targets_lib
 
 __all__ = ["fullgrad", "is_bias_layer", "effective_bias"]
 
-_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image
-
 
 def is_bias_layer(module: Any) -> bool:
   """pytorch-grad-cam's selection: a convolution with a bias, or a BatchNorm layer (with a shift or a scale)."""
@@ -79,9 +77,7 @@ def _run(module, variables, x, deltas, select, apply_kwargs):
 
 def _channel_minmax(v: jax.Array) -> jax.Array:
   """Per (image, channel) min-max over the spatial axes of ``(B, h, w, C)``, as ``scale_cam_image`` per channel."""
-  lo = jnp.min(v, axis=(1, 2), keepdims=True)
-  v = v - lo
-  return v / (_EPS + jnp.max(v, axis=(1, 2), keepdims=True))
+  return jnp.moveaxis(postprocess.normalize(jnp.moveaxis(v, -1, 1)), 1, -1)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "select", "apply_kwargs"))
@@ -109,10 +105,7 @@ def _fullgrad(module, variables, x, target, *, select, apply_kwargs):
     b = jnp.reshape(bias, (1,) * (g.ndim - 1) + (-1,)).astype(g.dtype)
     contrib = jnp.sum(_channel_minmax(jnp.abs(b * g)), axis=-1)
     cam = cam + postprocess.upsample(contrib, size)
-  lo = jnp.min(cam, axis=(1, 2), keepdims=True)
-  cam = cam - lo
-  maps = cam / (_EPS + jnp.max(cam, axis=(1, 2), keepdims=True))
-  return maps, out, ids, scores
+  return postprocess.normalize(cam), out, ids, scores
 
 
 def fullgrad(

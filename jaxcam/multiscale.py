@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _checks, chunking
+from jaxcam import _checks, chunking, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam._filters import gaussian_kernel, separable_filter
 
@@ -228,6 +228,4 @@ def _sess_jit(tap, x, target, traced, *, spec, static, config, chunk_size):
   fused = total if pool == "max" else jnp.where(counts > 0, total / jnp.where(counts > 0, counts, 1.0), 0.0)
   if smooth:
     fused = _blur(fused)
-  lo = jnp.min(fused, axis=(1, 2), keepdims=True)
-  fused = fused - lo
-  return fused / (1e-7 + jnp.max(fused, axis=(1, 2), keepdims=True))
+  return postprocess.normalize(fused)

@@ -86,19 +86,21 @@ def pointing_game(maps: Any, boxes_or_masks: Any, *, tolerance: int = 15) -> Poi
   return _pointing(maps, _regions(maps, boxes_or_masks), tolerance=tolerance)
 
 
+def average_ranks(v: jax.Array) -> jax.Array:
+  """1-based average ranks along the last axis (ties share their mean rank), for AUROC and Spearman."""
+  srt = jnp.sort(v, axis=-1)
+  flat_s, flat_v = srt.reshape(-1, srt.shape[-1]), v.reshape(-1, v.shape[-1])
+  lo = jax.vmap(lambda a, b: jnp.searchsorted(a, b, side="left"))(flat_s, flat_v)
+  hi = jax.vmap(lambda a, b: jnp.searchsorted(a, b, side="right"))(flat_s, flat_v)
+  return ((lo + hi + 1) / 2.0).reshape(v.shape)
+
+
 def auroc(scores: jax.Array, labels: jax.Array) -> jax.Array:
   """Area under the ROC curve of `scores` ``(..., N)`` for boolean `labels` ``(..., N)`` (Mann-Whitney U with
   average ranks for ties); NaN where a row has no positive or no negative."""
   s = scores.reshape(scores.shape[:-1] + (-1,))
   y = labels.reshape(s.shape)
-  srt = jnp.sort(s, axis=-1)
-  lo = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="left"))(
-    srt.reshape(-1, srt.shape[-1]), s.reshape(-1, s.shape[-1])
-  )
-  hi = jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right"))(
-    srt.reshape(-1, srt.shape[-1]), s.reshape(-1, s.shape[-1])
-  )
-  ranks = ((lo + hi + 1) / 2.0).reshape(s.shape)  # 1-based average ranks
+  ranks = average_ranks(s)
   pos = jnp.sum(y, axis=-1).astype(ranks.dtype)
   neg = y.shape[-1] - pos
   u = jnp.sum(jnp.where(y, ranks, 0.0), axis=-1) - pos * (pos + 1) / 2

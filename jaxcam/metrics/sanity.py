@@ -17,23 +17,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxcam._filters import gaussian_kernel, separable_filter
+from jaxcam.metrics.localization import average_ranks
 
 __all__ = ["Randomization", "randomization_check", "spearman", "ssim"]
 
 
-def _ranks(v: jax.Array) -> jax.Array:
-  """1-based average ranks along the last axis (ties share their mean rank)."""
-  srt = jnp.sort(v, axis=-1)
-  flat_s, flat_v = srt.reshape(-1, srt.shape[-1]), v.reshape(-1, v.shape[-1])
-  lo = jax.vmap(lambda a, b: jnp.searchsorted(a, b, side="left"))(flat_s, flat_v)
-  hi = jax.vmap(lambda a, b: jnp.searchsorted(a, b, side="right"))(flat_s, flat_v)
-  return ((lo + hi + 1) / 2.0).reshape(v.shape)
-
-
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
   """Spearman rank correlation of maps ``(..., H, W)`` pair by pair (average ranks for ties; 0 for a constant map)."""
-  ra = _ranks(a.reshape(a.shape[:-2] + (-1,)))
-  rb = _ranks(b.reshape(b.shape[:-2] + (-1,)))
+  ra = average_ranks(a.reshape(a.shape[:-2] + (-1,)))
+  rb = average_ranks(b.reshape(b.shape[:-2] + (-1,)))
   ra = ra - jnp.mean(ra, axis=-1, keepdims=True)
   rb = rb - jnp.mean(rb, axis=-1, keepdims=True)
   den = jnp.sqrt(jnp.sum(ra * ra, axis=-1) * jnp.sum(rb * rb, axis=-1))
