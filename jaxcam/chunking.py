@@ -44,8 +44,11 @@ def _split(xs: Any, size: int) -> tuple[Any, Any, int, int]:
   return head, tail, full, rest
 
 
-def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
+def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, vectorized: bool = False) -> Any:
   """``fn`` over the leading axis of `xs` (a pytree), `chunk_size` elements at a time.
+
+  ``vectorized=True``: `fn` already takes a whole chunk (a leading axis of up to `chunk_size`), e.g. to mix
+  sequential and batched work inside it; otherwise it takes one element and is `jax.vmap`-ed.
 
   >>> import jax.numpy as jnp
   >>> chunked_map(lambda v: v * 2, jnp.arange(5.0), chunk_size=2)
@@ -55,7 +58,7 @@ def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
   n = _length(xs)
   size = max(1, min(chunk_size, n))
   head, tail, full, rest = _split(xs, size)
-  batched = jax.vmap(fn)
+  batched = fn if vectorized else jax.vmap(fn)
   report = _progress.tick(n, size)
 
   def body(chunk):

@@ -22,6 +22,9 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
   backpropagation and FullGrad on a seeded torchvision ResNet-18 with its normalization inside.
 - ``metrics``: torchcam's ClassificationMetric and DeletionInsertionMetric (curves too) and pytorch-grad-cam's
   CamMultImageConfidenceChange on the SmallCNN, with the maps they used.
+- ``road``: pytorch-grad-cam's ROAD (noisy linear imputation with the noise off: the imputed images and masks at
+  a few percentiles, MoRF / LeRF averages and ROADCombined), Complexity, Coherency (its Grad-CAM re-run) and ARCC
+  (noise off) on the SmallCNN with 40x48 inputs and the Grad-CAM maps they used.
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -442,6 +445,47 @@ def make_metrics() -> dict[str, np.ndarray]:
   return _as_fixture(out)
 
 
+def make_road() -> dict[str, np.ndarray]:
+  """ROAD / ARCC from pytorch-grad-cam with the imputer's noise set to 0 (its only randomness)."""
+  import pytorch_grad_cam as pgc
+  from pytorch_grad_cam.metrics import arcc as arcc_lib
+  from pytorch_grad_cam.metrics import road as road_lib
+  from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+  road_lib.NoisyLinearImputer.__init__.__defaults__ = (0.0, road_lib.neighbors_weights)  # noise off everywhere
+  weights = small_cnn_weights(0)
+  model = SmallCNN().eval()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+  x = np.random.default_rng(5).standard_normal((2, 3, 40, 48)).astype(np.float32)
+  xt = torch.from_numpy(x)
+  ids = [3, 7]
+  targets = [ClassifierOutputTarget(c) for c in ids]
+  out = {f"w/{k}": v for k, v in weights.items()}
+  out["x"], out["ids"] = nhwc(x), np.asarray(ids)
+  cam = pgc.GradCAM(model, [model.block2])
+  maps = cam(input_tensor=xt, targets=targets)  # (2, 40, 48), min-max normalized, resized
+  out["maps"] = maps
+  imputer = road_lib.NoisyLinearImputer(noise=0.0)
+  for order, cls in (("morf", RemoveMostRelevantFirst), ("lerf", RemoveLeastRelevantFirst)):
+    for p in (10, 50, 90):
+      images, kept = [], []
+      for i in range(2):
+        m = torch.from_numpy(maps[i])
+        images.append(cls(p, imputer)(xt[i], m).numpy())
+        mm = maps[i] if order == "morf" else 1 - maps[i]
+        kept.append(mm < np.percentile(mm, p))
+      out[f"{order}/{p}/imputed"], out[f"{order}/{p}/kept"] = nhwc(np.stack(images)), np.stack(kept)
+  out["pgc/morf"] = road_lib.ROADMostRelevantFirstAverage()(xt, maps, targets, model)
+  out["pgc/lerf"] = road_lib.ROADLeastRelevantFirstAverage()(xt, maps, targets, model)
+  out["pgc/combined"] = road_lib.ROADCombined()(xt, maps, targets, model)
+  out["pgc/morf80"] = road_lib.ROADMostRelevantFirst(80)(xt, maps, targets, model)
+  out["pgc/complexity"] = arcc_lib.Complexity()(maps)
+  out["pgc/coherency"] = arcc_lib.Coherency()(xt, maps, targets, model, cam)
+  out["pgc/arcc"] = arcc_lib.ARCC(cam)(xt, maps, targets, model)
+  return _as_fixture(out)
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -532,6 +576,7 @@ SECTIONS = {
   "sscam_iscam": make_sscam_iscam,
   "family": make_family,
   "metrics": make_metrics,
+  "road": make_road,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,

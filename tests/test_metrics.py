@@ -185,3 +185,139 @@ def test_cascading_randomization_against_scipy_and_skimage():
   np.testing.assert_allclose(same.spearman, 1.0, atol=1e-5)  # the same key as init: nothing changes
   fig = jaxcam.viz.randomization_plot(r, np.asarray(x - x.min()) / float(x.max() - x.min()))
   assert len(fig.axes) == 1 + 5 + 1
+
+
+# ------------------------------------------------------------------------------------------------------- ROAD
+
+
+@pytest.fixture(scope="module")
+def road_fix():
+  with np.load(os.path.join(FIXTURES, "road.npz")) as f:
+    d = {k: f[k] for k in f.files}
+  module = models.ParityCNN()
+  variables = models.parity_variables(d)
+  return d, jaxcam.linen_tap(module, variables, "block2"), jnp.asarray(d["x"])
+
+
+def test_imputation_matches_pytorch_grad_cam(road_fix):
+  d, _, x = road_fix
+  for order in ("morf", "lerf"):
+    for p in (10, 50, 90):
+      imputed, kept = metrics.remove_and_impute(x, d["maps"], p, order=order, noise=0.0)
+      np.testing.assert_array_equal(kept, d[f"{order}/{p}/kept"])
+      np.testing.assert_allclose(imputed, d[f"{order}/{p}/imputed"], atol=1e-3)
+
+
+def test_road_matches_pytorch_grad_cam(road_fix):
+  d, tap, x = road_fix
+  ids = d["ids"]
+  morf = metrics.road(tap, x, d["maps"], target=ids, noise=0.0)
+  lerf = metrics.road(tap, x, d["maps"], target=ids, order="lerf", noise=0.0)  # the same program as MoRF's
+  combined = metrics.road(tap, x, d["maps"], target=ids, order="combined", noise=0.0)
+  np.testing.assert_allclose(morf.score, d["pgc/morf"], atol=2e-4)
+  np.testing.assert_allclose(lerf.score, d["pgc/lerf"], atol=2e-4)
+  np.testing.assert_allclose(combined.score, d["pgc/combined"], atol=2e-4)
+  np.testing.assert_allclose(combined.mean_score, np.mean(d["pgc/combined"]), atol=2e-4)
+  np.testing.assert_allclose(morf.percentiles, np.arange(10, 100, 10))
+  np.testing.assert_allclose(morf.change[:, 7], d["pgc/morf80"], atol=2e-4)  # ROADMostRelevantFirst(80)
+  assert morf.change.shape == (2, 9) and morf.order == "morf"
+
+
+def test_arcc_and_its_parts_match_pytorch_grad_cam(road_fix):
+  d, tap, x = road_fix
+  np.testing.assert_allclose(metrics.complexity(d["maps"]), d["pgc/complexity"], atol=1e-6)
+  coh = metrics.coherency(tap, x, d["maps"], "gradcam", target=d["ids"])
+  np.testing.assert_allclose(coh, d["pgc/coherency"], atol=1e-4)
+  a = metrics.arcc(tap, x, d["maps"], "gradcam", target=d["ids"], noise=0.0)
+  np.testing.assert_allclose(a.arcc, d["pgc/arcc"], atol=5e-4)
+  # ADCC: the same harmonic mean with 1 - Average Drop, against a numpy evaluation of its definition.
+  ad = metrics.adcc(tap, x, d["maps"], "gradcam", target=jaxcam.targets.softmax(d["ids"]))
+  drop = np.asarray(metrics.confidence_change(tap, x, d["maps"], target=jaxcam.targets.softmax(d["ids"])).drop)
+  c, k = np.asarray(d["pgc/coherency"], np.float64), np.asarray(d["pgc/complexity"], np.float64)
+  np.testing.assert_allclose(ad.adcc, 3 / (1 / c + 1 / (1 - k) + 1 / (1 - drop)), atol=2e-4)
+
+
+def _scipy_imputation(x, kept):
+  """The 8-neighbour system solved by scipy in float64, written from the ROAD paper's definition."""
+  import scipy.sparse
+  import scipy.sparse.linalg
+
+  h, w, _ = x.shape
+  idx = -np.ones((h, w), int)
+  holes = np.argwhere(~kept)
+  idx[tuple(holes.T)] = np.arange(len(holes))
+  weights = {(dy, dx): (1 / 6 if dy == 0 or dx == 0 else 1 / 12) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+  rows, cols, vals = [], [], []
+  b = np.zeros((len(holes), x.shape[2]))
+  for n, (i, j) in enumerate(holes):
+    total = 0.0
+    for (dy, dx), wt in weights.items():
+      if (dy, dx) == (0, 0) or not (0 <= i + dy < h and 0 <= j + dx < w):
+        continue
+      total += wt
+      if kept[i + dy, j + dx]:
+        b[n] += wt * x[i + dy, j + dx]
+      else:
+        rows.append(n), cols.append(idx[i + dy, j + dx]), vals.append(-wt)
+    rows.append(n), cols.append(n), vals.append(total)
+  a = scipy.sparse.csc_matrix((vals, (rows, cols)), shape=(len(holes), len(holes)))
+  out = np.array(x, np.float64)
+  out[tuple(holes.T)] = scipy.sparse.linalg.spsolve(a, b)
+  return out
+
+
+def test_imputation_on_a_large_hole_against_scipy():
+  rng = np.random.default_rng(0)
+  x = rng.random((64, 72, 3)).astype(np.float32)
+  yy, xx = np.mgrid[:64, :72]
+  kept = ((yy - 30) ** 2 + (xx - 40) ** 2 > 26**2) | (rng.random((64, 72)) < 0.02)  # a big disc, a few inside
+  ours, iters = metrics.noisy_linear_imputation(jnp.asarray(x), kept, noise=0.0, return_iterations=True)
+  np.testing.assert_allclose(ours, _scipy_imputation(x, kept), atol=1e-4)
+  assert int(iters) < 40  # the multigrid preconditioner: plain CG needs hundreds here
+  np.testing.assert_array_equal(np.asarray(ours)[kept], x[kept])  # kept pixels untouched
+  # nothing kept: every pixel the image's mean colour (scipy: a singular matrix); nothing removed: x itself
+  none = metrics.noisy_linear_imputation(jnp.asarray(x), np.zeros((64, 72), bool), noise=0.0)
+  np.testing.assert_allclose(none, np.broadcast_to(x.mean(axis=(0, 1)), x.shape), atol=1e-6)
+  np.testing.assert_array_equal(metrics.noisy_linear_imputation(jnp.asarray(x), np.ones((64, 72), bool)), x)
+
+
+def test_road_noise_is_keyed_and_chunking_changes_nothing(road_fix):
+  d, tap, x = road_fix
+  run = functools.partial(metrics.road, tap, x, d["maps"], target=d["ids"])
+  a, b = run(key=jax.random.key(1)), run(key=jax.random.key(1), chunk_size=5)
+  np.testing.assert_allclose(a.change, b.change, atol=1e-5)
+  assert not np.allclose(run(key=jax.random.key(2)).change, a.change, atol=1e-6)  # the noise is really drawn
+  imputed, kept = metrics.remove_and_impute(x, d["maps"], 50, noise=0.05, key=jax.random.key(3))
+  clean, _ = metrics.remove_and_impute(x, d["maps"], 50, noise=0.0)
+  resid = np.asarray(imputed - clean)[~np.asarray(kept)]
+  np.testing.assert_allclose(resid.std(), 0.05, rtol=0.1)  # Gaussian noise of that std on removed pixels only
+  np.testing.assert_array_equal(np.asarray(imputed - clean)[np.asarray(kept)], 0)
+
+
+def test_road_moves_the_right_way_and_reports_nans():
+  # The logit is the top-left block's sum: MoRF with the oracle map (that block ranked highest) must drop more
+  # than MoRF with the inverse map, and combined must favour the oracle.
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3)) + 0.5
+  oracle = jnp.zeros((2, 16, 16)).at[:, :4, :4].set(1.0) + 0.01 * jax.random.uniform(jax.random.key(1), (2, 16, 16))
+  good = metrics.road(_region_model, x, oracle, target=0, noise=0.0)
+  bad = metrics.road(_region_model, x, 1 - oracle, target=0, noise=0.0)
+  assert float(good.mean_score) < float(bad.mean_score)
+  comb = lambda m: float(metrics.road(_region_model, x, m, target=0, order="combined", noise=0.0).mean_score)
+  assert comb(oracle) > comb(1 - oracle)
+  nan_maps = oracle.at[1, 0, 0].set(jnp.nan)
+  r = metrics.road(_region_model, x, nan_maps, target=0, noise=0.0)
+  assert int(r.nan_count) == 1 and bool(r.valid[0]) and not bool(r.valid[1])
+  assert np.isnan(r.score[1]) and np.isfinite(r.mean_score)
+  np.testing.assert_allclose(r.mean_score, good.score[0], atol=1e-5)
+
+
+def test_road_errors(road_fix):
+  d, tap, x = road_fix
+  with pytest.raises(ValueError, match="order"):
+    metrics.road(tap, x, d["maps"], order="most")
+  with pytest.raises(ValueError, match="percentiles"):
+    metrics.road(tap, x, d["maps"], percentiles=(10, 120))
+  with pytest.raises(ValueError, match="noise"):
+    metrics.road(tap, x, d["maps"], noise=-1.0)
+  with pytest.raises(ValueError, match="one percentile"):
+    metrics.remove_and_impute(x, d["maps"], (10, 20))

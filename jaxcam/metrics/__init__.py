@@ -1,33 +1,50 @@
-"""Evaluation on device: faithfulness (confidence change, deletion, insertion), localization (pointing game, AUROC,
-IoU) and sanity-check (cascading randomization: Spearman, SSIM) metrics as pure JAX functions."""
+"""Evaluation on device: faithfulness (confidence change, deletion, insertion, ROAD), composite (Complexity,
+Coherency, ADCC, ARCC), localization (pointing game, AUROC, IoU) and sanity-check (cascading randomization:
+Spearman, SSIM) metrics as pure JAX functions."""
 
+from jaxcam.metrics.composite import Adcc, Arcc, adcc, arcc, coherency, complexity, pearson
 from jaxcam.metrics.faithfulness import (
   ConfidenceChange,
   Curve,
+  Road,
   blur_baseline,
   confidence_change,
   deletion,
   insertion,
+  remove_and_impute,
+  road,
   step_counts,
 )
+from jaxcam.metrics.imputation import noisy_linear_imputation
 from jaxcam.metrics.localization import Localization, Pointing, auroc, boxes_to_masks, localization, pointing_game
 from jaxcam.metrics.sanity import Randomization, randomization_check, spearman, ssim
 
 __all__ = [
+  "Adcc",
+  "Arcc",
   "ConfidenceChange",
   "Curve",
   "Localization",
   "Pointing",
   "Randomization",
+  "Road",
+  "adcc",
+  "arcc",
   "auroc",
   "blur_baseline",
   "boxes_to_masks",
+  "coherency",
+  "complexity",
   "confidence_change",
   "deletion",
   "insertion",
   "localization",
+  "noisy_linear_imputation",
+  "pearson",
   "pointing_game",
   "randomization_check",
+  "remove_and_impute",
+  "road",
   "spearman",
   "ssim",
   "step_counts",
