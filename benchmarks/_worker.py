@@ -86,7 +86,12 @@ def converter_keys(name: str):
 GRADIENT_FREE = {"scorecam", "fasterscorecam", "ablationcam", "scorecam_floor"}
 # issue 12: guided backprop (input gradients: both sides differentiate w.r.t. the [0, 1] image), KPCA-CAM, DFF;
 # jaxcam-only smoothing rows (num_samples copies of Grad-CAM / Grad-CAM++) against the plain method
-NORMALIZE_INSIDE = GRADIENT_FREE | {"guided", "kpcacam", "dff"}
+# Metrics (issue 13): road_morf = ROAD MoRF at 9 percentiles on Grad-CAM maps made at setup (pgc's
+# ROADMostRelevantFirstAverage, noise 0.01; "maps" runs it with the noise off and returns the (B,) scores);
+# deletion_insertion = Grad-CAM + deletion + insertion AUCs, 20 steps, softmax scores, `chunk` copies at a time
+# (torchcam's DeletionInsertionMetric, which computes its CAM inside too; "maps" returns the two mean AUCs).
+METRICS = {"road_morf", "deletion_insertion"}
+NORMALIZE_INSIDE = GRADIENT_FREE | {"guided", "kpcacam", "dff", "deletion_insertion"}
 # at ResNet `layer3`: after `layer4` the head is linear in A (GAP + fc), so dS/dA is the same for every noisy copy and
 # XLA rightly drops the copies' forward passes; at `layer3` each copy costs a real forward and backward pass
 SMOOTH = {"smooth8_gradcam": ("gradcam", 8), "smooth8_gradcam_pp": ("gradcam_pp", 8), "gradcam_layer3": ("gradcam", 0)}
@@ -121,6 +126,28 @@ class JaxcamSide:
       return
     if method == "dff":
       self.run = lambda: np.asarray(jaxcam.dff(self.tap, self.x, n_components=5).maps)
+      return
+    if method == "road_morf":
+      from jaxcam import metrics
+
+      cams = jax.block_until_ready(jaxcam.gradcam(self.tap, self.x, target=self.t))
+      road = lambda noise: metrics.road(self.tap, self.x, cams, target=self.t, noise=noise, chunk_size=chunk)
+      self.run = lambda: np.asarray(road(0.01).score)
+      self.maps = lambda layer_res: np.asarray(road(0.0).score)
+      return
+    if method == "deletion_insertion":
+      from jaxcam import metrics
+
+      score = jaxcam.targets.softmax(self.t)
+
+      def curves():
+        cams = jaxcam.gradcam(self.tap, self.x, target=self.t)
+        kw = {"target": score, "steps": 20, "chunk_size": chunk}
+        d, i = metrics.deletion(self.tap, self.x, cams, **kw), metrics.insertion(self.tap, self.x, cams, **kw)
+        return np.asarray([d.mean_auc, i.mean_auc])
+
+      self.run = curves
+      self.maps = lambda layer_res: curves()
       return
     if method in SMOOTH:
       base, n = SMOOTH[method]
@@ -220,6 +247,38 @@ class TorchSide:
 
       guided = pgc.GuidedBackpropReLUModel(m, device="cpu")
       self.call = lambda: np.stack([guided(self.x[i : i + 1], target_category=c) for i, c in enumerate(self.ids)])
+    elif self.lib == "pgc" and method == "road_morf":
+      import pytorch_grad_cam as pgc
+      from pytorch_grad_cam.metrics import road
+      from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+      self.targets = [ClassifierOutputTarget(c) for c in self.ids]
+      cams = pgc.GradCAM(model=m, target_layers=[layer])(input_tensor=self.x, targets=self.targets)
+
+      def run_road(noise):
+        road.NoisyLinearImputer.__init__.__defaults__ = (noise, road.neighbors_weights)
+        return road.ROADMostRelevantFirstAverage()(self.x, cams, self.targets, m)
+
+      self.call = lambda: run_road(0.01)
+      self.maps = lambda layer_res: run_road(0.0)
+    elif self.lib == "torchcam" and method == "deletion_insertion":
+      from functools import partial
+
+      import torch
+      import torchcam.methods as tcm
+      from torchcam.metrics import DeletionInsertionMetric
+
+      extractor = tcm.GradCAM(m, target_layer=layer)
+      metric = DeletionInsertionMetric(extractor, partial(torch.softmax, dim=-1), steps=20, batch_size=chunk)
+
+      def curves():
+        metric.reset()
+        metric.update(self.x, class_idx=self.ids)
+        s = metric.summary()
+        return np.asarray([s["deletion_auc"], s["insertion_auc"]])
+
+      self.call = curves
+      self.maps = lambda layer_res: curves()
     elif self.lib == "pgc" and method == "dff":
       from pytorch_grad_cam import DeepFeatureFactorization
 

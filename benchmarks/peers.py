@@ -47,6 +47,10 @@ JAXCAM_ONLY = {
   "gradcam_layer3",
 }  # top_n=64 Score-CAM;
 # Score-CAM's masked forwards alone; jaxcam.smooth(method, num_samples=8) (compare with the plain method's row)
+# metrics (issue 13): the peers' results themselves are compared (noise off for ROAD), e.g.
+#   ... peers.py --models efficientnet_lite0 --batches 8 --methods road_morf --rounds 3 --chunk 16
+#   ... peers.py --models efficientnet_lite0 --batches 16 --methods deletion_insertion --rounds 3 --chunk 32
+METRIC_ROWS = {"road_morf": ["pgc"], "deletion_insertion": ["torchcam"]}
 NO_MAP_COMPARISON = {"dff"}  # same NMF problem, different solver and random start: factors are not comparable
 
 
@@ -84,6 +88,8 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False, 
   libs = ["jaxcam"]
   if peers_python and method == "forward":
     libs += ["torch", "torch_cl"]
+  elif peers_python and method in METRIC_ROWS:
+    libs += METRIC_ROWS[method]
   elif peers_python and method not in JAXCAM_ONLY:
     libs.append("pgc")
     if method in TORCHCAM_METHODS:
@@ -107,6 +113,7 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False, 
       ours = os.path.join(tmp, "jaxcam.npy")
       workers["jaxcam"].ask(cmd="maps", path=ours)  # maps at input resolution; logits for "forward"
       compared = [] if method in NO_MAP_COMPARISON else [lib for lib in libs if lib == "pgc"]
+      compared = libs[1:] if method in METRIC_ROWS else compared
       for lib in libs[1:] if method == "forward" else compared:
         p = os.path.join(tmp, f"{lib}.npy")
         workers[lib].ask(cmd="maps", path=p)

@@ -313,8 +313,69 @@ def cmd_merge(args) -> int:
   return 0
 
 
-EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion")
 EXACT_ROW = "gradcam_pp_exact"
+
+
+class _Eval:
+  """What every metric of `jaxcam evaluate` sees: the tap, images, score target, options and regions."""
+
+  def __init__(self, tap, x, score, args, key, regions):
+    self.tap, self.x, self.score, self.args, self.key, self.regions = tap, x, score, args, key, regions
+
+
+def _faithfulness(name):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    a = ev.args
+    if name in ("avg_drop", "increase"):
+      cc = metrics.confidence_change(ev.tap, ev.x, maps, target=ev.score)
+      return 100 * np.asarray(cc.drop if name == "avg_drop" else cc.increased, float)
+    if name in ("deletion", "insertion"):
+      fn = getattr(metrics, name)
+      return np.asarray(fn(ev.tap, ev.x, maps, target=ev.score, steps=a.steps, chunk_size=a.chunk_size).auc)
+    if name == "road":
+      r = metrics.road(ev.tap, ev.x, maps, target=ev.score, order="combined", key=ev.key, chunk_size=a.chunk_size)
+      return np.asarray(r.score)
+    fn = getattr(metrics, name)  # adcc / arcc: the method is re-run on the masked images (Coherency)
+    kw = {"key": ev.key, "chunk_size": a.chunk_size} if name == "arcc" else {}
+    return np.asarray(getattr(fn(ev.tap, ev.x, maps, spec, target=ev.score, **kw, **opts), name))
+
+  return run
+
+
+def _localized(name):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    masks, present = ev.regions
+    if name in ("pointing", "energy"):
+      p = metrics.pointing_game(maps, masks, tolerance=ev.args.tolerance)
+      v = np.asarray(p.hits, float) if name == "pointing" else np.asarray(p.energy)
+    else:
+      loc = metrics.localization(maps, masks, thresholds=[0.5])
+      v = np.asarray(loc.auroc) if name == "auroc" else np.asarray(loc.iou[:, 0])
+    return np.where(present, v, np.nan)
+
+  return run
+
+
+# name -> (better, function, needs regions). Default: every metric that needs no regions except the composite
+# ones (they re-run each method), plus the localization ones when --boxes / --masks are given.
+EVAL_METRICS = {
+  "avg_drop": ("↓", _faithfulness("avg_drop"), False),
+  "increase": ("↑", _faithfulness("increase"), False),
+  "deletion": ("↓", _faithfulness("deletion"), False),
+  "insertion": ("↑", _faithfulness("insertion"), False),
+  "road": ("↑", _faithfulness("road"), False),
+  "adcc": ("↑", _faithfulness("adcc"), False),
+  "arcc": ("↑", _faithfulness("arcc"), False),
+  "pointing": ("↑", _localized("pointing"), True),
+  "energy": ("↑", _localized("energy"), True),
+  "auroc": ("↑", _localized("auroc"), True),
+  "iou": ("↑", _localized("iou"), True),
+}
+DEFAULT_EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion", "road")
 
 
 def _evaluation_rows(names: str) -> list[str]:
@@ -334,19 +395,92 @@ def _evaluation_rows(names: str) -> list[str]:
   return rows
 
 
+def _lookup(table: dict, name: str) -> Any:
+  """An image's entry in a boxes file: by its name as listed, its file name, or its stem."""
+  base = os.path.basename(name)
+  for k in (name, base, os.path.splitext(base)[0]):
+    if k in table:
+      return table[k]
+  return None
+
+
+def _centres(n_out: int, n_in: int) -> np.ndarray:
+  """The source index of each resized pixel's centre (the rule boxes and masks are resized by)."""
+  return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), n_in - 1)
+
+
+def load_regions(boxes: str | None, masks: str | None, names: list[str], photos: dict, size: int):
+  """Boolean regions (B, S, S) at the model's input size and which images have one, from ``--boxes`` (JSON:
+  ``{"image": [[x0, y0, x1, y1], ...]}`` in the original image's pixels, half-open, keyed by the image's name, file
+  name or stem) or ``--masks`` (a folder of ``<stem>.png`` at the image's size, nonzero = inside). A resized pixel
+  is inside when its centre falls inside in the original image."""
+  import json
+
+  out = np.zeros((len(names), size, size), bool)
+  present = np.zeros(len(names), bool)
+  table = None
+  if boxes:
+    try:
+      with open(boxes, encoding="utf-8") as f:
+        table = json.load(f)
+    except (OSError, ValueError) as e:
+      raise CliError(f"--boxes: cannot read {boxes!r} as JSON: {e}") from None
+    if not isinstance(table, dict):
+      kind = type(table).__name__
+      raise CliError(f'--boxes: expected a JSON object {{"image": [[x0, y0, x1, y1], ...]}}, got a {kind}')
+  for i, name in enumerate(names):
+    h, w = np.asarray(photos[name]).shape[:2]
+    rows, cols = _centres(size, h)[:, None], _centres(size, w)[None, :]
+    if table is not None:
+      entry = _lookup(table, name)
+      if entry is None:
+        continue
+      arr = np.asarray(entry, float).reshape(-1, 4) if len(entry) else np.zeros((0, 4))
+      if arr.ndim != 2 or arr.shape[1] != 4:
+        raise CliError(f"--boxes: expected a list of [x0, y0, x1, y1] for {name!r}, got {entry!r}")
+      for x0, y0, x1, y1 in arr:
+        out[i] |= (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
+      present[i] = True
+    if masks:
+      path = os.path.join(masks, os.path.splitext(os.path.basename(name))[0] + ".png")
+      if not os.path.exists(path):
+        continue
+      from jaxcam import stream
+
+      m = np.asarray(stream.decode_image(path))
+      m = m.max(axis=-1) if m.ndim == 3 else m
+      if m.shape != (h, w):
+        raise CliError(f"--masks: {path} is {m.shape[1]}x{m.shape[0]}, its image {name!r} is {w}x{h}")
+      out[i] |= m[_centres(size, h)][:, _centres(size, w)] > 0
+      present[i] = True
+  if not present.any():
+    raise CliError(
+      f"no region for any image: {'--boxes keys' if boxes else '--masks files'} must match the images "
+      f"(by name, file name or stem; masks as <stem>.png). Images: {', '.join(names[:5])}"
+    )
+  return out, present
+
+
 def cmd_evaluate(args) -> int:
   import jax
   import jax.numpy as jnp
 
   import jaxcam
-  from jaxcam import metrics, models, stream
+  from jaxcam import models, stream
 
   t0 = time.perf_counter()
   rows = _evaluation_rows(args.methods)
-  wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+  regional = bool(args.boxes or args.masks)
+  if args.metrics is None:
+    wanted = list(DEFAULT_EVAL_METRICS) + ([k for k, v in EVAL_METRICS.items() if v[2]] if regional else [])
+  else:
+    wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
   bad = sorted(set(wanted) - set(EVAL_METRICS))
   if bad:
     raise CliError(f"--metrics: unknown {bad}; choose from {', '.join(EVAL_METRICS)}")
+  needs = [m for m in wanted if EVAL_METRICS[m][2]]
+  if needs and not regional:
+    raise CliError(f"--metrics {','.join(needs)} need regions: pass --boxes FILE.json or --masks FOLDER")
   if args.steps < 1:
     raise CliError(f"--steps must be at least 1, got {args.steps}")
   _check_out(args.out)
@@ -358,6 +492,7 @@ def cmd_evaluate(args) -> int:
   module, variables = _load_model(args.model, args.weights)
   names = list(photos)
   x = jnp.asarray(models.preprocess([photos[n] for n in names], args.model))
+  regions = load_regions(args.boxes, args.masks, names, photos, x.shape[1]) if regional else None
   try:
     tap = jaxcam.linen_tap(module, variables, args.layer)
   except (KeyError, ValueError, TypeError) as e:
@@ -365,6 +500,7 @@ def cmd_evaluate(args) -> int:
   ids = jnp.argmax(tap.forward(x), axis=-1)
   score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
   key = jax.random.key(args.seed)
+  ev = _Eval(tap, x, score, args, key, regions)
   table: dict[str, dict[str, list[float]]] = {}
   per_image: list[dict] = []
   bar = _progress.bar(len(rows), "evaluating", unit="method")
@@ -382,15 +518,7 @@ def cmd_evaluate(args) -> int:
       start = time.perf_counter()
       maps = run()
       cost = (time.perf_counter() - start) / len(names)
-      values: dict[str, np.ndarray] = {}
-      if "avg_drop" in wanted or "increase" in wanted:
-        cc = metrics.confidence_change(tap, x, maps, target=score)
-        values["avg_drop"], values["increase"] = 100 * np.asarray(cc.drop), 100 * np.asarray(cc.increased, float)
-      for kind in ("deletion", "insertion"):
-        if kind in wanted:
-          fn = metrics.deletion if kind == "deletion" else metrics.insertion
-          values[kind] = np.asarray(fn(tap, x, maps, target=score, steps=args.steps, chunk_size=args.chunk_size).auc)
-      values = {k: v for k, v in values.items() if k in wanted}
+      values = {m: EVAL_METRICS[m][1](ev, maps, spec_name, opts) for m in wanted}
       table[row] = {k: v.tolist() for k, v in values.items()} | {"s_per_image": [cost]}
       for i, n in enumerate(names):
         per_image.append({"method": row, "image": n, **{k: float(v[i]) for k, v in values.items()}})
@@ -406,10 +534,10 @@ def cmd_evaluate(args) -> int:
     "images": names,
     "metrics": wanted,
     "methods": {
-      row: {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in vals.items()}
+      row: {k: _mean_std(v) for k, v in vals.items()}
       for row, vals in table.items()
     },
-  }
+  }  # fmt: skip
   writers.write_json(os.path.join(args.out, "summary.json"), summary)
   with open(os.path.join(args.out, "results.csv"), "w", encoding="utf-8") as f:
     f.write(",".join(["method", "image", *wanted]) + "\n")
@@ -420,14 +548,24 @@ def cmd_evaluate(args) -> int:
   return 0
 
 
+def _mean_std(values: list[float]) -> dict:
+  """Mean and std over the images that have a value (localization metrics: those with a region)."""
+  v = np.asarray(values, float)
+  v = v[np.isfinite(v)]
+  if not v.size:
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": int(v.size)}
+
+
 def evaluation_table(summary: dict) -> str:
   """The markdown table `jaxcam evaluate` prints: mean ± std per method and metric, and the warm cost per image."""
   wanted = summary["metrics"]
-  arrows = {"avg_drop": "↓", "increase": "↑", "deletion": "↓", "insertion": "↑"}
-  head = "| method | " + " | ".join(f"{m} {arrows[m]}" for m in wanted) + " | s/img |"
+  head = "| method | " + " | ".join(f"{m} {EVAL_METRICS[m][0]}" for m in wanted) + " | s/img |"
   lines = [head, "|" + "---|" * (len(wanted) + 2)]
   for row, vals in summary["methods"].items():
-    cells = [f"{vals[m]['mean']:.3f} ± {vals[m]['std']:.3f}" for m in wanted]
+    cells = [
+      "-" if vals[m]["mean"] is None else f"{vals[m]['mean']:.3f} ± {vals[m]['std']:.3f}" for m in wanted
+    ]  # fmt: skip
     lines.append(f"| {row} | " + " | ".join(cells) + f" | {vals['s_per_image']['mean']:.3f} |")
   return "\n".join(lines)
 
@@ -525,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
   merge.set_defaults(func=cmd_merge)
 
   ev = sub.add_parser(
-    "evaluate", help="faithfulness metrics (Average Drop, Increase, deletion / insertion AUC) for a set of methods"
+    "evaluate",
+    help="faithfulness (Average Drop, Increase, deletion / insertion AUC, ROAD, ADCC, ARCC) and localization "
+    "(pointing game, energy, AUROC, IoU) metrics for a set of methods",
   )
   ev.add_argument("inputs", nargs="*", help="images or folders (default: the bundled photos)")
   ev.add_argument("--model", default="efficientnet_lite0")
@@ -537,7 +677,20 @@ def build_parser() -> argparse.ArgumentParser:
     help="comma-separated rows, gradcam_pp_exact for exact Grad-CAM++ (default: "
     "every fixed-cost row and gradcam_pp_exact)",
   )
-  ev.add_argument("--metrics", default=",".join(EVAL_METRICS), help=f"comma-separated, from {', '.join(EVAL_METRICS)}")
+  ev.add_argument(
+    "--metrics",
+    default=None,
+    help=f"comma-separated, from {', '.join(EVAL_METRICS)} (default: {','.join(DEFAULT_EVAL_METRICS)}, and the "
+    "localization ones with --boxes / --masks)",
+  )
+  ev.add_argument(
+    "--boxes",
+    default=None,
+    help='a JSON file {"image": [[x0, y0, x1, y1], ...]} in original-image pixels (half-open), keyed by name, '
+    "file name or stem",
+  )
+  ev.add_argument("--masks", default=None, help="a folder of <stem>.png masks at each image's size (nonzero = inside)")
+  ev.add_argument("--tolerance", type=int, default=15, help="pointing-game tolerance in input pixels (default 15)")
   ev.add_argument(
     "--score",
     choices=("probability", "logit"),
@@ -546,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   ev.add_argument("--steps", type=int, default=20, help="deletion / insertion steps (default 20)")
   ev.add_argument("--chunk-size", type=int, default=32, help="perturbed copies per forward pass (default 32)")
-  ev.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods")
+  ev.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods and of ROAD's noise")
   ev.add_argument("--out", default="jaxcam-eval", help="output directory (default: jaxcam-eval)")
   ev.set_defaults(func=cmd_evaluate)
 

@@ -228,10 +228,53 @@ def test_evaluate_writes_results_and_prints_the_table(tmp_path, capsys):
   summary = json.loads((out / "summary.json").read_text())
   assert list(summary["methods"]) == ["gradcam", "gradcam_pp_exact"] and summary["score"] == "probability"
   rows = (out / "results.csv").read_text().splitlines()
-  assert rows[0] == "method,image,avg_drop,increase,deletion,insertion" and len(rows) == 1 + 2 * len(summary["images"])
+  assert rows[0] == "method,image,avg_drop,increase,deletion,insertion,road"
+  assert len(rows) == 1 + 2 * len(summary["images"])
   for vals in summary["methods"].values():
     assert 0 <= vals["avg_drop"]["mean"] <= 100 and 0 <= vals["deletion"]["mean"] <= 1
+    assert -1 < vals["road"]["mean"] < 1 and vals["road"]["n"] == len(summary["images"])
   printed = capsys.readouterr().out
-  assert "| gradcam_pp_exact |" in printed and "avg_drop ↓" in printed
-  assert cli.main(["evaluate", "--metrics", "road", "--out", str(out)]) == 2
-  assert "--metrics: unknown ['road']" in capsys.readouterr().err
+  assert "| gradcam_pp_exact |" in printed and "avg_drop ↓" in printed and "road ↑" in printed
+  assert cli.main(["evaluate", "--metrics", "nope", "--out", str(out)]) == 2
+  assert "--metrics: unknown ['nope']" in capsys.readouterr().err
+  assert cli.main(["evaluate", "--metrics", "pointing", "--out", str(out)]) == 2
+  assert "need regions: pass --boxes" in capsys.readouterr().err
+  # localization from a boxes file: two of the photos have a box, the others are left out of the means
+  boxes = tmp_path / "boxes.json"
+  boxes.write_text(json.dumps({"chelsea": [[100, 50, 300, 250]], "coffee.png": [[0, 0, 400, 400], [10, 10, 20, 20]]}))
+  loc = tmp_path / "loc"
+  assert cli.main(["evaluate", "--methods", "gradcam", "--boxes", str(boxes), "--out", str(loc)]) == 0
+  summary = json.loads((loc / "summary.json").read_text())
+  assert summary["metrics"][-4:] == ["pointing", "energy", "auroc", "iou"]
+  stats = summary["methods"]["gradcam"]
+  assert stats["pointing"]["n"] == 2 and 0 <= stats["energy"]["mean"] <= 1 and 0 <= stats["auroc"]["mean"] <= 1
+
+
+def test_regions_from_boxes_and_masks(tmp_path):
+  photos = {"imgs/a.png": np.zeros((10, 20, 3), np.uint8), "b.jpg": np.zeros((8, 8, 3), np.uint8)}
+  names = list(photos)
+  boxes = tmp_path / "boxes.json"
+  boxes.write_text(json.dumps({"a": [[0, 0, 10, 5]]}))  # by stem; b has no entry
+  masks, present = cli.load_regions(str(boxes), None, names, photos, 4)
+  # resized pixel centres fall on source rows 1, 3, 6, 8 and columns 2, 7, 12, 17: inside rows 0-1, columns 0-1
+  expected = np.zeros((4, 4), bool)
+  expected[:2, :2] = True
+  np.testing.assert_array_equal(masks[0], expected)
+  assert present.tolist() == [True, False] and not masks[1].any()
+  folder = tmp_path / "masks"
+  folder.mkdir()
+  m = np.zeros((8, 8), np.uint8)
+  m[4:, 4:] = 255  # the bottom-right quarter
+  Image.fromarray(m).save(folder / "b.png")
+  masks, present = cli.load_regions(None, str(folder), names, photos, 4)
+  assert present.tolist() == [False, True]
+  np.testing.assert_array_equal(masks[1], np.kron(np.array([[0, 0], [0, 1]], bool), np.ones((2, 2), bool)))
+  Image.fromarray(np.zeros((5, 5), np.uint8)).save(folder / "b.png")
+  with pytest.raises(cli.CliError, match="is 5x5, its image 'b.jpg' is 8x8"):
+    cli.load_regions(None, str(folder), names, photos, 4)
+  boxes.write_text(json.dumps({"zzz": [[0, 0, 1, 1]]}))
+  with pytest.raises(cli.CliError, match="no region for any image"):
+    cli.load_regions(str(boxes), None, names, photos, 4)
+  boxes.write_text("[1, 2]")
+  with pytest.raises(cli.CliError, match="expected a JSON object"):
+    cli.load_regions(str(boxes), None, names, photos, 4)
