@@ -4,7 +4,7 @@ Importing jaxcam changes no global state (no XLA flags, no JAX config). One publ
 (`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is generated from the method table, here and nowhere else.
 """
 
-from jaxcam import chunking, core, derivatives, guided, postprocess, providers, targets
+from jaxcam import chunking, core, derivatives, guided, layouts, postprocess, providers, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
 from jaxcam._version import __version__
 from jaxcam.api import Explanation, check_images, explain, explain_many, public_functions
@@ -63,6 +63,7 @@ __all__ = [
   "chunked_sum",
   "chunking",
   "guided",
+  "layouts",
   "core",
   "derivatives",
   "dff",

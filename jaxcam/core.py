@@ -53,10 +53,15 @@ def check_activations(tap, acts: tuple, x: jax.Array) -> None:
   """Raise a clear error if a tapped layer's output is not a feature map ``(B, h, w, C)``."""
   for name, a in zip(_as_tuple(tap.layer) if tap.multi else (tap.layer,), acts):
     if getattr(a, "ndim", None) != _spatial.FEATURE_RANK or a.shape[0] != x.shape[0]:
+      hint = (
+        "Transformer tokens (B, N, D)? Pass layout=jaxcam.layouts.tokens(prefix=1) (the CLS count as prefix), or "
+        "layout=a function value -> (B, h, w, C)."
+        if getattr(a, "ndim", None) == 3
+        else "CAMs need a spatial layer: choose a convolutional block before global pooling."
+      )
       raise ValueError(
         f"Expected the output of layer {name!r} to be a feature map (B, h, w, C) with B={x.shape[0]}, got "
-        f"{getattr(a, 'shape', type(a).__name__)}. CAMs need a spatial layer: choose a convolutional block before "
-        "global pooling (jaxcam.list_layers shows each path's output shape)."
+        f"{getattr(a, 'shape', type(a).__name__)}. {hint} (jaxcam.list_layers shows each path's output shape.)"
       )
 
 

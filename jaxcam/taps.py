@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
+from jaxcam import layouts as layouts_lib
 from jaxcam._errors import LayerNotFoundError, abbreviate, unknown_name_message
 
 __all__ = [
@@ -117,18 +119,26 @@ class LayerInfo(NamedTuple):
     return f"{self.path:<40s} {str(self.shape):<22s} {self.type}"
 
 
-@dataclasses.dataclass(frozen=True)
-class IdentityLayout:
-  """The layer's value is already the ``(B, h, w, C)`` grid. A layout is any hashable object with these methods."""
+IdentityLayout = layouts_lib.Identity  # the default layout (kept under its first name)
+_INPUT_LAYOUTS = ("NHWC", "NCHW")
 
-  def to_grid(self, value: Any) -> Any:
-    """The grid ``(B, h, w, C)`` that methods see, from the layer's value."""
-    return value
 
-  def from_grid(self, grid: Any, value: Any) -> Any:
-    """The layer's value downstream, from a (perturbed or replaced) grid and the layer's own value."""
-    del value
-    return grid
+def _check_output_selector(output: Any) -> Any:
+  if output is None or callable(output):
+    return output
+  ok = lambda k: isinstance(k, (int, str)) and not isinstance(k, bool)
+  if ok(output) or (isinstance(output, tuple) and output and all(ok(k) for k in output)):
+    return output
+  raise TypeError(
+    f"Expected `output` to be None, a key / attribute name / index (or a tuple path of them), or a callable, got "
+    f"{output!r}."
+  )
+
+
+def _check_input_layout(input_layout: str) -> str:
+  if input_layout not in _INPUT_LAYOUTS:
+    raise ValueError(f"Expected `input_layout` to be one of {_INPUT_LAYOUTS}, got {input_layout!r}.")
+  return input_layout
 
 
 class _Run:
@@ -150,9 +160,26 @@ class Tap:
   multi: bool
   where: str = "output"
   layout: Any = None
+  output: Any = None
+  input_layout: str = "NHWC"
 
   def _run(self, x, run: _Run):
     raise NotImplementedError
+
+  def _model_input(self, x):
+    """The pixels as the model takes them: the methods and maps stay channels-last."""
+    return jnp.moveaxis(x, -1, 1) if self.input_layout == "NCHW" else x
+
+  def _select(self, out):
+    """The part of the model's output that targets read (`output=`)."""
+    if self.output is None:
+      return out
+    if callable(self.output):
+      return self.output(out)
+    try:
+      return layouts_lib.select(out, self.output)
+    except ValueError as e:
+      raise ValueError(f"`output={self.output!r}`: {e}") from None
 
   def _plain(self, x):
     raise NotImplementedError
@@ -191,7 +218,7 @@ class Tap:
         "or a module inside nn.scan), so it has no single output to explain. Tap a module that runs once, e.g. "
         "one of its callers."
       )
-    layout = self.layout if self.layout is not None else IdentityLayout()
+    layout = layouts_lib.as_layout(self.layout)
     if self.where == "output":
       value = call(*args, **kwargs)
     else:
@@ -214,17 +241,17 @@ class Tap:
 
   def __call__(self, x: jax.Array, delta: Any = None) -> tuple[Any, Any]:
     """`(output, A)`; with `delta`, the layer's output becomes `A + delta` downstream."""
-    out, acts = self._run(x, _Run(self._unpack(delta, "delta"), None))
-    return out, self._pack(acts)
+    out, acts = self._run(self._model_input(x), _Run(self._unpack(delta, "delta"), None))
+    return self._select(out), self._pack(acts)
 
   def head(self, x: jax.Array, activations: Any) -> Any:
     """Output of the network whose tapped layer outputs `activations` (the rest may still read `x`)."""
-    out, _ = self._run(x, _Run(None, self._unpack(activations, "activations")))
-    return out
+    out, _ = self._run(self._model_input(x), _Run(None, self._unpack(activations, "activations")))
+    return self._select(out)
 
   def forward(self, x: jax.Array) -> Any:
     """The model's output for `x`: the plain forward pass, nothing recorded or perturbed (masked inputs, metrics)."""
-    return self._plain(x)
+    return self._select(self._plain(self._model_input(x)))
 
   def activation_shape(self, x: jax.Array) -> Any:
     """`jax.ShapeDtypeStruct` of A for input `x` (a tuple of them for a multi-layer tap); no FLOPs."""
@@ -276,7 +303,7 @@ def _param_paths(variables: Any) -> list[str]:
 @functools.partial(
   jax.tree_util.register_dataclass,
   data_fields=["variables"],
-  meta_fields=["module", "layers", "multi", "where", "method", "apply_kwargs", "layout"],
+  meta_fields=["module", "layers", "multi", "where", "method", "apply_kwargs", "layout", "output", "input_layout"],
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinenTap(Tap):
@@ -290,6 +317,8 @@ class LinenTap(Tap):
   method: Any = None
   apply_kwargs: tuple[tuple[str, Any], ...] = ()
   layout: Any = None
+  output: Any = None
+  input_layout: str = "NHWC"
 
   def __repr__(self) -> str:
     return f"LinenTap({type(self.module).__name__}, layer={self.layer!r}, where={self.where!r})"
@@ -380,6 +409,8 @@ def linen_tap(
   where: str = "output",
   method: Callable | str | None = None,
   layout: Any = None,
+  output: Any = None,
+  input_layout: str = "NHWC",
   **apply_kwargs,
 ) -> LinenTap:
   """A tap on any `flax.linen` module, at any depth, with no edits to the model.
@@ -392,7 +423,14 @@ def linen_tap(
     where: "output" taps what the submodule returns; "input" taps its first positional argument (for tensors
       made by plain functions such as ``nn.relu`` that have no path of their own).
     method: passed to ``module.apply`` (a method or its name).
-    layout: reshapes the layer's value to the ``(B, h, w, C)`` grid and back (`IdentityLayout` by default).
+    layout: reshapes the layer's value to the ``(B, h, w, C)`` grid and back: `jaxcam.layouts` (``tokens(prefix=1)``
+      for ViT tokens, ``pick(0)`` for a tuple-valued layer) or a function ``value -> grid`` (pytorch-grad-cam's
+      ``reshape_transform``). Default: the value is the grid.
+    output: what targets read from the model's output: None (all of it), a key / attribute name / index or a
+      tuple path of them (``"logits"`` for Hugging Face outputs; static, nothing recompiles), or a callable
+      (define it once: a fresh lambda per tap recompiles).
+    input_layout: "NHWC" (default) or "NCHW" for models that take channels-first pixels; `x`, the maps and the
+      CLI stay channels-last.
     **apply_kwargs: static keyword arguments of the forward pass, e.g. ``train=False`` so that BatchNorm uses
       running statistics. No mutable collections: the model is evaluated in inference mode.
 
@@ -424,7 +462,18 @@ def linen_tap(
         "lists every path with its output shape."
       )
   layers, multi = _parse_layers(layer)
-  return LinenTap(module, variables, layers, multi, where, method, _freeze_kwargs(apply_kwargs), layout)
+  return LinenTap(
+    module,
+    variables,
+    layers,
+    multi,
+    where,
+    method,
+    _freeze_kwargs(apply_kwargs),
+    layout,
+    _check_output_selector(output),
+    _check_input_layout(input_layout),
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -458,7 +507,7 @@ def _nnx_set(node, key: str, value) -> None:
 @functools.partial(
   jax.tree_util.register_dataclass,
   data_fields=["state"],
-  meta_fields=["graphdef", "layers", "multi", "where", "method", "layout"],
+  meta_fields=["graphdef", "layers", "multi", "where", "method", "layout", "output", "input_layout"],
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class NnxTap(Tap):
@@ -471,6 +520,8 @@ class NnxTap(Tap):
   where: str = "output"
   method: str | None = None
   layout: Any = None
+  output: Any = None
+  input_layout: str = "NHWC"
 
   def __repr__(self) -> str:
     return f"NnxTap(layer={self.layer!r}, where={self.where!r})"
@@ -517,6 +568,8 @@ def nnx_tap(
   method: str | None = None,
   eval_mode: bool = True,
   layout: Any = None,
+  output: Any = None,
+  input_layout: str = "NHWC",
 ):
   """A tap on a `flax.nnx` model.
 
@@ -532,7 +585,7 @@ def nnx_tap(
     where: "output" or "input" (the submodule's first positional argument).
     method: name of the method to call instead of ``__call__``.
     eval_mode: call ``.eval()`` on the clone (BatchNorm running statistics, no dropout).
-    layout: reshapes the layer's value to the ``(B, h, w, C)`` grid and back (`IdentityLayout` by default).
+    layout, output, input_layout: as for `linen_tap`.
   """
   from flax import nnx
 
@@ -562,7 +615,10 @@ def nnx_tap(
         unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
       )
   graphdef, state = nnx.split(model)
-  return NnxTap(graphdef, state, layers, multi, where, method, layout)
+  return NnxTap(
+    graphdef, state, layers, multi, where, method, layout, _check_output_selector(output),
+    _check_input_layout(input_layout),
+  )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -571,7 +627,9 @@ def nnx_tap(
 
 
 @functools.partial(
-  jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["body_fn", "head_fn", "name", "layout"]
+  jax.tree_util.register_dataclass,
+  data_fields=["params"],
+  meta_fields=["body_fn", "head_fn", "name", "layout", "output", "input_layout"],
 )
 @dataclasses.dataclass(frozen=True, eq=False)
 class FunctionTap(Tap):
@@ -582,6 +640,8 @@ class FunctionTap(Tap):
   params: Any
   name: str = "A"
   layout: Any = None
+  output: Any = None
+  input_layout: str = "NHWC"
 
   @property
   def layers(self) -> tuple[tuple[str, ...], ...]:  # type: ignore[override]
@@ -603,7 +663,14 @@ class FunctionTap(Tap):
 
 
 def function_tap(
-  body_fn: Callable, head_fn: Callable, params: Any, *, name: str = "A", layout: Any = None
+  body_fn: Callable,
+  head_fn: Callable,
+  params: Any,
+  *,
+  name: str = "A",
+  layout: Any = None,
+  output: Any = None,
+  input_layout: str = "NHWC",
 ) -> FunctionTap:
   """A tap from two plain functions: ``body_fn(params, x) -> A`` and ``head_fn(params, x, A) -> output``.
 
@@ -614,7 +681,9 @@ def function_tap(
     raise TypeError(
       f"Expected `body_fn` and `head_fn` to be callables, got {type(body_fn).__name__} and {type(head_fn).__name__}."
     )
-  return FunctionTap(body_fn, head_fn, params, name, layout)
+  return FunctionTap(
+    body_fn, head_fn, params, name, layout, _check_output_selector(output), _check_input_layout(input_layout)
+  )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ too, so the tests rebuild the identical Flax model without torch. Sections:
 - ``road``: pytorch-grad-cam's ROAD (noisy linear imputation with the noise off: the imputed images and masks at
   a few percentiles, MoRF / LeRF averages and ROADCombined), Complexity, Coherency (its Grad-CAM re-run) and ARCC
   (noise off) on the SmallCNN with 40x48 inputs and the Grad-CAM maps they used.
+- ``targets``: pytorch-grad-cam's ClassifierOutputReST, BinaryClassifierOutputTarget, SemanticSegmentationTarget
+  and FasterRCNNBoxScoreTarget (value and gradient w.r.t. the predicted boxes and scores), and its embeddings
+  tutorial's SimilarityToConceptTarget (torch's CosineSimilarity), on seeded random outputs.
 - ``efficientnet_lite0``: logits of timm's ``tf_efficientnet_lite0`` holding the packaged Lite0 weights
   (loaded by key order) on three scikit-image photos (PIL bilinear 224x224, mean = std = 0.5).
 - ``converters``: torchvision ResNet-18/50 and VGG-16 with numpy-seeded weights (tests/seeded.py): the
@@ -486,6 +489,59 @@ def make_road() -> dict[str, np.ndarray]:
   return _as_fixture(out)
 
 
+def make_targets() -> dict[str, np.ndarray]:
+  from pytorch_grad_cam.utils import model_targets as mt
+
+  rng = np.random.default_rng(11)
+  out = {}
+  logits = rng.standard_normal((3, 6)).astype(np.float32)
+  out["logits"] = logits
+  out["rest"] = np.stack([mt.ClassifierOutputReST(c)(torch.from_numpy(logits)).numpy()[i] for i, c in
+                          enumerate([0, 4, 5])])  # fmt: skip
+  one = rng.standard_normal(3).astype(np.float32)
+  out["binary_logit"] = one
+  out["binary_pos"] = mt.BinaryClassifierOutputTarget(1)(torch.from_numpy(one)).numpy()
+  out["binary_neg"] = mt.BinaryClassifierOutputTarget(0)(torch.from_numpy(one)).numpy()
+  seg = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)  # (B, K, H, W), pgc's layout
+  mask = rng.random((5, 6)) < 0.4
+  out["seg_out"], out["seg_mask"] = seg, mask
+  out["seg"] = np.stack([mt.SemanticSegmentationTarget(2, mask.astype(np.float32))(torch.from_numpy(seg[i])).numpy()
+                         for i in range(2)])  # fmt: skip
+  emb = rng.standard_normal((2, 8)).astype(np.float32)
+  ref = rng.standard_normal(8).astype(np.float32)
+  cos = torch.nn.CosineSimilarity(dim=0)
+  out["emb"], out["emb_ref"] = emb, ref
+  out["similarity"] = np.stack([cos(torch.from_numpy(e), torch.from_numpy(ref)).numpy() for e in emb])
+  # detections: 2 images x 5 padded predictions; the last ones are invalid (padding) and sit on the references
+  boxes = np.array(
+    [
+      [[10, 10, 50, 50], [12, 8, 48, 52], [60, 60, 90, 95], [11, 11, 50, 50], [60, 60, 90, 95]],
+      [[0, 0, 20, 20], [30, 30, 70, 80], [28, 31, 69, 79], [0, 0, 21, 20], [5, 5, 6, 6]],
+    ],
+    np.float32,
+  )
+  scores = rng.random((2, 5)).astype(np.float32)
+  labels = np.array([[1, 1, 2, 1, 2], [3, 4, 4, 3, 0]])
+  valid = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]], bool)
+  ref_boxes = np.array([[[11, 9, 49, 51], [61, 59, 91, 94]], [[1, 0, 20, 21], [31, 30, 70, 79]]], np.float32)
+  ref_labels = np.array([[1, 2], [3, 3]])  # image 1's second reference has the wrong label: no score
+  out.update(det_boxes=boxes, det_scores=scores, det_labels=labels, det_valid=valid, det_ref_boxes=ref_boxes,
+             det_ref_labels=ref_labels)  # fmt: skip
+  values, gboxes, gscores = [], [], []
+  for i in range(2):
+    b = torch.from_numpy(boxes[i][valid[i]]).requires_grad_(True)
+    sc = torch.from_numpy(scores[i][valid[i]]).requires_grad_(True)
+    target = mt.FasterRCNNBoxScoreTarget(torch.from_numpy(ref_labels[i]), torch.from_numpy(ref_boxes[i]), 0.5)
+    v = target({"boxes": b, "scores": sc, "labels": torch.from_numpy(labels[i][valid[i]])})
+    v.backward()
+    values.append(v.detach().numpy())
+    gb, gs = np.zeros((5, 4), np.float32), np.zeros(5, np.float32)
+    gb[valid[i]], gs[valid[i]] = b.grad.numpy(), sc.grad.numpy()
+    gboxes.append(gb), gscores.append(gs)
+  out["det"], out["det_grad_boxes"], out["det_grad_scores"] = np.stack(values), np.stack(gboxes), np.stack(gscores)
+  return _as_fixture(out)
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -577,6 +633,7 @@ SECTIONS = {
   "family": make_family,
   "metrics": make_metrics,
   "road": make_road,
+  "targets": make_targets,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,

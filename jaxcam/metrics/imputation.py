@@ -54,7 +54,11 @@ def _shifts(u: jax.Array) -> list[jax.Array]:
 
 def _apply(stencil: jax.Array, u: jax.Array) -> jax.Array:
   """A 3x3 spatially varying stencil (9, H, W) applied to u (C, H, W)."""
-  return sum(stencil[k][None] * s for k, s in enumerate(_shifts(u)))
+  shifted = _shifts(u)
+  out = stencil[0][None] * shifted[0]
+  for k in range(1, 9):
+    out = out + stencil[k][None] * shifted[k]
+  return out
 
 
 def _restrict(r: jax.Array) -> jax.Array:

@@ -1,0 +1,232 @@
+"""Layouts: how a tapped layer's value becomes the channels-last grid ``(B, h, w, C)`` that every method reads, and
+how a perturbed or replaced grid goes back into the model.
+
+- `identity()` (the default): the value already is the grid. A tuple, dict or dataclass value is refused with
+  its fields listed (pick one with `pick`).
+- `tokens(prefix=1, grid=None)`: transformer tokens ``(B, P + N, D)``: the P prefix tokens (CLS, distillation,
+  registers) are dropped, the N patch tokens laid out on a square grid (or ``grid=(h, w)``); downstream the prefix
+  is kept as it was and the patch tokens come from the grid.
+- `pick(selector, then=None)`: a layer returning a tuple / dict / dataclass (Hugging Face encoder layers, scanned
+  blocks returning ``(x, None)``): the field `selector` (an index, a key or attribute name, or a path of them),
+  then an inner layout.
+- `transform(fn)`: pytorch-grad-cam's ``reshape_transform``, any function ``value -> grid`` that is linear (a
+  reshape, transpose, slice, concatenation); downstream the change of the grid is mapped back through its
+  transpose (`jax.vjp`), so entries the grid does not show are left as they were.
+
+A plain function given as ``layout=`` is taken as `transform(fn)`. Layouts are static (hashable): define them once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Identity", "Pick", "Tokens", "Transform", "as_layout", "identity", "pick", "tokens", "transform"]
+
+
+def _fields(value: Any) -> str:
+  if isinstance(value, Mapping):
+    return f"keys {list(value)}"
+  if dataclasses.is_dataclass(value):
+    return f"fields {[f.name for f in dataclasses.fields(value)]}"
+  if isinstance(value, (tuple, list)):
+    shapes = [getattr(v, "shape", type(v).__name__) for v in value]
+    return f"a {type(value).__name__} of {len(value)}: {shapes}"
+  return type(value).__name__
+
+
+def _check_array(value: Any, where: str) -> None:
+  if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+    raise ValueError(
+      f"Expected {where} to be an array, got {_fields(value)}. Pick the array with "
+      "layout=jaxcam.layouts.pick(0) (an index, key or attribute name; pick(0, then=jaxcam.layouts.tokens()) for "
+      "tokens)."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+  """The layer's value is the ``(B, h, w, C)`` grid."""
+
+  def to_grid(self, value: Any) -> Any:
+    _check_array(value, "the tapped layer's output")
+    return value
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    del value
+    return grid
+
+
+def identity() -> Identity:
+  """The default layout: the layer's value already is ``(B, h, w, C)``."""
+  return Identity()
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+  """``(B, P + N, D)`` tokens <-> the ``(B, h, w, D)`` grid of the N patch tokens; see `tokens`."""
+
+  prefix: int = 1
+  grid: tuple[int, int] | None = None
+
+  def shape_for(self, n: int) -> tuple[int, int]:
+    if self.grid is not None:
+      h, w = self.grid
+      if h * w != n:
+        raise ValueError(
+          f"Expected {h} x {w} = {h * w} patch tokens for grid={self.grid}, got {n} after dropping {self.prefix} "
+          "prefix token(s)."
+        )
+      return h, w
+    side = math.isqrt(n)
+    if side * side != n:
+      raise ValueError(
+        f"Expected a square number of patch tokens, got {n} after dropping prefix={self.prefix} token(s): wrong "
+        "prefix (CLS, distillation, register tokens)? Otherwise pass grid=(h, w), e.g. for non-square images."
+      )
+    return side, side
+
+  def to_grid(self, value: Any) -> Any:
+    _check_array(value, "the tapped layer's output")
+    if value.ndim != 3:
+      raise ValueError(
+        f"Expected tokens (B, N, D) for layouts.tokens, got shape {tuple(value.shape)}"
+        + (" (already a grid: drop layout=)." if value.ndim == 4 else ".")
+      )
+    b, n, d = value.shape
+    h, w = self.shape_for(n - self.prefix)
+    return value[:, self.prefix :].reshape(b, h, w, d)
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    b, h, w, d = grid.shape
+    patches = grid.reshape(b, h * w, d).astype(value.dtype)
+    return jnp.concatenate([value[:, : self.prefix], patches], axis=1) if self.prefix else patches
+
+
+def tokens(prefix: int = 1, grid: tuple[int, int] | None = None) -> Tokens:
+  """Transformer tokens ``(B, P + N, D)`` as a ``(B, h, w, D)`` grid: `prefix` leading tokens dropped (1: ViT's CLS;
+  2: DeiT's CLS + distillation; 0: Swin, no CLS), the rest on a square grid or ``grid=(h, w)``."""
+  if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+    raise ValueError(f"Expected `prefix` to be a non-negative int (the CLS/register tokens), got {prefix!r}.")
+  if grid is not None:
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)):
+      raise ValueError(f"Expected `grid` to be (h, w) positive ints or None, got {grid!r}.")
+    grid = (int(grid[0]), int(grid[1]))
+  return Tokens(prefix, grid)
+
+
+def _get(value: Any, key: Any) -> Any:
+  if isinstance(key, int) and isinstance(value, (tuple, list)):
+    if not -len(value) <= key < len(value):
+      raise ValueError(f"Expected an index into {_fields(value)}, got {key}.")
+    return value[key]
+  if isinstance(value, Mapping):
+    if key in value:
+      return value[key]
+  elif isinstance(key, str) and hasattr(value, key):
+    return getattr(value, key)
+  raise ValueError(f"No {key!r} in {_fields(value)}.")
+
+
+def _set(value: Any, key: Any, new: Any) -> Any:
+  if isinstance(value, (tuple, list)):
+    items = list(value)
+    items[key] = new
+    return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)
+  if isinstance(value, Mapping):
+    out = dict(value)
+    out[key] = new
+    try:
+      return type(value)(out)  # type: ignore[call-arg]
+    except TypeError:
+      return out
+  return dataclasses.replace(value, **{key: new})
+
+
+def select(value: Any, selector: Any) -> Any:
+  """``value[selector]``: an index, a key or attribute name, or a tuple path of them (the `output=` rule)."""
+  path = selector if isinstance(selector, tuple) else (selector,)
+  for key in path:
+    value = _get(value, key)
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+  """One field of a tuple / dict / dataclass layer value, then an inner layout; see `pick`."""
+
+  selector: Any
+  then: Any = None
+
+  def _inner(self):
+    return as_layout(self.then)
+
+  def to_grid(self, value: Any) -> Any:
+    return self._inner().to_grid(select(value, self.selector))
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    path = self.selector if isinstance(self.selector, tuple) else (self.selector,)
+    parents = [value]
+    for key in path[:-1]:
+      parents.append(_get(parents[-1], key))
+    new = self._inner().from_grid(grid, _get(parents[-1], path[-1]))
+    for parent, key in zip(reversed(parents), reversed(path)):
+      new = _set(parent, key, new)
+    return new
+
+
+def pick(selector: Any, then: Any = None) -> Pick:
+  """A field of a layer value that is a tuple, dict or dataclass (e.g. ``pick(0)`` for ``(hidden, attn)``), read
+  through the inner layout `then` (default identity; e.g. ``then=tokens()``)."""
+  if not isinstance(selector, (int, str, tuple)) or isinstance(selector, bool):
+    raise ValueError(f"Expected `selector` to be an index, a key / attribute name or a tuple path, got {selector!r}.")
+  return Pick(selector, then)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """pytorch-grad-cam's ``reshape_transform``: a linear ``value -> grid``; see `transform`."""
+
+  fn: Callable[[Any], Any]
+
+  def to_grid(self, value: Any) -> Any:
+    grid = self.fn(value)
+    if getattr(grid, "ndim", None) != 4:
+      raise ValueError(
+        f"Expected the layout function {getattr(self.fn, '__name__', self.fn)!r} to return a channels-last grid "
+        f"(B, h, w, C), got {getattr(grid, 'shape', type(grid).__name__)}."
+      )
+    return grid
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    current, pullback = jax.vjp(self.fn, value)
+    (change,) = pullback((grid - current).astype(current.dtype))
+    return jax.tree.map(jnp.add, value, change)
+
+
+def transform(fn: Callable[[Any], Any]) -> Transform:
+  """A layout from a function ``value -> (B, h, w, C)`` (pytorch-grad-cam's ``reshape_transform``; e.g. one level of
+  an FPN dict, or tokens with a custom order). It must be linear in the value (reshapes, transposes, slices) for
+  perturbation methods; define it once (a new lambda per call recompiles)."""
+  if not callable(fn):
+    raise TypeError(f"Expected a callable for `transform`, got {type(fn).__name__}.")
+  return Transform(fn)
+
+
+def as_layout(layout: Any) -> Any:
+  """None -> `identity()`; a layout object as it is; a plain function -> `transform(fn)`."""
+  if layout is None:
+    return Identity()
+  if hasattr(layout, "to_grid") and hasattr(layout, "from_grid"):
+    return layout
+  if callable(layout):
+    return Transform(layout)
+  raise TypeError(
+    f"Expected `layout` to be None, a jaxcam.layouts object (tokens(), pick(...)) or a function value -> grid, got "
+    f"{type(layout).__name__}."
+  )
