@@ -410,6 +410,7 @@ def _eager_checks(spec: MethodSpec, target: Any, ex: Explanation, options: dict[
   """After an eager call: out-of-range class ids raise, and the row's own `check` runs."""
   _check_ids_in_range(target, ex)
   _warn_degenerate_layer(ex)
+  _warn_all_zero(ex)
   if spec.check is not None:
     spec.check(ex, options)
 
@@ -420,6 +421,18 @@ def _warn_degenerate_layer(ex: Explanation) -> None:
     warnings.warn(
       f"Layer {ex.layer!r} has a feature map of size {tiny[0]} for this input: one position, so every {ex.method} "
       "map is constant (all zeros after min-max). Use larger images (the model's input size) or an earlier layer.",
+      stacklevel=4,
+    )
+
+
+def _warn_all_zero(ex: Explanation) -> None:
+  maps = np.asarray(ex.maps)
+  if maps.size and not np.any(maps) and not any(int(np.prod(size)) <= 1 for size in ex.feature_sizes):
+    warnings.warn(
+      f"Every {ex.method} map is zero for every image at layer {ex.layer!r}. Likely the target does not depend on "
+      "the tapped positions (an all-zero gradient): e.g. a transformer head that reads only the CLS token tapped "
+      "after the last attention block (tap an earlier block's output or its norm1), or a layer after global "
+      "pooling; otherwise all evidence is negative (relu=False shows it).",
       stacklevel=4,
     )
 

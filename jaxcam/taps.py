@@ -751,6 +751,19 @@ def _list_nnx(model, x) -> list[LayerInfo]:
       found.setdefault(self.name, LayerInfo(self.name, _shape_of(y), type(self.inner).__name__))
       return y
 
+    # containers (nnx.List, nnx.Sequential, nnx.Dict) are iterated, indexed and read by the model's own code
+    def __getattr__(self, name):
+      return getattr(self.inner, name)
+
+    def __iter__(self):
+      return iter(self.inner)
+
+    def __len__(self):
+      return len(self.inner)
+
+    def __getitem__(self, key):
+      return self.inner[key]
+
   graphdef, state = nnx.split(model)
 
   def run(state, x):

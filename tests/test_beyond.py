@@ -119,22 +119,29 @@ def vit():
   return module, module.init(jax.random.key(1), x), x
 
 
-def _gradcam_by_hand(module, variables, x, layer, ids):
-  """Grad-CAM on block tokens from a hand-split forward: capture the tokens, add a perturbation at that block by
-  an interceptor written here, differentiate, drop CLS, reshape to 4x4, weight by the mean gradient."""
-  _, state = module.apply(variables, x, capture_intermediates=lambda m, _: m.name == layer, mutable=["intermediates"])
-  tokens = state["intermediates"][layer]["__call__"][0]
+def _gradcam_by_hand(module, variables, x, layer, ids, logits=lambda out: out):
+  """Grad-CAM on block tokens from a hand-split forward: capture the tokens (capture_intermediates), add a
+  perturbation at that block by an interceptor written here, differentiate, drop CLS, reshape to the square grid,
+  weight by the mean gradient."""
+  here = lambda m: "/".join(m.path) == layer
+  _, state = module.apply(variables, x, capture_intermediates=lambda m, _: here(m), mutable=["intermediates"])
+  node = state["intermediates"]
+  for part in layer.split("/"):
+    node = node[part]
+  tokens = node["__call__"][0]
 
   def logits_with(delta):
     def icpt(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
-      return out + delta if context.module.name == layer and context.method_name == "__call__" else out
+      return out + delta if here(context.module) and context.method_name == "__call__" else out
 
     with nn.intercept_methods(icpt):
-      return module.apply(variables, x)
+      return logits(module.apply(variables, x))
 
-  g = jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(2), ids]))(jnp.zeros_like(tokens))
-  a, g = np.asarray(tokens)[:, 1:].reshape(2, 4, 4, 16), np.asarray(g)[:, 1:].reshape(2, 4, 4, 16)
+  g = jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(len(ids)), ids]))(jnp.zeros_like(tokens))
+  b, n, d = tokens.shape
+  side = int(np.sqrt(n - 1))
+  a, g = np.asarray(tokens)[:, 1:].reshape(b, side, side, d), np.asarray(g)[:, 1:].reshape(b, side, side, d)
   return np.maximum(np.sum(g.mean(axis=(1, 2), keepdims=True) * a, axis=-1), 0)
 
 
@@ -149,9 +156,12 @@ def test_gradcam_on_vit_tokens_matches_a_hand_split(vit):
   to_grid = lambda t: t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[-1])
   fn_tap = jaxcam.linen_tap(module, variables, "block0", layout=to_grid)
   np.testing.assert_allclose(jaxcam.gradcam(fn_tap, x, ids, normalize=False, upsample=False), maps, atol=1e-6)
-  np.testing.assert_allclose(jaxcam.scorecam(fn_tap, x, ids), jaxcam.scorecam(tap, x, ids), atol=1e-5)
-  out, a = tap(x)
+  _, a = tap(x)
   np.testing.assert_allclose(tap.head(x, a), module.apply(variables, x), atol=1e-5)  # CLS kept downstream
+  # perturbation methods replace the grid: both layouts put a changed grid back the same way (CLS untouched)
+  changed = a * jnp.linspace(0.0, 1.0, 16).reshape(1, 4, 4, 1)
+  np.testing.assert_allclose(fn_tap.head(x, changed), tap.head(x, changed), atol=1e-6)
+  assert not np.allclose(tap.head(x, changed), tap.head(x, a), atol=1e-4)
 
 
 def test_tuple_layers_dict_outputs_and_channels_first(vit):
@@ -163,7 +173,9 @@ def test_tuple_layers_dict_outputs_and_channels_first(vit):
     jaxcam.gradcam(jaxcam.linen_tap(tup, variables, "block1", layout=jaxcam.layouts.tokens()), x, ids)
   picked = jaxcam.linen_tap(tup, variables, "block1", layout=jaxcam.layouts.pick(0, then=jaxcam.layouts.tokens()))
   np.testing.assert_allclose(jaxcam.gradcam(picked, x, ids), expected, atol=1e-6)
-  np.testing.assert_allclose(jaxcam.scorecam(picked, x, ids)[0].shape, (16, 16))
+  _, a = picked(x)
+  tokens_tap = jaxcam.linen_tap(module, variables, "block1", layout=jaxcam.layouts.tokens())
+  np.testing.assert_allclose(picked.head(x, 0.5 * a), tokens_tap.head(x, 0.5 * a), atol=1e-6)  # put back into the tuple
   # a dict output: a static selector, so a second tap built the same way reuses the compiled program
   dicty = TinyViT(dict_output=True)
   build = lambda: jaxcam.linen_tap(dicty, variables, "block1", layout=jaxcam.layouts.tokens(), output="logits")
@@ -198,3 +210,87 @@ def test_layout_errors(vit):
     jaxcam.linen_tap(module, variables, "block0", input_layout="CHW")
   with pytest.raises(TypeError, match="`output`"):
     jaxcam.linen_tap(module, variables, "block0", output=1.5)
+
+
+# ------------------------------------------------------------------------------- third-party models (optional)
+
+
+def _hf():
+  return pytest.importorskip("transformers", reason="optional: pip install transformers==4.49 (Flax models)")
+
+
+def test_hugging_face_flax_vit_tokens_and_tuple_layers():
+  tf = _hf()
+  cfg = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, num_labels=5)  # fmt: skip
+  model = tf.FlaxViTForImageClassification(cfg, seed=0)
+  module, variables = model.module, {"params": model.params}
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  ids = np.array([0, 4])
+  layer = "vit/encoder/layer/1/layernorm_before"
+  tap = jaxcam.linen_tap(module, variables, layer, layout=jaxcam.layouts.tokens(prefix=1), output="logits")
+  np.testing.assert_allclose(tap.forward(x), module.apply(variables, x).logits, atol=1e-6)
+  maps = jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False)
+  by_hand = _gradcam_by_hand(module, variables, x, layer, ids, logits=lambda out: out.logits)
+  np.testing.assert_allclose(maps, by_hand, rtol=1e-4, atol=1e-6)
+  # an encoder layer returns a tuple: refused with its fields listed, read with pick(0)
+  with pytest.raises(ValueError, match="a tuple of 1"):
+    jaxcam.gradcam(jaxcam.linen_tap(module, variables, "vit/encoder/layer/0", output="logits"), x, ids)
+  picked = jaxcam.linen_tap(module, variables, "vit/encoder/layer/0", output="logits",
+                            layout=jaxcam.layouts.pick(0, then=jaxcam.layouts.tokens()))  # fmt: skip
+  assert np.isfinite(np.asarray(jaxcam.gradcam_pp(picked, x, ids))).all()
+
+
+def test_hugging_face_flax_resnet_and_beit():
+  tf = _hf()
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  cfg = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5)
+  model = tf.FlaxResNetForImageClassification(cfg, seed=0, input_shape=(1, 32, 32, 3))
+  module, variables = model.module, dict(model.params)
+  tap = jaxcam.linen_tap(module, variables, "resnet/encoder/stages/1", output="logits")
+  np.testing.assert_allclose(tap.forward(x), module.apply(variables, x).logits, atol=1e-5)
+  for name in ("gradcam", "layercam"):
+    m = jaxcam.explain(name, tap, x).maps
+    assert m.shape == (2, 32, 32) and np.isfinite(np.asarray(m)).all()
+  cfg = tf.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, num_labels=5, use_mean_pooling=True)  # fmt: skip
+  with jax.numpy_rank_promotion("allow"):  # BEiT's layer scale broadcasts (D,) against (B, N, D)
+    model = tf.FlaxBeitForImageClassification(cfg, seed=0)
+    module, variables = model.module, {"params": model.params}
+    tap = jaxcam.linen_tap(module, variables, "beit/encoder/layer/1/layernorm_after",
+                           layout=jaxcam.layouts.tokens(prefix=1), output="logits")  # fmt: skip
+    np.testing.assert_allclose(tap.forward(x), module.apply(variables, x).logits, atol=1e-5)
+    maps = jaxcam.gradcam(tap, x)
+  assert maps.shape == (2, 32, 32) and float(jnp.max(maps)) > 0
+
+
+def test_a_cls_head_after_the_last_block_warns(vit):
+  module, variables, x = vit
+  # the final norm's tokens reach the head only through CLS: the patch tokens have zero gradient
+  tap = jaxcam.linen_tap(module, variables, "norm", layout=jaxcam.layouts.tokens())
+  with pytest.warns(UserWarning, match="CLS token"):
+    maps = jaxcam.gradcam(tap, x)
+  assert not np.any(np.asarray(maps))
+
+
+def test_nnx_containers_list_and_tap():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.convs = nnx.List([nnx.Conv(3, 8, (3, 3), rngs=rngs), nnx.Conv(8, 8, (3, 3), rngs=rngs)])
+      self.seq = nnx.Sequential(nnx.Conv(8, 8, (3, 3), rngs=rngs), nnx.relu)
+      self.fc = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+      for conv in self.convs:
+        x = nnx.relu(conv(x))
+      return self.fc(self.seq(x).mean((1, 2)))
+
+  model = Net(nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  infos = {i.path: i for i in jaxcam.list_layers(model, x=x)}
+  assert infos["convs/1"].shape == (2, 8, 8, 8) and infos["seq/layers/0"].type == "Conv"
+  assert infos["fc"].shape == (2, 4)
+  for layer in ("convs/1", "seq/layers/0"):
+    assert jaxcam.gradcam(jaxcam.nnx_tap(model, layer), x).shape == (2, 8, 8)

@@ -294,6 +294,7 @@ def test_road_noise_is_keyed_and_chunking_changes_nothing(road_fix):
   np.testing.assert_array_equal(np.asarray(imputed - clean)[np.asarray(kept)], 0)
 
 
+@pytest.mark.slow  # two more programs on another model: ~20 s of compiles
 def test_road_moves_the_right_way_and_reports_nans():
   # The logit is the top-left block's sum: MoRF with the oracle map (that block ranked highest) must drop more
   # than MoRF with the inverse map, and combined must favour the oracle.
