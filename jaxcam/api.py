@@ -491,6 +491,7 @@ def explain(
   NaN.
   """
   spec = get_method(method)
+  x, sequence = _sequence_input(tap, x)
   normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
   eigen_smooth = check_eigen_smooth(spec, eigen_smooth)
   augment = wrappers.resolve_augmentations(aug_smooth)
@@ -517,7 +518,21 @@ def explain(
     )
   if not under_jit:
     _eager_checks(spec, target, ex, opts)
-  return ex
+  return _sequence_maps(ex) if sequence else ex
+
+
+def _sequence_input(tap: Any, x: Any) -> tuple[Any, bool]:
+  """1-D models (``input_layout="NLC"``): `x` ``(B, L, C)`` travels as ``(B, L, 1, C)``."""
+  if getattr(tap, "input_layout", "NHWC") != "NLC":
+    return x, False
+  shape = getattr(x, "shape", None)
+  if shape is None or len(shape) != 3:
+    raise ValueError(f"Expected `x` of shape (B, L, C) for a tap with input_layout='NLC', got {shape}.")
+  return x[:, :, None, :], True
+
+
+def _sequence_maps(ex: Explanation) -> Explanation:
+  return dataclasses.replace(ex, maps=ex.maps[..., 0], feature_sizes=tuple(s[:1] for s in ex.feature_sizes))
 
 
 def explain_many(
@@ -568,6 +583,7 @@ def explain_many(
       raise ValueError(
         f"{s.name} needs options (a key or an array) that explain_many does not pass; pass key= or use explain."
       )
+  x, sequence = _sequence_input(tap, x)
   target = _prepare(tap, x, target)
   under_jit = _is_traced((tap, x, target, key))
   with model_errors(x):
@@ -586,7 +602,7 @@ def explain_many(
   if not under_jit:
     for s in specs:
       _eager_checks(s, target, out[s.name], s.defaults())
-  return out
+  return {k: _sequence_maps(v) for k, v in out.items()} if sequence else out
 
 
 def _many_options(spec: MethodSpec, key: Any) -> dict[str, Any]:

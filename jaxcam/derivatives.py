@@ -116,39 +116,69 @@ def _structured(f, a, chunk_size):
 
 
 def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
-  """Whether ``head_fn(A)`` reads A only through sums over its spatial axes, found on the jaxpr."""
+  """Whether ``head_fn(A)`` reads A only through sums over its spatial axes, found on the jaxpr: a channels-last
+  or transposed (channels-first) sum or mean, a full-window ``avg_pool`` (``reduce_window_sum``), a sum over
+  tokens after reshaping the grid to a sequence (with a CLS token concatenated), through jit / remat /
+  custom_jvp calls."""
   closed = jax.make_jaxpr(head_fn)(a)
-  return _only_spatial_sums(closed.jaxpr, [True])[0]
+  return _only_spatial_sums(closed.jaxpr, [_spatial.BATCHED_FEATURE_AXES])[0]
 
 
 _PASS_THROUGH = {"convert_element_type", "copy", "copy_p"}
 
 
-def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list[bool]]:
+def _follow(eqn, spatial: tuple[int, ...], uses: list) -> tuple[int, ...] | None:
+  """Where A's spatial axes sit in the output of a layout-only operation on A, or None (anything else)."""
+  name = eqn.primitive.name
+  in_shape = eqn.invars[0].aval.shape
+  out_shape = eqn.outvars[0].aval.shape
+  if name in _PASS_THROUGH:
+    return spatial
+  if name == "transpose":
+    perm = eqn.params["permutation"]
+    return tuple(i for i, ax in enumerate(perm) if ax in spatial)
+  if name == "reshape" and uses[0] and not any(uses[1:]):
+    lo, hi = min(spatial), max(spatial)
+    if tuple(range(lo, hi + 1)) != tuple(sorted(spatial)):
+      return None
+    merged = in_shape[:lo] + (math.prod(in_shape[lo : hi + 1]),) + in_shape[hi + 1 :]
+    if tuple(out_shape) == tuple(in_shape):
+      return spatial
+    return (lo,) if tuple(out_shape) == merged else None
+  if name == "concatenate" and len(spatial) == 1 and eqn.params["dimension"] == spatial[0] and sum(bool(u) for u in uses) == 1:
+    return spatial  # e.g. [CLS, patches]: a sum over the token axis still reads the patches only through their sum
+  return None
+
+
+def _only_spatial_sums(jaxpr, raw_in) -> tuple[bool, list]:
+  """raw: variable -> the positions of A's spatial axes in it (A itself or a layout-only view of it)."""
   raw = {v: r for v, r in zip(jaxpr.invars, raw_in) if r}
   for eqn in jaxpr.eqns:
-    uses = _jaxpr.flags(eqn.invars, raw)
+    uses = [(not _jaxpr.is_literal(v)) and raw.get(v) for v in eqn.invars]
     if not any(uses):
       continue
     name = eqn.primitive.name
-    if name in _PASS_THROUGH:
-      raw[eqn.outvars[0]] = True
-    elif (
-      name == "reduce_sum"
-      and set(eqn.params["axes"]) == set(_spatial.BATCHED_FEATURE_AXES)
-      and eqn.invars[0].aval.ndim == _spatial.FEATURE_RANK
-    ):
+    spatial = next(u for u in uses if u)
+    if name == "reduce_sum" and set(eqn.params["axes"]) == set(spatial):
       continue
-    elif (inner := _jaxpr.inner_jaxpr(eqn)) is not None:
+    if name == "reduce_window_sum" and all(p == (0, 0) for p in eqn.params["padding"]):
+      shape = eqn.invars[0].aval.shape
+      window = eqn.params["window_dimensions"]
+      if all((window[i] == shape[i]) if i in spatial else window[i] == 1 for i in range(len(shape))):
+        continue  # avg_pool over the whole map
+    if (inner := _jaxpr.inner_jaxpr(eqn)) is not None:
       ok, raw_out = _only_spatial_sums(inner, uses[-len(inner.invars) :])
       if not ok:
         return False, []
       for v, r in zip(eqn.outvars, raw_out):
         if r:
-          raw[v] = True
-    else:
+          raw[v] = r
+      continue
+    followed = _follow(eqn, spatial, uses) if len(eqn.outvars) == 1 else None
+    if followed is None:
       return False, []
-  return True, _jaxpr.flags(jaxpr.outvars, raw)
+    raw[eqn.outvars[0]] = followed
+  return True, [(not _jaxpr.is_literal(v)) and raw.get(v) for v in jaxpr.outvars]
 
 
 def _declared_structured(tap) -> bool:

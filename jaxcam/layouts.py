@@ -6,6 +6,8 @@ how a perturbed or replaced grid goes back into the model.
 - `tokens(prefix=1, grid=None)`: transformer tokens ``(B, P + N, D)``: the P prefix tokens (CLS, distillation,
   registers) are dropped, the N patch tokens laid out on a square grid (or ``grid=(h, w)``); downstream the prefix
   is kept as it was and the patch tokens come from the grid.
+- `sequence()`: a 1-D layer ``(B, L, C)`` as a ``(B, L, 1, C)`` grid; the default for taps with
+  ``input_layout="NLC"`` (time series, audio), whose maps come back as ``(B, L_in)``.
 - `pick(selector, then=None)`: a layer returning a tuple / dict / dataclass (Hugging Face encoder layers, scanned
   blocks returning ``(x, None)``): the field `selector` (an index, a key or attribute name, or a path of them),
   then an inner layout.
@@ -26,7 +28,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Identity", "Pick", "Tokens", "Transform", "as_layout", "identity", "pick", "tokens", "transform"]
+__all__ = [
+  "Identity",
+  "Pick",
+  "Sequence",
+  "Tokens",
+  "Transform",
+  "as_layout",
+  "identity",
+  "pick",
+  "sequence",
+  "tokens",
+  "transform",
+]
 
 
 def _fields(value: Any) -> str:
@@ -118,6 +132,27 @@ def tokens(prefix: int = 1, grid: tuple[int, int] | None = None) -> Tokens:
       raise ValueError(f"Expected `grid` to be (h, w) positive ints or None, got {grid!r}.")
     grid = (int(grid[0]), int(grid[1]))
   return Tokens(prefix, grid)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequence:
+  """``(B, L, C)`` <-> the ``(B, L, 1, C)`` grid; see `sequence`."""
+
+  def to_grid(self, value: Any) -> Any:
+    _check_array(value, "the tapped layer's output")
+    if value.ndim != 3:
+      raise ValueError(
+        f"Expected a 1-D layer (B, L, C) for layouts.sequence / input_layout='NLC', got {tuple(value.shape)}."
+      )
+    return value[:, :, None, :]
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    return grid[:, :, 0, :].astype(value.dtype)
+
+
+def sequence() -> Sequence:
+  """A 1-D layer ``(B, L, C)`` (a sequence of L positions with C channels) as a ``(B, L, 1, C)`` grid."""
+  return Sequence()
 
 
 def _get(value: Any, key: Any) -> Any:

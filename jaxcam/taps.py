@@ -120,7 +120,7 @@ class LayerInfo(NamedTuple):
 
 
 IdentityLayout = layouts_lib.Identity  # the default layout (kept under its first name)
-_INPUT_LAYOUTS = ("NHWC", "NCHW")
+_INPUT_LAYOUTS = ("NHWC", "NCHW", "NLC")
 
 
 def _check_output_selector(output: Any) -> Any:
@@ -167,8 +167,13 @@ class Tap:
     raise NotImplementedError
 
   def _model_input(self, x):
-    """The pixels as the model takes them: the methods and maps stay channels-last."""
-    return jnp.moveaxis(x, -1, 1) if self.input_layout == "NCHW" else x
+    """The pixels as the model takes them: the methods and maps stay channels-last (1-D inputs (B, L, C) travel
+    as (B, L, 1, C) inside jaxcam)."""
+    if self.input_layout == "NCHW":
+      return jnp.moveaxis(x, -1, 1)
+    if self.input_layout == "NLC":
+      return x[:, :, 0, :]
+    return x
 
   def _select(self, out):
     """The part of the model's output that targets read (`output=`)."""
@@ -218,7 +223,9 @@ class Tap:
         "or a module inside nn.scan), so it has no single output to explain. Tap a module that runs once, e.g. "
         "one of its callers."
       )
-    layout = layouts_lib.as_layout(self.layout)
+    layout = layouts_lib.as_layout(
+      layouts_lib.Sequence() if self.layout is None and self.input_layout == "NLC" else self.layout
+    )
     if self.where == "output":
       value = call(*args, **kwargs)
     else:
@@ -371,13 +378,20 @@ class LinenTap(Tap):
     if run.replacements is not None:
       return out, tuple(run.replacements)
     acts = []
-    tree = state[_COLLECTION]
     for path in self.layers:
-      node = tree
-      # linen stores the sown value under the module's own path (possibly 'blocks_6' for 'blocks/6').
-      for names in _linen_module_path(node, path):
-        node = node[names]
-      acts.append(node["a"][0])
+      try:
+        node = state[_COLLECTION]
+        # linen stores the sown value under the module's own path (possibly 'blocks_6' for 'blocks/6').
+        for names in _linen_module_path(node, path):
+          node = node[names]
+        acts.append(node["a"][0])
+      except (KeyError, IndexError):
+        raise ValueError(
+          f"Layer {format_path(path)!r} ran, but its value did not come out of the forward pass: it is inside a "
+          f"lifted transform (nn.vmap, nn.scan, nn.jit, ...) that does not carry the {_COLLECTION!r} collection "
+          "out (even the transformed module itself runs inside it). Tap a layer outside the transform: its "
+          "caller, or the layer just before or after it; nn.remat passes the value through."
+        ) from None
     return out, tuple(acts)
 
 
@@ -429,8 +443,9 @@ def linen_tap(
     output: what targets read from the model's output: None (all of it), a key / attribute name / index or a
       tuple path of them (``"logits"`` for Hugging Face outputs; static, nothing recompiles), or a callable
       (define it once: a fresh lambda per tap recompiles).
-    input_layout: "NHWC" (default) or "NCHW" for models that take channels-first pixels; `x`, the maps and the
-      CLI stay channels-last.
+    input_layout: "NHWC" (default) or "NCHW" for models that take channels-first pixels (`x`, the maps and the
+      CLI stay channels-last); "NLC" for 1-D models (sequences ``(B, L, C)``: `x` is ``(B, L, C)``, layers
+      ``(B, l, C)`` read through `layouts.sequence`, maps ``(B, L)``).
     **apply_kwargs: static keyword arguments of the forward pass, e.g. ``train=False`` so that BatchNorm uses
       running statistics. No mutable collections: the model is evaluated in inference mode.
 

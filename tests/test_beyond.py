@@ -294,3 +294,113 @@ def test_nnx_containers_list_and_tap():
   assert infos["fc"].shape == (2, 4)
   for layer in ("convs/1", "seq/layers/0"):
     assert jaxcam.gradcam(jaxcam.nnx_tap(model, layer), x).shape == (2, 8, 8)
+
+
+@pytest.mark.slow  # float64 brute force (jacfwd of the Hessian) and the generic strategy's compiles
+def test_exact_derivatives_on_tokens_against_brute_force():
+  from jaxcam import derivatives
+
+  d = 4
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    wq, wk, wv = (jnp.asarray(rng.standard_normal((d, d)) * 0.5) for _ in range(3))
+    params = {"cls": jnp.asarray(rng.standard_normal((1, 1, d))), "wo": jnp.asarray(rng.standard_normal((d, 3)))}
+
+    def body(p, x):  # 2x2 "patches" of width d, plus a CLS token
+      return jnp.concatenate([jnp.broadcast_to(p["cls"], (x.shape[0], 1, d)), x.reshape(x.shape[0], 4, d)], axis=1)
+
+    def head(p, x, t):  # one attention layer, mean pooling over all tokens, a dense layer
+      att = jax.nn.softmax((t @ wq) @ jnp.swapaxes(t @ wk, 1, 2) / 2.0, axis=-1)
+      return jnp.mean(t + jnp.tanh(att @ (t @ wv)), axis=1) @ p["wo"]
+
+    tap = jaxcam.function_tap(body, head, params, layout=jaxcam.layouts.tokens(prefix=1))
+    x = jnp.asarray(rng.standard_normal((2, 2, 2, d)))
+    ids = np.array([0, 2])
+    diag = derivatives.diagonals(tap, x, ids, strategy="generic", chunk_size=5)
+    for b in range(2):
+
+      def score(flat, b=b):
+        tokens = body(params, x[b : b + 1]).at[:, 1:].set(flat.reshape(1, 4, d))
+        return head(params, None, tokens)[0, ids[b]]
+
+      flat = x[b].reshape(-1)
+      second = jnp.diagonal(jax.hessian(score)(flat))
+      third = jnp.einsum("iii->i", jax.jacfwd(jax.hessian(score))(flat))
+      np.testing.assert_allclose(np.asarray(diag.second[b]).reshape(-1), second, rtol=1e-10, atol=1e-13)
+      np.testing.assert_allclose(np.asarray(diag.third[b]).reshape(-1), third, rtol=1e-10, atol=1e-13)
+    assert np.all(np.isfinite(np.asarray(jaxcam.gradcam_pp(tap, x, ids, derivatives="exact"))))
+    # mean pooling over the tokens (CLS included) + Dense: the structured strategy applies, checked against generic
+    pooled = jaxcam.function_tap(body, lambda p, x, t: jnp.tanh(jnp.mean(t, axis=1) @ p["wo"]), params,
+                                 layout=jaxcam.layouts.tokens(prefix=1))  # fmt: skip
+    auto = derivatives.diagonals(pooled, x, ids)
+    generic = derivatives.diagonals(pooled, x, ids, strategy="generic")
+    assert auto.strategy == "structured" and float(auto.check) < 1e-10
+    np.testing.assert_allclose(auto.third, generic.third, rtol=1e-10, atol=1e-13)
+
+
+def test_pooling_detection_sees_layouts_avg_pool_and_call_wrappers():
+  from jaxcam.derivatives import enters_only_through_spatial_sum as only_sums
+
+  a = jnp.ones((2, 4, 4, 3))
+  w = jnp.ones((3, 5))
+  cls = jnp.ones((2, 1, 3))
+  only_through_sums = {
+    "channels-first mean (Equinox)": lambda t: jnp.moveaxis(t, -1, 1).mean(axis=(2, 3)) @ w,
+    "full-window avg_pool (HF ResNet)": lambda t: nn.avg_pool(t, (4, 4)).reshape(2, 3) @ w,
+    "tokens + CLS, mean over tokens": lambda t: jnp.concatenate([cls, t.reshape(2, 16, 3)], axis=1).mean(1) @ w,
+    "under remat": jax.checkpoint(lambda t: jnp.tanh(t.mean((1, 2)) @ w)),
+    "under jit and custom_jvp": jax.jit(lambda t: jax.nn.relu(t.mean((1, 2))) @ w),
+  }
+  for name, head in only_through_sums.items():
+    assert only_sums(head, a), name
+  elsewhere = {
+    "a ReLU per position": lambda t: jax.nn.relu(t).mean((1, 2)) @ w,
+    "the CLS token only": lambda t: jnp.concatenate([cls, t.reshape(2, 16, 3)], axis=1)[:, 0] @ w,
+    "a 2x2 avg_pool": lambda t: nn.avg_pool(t, (2, 2)).mean((1, 2)) @ w,
+    "a sum over one spatial axis": lambda t: t.sum(1).max(1) @ w,
+  }
+  for name, head in elsewhere.items():
+    assert not only_sums(head, a), name
+
+
+# ------------------------------------------------------------------------------------------------ 1-D models
+
+
+class Net1d(nn.Module):
+  @nn.compact
+  def __call__(self, x):  # (B, L, C)
+    x = nn.relu(nn.Conv(8, (3,), name="conv1")(x))
+    x = nn.relu(nn.Conv(8, (3,), strides=2, name="conv2")(x))
+    return nn.Dense(4, name="fc")(x.mean(axis=1))
+
+
+def test_one_dimensional_model_maps_have_the_input_length():
+  module = Net1d()
+  x = jax.random.normal(jax.random.key(0), (3, 32, 2))
+  variables = module.init(jax.random.key(1), x)
+  ids = np.array([0, 1, 3])
+  tap = jaxcam.linen_tap(module, variables, "conv2", input_layout="NLC")
+  raw = jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False)
+
+  # by hand: the layer's value and gradient from an interceptor, Grad-CAM's mean-gradient weights
+  def logits_with(delta):
+    def icpt(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      return out + delta if context.module.name == "conv2" else out
+
+    with nn.intercept_methods(icpt):
+      return module.apply(variables, x)
+
+  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  a = np.asarray(state["intermediates"]["conv2"]["__call__"][0])  # (B, 16, 8)
+  g = np.asarray(jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(3), ids]))(jnp.zeros(a.shape)))
+  by_hand = np.maximum(np.sum(g.mean(axis=1, keepdims=True) * a, axis=-1), 0)
+  np.testing.assert_allclose(raw, by_hand, rtol=1e-4, atol=1e-6)
+  # upsampled to the input length: linear interpolation with half-sample centres, edges held
+  up = jaxcam.gradcam(tap, x, ids, normalize=False)
+  pos = np.clip((np.arange(32) + 0.5) * 16 / 32 - 0.5, 0, 15)
+  np.testing.assert_allclose(up, np.stack([np.interp(pos, np.arange(16), m) for m in by_hand]), rtol=1e-4, atol=1e-6)
+  maps = jaxcam.explain_many(["gradcam", "layercam"], tap, x, ids)
+  assert maps["layercam"].maps.shape == (3, 32) and maps["gradcam"].feature_sizes == ((16,),)
+  with pytest.raises(ValueError, match=r"\(B, L, C\) for a tap with input_layout='NLC'"):
+    jaxcam.gradcam(tap, x[:, :, None, :])
