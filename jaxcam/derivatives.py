@@ -145,7 +145,8 @@ def _follow(eqn, spatial: tuple[int, ...], uses: list) -> tuple[int, ...] | None
     if tuple(out_shape) == tuple(in_shape):
       return spatial
     return (lo,) if tuple(out_shape) == merged else None
-  if name == "concatenate" and len(spatial) == 1 and eqn.params["dimension"] == spatial[0] and sum(bool(u) for u in uses) == 1:
+  one_raw = sum(bool(u) for u in uses) == 1
+  if name == "concatenate" and len(spatial) == 1 and eqn.params["dimension"] == spatial[0] and one_raw:
     return spatial  # e.g. [CLS, patches]: a sum over the token axis still reads the patches only through their sum
   return None
 
