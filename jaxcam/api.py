@@ -430,9 +430,9 @@ def _warn_all_zero(ex: Explanation) -> None:
   if maps.size and not np.any(maps) and not any(int(np.prod(size)) <= 1 for size in ex.feature_sizes):
     warnings.warn(
       f"Every {ex.method} map is zero for every image at layer {ex.layer!r}. Likely the target does not depend on "
-      "the tapped positions (an all-zero gradient): e.g. a transformer head that reads only the CLS token tapped "
-      "after the last attention block (tap an earlier block's output or its norm1), or a layer after global "
-      "pooling; otherwise all evidence is negative (relu=False shows it).",
+      "the tapped positions: e.g. a transformer head that reads only the CLS token tapped after the last attention "
+      "block (tap an earlier block's output or its norm1), a layer after global pooling, or constant inputs; "
+      "otherwise all evidence is negative (relu=False shows it).",
       stacklevel=4,
     )
 
