@@ -415,8 +415,13 @@ def _eager_checks(spec: MethodSpec, target: Any, ex: Explanation, options: dict[
     spec.check(ex, options)
 
 
+def _one_position(ex: Explanation) -> list:
+  """The tapped layers' sizes with a single position (every map is then constant)."""
+  return [size for size in ex.feature_sizes if int(np.prod(size)) <= 1]
+
+
 def _warn_degenerate_layer(ex: Explanation) -> None:
-  tiny = [size for size in ex.feature_sizes if int(np.prod(size)) <= 1]
+  tiny = _one_position(ex)
   if tiny:
     warnings.warn(
       f"Layer {ex.layer!r} has a feature map of size {tiny[0]} for this input: one position, so every {ex.method} "
@@ -427,7 +432,7 @@ def _warn_degenerate_layer(ex: Explanation) -> None:
 
 def _warn_all_zero(ex: Explanation) -> None:
   maps = np.asarray(ex.maps)
-  if maps.size and not np.any(maps) and not any(int(np.prod(size)) <= 1 for size in ex.feature_sizes):
+  if maps.size and not np.any(maps) and not _one_position(ex):  # that case has its own warning
     warnings.warn(
       f"Every {ex.method} map is zero for every image at layer {ex.layer!r}. Likely the target does not depend on "
       "the tapped positions: e.g. a transformer head that reads only the CLS token tapped after the last attention "

@@ -323,39 +323,63 @@ class _Eval:
     self.tap, self.x, self.score, self.args, self.key, self.regions = tap, x, score, args, key, regions
 
 
-def _faithfulness(name):
+def _confidence(field):
   def run(ev: _Eval, maps, spec, opts):
     from jaxcam import metrics
 
-    a = ev.args
-    if name in ("avg_drop", "increase"):
-      cc = metrics.confidence_change(ev.tap, ev.x, maps, target=ev.score)
-      return 100 * np.asarray(cc.drop if name == "avg_drop" else cc.increased, float)
-    if name in ("deletion", "insertion"):
-      fn = getattr(metrics, name)
-      return np.asarray(fn(ev.tap, ev.x, maps, target=ev.score, steps=a.steps, chunk_size=a.chunk_size).auc)
-    if name == "road":
-      r = metrics.road(ev.tap, ev.x, maps, target=ev.score, order="combined", key=ev.key, chunk_size=a.chunk_size)
-      return np.asarray(r.score)
-    fn = getattr(metrics, name)  # adcc / arcc: the method is re-run on the masked images (Coherency)
-    kw = {"key": ev.key, "chunk_size": a.chunk_size} if name == "arcc" else {}
-    return np.asarray(getattr(fn(ev.tap, ev.x, maps, spec, target=ev.score, **kw, **opts), name))
+    cc = metrics.confidence_change(ev.tap, ev.x, maps, target=ev.score)
+    return 100 * np.asarray(getattr(cc, field), float)  # percent
 
   return run
 
 
-def _localized(name):
+def _curve(name):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    fn = getattr(metrics, name)
+    return np.asarray(fn(ev.tap, ev.x, maps, target=ev.score, steps=ev.args.steps, chunk_size=ev.args.chunk_size).auc)
+
+  return run
+
+
+def _road(ev: _Eval, maps, spec, opts):
+  from jaxcam import metrics
+
+  r = metrics.road(ev.tap, ev.x, maps, target=ev.score, order="combined", key=ev.key, chunk_size=ev.args.chunk_size)
+  return np.asarray(r.score)
+
+
+def _adcc(ev: _Eval, maps, spec, opts):  # the method is re-run on the masked images (Coherency)
+  from jaxcam import metrics
+
+  return np.asarray(metrics.adcc(ev.tap, ev.x, maps, spec, target=ev.score, **opts).adcc)
+
+
+def _arcc(ev: _Eval, maps, spec, opts):
+  from jaxcam import metrics
+
+  kw = {"key": ev.key, "chunk_size": ev.args.chunk_size}
+  return np.asarray(metrics.arcc(ev.tap, ev.x, maps, spec, target=ev.score, **kw, **opts).arcc)
+
+
+def _pointing(field):
   def run(ev: _Eval, maps, spec, opts):
     from jaxcam import metrics
 
     masks, present = ev.regions
-    if name in ("pointing", "energy"):
-      p = metrics.pointing_game(maps, masks, tolerance=ev.args.tolerance)
-      v = np.asarray(p.hits, float) if name == "pointing" else np.asarray(p.energy)
-    else:
-      loc = metrics.localization(maps, masks, thresholds=[0.5])
-      v = np.asarray(loc.auroc) if name == "auroc" else np.asarray(loc.iou[:, 0])
-    return np.where(present, v, np.nan)
+    p = metrics.pointing_game(maps, masks, tolerance=ev.args.tolerance)
+    return np.where(present, np.asarray(getattr(p, field), float), np.nan)
+
+  return run
+
+
+def _localization(read):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    masks, present = ev.regions
+    return np.where(present, np.asarray(read(metrics.localization(maps, masks, thresholds=[0.5]))), np.nan)
 
   return run
 
@@ -363,17 +387,17 @@ def _localized(name):
 # name -> (better, function, needs regions). Default: every metric that needs no regions except the composite
 # ones (they re-run each method), plus the localization ones when --boxes / --masks are given.
 EVAL_METRICS = {
-  "avg_drop": ("↓", _faithfulness("avg_drop"), False),
-  "increase": ("↑", _faithfulness("increase"), False),
-  "deletion": ("↓", _faithfulness("deletion"), False),
-  "insertion": ("↑", _faithfulness("insertion"), False),
-  "road": ("↑", _faithfulness("road"), False),
-  "adcc": ("↑", _faithfulness("adcc"), False),
-  "arcc": ("↑", _faithfulness("arcc"), False),
-  "pointing": ("↑", _localized("pointing"), True),
-  "energy": ("↑", _localized("energy"), True),
-  "auroc": ("↑", _localized("auroc"), True),
-  "iou": ("↑", _localized("iou"), True),
+  "avg_drop": ("↓", _confidence("drop"), False),
+  "increase": ("↑", _confidence("increased"), False),
+  "deletion": ("↓", _curve("deletion"), False),
+  "insertion": ("↑", _curve("insertion"), False),
+  "road": ("↑", _road, False),
+  "adcc": ("↑", _adcc, False),
+  "arcc": ("↑", _arcc, False),
+  "pointing": ("↑", _pointing("hits"), True),
+  "energy": ("↑", _pointing("energy"), True),
+  "auroc": ("↑", _localization(lambda loc: loc.auroc), True),
+  "iou": ("↑", _localization(lambda loc: loc.iou[:, 0]), True),  # at threshold 0.5
 }
 DEFAULT_EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion", "road")
 
@@ -422,6 +446,8 @@ def load_regions(boxes: str | None, masks: str | None, names: list[str], photos:
   is inside when its centre falls inside in the original image."""
   import json
 
+  from jaxcam import stream
+
   out = np.zeros((len(names), size, size), bool)
   present = np.zeros(len(names), bool)
   table = None
@@ -451,8 +477,6 @@ def load_regions(boxes: str | None, masks: str | None, names: list[str], photos:
       path = os.path.join(masks, _stem(name) + ".png")
       if not os.path.exists(path):
         continue
-      from jaxcam import stream
-
       m = np.asarray(stream.decode_image(path))
       m = m.max(axis=-1) if m.ndim == 3 else m
       if m.shape != (h, w):

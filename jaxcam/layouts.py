@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 
-def _fields(value: Any) -> str:
+def describe(value: Any) -> str:
+  """What a non-array value holds, for error messages: its keys, fields, or items' shapes."""
   if isinstance(value, Mapping):
     return f"keys {list(value)}"
   if dataclasses.is_dataclass(value):
@@ -57,7 +58,7 @@ def _fields(value: Any) -> str:
 def _check_array(value: Any, where: str) -> None:
   if not hasattr(value, "shape") or not hasattr(value, "dtype"):
     raise ValueError(
-      f"Expected {where} to be an array, got {_fields(value)}. Pick the array with "
+      f"Expected {where} to be an array, got {describe(value)}. Pick the array with "
       "layout=jaxcam.layouts.pick(0) (an index, key or attribute name; pick(0, then=jaxcam.layouts.tokens()) for "
       "tokens)."
     )
@@ -158,14 +159,14 @@ def sequence() -> Sequence:
 def _get(value: Any, key: Any) -> Any:
   if isinstance(key, int) and isinstance(value, (tuple, list)):
     if not -len(value) <= key < len(value):
-      raise ValueError(f"Expected an index into {_fields(value)}, got {key}.")
+      raise ValueError(f"Expected an index into {describe(value)}, got {key}.")
     return value[key]
   if isinstance(value, Mapping):
     if key in value:
       return value[key]
   elif isinstance(key, str) and hasattr(value, key):
     return getattr(value, key)
-  raise ValueError(f"No {key!r} in {_fields(value)}.")
+  raise ValueError(f"No {key!r} in {describe(value)}.")
 
 
 def _set(value: Any, key: Any, new: Any) -> Any:

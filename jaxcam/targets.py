@@ -375,13 +375,9 @@ class Detection:
       else:
         v = getattr(output, name, None)
       if v is None and required:
-        have = (
-          list(output)
-          if isinstance(output, dict)
-          else [f.name for f in dataclasses.fields(output)]
-          if (dataclasses.is_dataclass(output))
-          else type(output).__name__
-        )
+        from jaxcam.layouts import describe
+
+        have = describe(output)
         raise ValueError(
           f"Expected the detector's output to hold {name!r} (fields {self.fields}: boxes (B, N, 4), scores (B, N), "
           f"labels (B, N), optional valid (B, N)), got {have}. Rename with detection(..., fields=(...))."
