@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcam import _checks, _progress, _spatial, core, postprocess, wrappers
+from jaxcam import taps as taps_lib
 from jaxcam import targets as targets_lib
 from jaxcam._errors import check_key
 from jaxcam.methods.factorization import first_component_projection
@@ -57,17 +58,21 @@ class Explanation:
 
 
 def check_images(x: Any, *, argname: str = "x") -> None:
-  """Raise a clear error unless `x` is a float batch of channels-last images ``(B, H, W, C)``."""
+  """Raise a clear error unless `x` is a float batch of channels-last images ``(B, H, W, C)`` (volumes
+  ``(B, D, H, W, C)`` within ``_spatial.dims(3)``)."""
   shape = getattr(x, "shape", None)
-  rank = _spatial.N_SPATIAL + 2
+  rank = _spatial.n() + 2
+  what = "(B, H, W, C)" if rank == 4 else "(B, D, H, W, C)"
   if shape is None:
-    raise TypeError(f"Expected `{argname}` to be an array of images (B, H, W, C), got {type(x).__name__}.")
+    raise TypeError(f"Expected `{argname}` to be an array of images {what}, got {type(x).__name__}.")
   if len(shape) != rank:
     hint = " Add a batch axis: x[None]." if len(shape) == rank - 1 else ""
-    raise ValueError(f"Expected `{argname}` of rank {rank} (B, H, W, C), got shape {tuple(shape)}.{hint}")
-  if shape[1] in (1, 3, 4) and shape[2] > 4 and shape[3] > 4:
+    if rank == 4 and len(shape) == 5:
+      hint = " Volumes need a tap with input_layout='NDHWC' (or 'NCDHW')."
+    raise ValueError(f"Expected `{argname}` of rank {rank} {what}, got shape {tuple(shape)}.{hint}")
+  if shape[1] in (1, 3, 4) and all(s > 4 for s in shape[2:-1]):
     raise ValueError(
-      f"Expected `{argname}` channels-last (B, H, W, C) as in Flax, got shape {tuple(shape)}, which looks "
+      f"Expected `{argname}` channels-last {what} as in Flax, got shape {tuple(shape)}, which looks "
       "channels-first. Use jnp.moveaxis(x, 1, -1)."
     )
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -196,7 +201,7 @@ def method_maps(
       m = postprocess.combine(out, a)
     if relu:
       m = jax.nn.relu(m)
-    if normalize:
+    if normalize and spec.normalize_layers:
       m = postprocess.normalize(m)
     if spec.per_layer is not None:
       m = spec.per_layer(m, fusion=fusion, n_layers=n_layers)
@@ -217,7 +222,7 @@ def method_maps(
   if fwd.ids is not None:  # out-of-range ids under jit: the whole map is NaN (see jaxcam.targets)
     n = fwd.logits.shape[-1]
     valid = (fwd.ids >= 0) & (fwd.ids < n)
-    maps = jnp.where(valid[(...,) + (None,) * _spatial.N_SPATIAL], maps, jnp.nan)
+    maps = jnp.where(valid[(...,) + _spatial.spatial_ones()], maps, jnp.nan)
   ids, scores = fwd.ids, fwd.scores
   if not fwd.multi:
     maps, scores = maps[:, 0], scores[:, 0]
@@ -257,11 +262,12 @@ def _explain_impl(
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
   flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, eigen_smooth=eigen_smooth)
-  if augment is not None:
-    return _augmented(spec, tap, x, target, options, augment, progress, flags)
-  with _progress.reporting(spec.name if progress else None):
-    fwd, values = compute_inputs(spec, tap, x, target, options)
-  return method_maps(spec, tap, x, fwd, values, options, **flags)
+  with _spatial.dims(x.ndim - 2):
+    if augment is not None:
+      return _augmented(spec, tap, x, target, options, augment, progress, flags)
+    with _progress.reporting(spec.name if progress else None):
+      fwd, values = compute_inputs(spec, tap, x, target, options)
+    return method_maps(spec, tap, x, fwd, values, options, **flags)
 
 
 def _augmented(spec, tap, x, target, options, augment, progress, flags) -> Explanation:
@@ -291,7 +297,7 @@ def _augmented(spec, tap, x, target, options, augment, progress, flags) -> Expla
 
 
 def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, relu, fusion, progress=False):
-  with _progress.reporting("explain_many" if progress else None):
+  with _progress.reporting("explain_many" if progress else None), _spatial.dims(x.ndim - 2):
     return _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fusion)
 
 
@@ -501,7 +507,8 @@ def explain(
   eigen_smooth = check_eigen_smooth(spec, eigen_smooth)
   augment = wrappers.resolve_augmentations(aug_smooth)
   opts = resolve_options(spec, options)
-  target = _prepare(tap, x, target)
+  with _spatial.dims(taps_lib.spatial_dims(tap)):
+    target = _prepare(tap, x, target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
   under_jit = _is_traced((tap, x, target, traced))
@@ -557,7 +564,8 @@ def explain_many(
 ) -> dict[str, Explanation]:
   """Several methods from ONE shared pass: ``{name: Explanation}`` (default options each).
 
-  `methods`: names or `MethodSpec` rows, or None for every registered method that is not expensive. Methods are
+  `methods`: names or `MethodSpec` rows, or None for every registered method that is not expensive and can read
+  this tap (`MethodSpec.applies`: CAM needs a declared ``fc_layer``, LeGrad transformer blocks). Methods are
   grouped by what they need: the forward pass, the backward pass and every other need (`jaxcam.providers`) are
   computed once and shared, and each method is then a small function of them. A method whose cost grows with the
   layer's size or a sample count (exact derivatives, masked forwards, smoothing) is refused unless
@@ -568,7 +576,7 @@ def explain_many(
   if key is not None:
     key = check_key(key, method="explain_many")
   if methods is None:
-    specs = tuple(s for s in METHODS.values() if not s.expensive() and _runs_on_defaults(s, key))
+    specs = tuple(s for s in METHODS.values() if not s.expensive() and _runs_on_defaults(s, key) and s.applies(tap))
   else:
     specs = tuple(get_method(m) for m in methods)
     costly = [s for s in specs if s.expensive()]
@@ -589,7 +597,8 @@ def explain_many(
         f"{s.name} needs options (a key or an array) that explain_many does not pass; pass key= or use explain."
       )
   x, sequence = _sequence_input(tap, x)
-  target = _prepare(tap, x, target)
+  with _spatial.dims(taps_lib.spatial_dims(tap)):
+    target = _prepare(tap, x, target)
   under_jit = _is_traced((tap, x, target, key))
   with model_errors(x):
     out = _explain_many_jit(

@@ -140,7 +140,7 @@ def dff(
   if tap.multi:
     raise ValueError(f"Expected a one-layer tap for dff, got layers {tap.layer!r}.")
   shape = tap.activation_shape(x)
-  if len(shape.shape) != _spatial.FEATURE_RANK:
+  if len(shape.shape) != _spatial.feature_rank():
     raise ValueError(f"Expected layer {tap.layer!r} to give a feature map (B, h, w, C), got {shape.shape}.")
   if n_components > shape.shape[-1]:
     raise ValueError(

@@ -52,7 +52,7 @@ def _as_tuple(a: Any) -> tuple:
 def check_activations(tap, acts: tuple, x: jax.Array) -> None:
   """Raise a clear error if a tapped layer's output is not a feature map ``(B, h, w, C)``."""
   for name, a in zip(_as_tuple(tap.layer) if tap.multi else (tap.layer,), acts):
-    if getattr(a, "ndim", None) != _spatial.FEATURE_RANK or a.shape[0] != x.shape[0]:
+    if getattr(a, "ndim", None) != _spatial.feature_rank() or a.shape[0] != x.shape[0]:
       hint = (
         "Transformer tokens (B, N, D)? Pass layout=jaxcam.layouts.tokens(prefix=1) (the CLS count as prefix), or "
         "layout=a function value -> (B, h, w, C)."

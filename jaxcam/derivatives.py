@@ -121,7 +121,7 @@ def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
   tokens after reshaping the grid to a sequence (with a CLS token concatenated), through jit / remat /
   custom_jvp calls."""
   closed = jax.make_jaxpr(head_fn)(a)
-  return _only_spatial_sums(closed.jaxpr, [_spatial.BATCHED_FEATURE_AXES])[0]
+  return _only_spatial_sums(closed.jaxpr, [_spatial.batched_feature_axes()])[0]
 
 
 _PASS_THROUGH = {"convert_element_type", "copy", "copy_p"}
@@ -283,7 +283,7 @@ def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd
     check = jnp.zeros((), a.dtype)
   else:
     s2, s3 = _structured(f, a, chunk_size)  # (C, B, K)
-    spatial_ones = (None,) * _spatial.N_SPATIAL
+    spatial_ones = _spatial.spatial_ones()
     d2 = jnp.broadcast_to(
       jnp.moveaxis(s2, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s2.shape[2]) + per_image
     )

@@ -20,12 +20,13 @@ NORMALIZE_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image
 def combine(weights: jax.Array, activations: jax.Array) -> jax.Array:
   """Weighted sum over channels ``sum_k w_k A_k``.
 
-  weights ``(..., C)`` (channel) or ``(..., h, w, C)`` (spatial); activations ``(..., h, w, C)`` ->
-  ``(..., h, w)``.
+  weights ``(..., C)`` (channel) or ``(..., *spatial, C)`` (spatial); activations ``(..., *spatial, C)`` ->
+  ``(..., *spatial)``.
   """
   if weights.ndim == activations.ndim:
     return jnp.sum(weights * activations, axis=-1)
-  return jnp.einsum("...hwc,...c->...hw", activations, weights, precision=jax.lax.Precision.HIGHEST)
+  weights = weights[(Ellipsis,) + _spatial.spatial_ones() + (slice(None),)]
+  return jnp.einsum("...c,...c->...", activations, weights, precision=jax.lax.Precision.HIGHEST)
 
 
 def normalize(maps: jax.Array, *, eps: float = NORMALIZE_EPS) -> jax.Array:
@@ -39,16 +40,16 @@ def normalize(maps: jax.Array, *, eps: float = NORMALIZE_EPS) -> jax.Array:
 
 
 def upsample(maps: jax.Array, size: tuple[int, ...]) -> jax.Array:
-  """Bilinear resize of ``(..., h, w)`` maps to ``size = (H, W)``.
+  """Bilinear (trilinear for volumes) resize of ``(..., *spatial)`` maps to ``size`` (``(H, W)``, ``(D, H, W)``).
 
   ``jax.image.resize`` with ``antialias=False`` uses half-pixel centers, which matches torch's
   ``interpolate(mode="bilinear", align_corners=False)`` and ``cv2.resize`` (pytorch-grad-cam) when upsampling.
   """
   size = tuple(int(s) for s in size)
-  if _spatial.map_size(maps) == size:
+  lead = maps.shape[: maps.ndim - len(size)]
+  if maps.shape[len(lead) :] == size:
     return maps
-  lead = maps.shape[: maps.ndim - _spatial.N_SPATIAL]
-  return jax.image.resize(maps, lead + size, method="bilinear", antialias=False)
+  return jax.image.resize(maps, lead + size, method="linear", antialias=False)
 
 
 def fuse(maps: jax.Array, *, mode: str = "mean", normalized: bool = True, relu: bool = True) -> jax.Array:

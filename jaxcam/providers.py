@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxcam import _checks, _spatial, chunking, core, derivatives
 from jaxcam import targets as targets_lib
 from jaxcam._errors import UnknownNameError, check_key, unknown_name_message
-from jaxcam.methods import classic, perturbation
+from jaxcam.methods import attention, classic, perturbation
 
 __all__ = ["Provider", "PROVIDERS", "register_provider", "get_provider"]
 
@@ -37,7 +37,8 @@ class Provider:
   options: its keyword options with defaults. grads: whether it reads ``fwd.grads`` (then the shared pass includes
   the backward pass from the layer). single_layer: it refuses multi-layer taps. expensive: its cost grows with the
   layer's size (channels, positions) or a sample count rather than being a fixed number of passes. cost: what it
-  costs per image, in words.
+  costs per image, in words. applies: ``applies(tap) -> bool``, whether it can read this tap at all (``explain_many``
+  with ``methods=None`` leaves its rows out otherwise); None: every tap.
   """
 
   name: str
@@ -47,6 +48,7 @@ class Provider:
   single_layer: bool = False
   expensive: bool = False
   cost: str = ""
+  applies: Callable[[Any], bool] | None = None
 
 
 PROVIDERS: dict[str, Provider] = {}
@@ -125,6 +127,7 @@ for _p in (
     options=(("fc", None),),
     single_layer=True,
     cost="none (the Dense kernel; the head is checked on its jaxpr)",
+    applies=classic.declares_fc,
   ),
   Provider(
     "diagonals",
@@ -190,7 +193,7 @@ def input_baseline(tap, x, baseline: Any) -> jax.Array:
       f"Expected `baseline` to be a number, 'mean' or one value per input channel ({x.shape[-1]},), got shape "
       f"{tuple(b.shape)}."
     )
-  return b.reshape((1,) * _spatial.N_SPATIAL + (-1,)) if b.ndim == 1 else b
+  return b.reshape((1,) * _spatial.n() + (-1,)) if b.ndim == 1 else b
 
 
 def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, convention, baseline) -> tuple:
@@ -210,7 +213,7 @@ def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, 
     if top_n is None:
       chans = jnp.broadcast_to(jnp.arange(c), (b, c))
     else:  # Faster-Score-CAM: the channels with the largest spatial standard deviation
-      chans = jax.lax.top_k(jnp.std(a, axis=_spatial.BATCHED_FEATURE_AXES), top_n)[1]
+      chans = jax.lax.top_k(jnp.std(a, axis=_spatial.batched_feature_axes()), top_n)[1]
     n = chans.shape[1]
 
     def one(j, a=a, chans=chans, n=n, b=b):
@@ -224,8 +227,8 @@ def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, 
     scores = chunking.chunked_map(one, copies, chunk_size=chunk_size).reshape(num_samples, b, n, -1)
     scores = jnp.mean(scores, axis=0)  # (B, N, K)
     full = jnp.full((b, c, scores.shape[-1]), -jnp.inf, scores.dtype).at[jnp.arange(b)[:, None], chans].set(scores)
-    lo = jnp.min(a, axis=_spatial.BATCHED_FEATURE_AXES)
-    hi = jnp.max(a, axis=_spatial.BATCHED_FEATURE_AXES)
+    lo = jnp.min(a, axis=_spatial.batched_feature_axes())
+    hi = jnp.max(a, axis=_spatial.batched_feature_axes())
     full = jnp.where((hi == lo)[..., None], -jnp.inf, full)  # a constant channel masks nothing: weight 0
     out.append(jnp.moveaxis(full, -1, 1))  # (B, K, C)
   return tuple(out)
@@ -318,7 +321,7 @@ def _ablated_scores(tap, x, fwd, *, chunk_size=32):
 
   def one(j):
     bi, k = j // c, j % c
-    keep = (jnp.arange(c) != k).reshape((1,) * _spatial.N_SPATIAL + (c,))
+    keep = (jnp.arange(c) != k).reshape((1,) * _spatial.n() + (c,))
     ablated = jnp.where(keep, a[bi], perturbation.ablation_value(a[bi]))
     return _score_copy(tap.head(x[bi][None], ablated[None]), fwd, bi)
 
@@ -420,6 +423,13 @@ for _p in (
     single_layer=True,
     expensive=True,
     cost="1 pass through the head (from the layer on) per channel",
+  ),
+  Provider(
+    "attention_relevance",
+    attention.attention_relevance,
+    options=(("score", None),),
+    cost="1 forward pass and 1 backward pass per tapped block (each block's own score, from its attention on)",
+    applies=attention.reads_attention,
   ),
   Provider(
     "position_scores",

@@ -99,7 +99,7 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
   zeros = jnp.zeros_like(g)
   ex2, ex3 = gradient.gradcam_pp_derivative_terms(g, h, t, convention=convention)
   ap2, ap3 = gradient.gradcam_pp_derivative_terms(g, zeros, zeros, convention=convention)
-  feat = _spatial.FEATURE_AXES + (-1,)
+  feat = _spatial.feature_axes() + (-1,)
   alpha_ex = gradient.gradcam_pp_alpha(a, g, ex2, ex3, eps=eps)
   alpha_ap = gradient.gradcam_pp_alpha(a, g, ap2, ap3, eps=eps)
   w_ex = gradient.gradcam_pp_weights(a, g, eps=eps, second=ex2, third=ex3)
@@ -110,7 +110,7 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
     return postprocess.normalize(postprocess.upsample(postprocess.normalize(m), _spatial.image_size(x)))
 
   m_ex, m_ap = finish(w_ex), finish(w_ap)
-  axes = _spatial.MAP_AXES
+  axes = _spatial.map_axes()
   cos = jnp.sum(m_ex * m_ap, axes) / jnp.sqrt(jnp.sum(m_ex**2, axes) * jnp.sum(m_ap**2, axes) + 1e-30)
   flat_ex, flat_ap = _spatial.flatten_map(m_ex), _spatial.flatten_map(m_ap)
   squeeze = (lambda v: v[:, 0]) if not fwd.multi else (lambda v: v)

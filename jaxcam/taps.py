@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -45,6 +46,7 @@ __all__ = [
   "nnx_tap",
   "function_tap",
   "list_layers",
+  "suggest_layout",
   "format_path",
   "parse_path",
 ]
@@ -109,18 +111,46 @@ def _linen_aliases(parts: tuple[str, ...]) -> set[str]:
 
 
 class LayerInfo(NamedTuple):
-  """One entry of `list_layers`: the path, the output shape and the module type."""
+  """One entry of `list_layers`: the path, the output shape, the module type, the layout a tap on it would use (see
+  `suggest_layout`) and how many times it runs in one forward pass (a layer called more than once, e.g. inside
+  ``nn.scan``, cannot be tapped)."""
 
   path: str
   shape: tuple[int, ...] | None
   type: str
+  layout: str = ""
+  calls: int = 1
 
   def __str__(self) -> str:
-    return f"{self.path:<40s} {str(self.shape):<22s} {self.type}"
+    calls = f"  (called {self.calls}x: not tappable)" if self.calls > 1 else ""
+    return f"{self.path:<40s} {str(self.shape):<22s} {self.type:<28s} {self.layout}{calls}"
+
+
+def suggest_layout(shape: tuple[int, ...] | None) -> str:
+  """The layout a tap on a layer of output `shape` needs, in words (what `jaxcam layers` prints)."""
+  if shape is None:
+    return "pick(i): not an array (a tuple, dict or dataclass)"
+  if len(shape) == 4:
+    return "grid (default)"
+  if len(shape) == 5:
+    return "volume: input_layout='NDHWC'"
+  if len(shape) == 3:
+    n = shape[1]
+    for prefix in (1, 0, 2):
+      if n > prefix and math.isqrt(n - prefix) ** 2 == n - prefix:
+        return f"tokens(prefix={prefix}) or sequence: input_layout='NLC'"
+    return "sequence: input_layout='NLC' (or tokens(prefix, grid=(h, w)))"
+  return "no spatial axes"
 
 
 IdentityLayout = layouts_lib.Identity  # the default layout (kept under its first name)
-_INPUT_LAYOUTS = ("NHWC", "NCHW", "NLC")
+_INPUT_LAYOUTS = ("NHWC", "NCHW", "NLC", "NDHWC", "NCDHW")
+_VOLUMES = ("NDHWC", "NCDHW")
+
+
+def spatial_dims(tap: Any) -> int:
+  """The spatial axes of the inputs and feature maps inside jaxcam: 3 for volumes, else 2 (1-D travels as (L, 1))."""
+  return 3 if getattr(tap, "input_layout", "NHWC") in _VOLUMES else 2
 
 
 def _check_output_selector(output: Any) -> Any:
@@ -169,7 +199,7 @@ class Tap:
   def _model_input(self, x):
     """The pixels as the model takes them: the methods and maps stay channels-last (1-D inputs (B, L, C) travel
     as (B, L, 1, C) inside jaxcam)."""
-    if self.input_layout == "NCHW":
+    if self.input_layout in ("NCHW", "NCDHW"):
       return jnp.moveaxis(x, -1, 1)
     if self.input_layout == "NLC":
       return x[:, :, 0, :]
@@ -415,6 +445,61 @@ def _linen_module_path(tree, parts: tuple[str, ...]) -> list[str]:
   return keys
 
 
+def captured_calls(module, variables, x, filter: Any = True, **apply_kwargs) -> dict[str, tuple]:
+  """``{path: (value shapes, one per call)}`` of the submodule calls that Flax's ``capture_intermediates`` `filter`
+  selects (True: every ``__call__``; or ``(module, method_name) -> bool``), from one abstract trace (no FLOPs).
+  Methods other than ``__call__`` are listed as ``path.method``."""
+  found: dict[str, tuple] = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, tuple):
+        if prefix:
+          name = "/".join(prefix) + ("" if key == "__call__" else f".{key}")
+          found[name] = tuple(jax.tree.map(lambda v: v.shape, value, is_leaf=lambda v: hasattr(v, "shape")))
+      else:
+        walk(value, prefix + (key,))
+
+  def run(v, x):
+    return module.apply(v, x, capture_intermediates=filter, mutable=["intermediates"], **apply_kwargs)[1]
+
+  walk(jax.eval_shape(run, variables, x).get("intermediates", {}), ())
+  return found
+
+
+def _resolve_filters(module, variables, layer: Any, example: Any, apply_kwargs: dict) -> Any:
+  """`layer` with every capture_intermediates-style filter replaced by the one path it selects."""
+  items = layer if isinstance(layer, list) else [layer]
+  if not any(callable(item) for item in items):
+    return layer
+  if example is None:
+    raise ValueError(
+      "`layer` is a filter (module, method_name) -> bool: pass `example=` (an input or a jax.ShapeDtypeStruct) so "
+      "that linen_tap can run it once and resolve it to a path (then a new lambda never recompiles)."
+    )
+  out = []
+  for item in items:
+    if not callable(item):
+      out.append(item)
+      continue
+    calls = captured_calls(module, variables, example, item, **apply_kwargs)
+    paths = [p for p in calls if "." not in p]
+    if len(paths) != 1 or len(calls[paths[0]]) != 1:
+      detail = (
+        f"it selects {len(paths)}: {abbreviate(paths)}"
+        if len(paths) != 1
+        else f"{paths[0]!r} is called {len(calls[paths[0]])} times"
+      )
+      other = [p for p in calls if "." in p]
+      raise ValueError(
+        f"Expected the `layer` filter to select exactly one submodule __call__ that runs once, but {detail}"
+        + (f" (and methods other than __call__, which taps do not read: {abbreviate(other)})" if other else "")
+        + ". Narrow the filter, or pass a list of paths for a multi-layer tap."
+      )
+    out.append(paths[0])
+  return out if isinstance(layer, list) else out[0]
+
+
 def linen_tap(
   module,
   variables,
@@ -425,6 +510,7 @@ def linen_tap(
   layout: Any = None,
   output: Any = None,
   input_layout: str = "NHWC",
+  example: Any = None,
   **apply_kwargs,
 ) -> LinenTap:
   """A tap on any `flax.linen` module, at any depth, with no edits to the model.
@@ -432,8 +518,11 @@ def linen_tap(
   Args:
     module: the `flax.linen.Module` (unbound).
     variables: its variables, e.g. ``{"params": ..., "batch_stats": ...}`` (the tap's leaves).
-    layer: the submodule path ("layer4", "blocks/6", ("blocks", 6)), a list of paths for several layers, or
-      None for the model's ``default_layer`` attribute.
+    layer: the submodule path ("layer4", "blocks/6", ("blocks", 6)), a list of paths for several layers, None for
+      the model's ``default_layer`` attribute, or a Flax ``capture_intermediates``-style filter
+      ``(module, method_name) -> bool`` (also inside the list) that selects exactly one ``__call__``, e.g.
+      ``lambda m, n: isinstance(m, nn.Conv) and m.name == "conv_head"``; it runs once on `example` and is
+      replaced by the path it selects, so a new lambda never recompiles.
     where: "output" taps what the submodule returns; "input" taps its first positional argument (for tensors
       made by plain functions such as ``nn.relu`` that have no path of their own).
     method: passed to ``module.apply`` (a method or its name).
@@ -445,9 +534,15 @@ def linen_tap(
       (define it once: a fresh lambda per tap recompiles).
     input_layout: "NHWC" (default) or "NCHW" for models that take channels-first pixels (`x`, the maps and the
       CLI stay channels-last); "NLC" for 1-D models (sequences ``(B, L, C)``: `x` is ``(B, L, C)``, layers
-      ``(B, l, C)`` read through `layouts.sequence`, maps ``(B, L)``).
+      ``(B, l, C)`` read through `layouts.sequence`, maps ``(B, L)``); "NDHWC" (or channels-first "NCDHW") for
+      volumes and video: `x` is ``(B, D, H, W, C)``, layers ``(B, d, h, w, C)``, maps ``(B, D, H, W)`` (trilinear
+      upsampling).
+    example: an input (or ``jax.ShapeDtypeStruct``) to resolve filters in `layer` with; only read then.
     **apply_kwargs: static keyword arguments of the forward pass, e.g. ``train=False`` so that BatchNorm uses
       running statistics. No mutable collections: the model is evaluated in inference mode.
+
+  Flax's ``capture_intermediates`` reads what a submodule returns; a tap also replaces and perturbs it (the
+  gradient is taken w.r.t. a zero perturbation of that value), which is what every method needs.
 
   Returns:
     A `LinenTap`: ``tap(x, delta=None) -> (output, A)``, ``tap.head(x, A)``, ``tap.forward(x)``,
@@ -476,6 +571,8 @@ def linen_tap(
         f"with parameters: {abbreviate(_param_paths(variables))}. `jaxcam.list_layers(module, variables, x)` "
         "lists every path with its output shape."
       )
+  call_kwargs = dict(apply_kwargs, **({"method": method} if method is not None else {}))
+  layer = _resolve_filters(module, variables, layer, example, call_kwargs)
   layers, multi = _parse_layers(layer)
   return LinenTap(
     module,
@@ -727,24 +824,21 @@ def list_layers(module, variables=None, x=None, **apply_kwargs) -> list[LayerInf
     raise TypeError(f"Expected a flax.linen.Module or an nnx.Module, got {type(module).__name__}.")
   if x is None:
     raise TypeError("`list_layers(module, variables, x)` needs an example input `x` for linen modules.")
-  found: dict[str, LayerInfo] = {}
-  order: dict[str, int] = {}
+  types: dict[str, str] = {}
 
-  def interceptor(next_fun, args, kwargs, context):
-    if context.method_name != "__call__" or not context.module.path:
-      return next_fun(*args, **kwargs)
-    p = format_path(context.module.path)
-    order.setdefault(p, len(order))  # call order: parents before their children
-    y = next_fun(*args, **kwargs)
-    found.setdefault(p, LayerInfo(p, _shape_of(y), type(context.module).__name__))
-    return y
+  def interceptor(next_fun, args, kwargs, context):  # call order (parents first) and module types
+    if context.method_name == "__call__" and context.module.path:
+      types.setdefault(format_path(context.module.path), type(context.module).__name__)
+    return next_fun(*args, **kwargs)
 
-  def run(v, x):
-    with nn.intercept_methods(interceptor):
-      return module.apply(v, x, **apply_kwargs)
-
-  jax.eval_shape(run, variables, x)
-  return sorted(found.values(), key=lambda info: order[info.path])
+  with nn.intercept_methods(interceptor):
+    calls = captured_calls(module, variables, x, True, **apply_kwargs)  # Flax's own capture_intermediates
+  out = []
+  for p, t in types.items():
+    shapes = calls.get(p, (None,))
+    shape = shapes[0] if isinstance(shapes[0], tuple) and all(isinstance(d, int) for d in shapes[0]) else None
+    out.append(LayerInfo(p, shape, t, suggest_layout(shape), len(shapes)))
+  return out
 
 
 def _list_nnx(model, x) -> list[LayerInfo]:

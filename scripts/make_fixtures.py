@@ -542,6 +542,43 @@ def make_targets() -> dict[str, np.ndarray]:
   return _as_fixture(out)
 
 
+LEGRAD_VIT = dict(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=24, num_classes=5)
+
+
+def make_legrad() -> dict[str, np.ndarray]:
+  """torchcam's LeGrad on a small torchvision VisionTransformer (seeded weights, stored with the fixture): the last
+  block alone and the last two blocks, for class ids and each image's top class."""
+  from torchcam.methods import LeGrad
+  from torchvision.models import VisionTransformer
+
+  torch.manual_seed(0)
+  model = VisionTransformer(**LEGRAD_VIT).eval()
+  with torch.no_grad():  # non-trivial LayerNorms, class token and positions (torchvision initialises them flat)
+    for name, p in model.named_parameters():
+      if name.endswith(("ln_1.weight", "ln_2.weight", "ln.weight")):
+        p.copy_(1 + 0.2 * torch.randn_like(p))
+      elif name.endswith(("class_token", "pos_embedding")) or "bias" in name:
+        p.copy_(0.3 * torch.randn_like(p))
+      elif name == "heads.head.weight":
+        p.copy_(0.5 * torch.randn_like(p))
+  out = {f"w/{k}": v.numpy() for k, v in model.state_dict().items()}
+  x = torch.randn(2, 3, 32, 32)
+  out["x"] = nhwc(x.numpy())
+  ids = [1, 4]
+  out["ids"] = np.array(ids)
+  for tag, layers in (("last", ["encoder.layers.encoder_layer_2"]),
+                      ("two", ["encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_2"])):  # fmt: skip
+    with LeGrad(model, layers) as cam:
+      scores = model(x)
+      out[f"{tag}_ids"] = cam(ids, scores)[0].detach().numpy()
+    with LeGrad(model, layers) as cam:
+      scores = model(x)
+      top = scores.argmax(1).tolist()
+      out[f"{tag}_top"] = cam(top, scores)[0].detach().numpy()
+  out["logits"] = model(x).detach().numpy()
+  return _as_fixture(out)
+
+
 def _pil_224(img: np.ndarray, size: int = 224) -> np.ndarray:
   from PIL import Image
 
@@ -634,6 +671,7 @@ SECTIONS = {
   "metrics": make_metrics,
   "road": make_road,
   "targets": make_targets,
+  "legrad": make_legrad,
   "efficientnet_lite0": make_efficientnet_lite0,
   "converters": make_converters,
   "checkpoints": make_checkpoints,

@@ -199,3 +199,94 @@ class DictOutput(nn.Module):
     a = ConvBlock(5, name="features")(x)
     pooled = jnp.mean(a, axis=(1, 2))
     return {"logits": nn.Dense(4, name="fc")(pooled), "embedding": pooled}
+
+
+# ------------------------------------------------------------------------------------------------ torchvision ViT
+
+
+class TvEncoderBlock(nn.Module):
+  """torchvision's ``EncoderBlock``: pre-norm attention and MLP, each with a residual."""
+
+  num_heads: int
+  mlp_dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(epsilon=1e-6, name="ln_1")(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="self_attention")(y, y)
+    y = nn.LayerNorm(epsilon=1e-6, name="ln_2")(x)
+    y = nn.Dense(x.shape[-1], name="mlp_3")(nn.gelu(nn.Dense(self.mlp_dim, name="mlp_0")(y), approximate=False))
+    return x + y
+
+
+class TvViT(nn.Module):
+  """torchvision's ``VisionTransformer`` in linen (channels-last pixels), for weights converted by `tv_vit_params`.
+
+  Submodules come from setup() so that `legrad_score` (torchcam's LeGrad projection ``heads(ln(tokens.mean(1)))``)
+  can call the final norm and head on any block's tokens."""
+
+  patch_size: int
+  num_layers: int
+  num_heads: int
+  hidden_dim: int
+  mlp_dim: int
+  num_classes: int
+  num_patches: int
+
+  def setup(self):
+    p, d = self.patch_size, self.hidden_dim
+    self.conv_proj = nn.Conv(d, (p, p), strides=p, padding="VALID")
+    self.class_token = self.param("class_token", nn.initializers.zeros, (1, 1, d))
+    self.pos_embedding = self.param("pos_embedding", nn.initializers.normal(0.02), (1, self.num_patches + 1, d))
+    self.layers = [TvEncoderBlock(self.num_heads, self.mlp_dim) for _ in range(self.num_layers)]
+    self.ln = nn.LayerNorm(epsilon=1e-6)
+    self.head = nn.Dense(self.num_classes)
+
+  def __call__(self, x):
+    x = self.conv_proj(x)
+    b = x.shape[0]
+    x = x.reshape(b, -1, x.shape[-1])
+    x = jnp.concatenate([jnp.broadcast_to(self.class_token, (b, 1, x.shape[-1])), x], axis=1) + self.pos_embedding
+    for block in self.layers:
+      x = block(x)
+    return self.head(self.ln(x)[:, 0])
+
+  def legrad_score(self, tokens):
+    return self.head(self.ln(tokens.mean(axis=1)))
+
+
+def tv_vit_params(sd: dict, num_layers: int, num_heads: int) -> dict:
+  """torchvision ViT state dict (numpy arrays) -> TvViT params."""
+  dense = lambda w, b: {"kernel": w.T, "bias": b}
+  ln = lambda w, b: {"scale": w, "bias": b}
+  d = sd["conv_proj.weight"].shape[0]
+  hd = d // num_heads
+  params = {
+    "conv_proj": {"kernel": sd["conv_proj.weight"].transpose(2, 3, 1, 0), "bias": sd["conv_proj.bias"]},
+    "class_token": sd["class_token"],
+    "pos_embedding": sd["encoder.pos_embedding"],
+    "ln": ln(sd["encoder.ln.weight"], sd["encoder.ln.bias"]),
+    "head": dense(sd["heads.head.weight"], sd["heads.head.bias"]),
+  }
+  for i in range(num_layers):
+    pre = f"encoder.layers.encoder_layer_{i}."
+    w, bias = sd[pre + "self_attention.in_proj_weight"], sd[pre + "self_attention.in_proj_bias"]
+    attn = {
+      name: {
+        "kernel": w[j * d : (j + 1) * d].T.reshape(d, num_heads, hd),
+        "bias": bias[j * d : (j + 1) * d].reshape(num_heads, hd),
+      }
+      for j, name in enumerate(("query", "key", "value"))
+    }
+    attn["out"] = {
+      "kernel": sd[pre + "self_attention.out_proj.weight"].T.reshape(num_heads, hd, d),
+      "bias": sd[pre + "self_attention.out_proj.bias"],
+    }
+    params[f"layers_{i}"] = {
+      "ln_1": ln(sd[pre + "ln_1.weight"], sd[pre + "ln_1.bias"]),
+      "self_attention": attn,
+      "ln_2": ln(sd[pre + "ln_2.weight"], sd[pre + "ln_2.bias"]),
+      "mlp_0": dense(sd[pre + "mlp.0.weight"], sd[pre + "mlp.0.bias"]),
+      "mlp_3": dense(sd[pre + "mlp.3.weight"], sd[pre + "mlp.3.bias"]),
+    }
+  return {"params": params}

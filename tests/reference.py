@@ -64,23 +64,30 @@ def minmax(m, eps=1e-7):
   return m / (m.max(axis=(-2, -1), keepdims=True) + eps)
 
 
+def _axis_weights(n_in, n_out):
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  src = np.clip(src, 0, n_in - 1)
+  lo = np.floor(src).astype(int)
+  hi = np.minimum(lo + 1, n_in - 1)
+  t = src - lo
+  mat = np.zeros((n_out, n_in))
+  mat[np.arange(n_out), lo] += 1 - t
+  mat[np.arange(n_out), hi] += t
+  return mat
+
+
 def bilinear(m, size):
   """Half-pixel-centre bilinear resize of (..., h, w) maps (cv2 / torch align_corners=False, upsampling)."""
   h, w = m.shape[-2:]
   H, W = size
+  return np.einsum("Hh,...hw,Ww->...HW", _axis_weights(h, H), m, _axis_weights(w, W))
 
-  def axis_weights(n_in, n_out):
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    t = src - lo
-    mat = np.zeros((n_out, n_in))
-    mat[np.arange(n_out), lo] += 1 - t
-    mat[np.arange(n_out), hi] += t
-    return mat
 
-  return np.einsum("Hh,...hw,Ww->...HW", axis_weights(h, H), m, axis_weights(w, W))
+def trilinear(m, size):
+  """Half-pixel-centre trilinear resize of (..., d, h, w) volumes (torch's interpolate(mode='trilinear'))."""
+  d, h, w = m.shape[-3:]
+  D, H, W = size
+  return np.einsum("Dd,Hh,...dhw,Ww->...DHW", _axis_weights(d, D), _axis_weights(h, H), m, _axis_weights(w, W))
 
 
 def postprocess(raw, size):

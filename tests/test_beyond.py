@@ -13,6 +13,7 @@ import pytest
 
 import jaxcam
 from jaxcam import targets
+from tests import reference
 from tests.conftest import FIXTURES
 
 
@@ -404,3 +405,185 @@ def test_one_dimensional_model_maps_have_the_input_length():
   assert maps["layercam"].maps.shape == (3, 32) and maps["gradcam"].feature_sizes == ((16,),)
   with pytest.raises(ValueError, match=r"\(B, L, C\) for a tap with input_layout='NLC'"):
     jaxcam.gradcam(tap, x[:, :, None, :])
+
+
+# ------------------------------------------------------------------------------------------------ 3-D models
+
+
+class Net3d(nn.Module):
+  channels_first: bool = False
+  fc_layer = "fc"  # CAM's Dense layer (jaxcam reads this attribute)
+
+  @nn.compact
+  def __call__(self, x):  # (B, D, H, W, C), or (B, C, D, H, W)
+    if self.channels_first:
+      x = jnp.moveaxis(x, 1, -1)
+    x = nn.relu(nn.Conv(6, (3, 3, 3), name="conv1")(x))
+    x = Conv3dBlock(name="block")(x)
+    return nn.Dense(4, name="fc")(x.mean(axis=(1, 2, 3)))
+
+
+class Conv3dBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(8, (3, 3, 3), strides=2, name="conv")(x))
+
+
+@pytest.fixture(scope="module")
+def net3d():
+  module = Net3d()
+  x = jax.random.normal(jax.random.key(0), (2, 6, 10, 8, 2))
+  return module, module.init(jax.random.key(1), x), x
+
+
+def test_volume_gradcam_matches_a_hand_computation_with_trilinear_upsampling(net3d):
+  module, variables, x = net3d
+  ids = np.array([1, 3])
+  tap = jaxcam.linen_tap(module, variables, "block", input_layout="NDHWC")
+
+  def logits_with(delta):
+    def icpt(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      return out + delta if context.module.name == "block" else out
+
+    with nn.intercept_methods(icpt):
+      return module.apply(variables, x)
+
+  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  a = np.asarray(state["intermediates"]["block"]["__call__"][0])  # (B, 3, 5, 4, 8)
+  g = np.asarray(jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(2), ids]))(jnp.zeros(a.shape)))
+  raw = np.sum(g.mean(axis=(1, 2, 3), keepdims=True) * a, axis=-1)
+  ex = jaxcam.explain("gradcam", tap, x, ids)
+  assert ex.maps.shape == (2, 6, 10, 8) and ex.feature_sizes == ((3, 5, 4),)
+  mm = lambda m: (m - m.min(axis=(1, 2, 3), keepdims=True)) / (np.ptp(m, axis=(1, 2, 3), keepdims=True) + 1e-7)
+  expected = mm(np.maximum(reference.trilinear(mm(np.maximum(raw, 0)), (6, 10, 8)), 0))
+  np.testing.assert_allclose(ex.maps, expected, rtol=1e-4, atol=1e-5)
+  raw_maps = jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False)
+  np.testing.assert_allclose(raw_maps, np.maximum(raw, 0), atol=1e-6)
+  # channels-first volumes: the same maps, still channels-last on jaxcam's side
+  cf = Net3d(channels_first=True)
+  tap_cf = jaxcam.linen_tap(cf, variables, "block", input_layout="NCDHW")
+  np.testing.assert_allclose(jaxcam.gradcam(tap_cf, x, ids), ex.maps, atol=1e-6)
+  with pytest.raises(ValueError, match=r"rank 5 \(B, D, H, W, C\)"):
+    jaxcam.gradcam(tap, x[0])
+  with pytest.raises(ValueError, match="input_layout='NDHWC'"):
+    jaxcam.gradcam(jaxcam.linen_tap(module, variables, "block"), x)
+
+
+def test_volume_methods_run_and_recipro_cam_uses_the_3d_kernel(net3d):
+  module, variables, x = net3d
+  tap = jaxcam.linen_tap(module, variables, "block", input_layout="NDHWC")
+  out = jaxcam.explain_many(None, tap, x, key=jax.random.key(0))
+  assert len(out) >= 10 and all(ex.maps.shape == (2, 6, 10, 8) for ex in out.values()), {
+    k: v.maps.shape for k, v in out.items()
+  }
+  assert all(bool(jnp.all(jnp.isfinite(ex.maps))) for ex in out.values())
+  cam = jaxcam.cam(tap, x, normalize=False, upsample=False)
+  np.testing.assert_allclose(cam, jaxcam.gradcam(tap, x, normalize=False, upsample=False) * 60, rtol=1e-4, atol=1e-5)
+  # Recipro-CAM's neighbourhood in 3-D: the outer product of [1, 2, 1] / 4 along each axis, clipped at the border
+  a = jax.random.normal(jax.random.key(2), (3, 5, 4, 2))
+  from jaxcam.methods import perturbation
+
+  with jaxcam._spatial.dims(3):
+    feats = np.asarray(perturbation.reciprocam_features(a, jnp.asarray(np.ravel_multi_index((0, 2, 3), (3, 5, 4)))))
+  k = np.zeros((3, 5, 4))
+  for dd, dh, dw in np.ndindex(3, 3, 3):
+    i, j, m = dd - 1, 2 + dh - 1, 3 + dw - 1
+    if 0 <= i < 3 and 0 <= j < 5 and 0 <= m < 4:
+      k[i, j, m] = [1, 2, 1][dd] * [1, 2, 1][dh] * [1, 2, 1][dw] / 64
+  np.testing.assert_allclose(feats, k[..., None] * np.asarray(a)[0, 2, 3], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ LeGrad
+
+
+@pytest.fixture(scope="module")
+def tv_vit():
+  from tests.models import TvViT, tv_vit_params
+
+  data = dict(np.load(os.path.join(FIXTURES, "legrad.npz")))
+  sd = {k[2:]: v for k, v in data.items() if k.startswith("w/")}
+  module = TvViT(patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=24, num_classes=5, num_patches=16)
+  variables = jax.tree.map(jnp.asarray, tv_vit_params(sd, num_layers=3, num_heads=2))
+  return module, variables, data
+
+
+def test_legrad_matches_torchcam(tv_vit):
+  module, variables, data = tv_vit
+  x, ids = jnp.asarray(data["x"]), data["ids"]
+  np.testing.assert_allclose(module.apply(variables, x), data["logits"], rtol=1e-4, atol=1e-5)
+  tokens = jaxcam.layouts.tokens(prefix=1)
+  for tag, layers in (("last", "layers_2"), ("two", ["layers_1", "layers_2"])):
+    tap = jaxcam.linen_tap(module, variables, layers, layout=tokens)
+    np.testing.assert_allclose(jaxcam.legrad(tap, x, ids, upsample=False), data[f"{tag}_ids"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jaxcam.legrad(tap, x, upsample=False), data[f"{tag}_top"], rtol=1e-4, atol=1e-5)
+  up = jaxcam.legrad(jaxcam.linen_tap(module, variables, "layers_2", layout=tokens), x, ids)
+  assert up.shape == (2, 32, 32)
+  # a `score` method given explicitly equals the module's legrad_score
+  tap = jaxcam.linen_tap(module, variables, "layers_2", layout=tokens)
+  np.testing.assert_allclose(
+    jaxcam.legrad(tap, x, ids, upsample=False, score=type(module).legrad_score), data["last_ids"], rtol=1e-4, atol=1e-5
+  )
+
+
+def test_legrad_errors_and_explain_many(tv_vit, vit):
+  module, variables, data = tv_vit
+  x = jnp.asarray(data["x"])
+  with pytest.raises(ValueError, match=r"layout=jaxcam.layouts.tokens"):
+    jaxcam.legrad(jaxcam.linen_tap(module, variables, "conv_proj"), x)
+  with pytest.raises(ValueError, match="No nn.MultiHeadDotProductAttention ran inside"):
+    jaxcam.legrad(jaxcam.linen_tap(module, variables, "layers_2/ln_2", layout=jaxcam.layouts.tokens()), x)
+  vit_module, vit_variables, vx = vit
+  with pytest.raises(ValueError, match="define a method `legrad_score`"):
+    jaxcam.legrad(jaxcam.linen_tap(vit_module, vit_variables, "block1", layout=jaxcam.layouts.tokens()), vx)
+  # explain_many(None) runs LeGrad on token taps and leaves it out elsewhere
+  tap = jaxcam.linen_tap(module, variables, "layers_1", layout=jaxcam.layouts.tokens())
+  assert "legrad" in jaxcam.explain_many(None, tap, x)
+  assert "legrad" not in jaxcam.explain_many(None, jaxcam.linen_tap(module, variables, "conv_proj"), x)
+
+
+# ------------------------------------------------------------------------------------------------ capture filters
+
+
+def test_layer_filters_resolve_to_one_path_and_list_layers_reads_capture_intermediates(vit):
+  module, variables, x = vit
+  pick_block1 = lambda mdl, name: isinstance(mdl, Block) and mdl.name == "block1"
+  tap = jaxcam.linen_tap(module, variables, pick_block1, example=x, layout=jaxcam.layouts.tokens())
+  assert tap.layer == "block1"
+  by_path = jaxcam.linen_tap(module, variables, "block1", layout=jaxcam.layouts.tokens())
+  np.testing.assert_allclose(jaxcam.gradcam(tap, x), jaxcam.gradcam(by_path, x), atol=1e-6)
+  multi = jaxcam.linen_tap(
+    module, variables, ["block0", pick_block1], example=jax.ShapeDtypeStruct(x.shape, x.dtype),
+    layout=jaxcam.layouts.tokens(),
+  )  # fmt: skip
+  assert multi.layer == ("block0", "block1")
+  with pytest.raises(ValueError, match=r"exactly one submodule __call__ .* it selects 2: block0, block1"):
+    jaxcam.linen_tap(module, variables, lambda mdl, name: isinstance(mdl, Block), example=x)
+  with pytest.raises(ValueError, match="pass `example=`"):
+    jaxcam.linen_tap(module, variables, pick_block1)
+  # list_layers: shapes from Flax's capture_intermediates, call order and types from the calls, a layout hint
+  infos = {i.path: i for i in jaxcam.list_layers(module, variables, x)}
+  assert list(infos)[:2] == ["embed", "block0"]
+  assert infos["block0"].shape == (2, 17, 16) and infos["block0"].type == "Block"
+  assert infos["block0"].layout.startswith("tokens(prefix=1)") and infos["embed"].layout == "grid (default)"
+  assert infos["head"].layout == "no spatial axes" and "tokens(prefix=1)" in str(infos["block0"])
+  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  assert infos["block1/MultiHeadDotProductAttention_0"].shape == (
+    state["intermediates"]["block1"]["MultiHeadDotProductAttention_0"]["__call__"][0].shape
+  )
+
+
+def test_a_module_called_once_per_scan_step_is_listed_as_such():
+  class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      body = nn.scan(lambda m, c, _: (m(c), None), variable_broadcast="params", split_rngs={"params": False}, length=3)
+      y, _ = body(nn.Dense(4, name="step"), x, None)
+      return nn.Dense(2, name="out")(y)
+
+  x = jnp.ones((2, 4))
+  module = Scanned()
+  variables = module.init(jax.random.key(0), x)
+  infos = {i.path: i for i in jaxcam.list_layers(module, variables, x)}
+  assert infos["out"].calls == 1 and infos["out"].shape == (2, 2)
+  assert "step" in infos and "not tappable" not in str(infos["out"])

@@ -245,7 +245,8 @@ def test_explain_many_shares_one_pass_and_equals_explain(net):
   many = jaxcam.explain_many(None, tap, x, target=t)
   keyed = {s.name for s in jaxcam.METHODS.values() if "key" in s.defaults()}  # a key must be passed: explain only
   assert "randomcam" in keyed and "finercam" in many and "refinecam" in many
-  assert set(many) == {s.name for s in jaxcam.METHODS.values() if not s.expensive()} - keyed
+  assert set(many) == {s.name for s in jaxcam.METHODS.values() if not s.expensive() and s.applies(tap)} - keyed
+  assert "legrad" not in many and "cam" in many  # LeGrad reads transformer blocks; this net declares fc_layer
   with pytest.raises(ValueError, match="randomcam needs options"):
     jaxcam.explain_many(["gradcam", "randomcam"], tap, x, target=t)
   key = jax.random.key(7)  # a key lets the keyed cheap rows share the pass too
@@ -269,6 +270,10 @@ def test_every_method_on_nnx_and_function_taps(net, kind, name):
   taps, variables, x, t = net
   opts = {"fc": variables["params"]["fc"]["kernel"]} if name == "cam" and kind == "function" else {}
   opts.update(light_options(name))
+  if not jaxcam.get_method(name).applies(taps["linen"]):  # LeGrad: linen transformer blocks only
+    with pytest.raises(ValueError, match="flax.linen attention"):
+      jaxcam.explain(name, taps[kind], x, target=t, **opts)
+    return
   expected = jaxcam.explain(name, taps["linen"], x, target=t, **light_options(name)).maps
   maps = jaxcam.explain(name, taps[kind], x, target=t, **opts).maps
   np.testing.assert_allclose(maps, expected, atol=1e-5)
@@ -354,7 +359,7 @@ def test_taps_targets_and_diagonals_are_registered_dataclasses(net):
 
 def test_every_registered_method_has_an_independent_reference():
   """A new method fails here until a numpy formula, a peer fixture or a brute-force check covers it."""
-  from tests import test_derivatives, test_family, test_methods, test_parity, test_perturbation
+  from tests import test_beyond, test_derivatives, test_family, test_methods, test_parity, test_perturbation
 
   numpy_pipeline = set(test_methods.REF_RAW) | {"reciprocam", "iscam", "sscam"}  # against numpy formulas / loops
   peer_fixtures = set(test_parity.PGC) | {"cam", "scorecam", "ablationcam", "sscam", "iscam"}  # pgc / torchcam
@@ -384,6 +389,7 @@ def test_every_registered_method_has_an_independent_reference():
   # a baseline: keyed uniform weights, checked for range, determinism and batch independence (no formula to match)
   exceptions: dict[str, str] = {"randomcam": "test_family.test_randomcam_is_keyed_uniform_and_batch_independent"}
   assert hasattr(test_family, exceptions["randomcam"].split(".")[1])
-  covered = numpy_pipeline | peer_fixtures | brute_force | set(family) | set(exceptions)
+  assert hasattr(test_beyond, "test_legrad_matches_torchcam")  # torchcam's LeGrad on a torchvision ViT
+  covered = numpy_pipeline | peer_fixtures | brute_force | set(family) | set(exceptions) | {"legrad"}
   missing = sorted(set(jaxcam.method_names()) - covered)
   assert not missing, f"methods without an independent reference: {missing}"

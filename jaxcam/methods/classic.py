@@ -155,6 +155,15 @@ def resolve_fc(tap, fc: Any) -> tuple[jax.Array, jax.Array | None]:
   raise ValueError("CAM on a function_tap needs `fc=` as a (C, classes) kernel array.")
 
 
+def declares_fc(tap) -> bool:
+  """Whether CAM finds the Dense layer without `fc=` (the model declares ``fc_layer``)."""
+  try:
+    resolve_fc(tap, None)
+  except ValueError:  # LayerNotFoundError too
+    return False
+  return True
+
+
 def fem_weights(activations: jax.Array, /, *, k: float = 2.0) -> jax.Array:
   """FEM channel weights: the fraction of positions where a channel exceeds its k-sigma threshold.
 
@@ -182,4 +191,4 @@ def randomcam_weights(activations: jax.Array, /, *, key: jax.Array | None = None
   key = check_key(key, method="randomcam")
   c = activations.shape[-1]
   w = jax.random.uniform(key, (c,), activations.dtype, minval=-1.0, maxval=1.0)
-  return jnp.broadcast_to(w, activations.shape[:-3] + (c,))
+  return jnp.broadcast_to(w, activations.shape[: -_spatial.n() - 1] + (c,))

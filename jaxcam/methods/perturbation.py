@@ -40,7 +40,7 @@ __all__ = [
 
 SCORECAM_CONVENTIONS = ("pgc", "torchcam")
 MASK_EPS = 1e-8  # both peers' min-max epsilon for Score-CAM masks
-RECIPRO_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+RECIPRO_KERNEL_1D = np.array([1.0, 2.0, 1.0]) / 4.0  # Recipro-CAM's 3x3 kernel is its outer product
 
 
 def _corner_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -59,12 +59,15 @@ def _corner_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def upsample_align_corners(maps: jax.Array, size: tuple[int, ...]) -> jax.Array:
-  """Bilinear resize of ``(..., h, w)`` with aligned corners: ``torch.nn.UpsamplingBilinear2d`` (pytorch-grad-cam's
-  Score-CAM masks), unlike `jaxcam.postprocess.upsample` (half-pixel centres) used for maps."""
-  h, w = _spatial.map_size(maps)
-  rows = jnp.asarray(_corner_matrix(h, size[0]), maps.dtype)
-  cols = jnp.asarray(_corner_matrix(w, size[1]), maps.dtype)
-  return jnp.einsum("Hh,...hw,Ww->...HW", rows, maps, cols, precision=jax.lax.Precision.HIGHEST)
+  """Bilinear (trilinear for volumes) resize of ``(..., *spatial)`` with aligned corners:
+  ``torch.nn.UpsamplingBilinear2d`` (pytorch-grad-cam's Score-CAM masks), unlike `jaxcam.postprocess.upsample`
+  (half-pixel centres) used for maps. One interpolation matrix per spatial axis."""
+  lead = maps.ndim - len(size)
+  for axis, n_out in enumerate(size):
+    mat = jnp.asarray(_corner_matrix(maps.shape[lead + axis], n_out), maps.dtype)  # (n_out, n_in)
+    moved = jnp.moveaxis(maps, lead + axis, -1)
+    maps = jnp.moveaxis(jnp.matmul(moved, mat.T, precision=jax.lax.Precision.HIGHEST), -1, lead + axis)
+  return maps
 
 
 def _min_max(m: jax.Array, eps: float) -> jax.Array:
@@ -171,17 +174,21 @@ def ablationcam_weights(activations: jax.Array, ablated_scores: jax.Array, score
 
 
 def reciprocam_features(activations: jax.Array, position: jax.Array) -> jax.Array:
-  """Recipro-CAM's feature map for one image ``(h, w, C)`` and one flat position: zero except the 3x3
-  neighbourhood of that position, which holds the *centre* feature vector times the Gaussian kernel
-  ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` (clipped at the borders), as the authors' code does."""
-  h, w = _spatial.feature_size(activations)
-  i, j = position // w, position % w
-  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  di, dj = rows - i, cols - j
-  near = (jnp.abs(di) <= 1) & (jnp.abs(dj) <= 1)
-  kernel = jnp.asarray(RECIPRO_KERNEL, activations.dtype)[jnp.clip(di + 1, 0, 2), jnp.clip(dj + 1, 0, 2)]
-  weight = jnp.where(near, kernel, jnp.zeros_like(kernel))  # (h, w)
-  return weight[..., None] * activations[i, j][None, None, :]
+  """Recipro-CAM's feature map for one image ``(*spatial, C)`` and one flat position: zero except the 3x3 (3x3x3
+  for volumes) neighbourhood of that position, which holds the *centre* feature vector times the Gaussian kernel
+  ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` (the outer product of ``[1, 2, 1] / 4`` per axis; clipped at the
+  borders), as the authors' code does."""
+  size = _spatial.feature_size(activations)
+  centre = jnp.unravel_index(position, size)
+  taps_1d = jnp.asarray(RECIPRO_KERNEL_1D, activations.dtype)
+  weight = jnp.ones((), activations.dtype)
+  for axis, (n, c) in enumerate(zip(size, centre)):
+    d = jnp.arange(n) - c
+    along = jnp.where(jnp.abs(d) <= 1, taps_1d[jnp.clip(d + 1, 0, 2)], 0.0)  # (n,)
+    shape = [1] * len(size)
+    shape[axis] = n
+    weight = weight * along.reshape(shape)
+  return weight[..., None] * activations[centre][(None,) * len(size)]
 
 
 def reciprocam_map(activations: jax.Array, position_scores: jax.Array, /) -> jax.Array:

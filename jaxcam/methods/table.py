@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxcam._errors import UnknownNameError, unknown_name_message
-from jaxcam.methods import classic, factorization, gradient, perturbation
+from jaxcam.methods import attention, classic, factorization, gradient, perturbation
 
 __all__ = ["MethodSpec", "METHODS", "OUTPUTS", "get_method", "method_names", "register_method"]
 
@@ -39,7 +39,8 @@ class MethodSpec:
   depends on the target. differentiable: whether maps are meant to be differentiated (the Eigen methods are not).
   fuse: ``fuse(maps, size=, options=, normalize=, relu=, upsample=)`` replaces the upsampling and layer fusion:
   it gets each layer's post-processed map at layer resolution (a list of ``(B, K, h, w)``) and returns
-  ``(B, K, H, W)`` (see `jaxcam.refine`).
+  ``(B, K, H, W)`` (see `jaxcam.refine`). normalize_layers: whether each layer's map is min-max normalized before
+  the layers are fused (False: raw maps are averaged, then normalized once, as LeGrad does).
   """
 
   name: str
@@ -57,6 +58,7 @@ class MethodSpec:
   fuse: Callable[..., Any] | None = None
   aliases: tuple[str, ...] = ()
   title: str = ""
+  normalize_layers: bool = True
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -87,6 +89,11 @@ class MethodSpec:
     extra = getattr(self.inputs, "options", ())
     out.update(extra)
     return out
+
+  def applies(self, tap: Any) -> bool:
+    """Whether every provider of this row can read `tap` (LeGrad needs transformer blocks; CAM a declared Dense
+    layer); ``explain_many(None, ...)`` runs only such rows."""
+    return all(p.applies is None or p.applies(tap) for p in self._providers())
 
   def expensive(self, options: Mapping[str, Any] | None = None) -> bool:
     """Whether its cost grows with the layer's size or a sample count (explain_many runs it only if asked)."""
@@ -249,6 +256,15 @@ for _spec in [
     needs=("ablated_scores", "scores"),
     aliases=("ablation_cam",),
     title="Ablation-CAM",
+  ),
+  MethodSpec(
+    "legrad",
+    attention.legrad_map,
+    "map",
+    needs=("attention_relevance",),
+    normalize_layers=False,
+    aliases=("le_grad",),
+    title="LeGrad",
   ),
   MethodSpec(
     "reciprocam",
