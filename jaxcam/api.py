@@ -68,7 +68,10 @@ def check_images(x: Any, *, argname: str = "x") -> None:
   if len(shape) != rank:
     hint = " Add a batch axis: x[None]." if len(shape) == rank - 1 else ""
     if rank == 4 and len(shape) == 5:
-      hint = " Volumes need a tap with input_layout='NDHWC' (or 'NCDHW')."
+      hint = (
+        " Volumes need a tap with input_layout='NDHWC' (or 'NCDHW'); SESS, FullGrad and the batch streamers take "
+        "2-D images only."
+      )
     raise ValueError(f"Expected `{argname}` of rank {rank} {what}, got shape {tuple(shape)}.{hint}")
   if shape[1] in (1, 3, 4) and all(s > 4 for s in shape[2:-1]):
     raise ValueError(

@@ -6,6 +6,7 @@ how a perturbed or replaced grid goes back into the model.
 - `tokens(prefix=1, grid=None)`: transformer tokens ``(B, P + N, D)``: the P prefix tokens (CLS, distillation,
   registers) are dropped, the N patch tokens laid out on a square grid (or ``grid=(h, w)``); downstream the prefix
   is kept as it was and the patch tokens come from the grid.
+- `channels_first()`: a ``(B, C, h, w)`` layer (Equinox, PyTorch-style models) moved to channels-last and back.
 - `sequence()`: a 1-D layer ``(B, L, C)`` as a ``(B, L, 1, C)`` grid; the default for taps with
   ``input_layout="NLC"`` (time series, audio), whose maps come back as ``(B, L_in)``.
 - `pick(selector, then=None)`: a layer returning a tuple / dict / dataclass (Hugging Face encoder layers, scanned
@@ -29,12 +30,14 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+  "ChannelsFirst",
   "Identity",
   "Pick",
   "Sequence",
   "Tokens",
   "Transform",
   "as_layout",
+  "channels_first",
   "identity",
   "pick",
   "sequence",
@@ -154,6 +157,26 @@ class Sequence:
 def sequence() -> Sequence:
   """A 1-D layer ``(B, L, C)`` (a sequence of L positions with C channels) as a ``(B, L, 1, C)`` grid."""
   return Sequence()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelsFirst:
+  """``(B, C, *spatial)`` <-> ``(B, *spatial, C)``; see `channels_first`."""
+
+  def to_grid(self, value: Any) -> Any:
+    _check_array(value, "the tapped layer's output")
+    if value.ndim < 3:
+      raise ValueError(f"Expected a channels-first layer (B, C, *spatial), got shape {tuple(value.shape)}.")
+    return jnp.moveaxis(value, 1, -1)
+
+  def from_grid(self, grid: Any, value: Any) -> Any:
+    return jnp.moveaxis(grid, -1, 1).astype(value.dtype)
+
+
+def channels_first() -> ChannelsFirst:
+  """A channels-first layer ``(B, C, h, w)`` (Equinox, PyTorch-style models; 1-D and 3-D too) as the channels-last
+  grid: a transpose each way, so CAM's head check and the structured exact derivatives still see the pooling."""
+  return ChannelsFirst()
 
 
 def _get(value: Any, key: Any) -> Any:

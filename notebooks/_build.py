@@ -243,7 +243,131 @@ from the full run; the README quotes them.
 """),
 ]
 
-NOTEBOOKS = {"quickstart": QUICKSTART, "derivative_study": DERIVATIVE_STUDY}
+VIT = [
+  md("""
+# Explaining a vision transformer
+
+A tiny ViT (linen, `nn.MultiHeadDotProductAttention`) is trained for a few seconds to say which quadrant of a
+32x32 image holds a bright square, so the right answer to *where does it look* is known. Then: Grad-CAM on a
+block's tokens through `jaxcam.layouts.tokens`, LeGrad, the pointing game against the squares, and the errors a
+user meets with token layers. Set `JAXCAM_NOTEBOOK_SMALL=1` for fewer training steps (the test suite does).
+"""),
+  code("""
+import os
+import numpy as np, jax, jax.numpy as jnp, flax.linen as nn, optax
+import jaxcam
+
+SMALL = os.environ.get("JAXCAM_NOTEBOOK_SMALL") == "1"
+
+class Block(nn.Module):
+    dim: int = 32
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=4)(y, y)
+        return x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(nn.LayerNorm()(x))))
+
+class ViT(nn.Module):
+    def setup(self):
+        self.embed = nn.Conv(32, (4, 4), strides=4)
+        self.cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, 32))
+        self.pos = self.param("pos", nn.initializers.normal(0.02), (1, 65, 32))
+        self.blocks = [Block() for _ in range(3)]
+        self.norm = nn.LayerNorm()
+        self.head = nn.Dense(4)
+    def __call__(self, x):
+        t = self.embed(x).reshape(x.shape[0], 64, 32)
+        t = jnp.concatenate([jnp.broadcast_to(self.cls, (x.shape[0], 1, 32)), t], axis=1) + self.pos
+        for b in self.blocks:
+            t = b(t)
+        return self.head(self.norm(t)[:, 0])        # the head reads the CLS token
+    def legrad_score(self, tokens):                  # LeGrad's per-block score (torchcam's heads(ln(mean)))
+        return self.head(self.norm(tokens.mean(axis=1)))
+
+def make(key, n):
+    k1, k2, k3 = jax.random.split(key, 3)
+    corner = jax.random.randint(k1, (n, 2), 0, 24)                       # top-left of an 8x8 square
+    ys, xs = jnp.arange(32)[None, :, None], jnp.arange(32)[None, None, :]
+    inside = ((ys >= corner[:, :1, None]) & (ys < corner[:, :1, None] + 8)
+              & (xs >= corner[:, 1:, None]) & (xs < corner[:, 1:, None] + 8))
+    x = 0.3 * jax.random.uniform(k2, (n, 32, 32, 3)) + 0.7 * inside[..., None]
+    centre = corner + 4
+    label = (centre[:, 0] >= 16) * 2 + (centre[:, 1] >= 16)
+    return x, label, inside
+
+model = ViT()
+x_train, y_train, _ = make(jax.random.key(0), 2048)
+variables = model.init(jax.random.key(1), x_train[:1])
+opt = optax.adam(2e-3)
+state = opt.init(variables)
+
+@jax.jit
+def step(variables, state, x, y):
+    loss, g = jax.value_and_grad(
+        lambda v: optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x), y).mean())(variables)
+    updates, state = opt.update(g, state)
+    return optax.apply_updates(variables, updates), state, loss
+
+steps = 150 if SMALL else 600
+for i in range(steps):
+    j = (i * 64) % 2048
+    variables, state, loss = step(variables, state, x_train[j:j + 64], y_train[j:j + 64])
+x, y, inside = make(jax.random.key(2), 64)
+acc = float((model.apply(variables, x).argmax(-1) == y).mean())
+print(f"loss {float(loss):.3f}, held-out accuracy {acc:.2f} (chance 0.25)")
+"""),
+  md("""
+## Grad-CAM on tokens
+
+A block returns `(B, 1 + 64, 32)`: one CLS token and an 8x8 grid of patches. `layouts.tokens(prefix=1)` drops CLS
+and lays the patches on the grid (downstream, CLS passes through untouched). `list_layers` suggests the layout.
+"""),
+  code("""
+for info in jaxcam.list_layers(model, variables, x[:1])[:6]:
+    print(info)
+tokens = jaxcam.layouts.tokens(prefix=1)
+tap = jaxcam.linen_tap(model, variables, "blocks_1", layout=tokens)
+gradcam = jaxcam.gradcam(tap, x, y)
+legrad = jaxcam.legrad(jaxcam.linen_tap(model, variables, ["blocks_1", "blocks_2"], layout=tokens), x, y)
+for name, maps in (("Grad-CAM, blocks_1", gradcam), ("LeGrad, blocks_1 + blocks_2", legrad)):
+    hits = jaxcam.metrics.pointing_game(maps, inside).hits
+    print(f"{name:28s} pointing game {float(hits.mean()):.2f}")
+"""),
+  code("""
+import matplotlib.pyplot as plt
+fig, axes = plt.subplots(3, 6, figsize=(12, 6))
+for col in range(6):
+    for row, (img, title) in enumerate(((x[col], "image"), (gradcam[col], "Grad-CAM"), (legrad[col], "LeGrad"))):
+        axes[row, col].imshow(np.asarray(img), cmap=None if row == 0 else "jet")
+        axes[row, col].set_title(title, fontsize=8)
+        axes[row, col].axis("off")
+plt.tight_layout()
+"""),
+  md("""
+## The errors a user meets
+
+A token layer without a layout, a wrong prefix, and the last block read only through CLS (every map zero: a
+warning names the cause).
+"""),
+  code("""
+import warnings
+for label, call in (
+    ("no layout", lambda: jaxcam.gradcam(jaxcam.linen_tap(model, variables, "blocks_1"), x[:2])),
+    ("wrong prefix", lambda: jaxcam.gradcam(jaxcam.linen_tap(model, variables, "blocks_1",
+                                                             layout=jaxcam.layouts.tokens(prefix=2)), x[:2])),
+):
+    try:
+        call()
+    except ValueError as e:
+        print(f"{label}: {e}", end="\\n\\n")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jaxcam.gradcam(jaxcam.linen_tap(model, variables, "blocks_2", layout=tokens), x[:2])
+print("after the last block:", caught[0].message if caught else "no warning")
+"""),
+]
+
+NOTEBOOKS = {"quickstart": QUICKSTART, "derivative_study": DERIVATIVE_STUDY, "vit": VIT}
 
 
 def build(name: str, execute: bool = True) -> str:

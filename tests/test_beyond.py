@@ -4,6 +4,7 @@ against pytorch-grad-cam (fixture section ``targets``), token layouts, output se
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -587,3 +588,57 @@ def test_a_module_called_once_per_scan_step_is_listed_as_such():
   infos = {i.path: i for i in jaxcam.list_layers(module, variables, x)}
   assert infos["out"].calls == 1 and infos["out"].shape == (2, 2)
   assert "step" in infos and "not tappable" not in str(infos["out"])
+
+
+# ------------------------------------------------------------------------------------------------ Equinox
+
+
+def test_equinox_cnn_through_function_tap():
+  eqx = pytest.importorskip("equinox")
+
+  class EqxCNN(eqx.Module):
+    conv1: Any
+    conv2: Any
+    fc: Any
+
+    def __init__(self, key):
+      k1, k2, k3 = jax.random.split(key, 3)
+      self.conv1 = eqx.nn.Conv2d(3, 6, 3, padding=1, key=k1)
+      self.conv2 = eqx.nn.Conv2d(6, 8, 3, stride=2, padding=1, key=k2)
+      self.fc = eqx.nn.Linear(8, 4, key=k3)
+
+    def features(self, x):  # one image, channels-first (3, H, W) -> (8, h, w)
+      return jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
+
+    def head(self, a):
+      return self.fc(jnp.mean(a, axis=(1, 2)))  # a channels-first global average pool
+
+  model = EqxCNN(jax.random.key(0))
+  params, static = eqx.partition(model, eqx.is_array)
+
+  def body(p, x):  # x (B, 3, H, W): input_layout="NCHW" hands the model channels-first pixels
+    return jax.vmap(eqx.combine(p, static).features)(x)
+
+  def head(p, x, a):
+    del x
+    return jax.vmap(eqx.combine(p, static).head)(a)
+
+  # the layer is (B, C, h, w): layouts.channels_first() moves it to channels-last and back
+  tap = jaxcam.function_tap(body, head, params, layout=jaxcam.layouts.channels_first(), input_layout="NCHW")
+  x = jax.random.uniform(jax.random.key(1), (2, 12, 12, 3))
+  ids = np.array([0, 3])
+  cf = jnp.moveaxis(x, -1, 1)
+  a = np.asarray(body(params, cf))  # (B, 8, 6, 6)
+  g = np.asarray(jax.grad(lambda t: jnp.sum(head(params, cf, t)[jnp.arange(2), ids]))(jnp.asarray(a)))
+  by_hand = np.maximum(np.einsum("bc,bchw->bhw", g.mean(axis=(2, 3)), a), 0)
+  np.testing.assert_allclose(jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False), by_hand, atol=1e-6)
+  # CAM from the Linear layer's weight, and the structured exact derivatives through the channels-first mean
+  cam = jaxcam.cam(tap, x, ids, fc=model.fc.weight.T, normalize=False, upsample=False)
+  np.testing.assert_allclose(cam, by_hand * 36, rtol=1e-4, atol=1e-5)
+  assert jaxcam.derivatives.enters_only_through_spatial_sum(lambda t: tap.head(x, t), jnp.moveaxis(a, 1, -1))
+  exact = jaxcam.gradcam_pp(tap, x, ids, derivatives="exact")
+  generic = jaxcam.gradcam_pp(tap, x, ids, derivatives="exact", strategy="generic")
+  np.testing.assert_allclose(exact, generic, atol=1e-5)
+  # a reshape_transform-style function works too (perturbations mapped back through its transpose)
+  fn_tap = jaxcam.function_tap(body, head, params, layout=lambda v: jnp.moveaxis(v, 1, -1), input_layout="NCHW")
+  np.testing.assert_allclose(jaxcam.gradcam(fn_tap, x, ids), jaxcam.gradcam(tap, x, ids), atol=1e-6)
