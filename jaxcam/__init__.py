@@ -37,8 +37,10 @@ globals().update(_METHOD_FUNCTIONS)
 def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loaders, matplotlib)
   import importlib
 
-  if name in ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics"):
+  if name in ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics", "autoexplain"):
     return importlib.import_module(f"jaxcam.{name}")
+  if name in ("explain_model", "find_layer", "ModelExplanation"):  # the one-line front door (imports viz)
+    return getattr(importlib.import_module("jaxcam.autoexplain"), name)
   raise AttributeError(f"module 'jaxcam' has no attribute {name!r}")
 
 
@@ -47,6 +49,7 @@ __all__ = [
   "Concepts",
   "METHODS",
   "Explanation",
+  "ModelExplanation",
   "FunctionTap",
   "IdentityLayout",
   "LayerInfo",
@@ -70,6 +73,8 @@ __all__ = [
   "explain",
   "explain_batches",
   "explain_many",
+  "explain_model",
+  "find_layer",
   "finer",
   "flip_multiply_tta",
   "fullgrad",

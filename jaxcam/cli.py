@@ -224,24 +224,73 @@ def cmd_explain(args) -> int:
     raise CliError(str(e).replace("`eigen_smooth=False`", "no --eigen-smooth")) from None
   _check_out(args.out)
   files = _collect_images(args.inputs)
-  target = _resolve_target(args.target)
-  module, variables = _load_model(args.model, args.weights)
+  from jaxcam import models
+
+  if ":" in args.model:  # module:attribute of a model object (or a function returning one): auto-detection
+    tap, size, class_name, target = _imported_model(args, files)
+  else:
+    target = _resolve_target(args.target)
+    module, variables = _load_model(args.model, args.weights)
+    size, class_name = models.input_size(args.model), models.class_name
+    try:
+      tap = jaxcam.linen_tap(module, variables, args.layer)  # the default layer: what auto-detection chooses
+    except (KeyError, ValueError, TypeError) as e:
+      raise CliError(str(e)) from None
+  os.makedirs(args.out, exist_ok=True)
+  shard = args.shard_size or -(-len(files) // args.batch_size) * args.batch_size  # default: one shard, overlays
+  return _explain_stream(args, spec, files, target, tap, shard, args.overlays or not args.shard_size, size, class_name)
+
+
+def _imported_model(args, files: list[str]):
+  """(tap, input size, class_name, target) for ``--model package.module:attribute``: the attribute is a model
+  (anything `jaxcam.explain_model` takes) or a function of no arguments returning one; the layer is --layer or
+  found by `jaxcam.find_layer` on the first image."""
+  import importlib
+
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxcam import autoexplain, models, stream
+
+  if args.weights is not None:
+    raise CliError("--weights is for shipped models; an imported model loads its own weights")
+  mod_name, _, attr = args.model.partition(":")
   try:
-    tap = jaxcam.linen_tap(module, variables, args.layer)
+    obj = getattr(importlib.import_module(mod_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise CliError(f"cannot import --model {args.model!r}: {e}") from None
+  if callable(obj) and not _is_model_object(obj):
+    obj = obj()
+  try:
+    m = autoexplain.as_model(obj)
+    size = m.input_size[0] if m.input_size else args.size
+    target: object = None
+    if args.target is not None:
+      target = int(args.target) if args.target.strip().isdigit() else autoexplain._resolve_target(args.target, m, 1)
+    layer, layout = args.layer, None
+    if layer is None and m.default_layer is None:
+      x = models.resize_uint8(stream.decode_image(files[0]), size).astype(np.float32)[None] / 255.0
+      layer, layout, reason = autoexplain.find_layer(m, jnp.asarray(x), target)
+      print(f"jaxcam: layer {layer!r}: {reason}", file=sys.stderr)
+    return m.make_tap(layer or m.default_layer, layout), size, m.class_name, target
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e)) from None
-  os.makedirs(args.out, exist_ok=True)
-  if args.shard_size:
-    return _explain_stream(args, spec, files, target, tap, args.shard_size, args.overlays)
-  one_shard = -(-len(files) // args.batch_size) * args.batch_size  # the default mode: one shard, with overlays
-  return _explain_stream(args, spec, files, target, tap, one_shard, True)
 
 
-def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int:
+def _is_model_object(obj) -> bool:
+  import flax.linen as nn
+  from flax import nnx
+
+  import jaxcam
+
+  return isinstance(obj, (nn.Module, nnx.Module, jaxcam.Tap)) or all(hasattr(obj, a) for a in ("module", "params"))
+
+
+def _explain_stream(args, spec, files, target, tap, shard_size, overlays, size, class_name) -> int:
   """Shards + manifest, resumable, unreadable images skipped and listed (see `jaxcam.stream`)."""
   import jax
 
-  from jaxcam import models, stream
+  from jaxcam import stream
   from jaxcam.batch import local_mesh
 
   if shard_size % args.batch_size:
@@ -268,7 +317,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
       root=root,
       shard_size=shard_size,
       batch_size=args.batch_size,
-      input_size=models.input_size(args.model),
+      input_size=size,
       target=target,
       float16=args.float16,
       mesh=local_mesh(devices),
@@ -276,7 +325,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays) -> int
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       progress=bar.update,
-      class_name=models.class_name,
+      class_name=class_name,
       chunk_progress=spec.expensive(args.options),
       options=args.options,
       overwrite=args.overwrite,
@@ -644,7 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
 
   ex = sub.add_parser("explain", help="explain images or directories of images")
   ex.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-  ex.add_argument("--model", default="efficientnet_lite0", help="a shipped model (default efficientnet_lite0)")
+  ex.add_argument(
+    "--model",
+    default="efficientnet_lite0",
+    help="a shipped model (default efficientnet_lite0), or package.module:attribute naming a model object (or a "
+    "function returning one: (linen module, variables), an nnx module, a Hugging Face Flax model); its layer is "
+    "found automatically unless --layer is given",
+  )
+  ex.add_argument("--size", type=int, default=224, help="input size for imported models that do not declare one")
   ex.add_argument("--weights", default=None, help="weights file for models without packaged weights")
   ex.add_argument("--method", default="gradcam", help=f"one of {', '.join(jaxcam.method_names())} (gradcam++ too)")
   ex.add_argument("--layer", default=None, help="layer path (default: the model's default layer)")

@@ -27,6 +27,17 @@ Class activation maps for JAX/Flax by autodiff: a *tap* exposes one layer's outp
 `dS/dA` comes from the same forward/backward pass; every method is a pure, jittable function of `(tap, x, target)`.
 Set `JAXCAM_NOTEBOOK_SMALL=1` to run on two photos only (the test suite does).
 """),
+  md("## One line: a model and images in, a picture out (the layer is found automatically)"),
+  code("""
+import jaxcam
+from jaxcam import models, viz
+
+ex = jaxcam.explain_model("efficientnet_lite0", list(models.sample_images(["chelsea", "coffee"]).values()))
+print(ex.layer, "-", ex.layer_reason)
+print([t[0]["name"] for t in ex.top5])
+viz.show(ex.show())
+"""),
+  md("## The building blocks"),
   code("""
 import os, functools, time
 import numpy as np, jax, jax.numpy as jnp

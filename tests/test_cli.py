@@ -278,3 +278,30 @@ def test_regions_from_boxes_and_masks(tmp_path):
   boxes.write_text("[1, 2]")
   with pytest.raises(cli.CliError, match="expected a JSON object"):
     cli.load_regions(str(boxes), None, names, photos, 4)
+
+
+def test_explain_an_imported_model_with_auto_detected_layer(image_dir, tmp_path, monkeypatch, capsys):
+  """--model package.module:attribute: a function returning (linen module, variables); the layer is found."""
+  d, photos = image_dir
+  pkg = tmp_path / "pkg"
+  pkg.mkdir()
+  (pkg / "my_cnn.py").write_text(
+    "import jax\n"
+    "from tests import models\n"
+    "def build():\n"
+    "  module = models.ConvNet()\n"
+    "  return module, module.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))\n"
+  )
+  monkeypatch.syspath_prepend(str(pkg))
+  out = tmp_path / "imported"
+  rc = cli.main(["explain", str(d), "--model", "my_cnn:build", "--size", "32", "--out", str(out), "--batch-size", "3"])
+  assert rc == 0
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["layer"] == "body_2" and manifest["model"] == "my_cnn:build"
+  assert "layer 'body_2': the last layer whose output is a spatial grid" in capsys.readouterr().err
+  entry = manifest["entries"]["chelsea.png"]
+  assert entry["size"] == list(photos["chelsea"].shape[:2]) and entry["top5"][0]["name"] is None
+  with np.load(out / "shards" / "maps-00000.npz") as maps:
+    assert all(m.shape == (32, 32) for m in maps.values())
+  with pytest.raises(cli.CliError, match="cannot import --model 'my_cnn:nope'"):
+    cli.cmd_explain(cli.build_parser().parse_args(["explain", str(d), "--model", "my_cnn:nope", "--out", str(out)]))

@@ -1,0 +1,529 @@
+"""One line from a model to a picture: `explain_model`, with the layer found automatically (`find_layer`).
+
+Built only on the public pieces: taps (`linen_tap`, `nnx_tap`, any `Tap`), layouts, `explain`, `viz` and the
+deterministic writers. A model is adapted once (`as_model`: a shipped name, ``(linen_module, variables)``, an nnx
+module, a Hugging Face Flax model object, or a tap you built), images of any kind and size are decoded by the rule
+every jaxcam entry point uses (`jaxcam.models.to_uint8_rgb`) and resized to the model's input size, and the maps
+come back at each image's own size.
+
+Layer auto-detection (`find_layer`): the candidates are the layers that run once and whose output is a spatial grid
+``(B, h, w, C)`` (more than one position, and the same stride along both axes as the input: this leaves out
+attention's ``(B, N, heads, d)`` projections) or transformer tokens ``(B, P + N, D)`` with N a square after P
+prefix tokens; layers inside attention modules (queries, keys, values) are skipped. One forward and one backward
+pass over a multi-layer tap of the last `MAX_CANDIDATES` candidates (in the order their outputs are produced)
+gives the target's gradient at each; the chosen layer is the last whose gradient is non-zero at its spatial
+positions: the last feature map before global pooling, or, for a ViT whose head reads only the CLS token, the last
+block's first LayerNorm (pytorch-grad-cam's advice, ``blocks[-1].norm1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcam import api, layouts, taps, viz, writers
+from jaxcam import targets as targets_lib
+from jaxcam._errors import UnknownNameError, abbreviate, closest
+
+__all__ = ["Model", "ModelExplanation", "as_model", "explain_model", "find_layer", "load_images"]
+
+MAX_CANDIDATES = 16
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Hugging Face image processors' normalization by model type (the Flax models take normalized pixels)
+HF_NORMALIZATION = {
+  "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+  "beit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+  "resnet": (IMAGENET_MEAN, IMAGENET_STD),
+  "regnet": (IMAGENET_MEAN, IMAGENET_STD),
+  "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A model as `explain_model` sees it.
+
+  make_tap: ``(layer, layout) -> tap``. list_layers: ``x -> [LayerInfo]`` for channels-last `x` in [0, 1] (None:
+  the layer must be given). input_size: ``(H, W)`` the model takes, if known. class_name / class_id: label lookups,
+  if the model has labels. default_layer: the tap's own layer (a tap given as the model).
+  """
+
+  name: str
+  make_tap: Callable[[Any, Any], Any]
+  list_layers: Callable[[Any], list] | None = None
+  input_size: tuple[int, int] | None = None
+  class_name: Callable[[int], str] | None = None
+  class_id: Callable[[str], int] | None = None
+  default_layer: Any = None
+
+
+@functools.cache
+def _normalizing_method(mean: tuple, std: tuple, channels_first: bool, kwargs: tuple = ()):
+  """``method=`` for linen's apply: normalize the pixels, then the module's ``__call__``. Cached, so one (mean,
+  std) gives one function object (a static argument: nothing recompiles)."""
+  shape = (1, -1, 1, 1) if channels_first else (1, 1, 1, -1)
+
+  def method(module, x):
+    m = jnp.asarray(mean, x.dtype).reshape(shape)
+    s = jnp.asarray(std, x.dtype).reshape(shape)
+    return module((x - m) / s, **dict(kwargs))
+
+  return method
+
+
+def _check_normalize(normalize: Any) -> tuple[tuple, tuple] | None:
+  if normalize is None:
+    return None
+  try:
+    mean, std = normalize
+    mean, std = tuple(float(v) for v in np.ravel(mean)), tuple(float(v) for v in np.ravel(std))
+  except (TypeError, ValueError):
+    raise ValueError(
+      f"Expected `normalize` as (mean, std) per channel, e.g. ({IMAGENET_MEAN}, {IMAGENET_STD})."
+    ) from None
+  if any(s <= 0 for s in std):
+    raise ValueError(f"Expected a positive std in `normalize`, got {std}.")
+  return mean, std
+
+
+def _imagenet_lookups():
+  from jaxcam import models
+
+  return models.class_name, models.imagenet_class
+
+
+def _labels_lookups(id2label: dict) -> tuple[Callable[[int], str], Callable[[str], int]]:
+  names = {int(k): str(v) for k, v in id2label.items()}
+  lower = {v.lower(): k for k, v in names.items()}
+
+  def name(i: int) -> str:
+    return names.get(int(i), str(i))
+
+  def cid(label: str) -> int:
+    key = str(label).strip().lower()
+    if key in lower:
+      return lower[key]
+    near = closest(key, list(lower), n=5)
+    raise UnknownNameError(
+      f"Expected `target` to be a class id or one of the model's labels, got {label!r}."
+      + (" Closest: " + ", ".join(repr(names[lower[n]]) for n in near) + "." if near else "")
+    )
+
+  return name, cid
+
+
+def _linen_model(module, variables, normalize, name) -> Model:
+  from jaxcam import models
+
+  method = _normalizing_method(*normalize, False) if normalize else None
+  size = getattr(module, "input_size", None)
+  shipped = isinstance(module, (models.EfficientNetLite, models.ResNet, models.VGG))
+  lookups = _imagenet_lookups() if shipped and getattr(module, "num_classes", None) == 1000 else (None, None)
+  return Model(
+    name=name,
+    make_tap=lambda layer, layout: taps.linen_tap(module, variables, layer, layout=layout, method=method),
+    list_layers=lambda x: taps.list_layers(module, variables, x, **({"method": method} if method else {})),
+    input_size=(size, size) if isinstance(size, int) else None,
+    class_name=lookups[0],
+    class_id=lookups[1],
+  )
+
+
+def _hf_model(obj, normalize) -> Model:
+  config = obj.config
+  norm = normalize or HF_NORMALIZATION.get(getattr(config, "model_type", ""))
+  method = _normalizing_method(*(norm or ((0.0,), (1.0,))), False)  # the module takes NHWC (its wrapper transposes)
+  params = obj.params
+  variables = dict(params) if "params" in params else {"params": params}  # BatchNorm models hold batch_stats too
+  size = getattr(config, "image_size", None)
+  if isinstance(size, int):
+    size = (size, size)
+  elif isinstance(size, (tuple, list)) and len(size) == 2:
+    size = (int(size[0]), int(size[1]))
+  else:
+    size = None
+  id2label = getattr(config, "id2label", None) or {}
+  generic = all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+  name_fn, id_fn = _labels_lookups(id2label) if id2label and not generic else (None, None)
+
+  def list_layers(x):
+    return taps.list_layers(obj.module, variables, x, method=method)
+
+  return Model(
+    name=type(obj).__name__,
+    make_tap=lambda layer, layout: taps.linen_tap(
+      obj.module, variables, layer, layout=layout, method=method, output="logits"
+    ),
+    list_layers=list_layers,
+    input_size=size,
+    class_name=name_fn,
+    class_id=id_fn,
+  )
+
+
+def as_model(model: Any, *, normalize: Any = None) -> Model:
+  """Adapt `model` for `explain_model` (see its docstring for what `model` may be)."""
+  import flax.linen as nn
+  from flax import nnx
+
+  from jaxcam import models
+
+  norm = _check_normalize(normalize)
+  if isinstance(model, Model):
+    return model
+  if isinstance(model, str):
+    if model not in models.MODELS:
+      raise UnknownNameError(
+        f"Expected `model` to be a shipped model name, got {model!r}. Shipped: {', '.join(models.MODELS)}"
+        + (f"; closest: {closest(model, list(models.MODELS), n=3)}" if closest(model, list(models.MODELS)) else "")
+        + ". Or pass (linen_module, variables), an nnx module, a Hugging Face Flax model or a tap."
+      )
+    if not model.startswith("efficientnet_lite"):
+      raise ValueError(
+        f"{model} has no packaged weights: load a torchvision checkpoint you downloaded, "
+        f"jaxcam.models.get_model({model!r}, weights=PATH), and pass the (module, variables) it returns."
+      )
+    module, variables = models.get_model(model, pretrained=True)
+    return dataclasses.replace(_linen_model(module, variables, norm, model), name=model)
+  if isinstance(model, taps.Tap):
+    if norm is not None:
+      raise ValueError("`normalize` cannot be added to a tap you built: normalize inside its functions.")
+    return Model(name=repr(model), make_tap=lambda layer, layout: model, default_layer=model.layer)
+  if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
+    return _linen_model(model[0], model[1], norm, type(model[0]).__name__)
+  if isinstance(model, nnx.Module):
+    if norm is not None:
+      raise ValueError("`normalize` is for linen and Hugging Face models; normalize inside the nnx model.")
+    return Model(
+      name=type(model).__name__,
+      make_tap=lambda layer, layout: taps.nnx_tap(model, layer, layout=layout),
+      list_layers=lambda x: taps.list_layers(model, x),
+    )
+  if all(hasattr(model, a) for a in ("module", "params", "config")):
+    return _hf_model(model, norm)
+  raise TypeError(
+    f"Expected `model` to be a shipped model name, (linen_module, variables), an nnx module, a Hugging Face Flax "
+    f"model or a jaxcam tap, got {type(model).__name__}. A plain function has no layers to tap: build "
+    "jaxcam.function_tap(body_fn, head_fn, params) and pass it."
+  )
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def load_images(images: Any) -> tuple[list[np.ndarray], list[str]]:
+  """Decoded uint8 RGB images and their names from paths, folders, PIL images or arrays (a list may mix them;
+  a ``(B, H, W, C)`` array is B images)."""
+  from jaxcam import models
+  from jaxcam.stream import decode_image
+
+  if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
+    arr = images if isinstance(images, (str, os.PathLike)) else np.asarray(images) if hasattr(images, "shape") else None
+    images = list(arr) if isinstance(arr, np.ndarray) and arr.ndim == 4 else [images]
+  if not images:
+    raise ValueError("Expected at least one image in `images`, got an empty sequence.")
+  out, names = [], []
+  for i, item in enumerate(images):
+    if isinstance(item, (str, os.PathLike)):
+      path = os.fspath(item)
+      if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        sub, sub_names = load_images([os.path.join(path, f) for f in files]) if files else ([], [])
+        out += sub
+        names += sub_names
+        continue
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"Expected an image file, got {path!r} (no such file).")
+      out.append(decode_image(path))
+      names.append(os.path.splitext(os.path.basename(path))[0])
+    else:
+      out.append(models.to_uint8_rgb(item, index=i))
+      names.append(f"image_{i}")
+  if not out:
+    raise ValueError(f"No images found in {images!r} (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
+  seen: dict[str, int] = {}
+  unique = []
+  for n in names:  # distinct names: "a", "a_1", ...
+    k = seen.get(n, 0)
+    seen[n] = k + 1
+    unique.append(n if k == 0 else f"{n}_{k}")
+  return out, unique
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  from PIL import Image
+
+  if image.shape[:2] == tuple(size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR))
+
+
+# ------------------------------------------------------------------------------------------------ layers
+
+
+def _token_prefix(n: int) -> int | None:
+  """The prefix count P <= 16 that leaves a square of at least 4 tokens, or None."""
+  for p in range(17):
+    side = math.isqrt(max(n - p, 0))
+    if side >= 2 and side * side == n - p:
+      return p
+  return None
+
+
+def _grid_like(shape: tuple[int, ...], image: tuple[int, int]) -> bool:
+  _, h, w, _ = shape
+  if h * w <= 1 or h > image[0] or w > image[1]:
+    return False
+  return abs(math.log((image[0] / h) / (image[1] / w))) <= math.log(1.5)
+
+
+def _candidates(infos: list, image: tuple[int, int]) -> list[tuple[str, Any]]:
+  """(path, layout) of the layers that may be explained, in the order their outputs are produced."""
+  kinds = {i.path: i.type for i in infos}
+  start = {i.path: k for k, i in enumerate(infos)}
+  out: list[tuple[str, Any]] = []
+  for info in infos:
+    shape = info.shape
+    if info.calls != 1 or shape is None:
+      continue
+    ancestors = [info.path[:k] for k in range(len(info.path)) if info.path[k] == "/"]
+    if any("Attention" in kinds.get(a, "") for a in ancestors):
+      continue
+    if len(shape) == 4 and _grid_like(shape, image):
+      out.append((info.path, None))
+    elif len(shape) == 3 and (prefix := _token_prefix(shape[1])) is not None:
+      out.append((info.path, layouts.tokens(prefix=prefix)))
+
+  def ends_before(p: str, q: str) -> int:  # post-order: a module's output comes after its submodules'
+    if q.startswith(p + "/"):
+      return 1
+    if p.startswith(q + "/"):
+      return -1
+    return start[p] - start[q]
+
+  def order(a: tuple[str, Any], b: tuple[str, Any]) -> int:
+    return ends_before(a[0], b[0])
+
+  return sorted(out, key=functools.cmp_to_key(order))
+
+
+@jax.jit
+def _target_grads(tap, x, target):
+  """The target's gradient w.r.t. each tapped layer's value (one forward and one backward pass)."""
+  zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in tap.activation_shape(x))
+
+  def score(deltas):
+    out, _ = tap(x, deltas)
+    return jnp.sum(target.evaluate(out)[1])
+
+  return jax.grad(score)(zeros)
+
+
+def find_layer(model: Any, x: Any, target: Any = None) -> tuple[str, Any, str]:
+  """``(layer, layout, reason)``: the layer `explain_model` explains for `x` (channels-last, in [0, 1]) and
+  `target` (see the module docstring for the rule). One forward and one backward pass."""
+  m = as_model(model)
+  if m.list_layers is None:
+    raise ValueError(f"{m.name} cannot list its layers: pass `layer=`.")
+  x = jnp.asarray(x)
+  infos = m.list_layers(x)
+  found = _candidates(infos, tuple(x.shape[1:3]))
+  if not found:
+    listed = abbreviate([f"{i.path} {i.shape}" for i in infos])
+    raise ValueError(
+      f"No layer of {m.name} has a spatial output to explain (a grid (B, h, w, C) with several positions, or "
+      f"tokens (B, P + N, D) with N a square). Pass `layer=`; layers: {listed}."
+    )
+  checked = found[-MAX_CANDIDATES:]
+  paths = [p for p, _ in checked]
+  tap = m.make_tap(paths, None)
+  shapes = tap.activation_shape(x)
+  grads = _target_grads(tap, x, targets_lib.as_target(target))
+  norms = []
+  for (_, layout), g in zip(checked, grads):
+    g = g[:, layout.prefix :] if layout is not None else g
+    norms.append(float(jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))))
+  top = max(norms)
+  alive = [k for k, n in enumerate(norms) if n > 0 and n > 1e-10 * top]
+  if not alive:
+    raise ValueError(
+      f"The target does not depend on any of the last {len(checked)} spatial layers of {m.name} "
+      f"({abbreviate(paths)}): every gradient is zero. Pass `layer=`."
+    )
+  k = alive[-1]
+  path, layout = checked[k]
+  shape = tuple(shapes[k].shape)
+  what = f"tokens {shape} read as tokens(prefix={layout.prefix})" if layout is not None else f"a grid {shape}"
+  skipped = paths[k + 1 :]
+  reason = (
+    f"the last layer whose output is {'transformer tokens' if layout is not None else 'a spatial grid'} and whose "
+    f"target gradient is non-zero: {path!r}, {what}"
+    + (f"; after it, {abbreviate(skipped)} had zero gradient (e.g. a head that reads only CLS)" if skipped else "")
+  )
+  return path, layout, reason
+
+
+# ------------------------------------------------------------------------------------------------ result
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelExplanation(api.Explanation):
+  """`jaxcam.Explanation` plus what a first look needs: the decoded `images` (uint8, own sizes), their `names`,
+  `layer_reason`, `top5` per image, `image_maps()` (maps at each image's own size), `overlays()`, `save(dir)`,
+  `show()`. `maps` stay at the model's input resolution, ``(B, H, W)``."""
+
+  images: tuple = ()
+  names: tuple = ()
+  layer_reason: str = ""
+  top5: tuple = ()
+  class_name: Any = None
+
+  def _first_maps(self) -> np.ndarray:
+    maps = np.asarray(self.maps)
+    return maps[:, 0] if maps.ndim == 4 else maps  # K targets per image: the first one's map
+
+  def image_maps(self) -> list[np.ndarray]:
+    """Each image's map resized (bilinear) to that image's own size, float32 in [0, 1]."""
+    return [viz.map_to_image(m, img.shape[:2]) for m, img in zip(self._first_maps(), self.images)]
+
+  def overlays(self, *, cmap: str = "jet", alpha: float = 0.5) -> list[np.ndarray]:
+    """uint8 RGB overlays at each image's own size."""
+    return [viz.overlay(img, m, cmap=cmap, alpha=alpha) for img, m in zip(self.images, self._first_maps())]
+
+  def _titles(self) -> list[str]:
+    ids = None if self.target is None else np.asarray(self.target).reshape(len(self.images), -1)[:, 0]
+    if ids is None:
+      return list(self.names)
+    label = (lambda i: self.class_name(int(i))) if self.class_name else (lambda i: f"class {int(i)}")
+    return [f"{n}: {label(i)}" for n, i in zip(self.names, ids)]
+
+  def show(self, *, max_images: int = 8):
+    """A matplotlib figure: a row per image (the image, its overlay)."""
+    n = min(len(self.images), max_images)
+    return viz.grid(list(self.images[:n]), {self.method: list(self._first_maps()[:n])}, self._titles()[:n])
+
+  def save(self, directory: str | os.PathLike) -> list[str]:
+    """Write ``<name>.png`` overlays, ``maps.npz`` (maps at the model's resolution, logits, targets, scores) and
+    ``explanation.json`` (method, layer, reason, targets, top-5, image sizes); deterministic bytes. Returns the
+    paths written."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    paths = [viz.save_png(os.path.join(directory, f"{n}.png"), o) for n, o in zip(self.names, self.overlays())]
+    arrays = {"maps": np.asarray(self.maps, np.float32), "logits": np.asarray(self.logits, np.float32)}
+    arrays["scores"] = np.asarray(self.scores, np.float32)
+    if self.target is not None:
+      arrays["target"] = np.asarray(self.target)
+    paths.append(writers.save_npz(os.path.join(directory, "maps.npz"), arrays))
+    meta = {
+      "method": self.method,
+      "layer": self.layer if isinstance(self.layer, str) else list(self.layer),
+      "layer_reason": self.layer_reason,
+      "images": [
+        {"name": n, "size": list(img.shape[:2]), "title": t, "top5": list(t5)}
+        for n, img, t, t5 in zip(self.names, self.images, self._titles(), self.top5)
+      ],
+    }
+    paths.append(writers.write_json(os.path.join(directory, "explanation.json"), meta))
+    return paths
+
+
+def _resolve_target(target: Any, m: Model, n: int) -> Any:
+  def one(t):
+    if isinstance(t, str):
+      if m.class_id is None:
+        raise ValueError(
+          f"Expected a class id for `target` ({m.name} has no class names), got {t!r}. Class names work for "
+          "ImageNet models and Hugging Face models with id2label."
+        )
+      return m.class_id(t)
+    return t
+
+  if isinstance(target, str):
+    return one(target)
+  if isinstance(target, (list, tuple)) and target and all(isinstance(t, (str, int, np.integer)) for t in target):
+    ids = [one(t) for t in target]
+    if len(ids) != n:
+      raise ValueError(f"Expected one target per image ({n}), got {len(ids)}.")
+    return np.asarray(ids)
+  return target
+
+
+def explain_model(
+  model: Any,
+  images: Any,
+  *,
+  method: str = "gradcam",
+  target: Any = None,
+  layer: Any = None,
+  size: int | tuple[int, int] | None = None,
+  normalize: Any = None,
+  **options,
+) -> ModelExplanation:
+  """Explain `images` with `model` in one call; the layer is found automatically (`find_layer`) unless given.
+
+  Args:
+    model: a shipped model name ("efficientnet_lite0"), ``(linen_module, variables)``, an nnx module, a Hugging
+      Face Flax model object (its ``.module``, ``.params``, output ``.logits``, ``config.image_size``, label names
+      and its image processor's normalization for ViT/BEiT/ResNet/RegNet/DINOv2), or a jaxcam tap (its layer).
+    images: file paths, folders, PIL images, uint8 or float arrays (``(H, W, C)``, or ``(B, H, W, C)``), or a list
+      mixing them, of any sizes (decoded by `jaxcam.models.to_uint8_rgb`'s rule: bit depth, float ranges, NaN).
+    method: any method name (``jaxcam.method_names()``); options go to it (``**options``).
+    target: None (each image's top class), a class id, one per image, class names (ImageNet models, Hugging Face
+      ``id2label``; closest matches on a typo), or any jaxcam target.
+    layer: a layer path (or list) to use instead of the automatic choice.
+    size: ``(H, W)`` (or an int) to resize to when the model's input size is unknown; default the first image's.
+    normalize: ``(mean, std)`` applied inside the model for linen / Hugging Face models that take normalized
+      pixels (shipped models normalize themselves).
+
+  Returns:
+    A `ModelExplanation`: maps at the model's input size plus ``image_maps()`` at each image's own size,
+    ``overlays()``, ``save(dir)``, ``show()``, ``top5``, ``layer`` and ``layer_reason``.
+  """
+  m = as_model(model, normalize=normalize)
+  originals, names = load_images(images)
+  if m.input_size is not None:
+    hw = m.input_size
+  elif size is not None:
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+  else:
+    hw = originals[0].shape[:2]
+  x = jnp.asarray(np.stack([_resize(o, hw) for o in originals]).astype(np.float32) / 255.0)
+  tgt = _resolve_target(target, m, len(originals))
+  layout = None
+  if layer is None and m.default_layer is not None:
+    layer, reason = m.default_layer, "the tap's own layer"
+  elif layer is None:
+    layer, layout, reason = find_layer(m, x, tgt)
+  else:
+    reason = "given (layer=)"
+    if m.list_layers is not None:  # token layers still get their layout
+      shapes = {i.path: i.shape for i in m.list_layers(x[:1])}
+      shape = shapes.get(layer) if isinstance(layer, str) else None
+      prefix = _token_prefix(shape[1]) if shape is not None and len(shape) == 3 else None
+      if prefix is not None:
+        layout = layouts.tokens(prefix=prefix)
+  ex = api.explain(method, m.make_tap(layer, layout), x, target=tgt, **options)
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(ex.logits, jnp.float32), axis=-1))
+  from jaxcam.stream import top5
+
+  return ModelExplanation(
+    **{f.name: getattr(ex, f.name) for f in dataclasses.fields(api.Explanation)},
+    images=tuple(originals),
+    names=tuple(names),
+    layer_reason=reason,
+    top5=tuple(tuple(top5(p, m.class_name)) for p in probs) if probs.ndim == 2 else (),
+    class_name=m.class_name,
+  )
