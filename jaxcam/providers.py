@@ -99,6 +99,13 @@ def _class_ids(tap, x, fwd):
 def _fc_kernel(tap, x, fwd, *, fc=None):
   kernel = classic.resolve_fc_kernel(tap, fc)
   a = fwd.activations[0]
+  if getattr(fwd.logits, "ndim", None) != 2:
+    from jaxcam.layouts import describe
+
+    raise ValueError(
+      f"CAM weights the layer's channels by the Dense kernel of the logits (B, classes), but the model returns "
+      f"{describe(fwd.logits)}. Pick the logits with the tap's output= (e.g. output='logits')."
+    )
   c, n = a.shape[-1], fwd.logits.shape[-1]
   if kernel.shape != (c, n):
     raise ValueError(

@@ -368,6 +368,24 @@ def test_pooling_detection_sees_layouts_avg_pool_and_call_wrappers():
 # ------------------------------------------------------------------------------------------------ 1-D models
 
 
+def _value_and_grad_by_hand(module, variables, x, name, ids):
+  """A top-level layer's value (Flax's capture_intermediates) and the gradient of the batch-summed target logits
+  w.r.t. it (an interceptor adding a perturbation): the reference the taps are checked against."""
+
+  def logits_with(delta):
+    def icpt(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      return out + delta if context.module.name == name else out
+
+    with nn.intercept_methods(icpt):
+      return module.apply(variables, x)
+
+  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  a = np.asarray(state["intermediates"][name]["__call__"][0])
+  g = jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(len(ids)), ids]))(jnp.zeros(a.shape))
+  return a, np.asarray(g)
+
+
 class Net1d(nn.Module):
   @nn.compact
   def __call__(self, x):  # (B, L, C)
@@ -385,17 +403,7 @@ def test_one_dimensional_model_maps_have_the_input_length():
   raw = jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False)
 
   # by hand: the layer's value and gradient from an interceptor, Grad-CAM's mean-gradient weights
-  def logits_with(delta):
-    def icpt(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      return out + delta if context.module.name == "conv2" else out
-
-    with nn.intercept_methods(icpt):
-      return module.apply(variables, x)
-
-  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-  a = np.asarray(state["intermediates"]["conv2"]["__call__"][0])  # (B, 16, 8)
-  g = np.asarray(jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(3), ids]))(jnp.zeros(a.shape)))
+  a, g = _value_and_grad_by_hand(module, variables, x, "conv2", ids)  # (B, 16, 8)
   by_hand = np.maximum(np.sum(g.mean(axis=1, keepdims=True) * a, axis=-1), 0)
   np.testing.assert_allclose(raw, by_hand, rtol=1e-4, atol=1e-6)
   # upsampled to the input length: linear interpolation with half-sample centres, edges held
@@ -442,17 +450,7 @@ def test_volume_gradcam_matches_a_hand_computation_with_trilinear_upsampling(net
   ids = np.array([1, 3])
   tap = jaxcam.linen_tap(module, variables, "block", input_layout="NDHWC")
 
-  def logits_with(delta):
-    def icpt(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      return out + delta if context.module.name == "block" else out
-
-    with nn.intercept_methods(icpt):
-      return module.apply(variables, x)
-
-  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-  a = np.asarray(state["intermediates"]["block"]["__call__"][0])  # (B, 3, 5, 4, 8)
-  g = np.asarray(jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(2), ids]))(jnp.zeros(a.shape)))
+  a, g = _value_and_grad_by_hand(module, variables, x, "block", ids)  # (B, 3, 5, 4, 8)
   raw = np.sum(g.mean(axis=(1, 2, 3), keepdims=True) * a, axis=-1)
   ex = jaxcam.explain("gradcam", tap, x, ids)
   assert ex.maps.shape == (2, 6, 10, 8) and ex.feature_sizes == ((3, 5, 4),)

@@ -401,3 +401,16 @@ def test_constant_input_gives_finite_maps(common):
   for name, m in maps.items():
     m = np.asarray(m)
     assert np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1, name
+
+
+def test_cam_on_a_dict_output_names_output_selector():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  variables = models.GapDense().init(jax.random.key(1), x)
+  tap = jaxcam.linen_tap(models.DictOutput(), variables, "features")
+  with pytest.raises(ValueError, match=r"returns keys \['logits', 'embedding'\].*output='logits'"):
+    jaxcam.cam(tap, x, target=lambda o: o["logits"][:, 0], fc="fc")
+  picked = jaxcam.linen_tap(models.DictOutput(), variables, "features", output="logits")
+  plain = jaxcam.linen_tap(models.GapDense(), variables, "features")
+  np.testing.assert_allclose(
+    jaxcam.cam(picked, x, target=1, fc="fc"), jaxcam.cam(plain, x, target=1, fc="fc"), atol=1e-6
+  )
