@@ -640,3 +640,64 @@ def test_equinox_cnn_through_function_tap():
   # a reshape_transform-style function works too (perturbations mapped back through its transpose)
   fn_tap = jaxcam.function_tap(body, head, params, layout=lambda v: jnp.moveaxis(v, 1, -1), input_layout="NCHW")
   np.testing.assert_allclose(jaxcam.gradcam(fn_tap, x, ids), jaxcam.gradcam(tap, x, ids), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ an nnx ViT
+
+
+def test_nnx_vit_tokens_match_a_hand_split_and_auto_detection():
+  from flax import nnx
+
+  class NnxBlock(nnx.Module):
+    def __init__(self, dim, rngs):
+      self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=dim, decode=False, rngs=rngs)
+      self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+      self.mlp = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, x):
+      y = self.norm1(x)
+      x = x + self.attn(y, y)
+      return x + self.mlp(nnx.gelu(self.norm2(x)))
+
+  class NnxViT(nnx.Module):
+    def __init__(self, rngs, dim=16):
+      self.embed = nnx.Conv(3, dim, (4, 4), strides=4, rngs=rngs)
+      self.cls = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)) * 0.02)
+      self.blocks = nnx.List([NnxBlock(dim, rngs) for _ in range(2)])
+      self.norm = nnx.LayerNorm(dim, rngs=rngs)
+      self.head = nnx.Linear(dim, 5, rngs=rngs)
+
+    def tokens(self, x):
+      t = self.embed(x).reshape(x.shape[0], -1, self.cls.shape[-1])
+      return jnp.concatenate([jnp.broadcast_to(self.cls[...], (x.shape[0], 1, t.shape[-1])), t], axis=1)
+
+    def __call__(self, x):
+      t = self.tokens(x)
+      for b in self.blocks:
+        t = b(t)
+      return self.head(self.norm(t)[:, 0])  # the head reads CLS
+
+  model = NnxViT(nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  ids = np.array([1, 4])
+  tap = jaxcam.nnx_tap(model, "blocks/1/norm1", layout=jaxcam.layouts.tokens(prefix=1))
+  maps = jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False)
+
+  # by hand: the network split at blocks[1].norm1 (its output y feeds the attention; x0 is the residual)
+  last = model.blocks[1]
+  x0 = model.blocks[0](model.tokens(x))
+  y = np.asarray(last.norm1(x0))
+
+  def logits_from(y):
+    t = x0 + last.attn(y, y)
+    t = t + last.mlp(nnx.gelu(last.norm2(t)))
+    return model.head(model.norm(t)[:, 0])
+
+  g = np.asarray(jax.grad(lambda y: jnp.sum(logits_from(y)[jnp.arange(2), ids]))(jnp.asarray(y)))
+  patches, gp = y[:, 1:], g[:, 1:]
+  by_hand = np.maximum(np.sum(gp.mean(axis=1, keepdims=True) * patches, axis=-1), 0).reshape(2, 4, 4)
+  np.testing.assert_allclose(maps, by_hand, rtol=1e-4, atol=1e-6)
+  # the auto-detection picks the same layer: after it, only CLS reaches the head
+  layer, layout, _ = jaxcam.find_layer(model, x, ids)
+  assert layer == "blocks/1/norm1" and layout == jaxcam.layouts.tokens(prefix=1)
