@@ -125,3 +125,17 @@ def test_explain_model_by_shipped_name_on_real_photos():
   tap = jaxcam.linen_tap(*shipped.efficientnet_lite0(pretrained=True))
   np.testing.assert_allclose(ex.maps, jaxcam.gradcam(tap, shipped.preprocess(list(photos.values()))), atol=1e-5)
   assert np.asarray(jaxcam.explain_model("efficientnet_lite0", photos["chelsea"], target="tabby").target) == 281
+
+
+def test_no_spatial_layer_is_a_clear_error_listing_the_layers():
+  import flax.linen as nn
+
+  class Mlp(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3, name="out")(nn.relu(nn.Dense(8, name="hidden")(x.reshape(x.shape[0], -1))))
+
+  x = jnp.ones((1, 8, 8, 3))
+  variables = Mlp().init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"No layer of Mlp has a spatial output.*hidden \(1, 8\)"):
+    jaxcam.find_layer((Mlp(), variables), x)
