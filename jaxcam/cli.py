@@ -23,11 +23,16 @@ DEMO_EXTRA = ("gradcam_pp (exact)",)
 """Beside every method row, the demo draws Grad-CAM++ with exact derivatives (jaxcam only)."""
 
 
-def demo_methods(include_expensive: bool = False) -> list[str]:
-  """The demo's rows: every method in the table whose cost is a fixed number of passes (``--all``: every row)."""
+def demo_methods(include_expensive: bool = False, tap=None) -> list[str]:
+  """The demo's rows: every method in the table whose cost is a fixed number of passes (``--all``: every row);
+  with `tap`, only the rows that can read it (`MethodSpec.applies`: LeGrad needs transformer blocks)."""
   from jaxcam.methods.table import METHODS
 
-  return [name for name, spec in METHODS.items() if include_expensive or not spec.expensive()]
+  return [
+    name
+    for name, spec in METHODS.items()
+    if (include_expensive or not spec.expensive()) and (tap is None or spec.applies(tap))
+  ]
 
 
 class CliError(Exception):
@@ -163,7 +168,7 @@ def cmd_demo(args) -> int:
   names = list(photos)
   x = jnp.asarray(models.preprocess([photos[n] for n in names], "efficientnet_lite0"))
   tap = jaxcam.linen_tap(module, variables)
-  methods = demo_methods(args.all)
+  methods = demo_methods(args.all, tap)
   key = jax.random.key(args.seed)
   shared = [m for m in methods if not jaxcam.get_method(m).expensive()]
   many = jaxcam.explain_many(shared, tap, x, key=key)  # one forward + backward for these
@@ -576,6 +581,8 @@ def cmd_evaluate(args) -> int:
     tap = jaxcam.linen_tap(module, variables, args.layer)
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e)) from None
+  if args.methods == "default":  # the rows that can read this tap (LeGrad needs transformer blocks)
+    rows = [r for r in rows if r == EXACT_ROW or jaxcam.get_method(r).applies(tap)]
   ids = jnp.argmax(tap.forward(x), axis=-1)
   score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
   key = jax.random.key(args.seed)
