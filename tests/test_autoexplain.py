@@ -51,6 +51,7 @@ def test_auto_detection_on_linen_nnx_and_vit_models(small_linen):
   assert jaxcam.find_layer((mean_vit, mean_vit.init(jax.random.key(1), vx)), vx)[0] == "norm"
 
 
+@pytest.mark.slow  # two Hugging Face models compiled (~37 s cold)
 def test_auto_detection_on_hugging_face_resnet_and_vit():
   tf = pytest.importorskip("transformers", reason="optional: pip install transformers==4.49 (Flax models)")
   cfg = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5)

@@ -469,6 +469,7 @@ def test_volume_gradcam_matches_a_hand_computation_with_trilinear_upsampling(net
     jaxcam.gradcam(jaxcam.linen_tap(module, variables, "block"), x)
 
 
+@pytest.mark.slow  # every cheap row compiled for volumes (~20 s cold)
 def test_volume_methods_run_and_recipro_cam_uses_the_3d_kernel(net3d):
   module, variables, x = net3d
   tap = jaxcam.linen_tap(module, variables, "block", input_layout="NDHWC")
@@ -535,10 +536,12 @@ def test_legrad_errors_and_explain_many(tv_vit, vit):
   vit_module, vit_variables, vx = vit
   with pytest.raises(ValueError, match="define a method `legrad_score`"):
     jaxcam.legrad(jaxcam.linen_tap(vit_module, vit_variables, "block1", layout=jaxcam.layouts.tokens()), vx)
-  # explain_many(None) runs LeGrad on token taps and leaves it out elsewhere
-  tap = jaxcam.linen_tap(module, variables, "layers_1", layout=jaxcam.layouts.tokens())
-  assert "legrad" in jaxcam.explain_many(None, tap, x)
-  assert "legrad" not in jaxcam.explain_many(None, jaxcam.linen_tap(module, variables, "conv_proj"), x)
+  # explain_many(None) runs the rows that apply: LeGrad on linen token taps only (test_contract runs explain_many)
+  legrad = jaxcam.get_method("legrad")
+  assert legrad.applies(jaxcam.linen_tap(module, variables, "layers_1", layout=jaxcam.layouts.tokens()))
+  assert not legrad.applies(jaxcam.linen_tap(module, variables, "conv_proj"))
+  assert not legrad.applies(jaxcam.linen_tap(module, variables, "layers_1", layout=jaxcam.layouts.tokens(),
+                                             where="input"))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ capture filters

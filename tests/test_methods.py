@@ -160,7 +160,9 @@ def common_tokens():
   return jaxcam.linen_tap(module, variables, "layers_0", layout=jaxcam.layouts.tokens()), x, jnp.array([1, 0, 4])
 
 
-@pytest.mark.parametrize("name", jaxcam.method_names())
+@pytest.mark.parametrize(  # LeGrad's ViT compiles for ~45 s cold (op by op included): the slow tier runs it
+  "name", [pytest.param(n, marks=pytest.mark.slow) if n == "legrad" else n for n in jaxcam.method_names()]
+)
 def test_common_contract(common, common_tokens, name):
   tap, x, t = common if jaxcam.get_method(name).applies(common[0]) else common_tokens
   fn = functools.partial(getattr(jaxcam, name), **light_options(name))
