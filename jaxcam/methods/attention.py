@@ -34,17 +34,23 @@ def legrad_map(activations: jax.Array, attention_relevance: jax.Array, /) -> jax
   return attention_relevance
 
 
-def reads_attention(tap: Any) -> bool:
-  """Whether LeGrad can read `tap`: a linen tap on block outputs laid out as tokens."""
+def _token_blocks(tap: Any) -> tuple[Any, Any] | None:
+  """``(selector, tokens layout)`` when `tap` is a linen tap on block outputs laid out as tokens (directly or
+  through ``pick(selector, then=tokens())``), else None."""
   from jaxcam import layouts as layouts_lib
   from jaxcam import taps as taps_lib
 
   if not isinstance(tap, taps_lib.LinenTap) or tap.where != "output":
-    return False
-  layout = layouts_lib.as_layout(tap.layout)
+    return None
+  layout, selector = layouts_lib.as_layout(tap.layout), None
   if isinstance(layout, layouts_lib.Pick):
-    layout = layouts_lib.as_layout(layout.then)
-  return isinstance(layout, layouts_lib.Tokens)
+    selector, layout = layout.selector, layouts_lib.as_layout(layout.then)
+  return (selector, layout) if isinstance(layout, layouts_lib.Tokens) else None
+
+
+def reads_attention(tap: Any) -> bool:
+  """Whether LeGrad can read `tap`: a linen tap on block outputs laid out as tokens."""
+  return _token_blocks(tap) is not None
 
 
 def _score_method(tap, score: Any):
@@ -82,15 +88,13 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
       f"transformer blocks' outputs (where='output'), got {type(tap).__name__}."
     )
   aliases = [taps_lib._linen_aliases(p) for p in tap.layers]
-  layout = layouts_lib.as_layout(tap.layout)
-  selector = None
-  if isinstance(layout, layouts_lib.Pick):
-    selector, layout = layout.selector, layouts_lib.as_layout(layout.then)
-  if not isinstance(layout, layouts_lib.Tokens):
+  blocks = _token_blocks(tap)
+  if blocks is None:
     raise ValueError(
       "LeGrad lays the attention keys out on the patch grid: tap the blocks with "
-      f"layout=jaxcam.layouts.tokens(prefix=...) (or pick(i, then=tokens(...))), got {layout!r}."
+      f"layout=jaxcam.layouts.tokens(prefix=...) (or pick(i, then=tokens(...))), got {tap.layout!r}."
     )
+  selector, layout = blocks
 
   method = _score_method(tap, score)
 
