@@ -346,6 +346,12 @@ def _is_traced(tree: Any) -> bool:
   return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def _under_trace(tree: Any) -> bool:
+  """True inside the user's `jax.jit` (every new value is then a tracer, even one made from constants) or when an
+  input is traced (`vmap`, `grad`): eager-only checks and host-side progress bars are skipped then."""
+  return _is_traced(tree) or isinstance(jnp.zeros((), jnp.int32), jax.core.Tracer)
+
+
 def _show_progress(progress: Any, traced: bool, expensive: bool) -> bool:
   """Whether chunked maps report progress: `progress` if given, else for eager calls of expensive methods."""
   if progress is not None and not isinstance(progress, bool):
@@ -388,10 +394,12 @@ def model_errors(x: Any):
 def _check_pixels(tap: Any, x: Any) -> None:
   """For concrete `x`, from one device-to-host transfer: raise naming the images that hold NaN or Inf (they would
   give silent NaN maps), and warn when a shipped model (it declares ``input_mean``: it takes [0, 1]) is given
-  what looks like 0-255."""
-  if isinstance(x, jax.core.Tracer):
+  what looks like 0-255. Inside a trace (the user's `jax.jit`) the check's result is a tracer even when `x` is a
+  closed-over constant, so tracing is told by the result, not by `x`'s type."""
+  check = (jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))), jnp.max(x))
+  if _is_traced(check):
     return
-  ok, hi = jax.device_get((jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))), jnp.max(x)))
+  ok, hi = jax.device_get(check)
   if not ok.all():
     bad = np.flatnonzero(~ok).tolist()
     raise ValueError(
@@ -514,7 +522,7 @@ def explain(
     target = _prepare(tap, x, target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
-  under_jit = _is_traced((tap, x, target, traced))
+  under_jit = _under_trace((tap, x, target, traced))
   with model_errors(x):
     ex = _explain_jit(
       tap,
@@ -602,7 +610,7 @@ def explain_many(
   x, sequence = _sequence_input(tap, x)
   with _spatial.dims(taps_lib.spatial_dims(tap)):
     target = _prepare(tap, x, target)
-  under_jit = _is_traced((tap, x, target, key))
+  under_jit = _under_trace((tap, x, target, key))
   with model_errors(x):
     out = _explain_many_jit(
       tap,

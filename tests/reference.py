@@ -44,18 +44,23 @@ def gradcam_elementwise_raw(a, g):
 
 
 def eigen_raw(f):
-  """First-principal-component projection, sign-aligned to the channel-sum energy (jaxcam's rule)."""
+  """First-principal-component projection of the centred positions, with whatever sign LAPACK gives the singular
+  vector (no sign rule: compare with `up_to_sign`)."""
   out = np.zeros(f.shape[:-1])
   for idx in np.ndindex(*f.shape[:-3]):
     x = f[idx].reshape(-1, f.shape[-1]).astype(np.float64)
     xc = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(xc, full_matrices=True)
-    p = xc @ vt[0]
-    e = x.sum(-1)
-    if np.dot(p, e - e.mean()) < 0:
-      p = -p
-    out[idx] = p.reshape(f.shape[-3:-1])
+    out[idx] = (xc @ vt[0]).reshape(f.shape[-3:-1])
   return out
+
+
+def up_to_sign(raw, like, then=lambda m: m):
+  """``then(raw)`` or ``then(-raw)``, per map (..., h, w), whichever is closer to `like`: for references whose sign
+  is arbitrary (an SVD's). `like` only picks one of the two; the comparison that follows must still pass."""
+  pos, neg = then(raw), then(-raw)
+  keep = np.abs(like - pos).sum(axis=(-2, -1)) <= np.abs(like - neg).sum(axis=(-2, -1))
+  return np.where(keep[..., None, None], pos, neg)
 
 
 def minmax(m, eps=1e-7):

@@ -38,7 +38,7 @@ def test_targets_match_pytorch_grad_cam(tfix):
   np.testing.assert_allclose(targets.segmentation(2, d["seg_mask"])(seg), d["seg"], atol=1e-5)
   sim = targets.similarity(d["emb_ref"])
   np.testing.assert_allclose(sim(jnp.asarray(d["emb"])), d["similarity"], atol=1e-6)
-  np.testing.assert_allclose(targets.regression(3)(jnp.asarray(d["logits"])), d["logits"][:, 3])
+  np.testing.assert_allclose(targets.regression(3)(jnp.asarray(d["logits"])), d["logits"][:, 3], rtol=1e-6)
 
 
 def test_detection_target_matches_pytorch_grad_cam_with_padding(tfix):
@@ -121,16 +121,15 @@ def vit():
   return module, module.init(jax.random.key(1), x), x
 
 
-def _gradcam_by_hand(module, variables, x, layer, ids, logits=lambda out: out):
-  """Grad-CAM on block tokens from a hand-split forward: capture the tokens (capture_intermediates), add a
-  perturbation at that block by an interceptor written here, differentiate, drop CLS, reshape to the square grid,
-  weight by the mean gradient."""
+def _value_and_grad_at(module, variables, x, layer, ids, logits=lambda out: out):
+  """The output of the submodule at path `layer` (Flax's capture_intermediates) and the gradient of the batch-summed
+  target logits w.r.t. it (a perturbation added there by an interceptor written here): no jaxcam code."""
   here = lambda m: "/".join(m.path) == layer
   _, state = module.apply(variables, x, capture_intermediates=lambda m, _: here(m), mutable=["intermediates"])
   node = state["intermediates"]
   for part in layer.split("/"):
     node = node[part]
-  tokens = node["__call__"][0]
+  a = node["__call__"][0]
 
   def logits_with(delta):
     def icpt(next_fun, args, kwargs, context):
@@ -140,10 +139,22 @@ def _gradcam_by_hand(module, variables, x, layer, ids, logits=lambda out: out):
     with nn.intercept_methods(icpt):
       return logits(module.apply(variables, x))
 
-  g = jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(len(ids)), ids]))(jnp.zeros_like(tokens))
+  g = jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(len(ids)), ids]))(jnp.zeros_like(a))
+  return np.asarray(a), np.asarray(g)
+
+
+def _patch_grid(tokens):
+  """(B, 1 + h*w, D) tokens -> (B, h, w, D): CLS dropped, the patches on their square grid."""
   b, n, d = tokens.shape
   side = int(np.sqrt(n - 1))
-  a, g = np.asarray(tokens)[:, 1:].reshape(b, side, side, d), np.asarray(g)[:, 1:].reshape(b, side, side, d)
+  return tokens[:, 1:].reshape(b, side, side, d)
+
+
+def _gradcam_by_hand(module, variables, x, layer, ids, logits=lambda out: out):
+  """Grad-CAM on block tokens from a hand-split forward (`_value_and_grad_at`): drop CLS, reshape to the square
+  grid, weight by the mean gradient."""
+  tokens, g = _value_and_grad_at(module, variables, x, layer, ids, logits)
+  a, g = _patch_grid(tokens), _patch_grid(g)
   return np.maximum(np.sum(g.mean(axis=(1, 2), keepdims=True) * a, axis=-1), 0)
 
 
@@ -169,31 +180,34 @@ def test_gradcam_on_vit_tokens_matches_a_hand_split(vit):
 def test_tuple_layers_dict_outputs_and_channels_first(vit):
   module, variables, x = vit
   ids = np.array([1, 3])
-  expected = jaxcam.gradcam(jaxcam.linen_tap(module, variables, "block1", layout=jaxcam.layouts.tokens()), x, ids)
+  expected = jaxcam.gradcam(jaxcam.linen_tap(module, variables, "block0", layout=jaxcam.layouts.tokens()), x, ids)
+  by_hand = reference.postprocess(_gradcam_by_hand(module, variables, x, "block0", ids), (16, 16))
+  assert by_hand.max() > 0.5  # (at block1 every map is zero: the patch tokens reach the CLS head no more)
+  np.testing.assert_allclose(expected, by_hand, atol=2e-4)  # the maps the other forms are compared with
   tup = TinyViT(as_tuple=True)
   with pytest.raises(ValueError, match=r"a tuple of 2.*layouts.pick"):
-    jaxcam.gradcam(jaxcam.linen_tap(tup, variables, "block1", layout=jaxcam.layouts.tokens()), x, ids)
-  picked = jaxcam.linen_tap(tup, variables, "block1", layout=jaxcam.layouts.pick(0, then=jaxcam.layouts.tokens()))
+    jaxcam.gradcam(jaxcam.linen_tap(tup, variables, "block0", layout=jaxcam.layouts.tokens()), x, ids)
+  picked = jaxcam.linen_tap(tup, variables, "block0", layout=jaxcam.layouts.pick(0, then=jaxcam.layouts.tokens()))
   np.testing.assert_allclose(jaxcam.gradcam(picked, x, ids), expected, atol=1e-6)
   _, a = picked(x)
-  tokens_tap = jaxcam.linen_tap(module, variables, "block1", layout=jaxcam.layouts.tokens())
+  tokens_tap = jaxcam.linen_tap(module, variables, "block0", layout=jaxcam.layouts.tokens())
   np.testing.assert_allclose(picked.head(x, 0.5 * a), tokens_tap.head(x, 0.5 * a), atol=1e-6)  # put back into the tuple
   # a dict output: a static selector, so a second tap built the same way reuses the compiled program
   dicty = TinyViT(dict_output=True)
-  build = lambda: jaxcam.linen_tap(dicty, variables, "block1", layout=jaxcam.layouts.tokens(), output="logits")
+  build = lambda: jaxcam.linen_tap(dicty, variables, "block0", layout=jaxcam.layouts.tokens(), output="logits")
   np.testing.assert_allclose(jaxcam.gradcam(build(), x, ids), expected, atol=1e-6)
   before = jaxcam.api._explain_jit._cache_size()
   jaxcam.gradcam(build(), x, ids)
   assert jaxcam.api._explain_jit._cache_size() == before
   with pytest.raises(ValueError, match=r"`output='logit'`: No 'logit' in keys \['logits', 'features'\]"):
-    jaxcam.gradcam(jaxcam.linen_tap(dicty, variables, "block1", layout=jaxcam.layouts.tokens(), output="logit"), x)
+    jaxcam.gradcam(jaxcam.linen_tap(dicty, variables, "block0", layout=jaxcam.layouts.tokens(), output="logit"), x)
   # similarity to a reference embedding, read through output="features"
-  emb = jaxcam.linen_tap(dicty, variables, "block1", layout=jaxcam.layouts.tokens(), output="features")
+  emb = jaxcam.linen_tap(dicty, variables, "block0", layout=jaxcam.layouts.tokens(), output="features")
   ref = dicty.apply(variables, x[::-1])["features"][0]
   assert jaxcam.gradcam(emb, x, jaxcam.targets.similarity(ref)).shape == (2, 16, 16)
   # channels-first pixels: the tap transposes; x and the maps stay channels-last
   cf = jaxcam.linen_tap(
-    TinyViT(channels_first=True), variables, "block1", layout=jaxcam.layouts.tokens(), input_layout="NCHW"
+    TinyViT(channels_first=True), variables, "block0", layout=jaxcam.layouts.tokens(), input_layout="NCHW"
   )
   np.testing.assert_allclose(jaxcam.gradcam(cf, x, ids), expected, atol=1e-6)
 
@@ -244,26 +258,41 @@ def test_hugging_face_flax_vit_tokens_and_tuple_layers():
 
 
 def test_hugging_face_flax_resnet_and_beit():
+  """The taps' logits are the Hugging Face models' own (their public NCHW entry point); the maps (each image's top
+  class) are the numpy formulas on A and dS/dA read by `_value_and_grad_at` (capture_intermediates + an
+  interceptor), through pytorch-grad-cam's pipeline (`reference.postprocess`)."""
   tf = _hf()
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  pixel_values = jnp.moveaxis(x, -1, 1)
+  by_logits = lambda out: out.logits
   cfg = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5)
   model = tf.FlaxResNetForImageClassification(cfg, seed=0, input_shape=(1, 32, 32, 3))
   module, variables = model.module, dict(model.params)
-  tap = jaxcam.linen_tap(module, variables, "resnet/encoder/stages/1", output="logits")
-  np.testing.assert_allclose(tap.forward(x), module.apply(variables, x).logits, atol=1e-5)
+  layer = "resnet/encoder/stages/1"
+  tap = jaxcam.linen_tap(module, variables, layer, output="logits")
+  hf_logits = np.asarray(model(pixel_values).logits)
+  np.testing.assert_allclose(tap.forward(x), hf_logits, rtol=1e-5, atol=1e-5)
+  a, g = _value_and_grad_at(module, variables, x, layer, hf_logits.argmax(-1), by_logits)
+  assert a.shape == (2, 4, 4, 16)
+  raw = {"gradcam": reference.channel_map(reference.gradcam_w(a, g), a), "layercam": reference.layercam_raw(a, g)}
   for name in ("gradcam", "layercam"):
     m = jaxcam.explain(name, tap, x).maps
-    assert m.shape == (2, 32, 32) and np.isfinite(np.asarray(m)).all()
+    np.testing.assert_allclose(m, reference.postprocess(raw[name], (32, 32)), atol=2e-4, err_msg=name)
   cfg = tf.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=64, num_labels=5, use_mean_pooling=True)  # fmt: skip
+  layer = "beit/encoder/layer/1/layernorm_after"
   with jax.numpy_rank_promotion("allow"):  # BEiT's layer scale broadcasts (D,) against (B, N, D)
     model = tf.FlaxBeitForImageClassification(cfg, seed=0)
     module, variables = model.module, {"params": model.params}
-    tap = jaxcam.linen_tap(module, variables, "beit/encoder/layer/1/layernorm_after",
-                           layout=jaxcam.layouts.tokens(prefix=1), output="logits")  # fmt: skip
-    np.testing.assert_allclose(tap.forward(x), module.apply(variables, x).logits, atol=1e-5)
+    tap = jaxcam.linen_tap(module, variables, layer, layout=jaxcam.layouts.tokens(prefix=1), output="logits")
+    hf_logits = np.asarray(model(pixel_values).logits)
+    np.testing.assert_allclose(tap.forward(x), hf_logits, rtol=1e-5, atol=1e-5)
     maps = jaxcam.gradcam(tap, x)
-  assert maps.shape == (2, 32, 32) and float(jnp.max(maps)) > 0
+    tokens, g = _value_and_grad_at(module, variables, x, layer, hf_logits.argmax(-1), by_logits)
+  a, g = _patch_grid(tokens), _patch_grid(g)
+  expected = reference.postprocess(reference.channel_map(reference.gradcam_w(a, g), a), (32, 32))
+  assert maps.shape == (2, 32, 32) and expected.max() > 0.5
+  np.testing.assert_allclose(maps, expected, atol=2e-4)
 
 
 def test_a_cls_head_after_the_last_block_warns(vit):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import struct
-import time
 import zipfile
+from io import BufferedReader, FileIO
 
 import ml_dtypes
 import numpy as np
@@ -127,6 +128,53 @@ def test_save_npz_is_deterministic_and_loadable(tmp_path):
 # --------------------------------------------------------------------------- hostile files (bounded work)
 
 
+class _TooMuchWork(BaseException):
+  """Raised past the walk budget (a BaseException: the loader's `except Exception` cannot turn it into an error)."""
+
+
+@contextlib.contextmanager
+def _counted_work(max_resolve: int):
+  """Deterministic measures of the loader's work: the bytes it reads (its own file reads and zip member reads,
+  decompressed) and the calls of `io._resolve`, which walks the unpickled objects (a tree walk of a DAG would be
+  exponential: past `max_resolve` calls the walk is stopped, so a regression fails instead of hanging)."""
+  counts = {"bytes": 0, "resolve": 0}
+
+  class Reader(BufferedReader):
+    def read(self, size=-1, /):
+      data = super().read(size)
+      counts["bytes"] += len(data)
+      return data
+
+    def readinto(self, buffer, /):
+      n = super().readinto(buffer)
+      counts["bytes"] += n or 0
+      return n
+
+    def readline(self, size=-1, /):
+      line = super().readline(size)
+      counts["bytes"] += len(line)
+      return line
+
+  zip_read, resolve = zipfile.ZipFile.read, io._resolve
+
+  def read_member(self, name, pwd=None):
+    data = zip_read(self, name, pwd)
+    counts["bytes"] += len(data)
+    return data
+
+  def counted_resolve(*args):
+    counts["resolve"] += 1
+    if counts["resolve"] > max_resolve:
+      raise _TooMuchWork(f"more than {max_resolve} calls of io._resolve")
+    return resolve(*args)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(io, "open", lambda path, mode="r": Reader(FileIO(path, mode)), raising=False)
+    mp.setattr(zipfile.ZipFile, "read", read_member)
+    mp.setattr(io, "_resolve", counted_resolve)
+    yield counts
+
+
 @pytest.mark.parametrize("write", [torchfiles.write_zip, torchfiles.write_legacy], ids=["zip", "legacy"])
 def test_small_files_cannot_hang_or_exhaust_memory(tmp_path, write):
   s = torchfiles.Storage("0", np.arange(6.0))
@@ -136,10 +184,10 @@ def test_small_files_cannot_hang_or_exhaust_memory(tmp_path, write):
   for _ in range(60):
     node = [node, node]
   write(path, {"w": torchfiles.Tensor(s, 0, (2, 3), (3, 1)), "dag": node})
-  t0 = time.perf_counter()
-  with pytest.raises(io.CheckpointError, match="'dag' is a list"):
+  # 61 shared lists, each walked once and met twice: 124 calls, where a tree walk makes 2**61
+  with _counted_work(max_resolve=130) as work, pytest.raises(io.CheckpointError, match="'dag' is a list"):
     io.load_state_dict(path)
-  assert time.perf_counter() - t0 < 5
+  assert work["resolve"] > 60 and 0 < work["bytes"] <= 2 * os.path.getsize(path)
   # zero strides: a 1 GiB array claimed from a few hundred bytes
   write(path, {"w": torchfiles.Tensor(s, 0, (16384, 16384), (0, 0))})
   with pytest.raises(io.CheckpointError, match=r"size \(16384, 16384\) would take .* past \d+ bytes"):
@@ -223,15 +271,15 @@ def test_loader_fuzz_every_outcome_is_arrays_or_a_checkpoint_error(tmp_path, kin
     raw = raw[: int(cut * len(raw))]
   path = tmp_path / f"fuzz{os.path.splitext(name)[1]}"
   path.write_bytes(bytes(raw))
-  t0 = time.perf_counter()
-  try:
-    result = io.load_state_dict(path)
-  except (io.CheckpointError, io.UnsafeCheckpointError):
-    pass
-  else:
-    assert isinstance(result, dict) and all(isinstance(v, np.ndarray) for v in result.values())
-    assert _budget_ok(result, path)
-  assert time.perf_counter() - t0 < 5
+  with _counted_work(max_resolve=len(raw)) as work:
+    try:
+      result = io.load_state_dict(path)
+    except (io.CheckpointError, io.UnsafeCheckpointError):
+      pass
+    else:
+      assert isinstance(result, dict) and all(isinstance(v, np.ndarray) for v in result.values())
+      assert _budget_ok(result, path)
+  assert work["bytes"] <= 2 * len(raw)  # bounded work: the file read about once, no more objects walked than bytes
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -88,7 +88,7 @@ def test_nan_maps_are_counted_and_left_out(fix):
   np.testing.assert_allclose(r.avg_drop, 100 * r.drop[0], rtol=1e-6)
   de = metrics.deletion(f, x, maps, target=d["ids2"], steps=4)
   assert int(de.nan_count) == 1 and np.isnan(de.auc[1]) and np.isfinite(de.mean_auc)
-  np.testing.assert_allclose(de.mean_auc, de.auc[0])
+  np.testing.assert_allclose(de.mean_auc, de.auc[0], rtol=1e-6)
 
 
 def test_baselines_and_errors(fix):
@@ -124,13 +124,13 @@ def test_pointing_game_hand_cases():
   assert list(np.asarray(p.hits)) == [True, False, False]
   assert np.asarray(p.peaks).tolist() == [[5, 5], [5, 9], [2, 2]]
   assert list(np.asarray(metrics.pointing_game(maps, boxes, tolerance=3).hits)) == [True, True, True]  # (2,2)->(4,4)
-  np.testing.assert_allclose(p.energy, [1.0, 0.0, 0.0])
+  np.testing.assert_allclose(p.energy, [1.0, 0.0, 0.0], atol=1e-6)
   masks = np.asarray(metrics.boxes_to_masks(boxes, (10, 10)))
   assert masks.sum() == 3 * 9 and masks[0, 4:7, 4:7].all()
   np.testing.assert_array_equal(metrics.pointing_game(maps, masks, tolerance=2).hits, p.hits)
   half = np.zeros((1, 10, 10), np.float32)
   half[0, 5, 5], half[0, 0, 0] = 3.0, 1.0
-  np.testing.assert_allclose(metrics.pointing_game(half, boxes[:1]).energy, [0.75])
+  np.testing.assert_allclose(metrics.pointing_game(half, boxes[:1]).energy, [0.75], atol=1e-6)
   with pytest.raises(ValueError, match="`tolerance`"):
     metrics.pointing_game(maps, boxes, tolerance=-1)
 
@@ -153,8 +153,8 @@ def test_auroc_and_iou_against_numpy():
       np.testing.assert_allclose(loc.iou[b, j], (pred & masks[b]).sum() / (pred | masks[b]).sum(), rtol=1e-6)
   assert np.isnan(loc.auroc[2]) and list(np.asarray(loc.valid)) == [True, True, False]
   perfect = metrics.localization(masks[:2].astype(np.float32), masks[:2])
-  np.testing.assert_allclose(perfect.auroc, 1.0)
-  np.testing.assert_allclose(perfect.best_iou, 1.0)
+  np.testing.assert_allclose(perfect.auroc, 1.0, atol=1e-6)
+  np.testing.assert_allclose(perfect.best_iou, 1.0, atol=1e-6)
   with pytest.raises(ValueError, match="boolean masks"):
     metrics.localization(maps, masks.astype(np.float32))
 
@@ -218,7 +218,7 @@ def test_road_matches_pytorch_grad_cam(road_fix):
   np.testing.assert_allclose(lerf.score, d["pgc/lerf"], atol=2e-4)
   np.testing.assert_allclose(combined.score, d["pgc/combined"], atol=2e-4)
   np.testing.assert_allclose(combined.mean_score, np.mean(d["pgc/combined"]), atol=2e-4)
-  np.testing.assert_allclose(morf.percentiles, np.arange(10, 100, 10))
+  np.testing.assert_allclose(morf.percentiles, np.arange(10, 100, 10), atol=1e-5)
   np.testing.assert_allclose(morf.change[:, 7], d["pgc/morf80"], atol=2e-4)  # ROADMostRelevantFirst(80)
   assert morf.change.shape == (2, 9) and morf.order == "morf"
 

@@ -12,6 +12,7 @@ import pytest
 
 import jaxcam
 from jaxcam import models
+from tests import reference
 from tests.conftest import FIXTURES
 from tests.seeded import seeded_state_dict
 
@@ -115,14 +116,26 @@ def test_converter_rejects_wrong_state_dicts():
 
 
 def test_converted_resnet_from_a_torch_file(tmp_path):
-  """The loader and converter together: a seeded state dict stored as .npz and loaded by path."""
-  module, variables, x, ref = _converted("resnet18")
+  """The loader and converter together: a seeded state dict stored as .npz, loaded by path, gives torchvision's
+  logits, and its Grad-CAM is the numpy one from layer4's output (read with capture_intermediates) and the closed
+  form gradient of GAP + fc (dS/dA = fc.kernel[:, c] / (h w))."""
   with np.load(os.path.join(FIXTURES, "converters.npz")) as d:
     sd = seeded_state_dict(list(zip([str(k) for k in d["resnet18/keys"]], json.loads(str(d["resnet18/shapes"])))), 7)
+    x, ref = d["resnet18/x"], d["resnet18/logits"]
   np.savez(tmp_path / "r18.npz", **sd)
   module, variables = models.resnet18(weights=str(tmp_path / "r18.npz"))
-  maps = jaxcam.gradcam(jaxcam.linen_tap(module, variables), jnp.asarray(x), target=jnp.array([1, 2]))
-  assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+  out, state = jax.jit(lambda v, x: module.apply(v, x, capture_intermediates=lambda m, _: m.name == "layer4"))(
+    variables, x
+  )
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+  classes = np.array([1, 2])
+  maps = jaxcam.gradcam(jaxcam.linen_tap(module, variables), jnp.asarray(x), target=jnp.asarray(classes))
+  a = np.asarray(state["intermediates"]["layer4"]["__call__"][0], np.float64)
+  kernel = np.asarray(variables["params"]["fc"]["kernel"], np.float64)
+  g = np.broadcast_to(kernel.T[classes][:, None, None, :] / (a.shape[1] * a.shape[2]), a.shape)
+  expected = reference.postprocess(reference.channel_map(reference.gradcam_w(a, g), a), x.shape[1:3])
+  assert maps.shape == (2, 64, 64) and expected.max() > 0.5  # a map with a peak, not a degenerate all-zero one
+  np.testing.assert_allclose(maps, expected, atol=2e-4)
 
 
 def test_preprocess_inputs():
