@@ -127,7 +127,7 @@ def fullgrad(
     select: which submodules count as bias layers (default `is_bias_layer`, pytorch-grad-cam's rule).
     **apply_kwargs: static keyword arguments of ``module.apply`` (e.g. ``train=False``).
 
-  Matches pytorch-grad-cam's ``FullGrad`` (tests/test_family.py, a torchvision ResNet-18 with non-trivial
+  Matches pytorch-grad-cam's ``FullGrad`` (tests/test_fullgradient.py, a torchvision ResNet-18 with non-trivial
   BatchNorm statistics). Not a method-table row: it reads the whole model, not one layer.
   """
   import flax.linen as nn

@@ -9,7 +9,7 @@ A method row (`jaxcam.methods.table.MethodSpec`) says what it consumes, e.g. ``n
 of the call sets ``grads=True``). A provider declares its options with defaults (they become options of every
 method that needs it), whether it reads one layer only, and its cost, so that `jaxcam.explain_many` can share it
 between methods and refuse to run expensive ones unasked. Register your own with `register_provider`; a method
-row of your own may then need it, with no edit to jaxcam (see tests/test_contract.py).
+row of your own may then need it, with no edit to jaxcam (see tests/test_providers.py).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from PIL import Image  # noqa: E402
 
 import jaxcam  # noqa: E402
 from jaxcam import cli, io, models  # noqa: E402
-from tests import models as test_models  # noqa: E402
+from tests import nets as test_models  # noqa: E402
 
 CASES: list[tuple[str, str, object, tuple[str, ...]]] = []  # (class, name, fn, words the message must contain)
 

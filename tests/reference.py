@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -98,3 +101,53 @@ def trilinear(m, size):
 def postprocess(raw, size):
   """pytorch-grad-cam's order: relu, min-max, resize, then (aggregation) relu and min-max again."""
   return minmax(np.maximum(bilinear(minmax(np.maximum(raw, 0)), size), 0))
+
+
+def value_and_grad_at(module, variables, x, layer, ids, logits=lambda out: out):
+  """The output of the submodule at path `layer` (Flax's capture_intermediates) and the gradient of the batch-summed
+  target logits w.r.t. it (a perturbation added there by an interceptor written here): no jaxcam code."""
+  here = lambda m: "/".join(m.path) == layer
+  _, state = module.apply(variables, x, capture_intermediates=lambda m, _: here(m), mutable=["intermediates"])
+  node = state["intermediates"]
+  for part in layer.split("/"):
+    node = node[part]
+  a = node["__call__"][0]
+
+  def logits_with(delta):
+    def icpt(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      return out + delta if here(context.module) and context.method_name == "__call__" else out
+
+    with nn.intercept_methods(icpt):
+      return logits(module.apply(variables, x))
+
+  g = jax.grad(lambda d: jnp.sum(logits_with(d)[jnp.arange(len(ids)), ids]))(jnp.zeros_like(a))
+  return np.asarray(a), np.asarray(g)
+
+
+def patch_grid(tokens):
+  """(B, 1 + h*w, D) tokens -> (B, h, w, D): CLS dropped, the patches on their square grid."""
+  b, n, d = tokens.shape
+  side = int(np.sqrt(n - 1))
+  return tokens[:, 1:].reshape(b, side, side, d)
+
+
+def gradcam_by_hand(module, variables, x, layer, ids, logits=lambda out: out):
+  """Grad-CAM on block tokens from a hand-split forward (`value_and_grad_at`): drop CLS, reshape to the square
+  grid, weight by the mean gradient."""
+  tokens, g = value_and_grad_at(module, variables, x, layer, ids, logits)
+  a, g = patch_grid(tokens), patch_grid(g)
+  return np.maximum(np.sum(g.mean(axis=(1, 2), keepdims=True) * a, axis=-1), 0)
+
+
+def minmax_1e8(raw, eps=1e-8):
+  lo = raw.min(axis=(-2, -1), keepdims=True)
+  return (raw - lo) / ((raw - lo).max(axis=(-2, -1), keepdims=True) + eps)
+
+
+def activations_and_grads(seed=0, shape=(2, 3, 5, 4, 6)):
+  rng = np.random.default_rng(seed)
+  a = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)  # post-ReLU activations, some zeros
+  g = rng.standard_normal(shape).astype(np.float32)
+  g[..., 0, 0, :] = 0.0  # exact zeros exercise alpha's "0 where g == 0" rule
+  return a, g

@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("optax")
 from benchmarks import _anomaly as an
 
+pytest.importorskip("optax")
 
+
+@pytest.mark.fast
 def test_synthetic_defects_have_exact_masks():
   rng = np.random.default_rng(0)
   tex = an._texture("brick")
@@ -30,6 +32,7 @@ def test_synthetic_defects_have_exact_masks():
       np.testing.assert_array_equal(img[mask], donor[mask])
 
 
+@pytest.mark.fast
 def test_mvtec_layout_round_trip(tmp_path):
   (folder,) = an.write_synthetic(str(tmp_path), size=32, n_train=3, n_good=2, n_defect=1, seed=0, textures=("gravel",))
   assert sorted(os.listdir(os.path.join(folder, "test"))) == ["good", "hole", "paste", "scratch", "stain"]
@@ -56,6 +59,7 @@ def test_cutpaste_batch_labels_and_patch_areas():
   np.testing.assert_array_equal(an.cutpaste_batch(jax.random.key(1), images)[0], x)  # keyed: deterministic
 
 
+@pytest.mark.fast
 def test_ledoit_wolf_and_mahalanobis_against_the_definitions():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((30, 6)) @ rng.standard_normal((6, 6))

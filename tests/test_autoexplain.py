@@ -13,8 +13,8 @@ from flax import nnx
 import jaxcam
 from jaxcam import models as shipped
 from jaxcam.taps import _linen_aliases, parse_path
-from tests import models
-from tests.test_beyond import TinyViT
+from tests import nets
+from tests.nets import TinyViT
 
 
 def _same_path(chosen: str, documented: str) -> bool:
@@ -37,7 +37,7 @@ def test_auto_detection_chooses_the_shipped_default_layers(name):
 def test_auto_detection_on_linen_nnx_and_vit_models(small_linen):
   module, variables, x = small_linen
   assert jaxcam.find_layer((module, variables), x)[0] == "body_2"  # the last grid before global pooling
-  nnx_model = models.ConvNetNnx(nnx.Rngs(0))
+  nnx_model = nets.ConvNetNnx(nnx.Rngs(0))
   assert jaxcam.find_layer(nnx_model, x)[0] == "body_2"
   # a ViT whose head reads only CLS: the blocks after the last attention give zero gradient at the patches, so the
   # last block's first LayerNorm is chosen (pytorch-grad-cam's blocks[-1].norm1); with mean pooling, the final norm
@@ -77,6 +77,7 @@ def test_auto_detection_on_hugging_face_resnet_and_vit():
     jaxcam.explain_model(vit, images, target="tabbby")
 
 
+@pytest.mark.fast
 def test_explain_model_inputs_result_and_writers(small_linen, tmp_path):
   from PIL import Image
 
@@ -128,6 +129,7 @@ def test_explain_model_by_shipped_name_on_real_photos():
   assert np.asarray(jaxcam.explain_model("efficientnet_lite0", photos["chelsea"], target="tabby").target) == 281
 
 
+@pytest.mark.fast
 def test_no_spatial_layer_is_a_clear_error_listing_the_layers():
   import flax.linen as nn
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxcam
-from tests import models
+from tests import nets
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -34,6 +34,13 @@ def sharded_report():
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def small():
+  module = nets.ConvNet()
+  x = np.asarray(jax.random.normal(jax.random.key(0), (10, 12, 12, 3)), np.float32)
+  return jaxcam.linen_tap(module, module.init(jax.random.key(1), x[:1])), x
+
+
 @pytest.mark.slow  # a subprocess with 8 host devices compiles every method anew (~30 s): .ci/run's slow tier
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "gradcam_pp", "eigencam"])
 def test_sharded_over_8_devices_equals_single_device(sharded_report, method):
@@ -51,13 +58,7 @@ def test_short_last_batch_compiles_once_and_targets_default_to_argmax(sharded_re
   assert r["lengths"] == [4, 4, 4, 4, 4, 1] and r["compiles"] == 1 and r["argmax_ok"]
 
 
-@pytest.fixture(scope="module")
-def small():
-  module = models.ConvNet()
-  x = np.asarray(jax.random.normal(jax.random.key(0), (10, 12, 12, 3)), np.float32)
-  return jaxcam.linen_tap(module, module.init(jax.random.key(1), x[:1])), x
-
-
+@pytest.mark.fast
 def test_input_forms_and_order(small):
   tap, x = small
   t = np.arange(10) % 5
@@ -76,6 +77,7 @@ def test_input_forms_and_order(small):
     assert outs[0]["logits"].shape == (outs[0]["maps"].shape[0], 5)
 
 
+@pytest.mark.fast
 def test_errors(small):
   tap, x = small
   with pytest.raises(ValueError, match="targets for every batch or for none"):
@@ -87,6 +89,7 @@ def test_errors(small):
   assert list(jaxcam.explain_batches("gradcam", tap, [])) == []
 
 
+@pytest.mark.fast
 def test_memory_stays_flat_over_a_long_stream(small):
   """1200 images of 64x64 are 59 MB of input and 20 MB of maps: holding on to either would show."""
   tap, _ = small
@@ -104,3 +107,15 @@ def test_memory_stays_flat_over_a_long_stream(small):
     n += out["maps"].shape[0]
   grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - warm) / 1024
   assert n == 1200 and grown_mb < 30, grown_mb
+
+
+def test_batch_explanation_takes_gradient_free_and_keyed_methods(convnet_b1):
+  tap, _, x, t = convnet_b1
+  xs = np.asarray(x)
+  out = list(jaxcam.explain_batches("reciprocam", tap, [(xs[:2], np.asarray(t[:2])), (xs[2:], np.asarray(t[2:]))]))
+  # batches of 2 here vs 3 in the direct call: XLA's CPU kernels round differently by batch size
+  np.testing.assert_allclose(np.concatenate([o["maps"] for o in out]), jaxcam.reciprocam(tap, x, target=t), atol=1e-5)
+  spec = jaxcam.smooth("layercam", num_samples=2, std=0.2)
+  key = jax.random.key(5)
+  (one,) = jaxcam.explain_batches(spec, tap, [(xs, np.asarray(t))], key=key)
+  np.testing.assert_allclose(one["maps"], jaxcam.explain(spec, tap, x, target=t, key=key).maps, atol=1e-5)

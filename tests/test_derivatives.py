@@ -12,8 +12,9 @@ import pytest
 
 import jaxcam
 from jaxcam import core, derivatives
-from tests import models
+from tests import nets
 from tests.conftest import FIXTURES
+from tests.nets import piecewise_linear_nets
 
 B, H, W, C, CLASSES = 2, 2, 2, 3, 4
 
@@ -102,6 +103,74 @@ def _rel_err(got, ref):
   return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-300))
 
 
+@pytest.mark.slow  # float64 brute force (jacfwd of the Hessian) and the generic strategy's compiles
+def test_exact_derivatives_on_tokens_against_brute_force():
+  from jaxcam import derivatives
+
+  d = 4
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    wq, wk, wv = (jnp.asarray(rng.standard_normal((d, d)) * 0.5) for _ in range(3))
+    params = {"cls": jnp.asarray(rng.standard_normal((1, 1, d))), "wo": jnp.asarray(rng.standard_normal((d, 3)))}
+
+    def body(p, x):  # 2x2 "patches" of width d, plus a CLS token
+      return jnp.concatenate([jnp.broadcast_to(p["cls"], (x.shape[0], 1, d)), x.reshape(x.shape[0], 4, d)], axis=1)
+
+    def head(p, x, t):  # one attention layer, mean pooling over all tokens, a dense layer
+      att = jax.nn.softmax((t @ wq) @ jnp.swapaxes(t @ wk, 1, 2) / 2.0, axis=-1)
+      return jnp.mean(t + jnp.tanh(att @ (t @ wv)), axis=1) @ p["wo"]
+
+    tap = jaxcam.function_tap(body, head, params, layout=jaxcam.layouts.tokens(prefix=1))
+    x = jnp.asarray(rng.standard_normal((2, 2, 2, d)))
+    ids = np.array([0, 2])
+    diag = derivatives.diagonals(tap, x, ids, strategy="generic", chunk_size=5)
+    for b in range(2):
+
+      def score(flat, b=b):
+        tokens = body(params, x[b : b + 1]).at[:, 1:].set(flat.reshape(1, 4, d))
+        return head(params, None, tokens)[0, ids[b]]
+
+      flat = x[b].reshape(-1)
+      second = jnp.diagonal(jax.hessian(score)(flat))
+      third = jnp.einsum("iii->i", jax.jacfwd(jax.hessian(score))(flat))
+      np.testing.assert_allclose(np.asarray(diag.second[b]).reshape(-1), second, rtol=1e-10, atol=1e-13)
+      np.testing.assert_allclose(np.asarray(diag.third[b]).reshape(-1), third, rtol=1e-10, atol=1e-13)
+    assert np.all(np.isfinite(np.asarray(jaxcam.gradcam_pp(tap, x, ids, derivatives="exact"))))
+    # mean pooling over the tokens (CLS included) + Dense: the structured strategy applies, checked against generic
+    pooled = jaxcam.function_tap(body, lambda p, x, t: jnp.tanh(jnp.mean(t, axis=1) @ p["wo"]), params,
+                                 layout=jaxcam.layouts.tokens(prefix=1))  # fmt: skip
+    auto = derivatives.diagonals(pooled, x, ids)
+    generic = derivatives.diagonals(pooled, x, ids, strategy="generic")
+    assert auto.strategy == "structured" and float(auto.check) < 1e-10
+    np.testing.assert_allclose(auto.third, generic.third, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.fast
+def test_pooling_detection_sees_layouts_avg_pool_and_call_wrappers():
+  from jaxcam.derivatives import enters_only_through_spatial_sum as only_sums
+
+  a = jnp.ones((2, 4, 4, 3))
+  w = jnp.ones((3, 5))
+  cls = jnp.ones((2, 1, 3))
+  only_through_sums = {
+    "channels-first mean (Equinox)": lambda t: jnp.moveaxis(t, -1, 1).mean(axis=(2, 3)) @ w,
+    "full-window avg_pool (HF ResNet)": lambda t: nn.avg_pool(t, (4, 4)).reshape(2, 3) @ w,
+    "tokens + CLS, mean over tokens": lambda t: jnp.concatenate([cls, t.reshape(2, 16, 3)], axis=1).mean(1) @ w,
+    "under remat": jax.checkpoint(lambda t: jnp.tanh(t.mean((1, 2)) @ w)),
+    "under jit and custom_jvp": jax.jit(lambda t: jax.nn.relu(t.mean((1, 2))) @ w),
+  }
+  for name, head in only_through_sums.items():
+    assert only_sums(head, a), name
+  elsewhere = {
+    "a ReLU per position": lambda t: jax.nn.relu(t).mean((1, 2)) @ w,
+    "the CLS token only": lambda t: jnp.concatenate([cls, t.reshape(2, 16, 3)], axis=1)[:, 0] @ w,
+    "a 2x2 avg_pool": lambda t: nn.avg_pool(t, (2, 2)).mean((1, 2)) @ w,
+    "a sum over one spatial axis": lambda t: t.sum(1).max(1) @ w,
+  }
+  for name, head in elsewhere.items():
+    assert not only_sums(head, a), name
+
+
 @pytest.mark.parametrize(
   "head_name",
   # the float64 brute force of the conv / attention / layernorm heads takes 13-30 s each on 2 cores: .ci/run's
@@ -134,6 +203,7 @@ def test_diagonals_equal_brute_force_float64(head_name, kind):
         derivatives.diagonals(tap, x, TARGETS[kind](ids), strategy="structured")
 
 
+@pytest.mark.fast
 def test_softmax_target_structured_equals_generic():
   head, _ = HEADS["gap_silu_mlp"]
   with jax.enable_x64(True):
@@ -158,19 +228,9 @@ def test_results_independent_of_chunk_size():
       np.testing.assert_allclose(r.third, runs[0].third, rtol=1e-12, atol=1e-15)
 
 
-def _piecewise_linear_nets():
-  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
-  conv_net = models.ConvNet()
-  gap = models.GapDense()
-  return x, [
-    (conv_net, conv_net.init(jax.random.key(1), x), "body_1"),  # conv + ReLU head: generic
-    (gap, gap.init(jax.random.key(2), x), "features"),
-  ]  # GAP + Dense: structured
-
-
 def test_exp_convention_logit_piecewise_linear_is_exactly_the_approximation():
-  x, nets = _piecewise_linear_nets()
-  for module, variables, layer in nets:
+  x, cases = piecewise_linear_nets()
+  for module, variables, layer in cases:
     tap = jaxcam.linen_tap(module, variables, layer)
     exact = jaxcam.gradcam_pp(tap, x, target=jnp.array([1, 2]), derivatives="exact", normalize=False)
     approx = jaxcam.gradcam_pp(tap, x, target=jnp.array([1, 2]), normalize=False)
@@ -179,9 +239,10 @@ def test_exp_convention_logit_piecewise_linear_is_exactly_the_approximation():
     assert float(jnp.abs(d.second).max()) == 0.0 and float(jnp.abs(d.third).max()) == 0.0
 
 
+@pytest.mark.fast
 def test_auto_refuses_silent_minutes_and_cross_check_catches_wrong_declaration():
-  x, nets = _piecewise_linear_nets()
-  module, variables, _ = nets[0]
+  x, cases = piecewise_linear_nets()
+  module, variables, _ = cases[0]
   tap = jaxcam.linen_tap(module, variables, "body_0")  # 12*12*6 = 864 directions
   with pytest.raises(ValueError, match="864 directions"):
     derivatives.diagonals(tap, x, jnp.array([0, 1]), max_generic_directions=500)
@@ -192,7 +253,7 @@ def test_auto_refuses_silent_minutes_and_cross_check_catches_wrong_declaration()
 
     @nn.compact
     def __call__(self, x):
-      a = models.ConvBlock(4, name="a")(x)
+      a = nets.ConvBlock(4, name="a")(x)
       return nn.Dense(3)(jnp.tanh(nn.Conv(4, (3, 3))(a)).mean((1, 2)))
 
   lying = Lying()
@@ -203,9 +264,10 @@ def test_auto_refuses_silent_minutes_and_cross_check_catches_wrong_declaration()
     jaxcam.gradcam_pp(tap, x, derivatives="exact")
 
 
+@pytest.mark.fast
 def test_no_overflow_for_logits_of_1000():
-  x, nets = _piecewise_linear_nets()
-  module, variables, layer = nets[1]
+  x, cases = piecewise_linear_nets()
+  module, variables, layer = cases[1]
   shifted = jax.tree.map(lambda a: a, variables)
   shifted["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] + 1000.0
   t = jnp.array([1, 2])
@@ -216,8 +278,8 @@ def test_no_overflow_for_logits_of_1000():
 
 
 def test_literal_convention_never_nan():
-  x, nets = _piecewise_linear_nets()
-  module, variables, layer = nets[1]
+  x, cases = piecewise_linear_nets()
+  module, variables, layer = cases[1]
   tap = jaxcam.linen_tap(module, variables, layer)
   with pytest.warns(UserWarning, match="alpha is 0/0"):
     maps = jaxcam.gradcam_pp(tap, x, target=jnp.array([1, 2]), derivatives="exact", convention="literal")
@@ -281,11 +343,12 @@ def test_hvp_and_shapleycam_against_brute_force():
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.fast
 def test_shapleycam_parity_with_pytorch_grad_cam():
   """A smooth (SiLU) head after the layer: H A is not zero, so the fixture tells Shapley-CAM from Grad-CAM."""
   with np.load(os.path.join(FIXTURES, "shapley_parity.npz")) as f:
     d = {k: f[k] for k in f.files}
-  tap = jaxcam.linen_tap(models.ParityCNN(head_act=nn.silu), models.parity_variables(d))
+  tap = jaxcam.linen_tap(nets.ParityCNN(head_act=nn.silu), nets.parity_variables(d))
   x, ids = jnp.asarray(d["x"]), jnp.asarray(d["ids"])
   np.testing.assert_allclose(tap.forward(x), d["logits"], rtol=1e-4, atol=1e-5)
   fwd = core.forward_and_grads(tap, x, ids)
@@ -298,36 +361,3 @@ def test_shapleycam_parity_with_pytorch_grad_cam():
   np.testing.assert_allclose(ours, d["pgc/shapleycam/maps"], atol=1e-4)
   np.testing.assert_allclose(jaxcam.gradcam(tap, x, target=ids), d["pgc/gradcam/maps"], atol=1e-4)
   assert np.abs(np.asarray(ours) - d["pgc/gradcam/maps"]).max() > 1e-2  # and it is not Grad-CAM here
-
-
-def test_compare_derivatives_report():
-  from jaxcam import study
-
-  x, nets = _piecewise_linear_nets()
-  module, variables, layer = nets[1]
-  tap = jaxcam.linen_tap(module, variables, layer)
-  # exp convention + logit on a piecewise-linear head: the approximation is exact
-  r = study.compare_derivatives(tap, x, jaxcam.targets.logit(jnp.array([1, 2])))
-  assert r.strategy == "structured" and r.second_rel_err.shape == (2,)
-  for f in ("second_rel_err", "third_rel_err", "alpha_rel_err", "weights_rel_err", "map_rel_l2"):
-    np.testing.assert_allclose(getattr(r, f), 0.0, atol=1e-6)
-  assert not np.any(r.argmax_moved) and np.all(np.asarray(r.map_spearman) > 0.999)
-  # log_softmax: h != 0 (softmax curvature): errors are positive and equal an independent numpy computation
-  t = jaxcam.targets.log_softmax(jnp.array([1, 2]))
-  r = study.compare_derivatives(tap, x, t)
-  d = derivatives.diagonals(tap, x, t)
-  g, h = np.asarray(d.grads, np.float64), np.asarray(d.second, np.float64)
-  expected = np.linalg.norm((g**2 - (g**2 + h)).reshape(2, -1), axis=1) / np.linalg.norm(
-    (g**2 + h).reshape(2, -1), axis=1
-  )
-  np.testing.assert_allclose(r.second_rel_err, expected, rtol=1e-4)
-  assert np.all(np.asarray(r.second_rel_err) > 0)
-  np.testing.assert_allclose(r.maps_exact, jaxcam.gradcam_pp(tap, x, target=t, derivatives="exact"), atol=1e-5)
-  np.testing.assert_allclose(r.maps_approx, jaxcam.gradcam_pp(tap, x, target=t), atol=1e-5)
-  m_ex, m_ap = np.asarray(r.maps_exact, np.float64), np.asarray(r.maps_approx, np.float64)
-  num = np.linalg.norm((m_ap - m_ex).reshape(2, -1), axis=1)
-  den = np.linalg.norm(m_ex.reshape(2, -1), axis=1)
-  expected_map = np.divide(num, den, out=np.zeros_like(num), where=den > 0)  # 0/0 (all-zero maps) counts as 0
-  np.testing.assert_allclose(r.map_rel_l2, expected_map, rtol=1e-4, atol=1e-7)
-  s = r.summary()
-  assert set(s) >= {"median_map_rel_l2", "worst_map_rel_l2", "argmax_moved_fraction"}

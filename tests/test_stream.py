@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcam import cli
+from jaxcam import cli, stream
+from tests.helpers.cli import image_files, run_cli
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -34,6 +35,37 @@ def _tree(out):
       p = os.path.join(base, n)
       files[os.path.relpath(p, out)] = open(p, "rb").read()
   return files
+
+
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.fast
+def test_resume_verifies_the_run(convnet_b2, tmp_path):
+  files = image_files(tmp_path / "in", 3)
+  out = tmp_path / "out"
+  first = run_cli(convnet_b2, files, out)
+  assert first["fingerprint"] == json.loads((out / "run.json").read_text())["sha256"]
+  assert run_cli(convnet_b2, files, out)["entries"] == first["entries"]  # identical run: resumed
+  with pytest.raises(stream.RunMismatchError, match=r"different run \(changed: method \('gradcam' -> 'layercam'\)"):
+    run_cli(convnet_b2, files, out, method="layercam")
+  extra = tmp_path / "in" / "img9.png"
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(extra)
+  with pytest.raises(stream.RunMismatchError, match=r"inputs \(1 added, 0 removed, 0 changed\).*--overwrite"):
+    run_cli(convnet_b2, files + [str(extra)], out)
+  with pytest.raises(stream.RunMismatchError, match=r"options"):
+    run_cli(convnet_b2, files, out, options={"eps": 1e-3}, method="gradcam")
+  replaced = run_cli(convnet_b2, files, out, method="layercam", overwrite=True)
+  assert replaced["method"] == "layercam" and len(replaced["entries"]) == 3
+  # shards without run.json (not ours, or an older run): refused, never reused
+  os.remove(out / "run.json")
+  with pytest.raises(stream.RunMismatchError, match="without a run.json"):
+    run_cli(convnet_b2, files, out, method="layercam")
 
 
 def test_stream_outputs_and_skipped_images(tmp_path):
@@ -83,6 +115,7 @@ def test_killed_run_resumes_to_byte_identical_outputs(tmp_path):
   assert _tree(resumed) == _tree(full)
 
 
+@pytest.mark.fast
 def test_two_processes_split_shards_and_merge_to_the_single_process_manifest(tmp_path):
   """Multi-host in simulation: process 0 and 1 of 2 each write their shards; merge == one process's output."""
   import jaxcam
@@ -113,14 +146,6 @@ def test_two_processes_split_shards_and_merge_to_the_single_process_manifest(tmp
   assert not (multi / "manifest.json").exists()
   assert cli.main(["merge-manifests", str(multi)]) == 0
   assert _tree(multi) == _tree(single)
-
-
-def _free_port() -> int:
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 @pytest.mark.slow

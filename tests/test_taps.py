@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,8 @@ from flax import nnx
 
 import jaxcam
 from jaxcam import core
-from tests import models, reference
+from tests import nets, reference
+from tests.nets import Block
 
 
 def _grads(tap, x, classes):
@@ -26,8 +29,169 @@ def _closed_form(kernel, a, classes):
   return np.broadcast_to(col[:, None, None, :] / (h * w), (b, h, w, c))
 
 
+def _resnet():
+  module = nets.ResNetTiny()
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+  variables = nets.randomize_batch_stats(module.init(jax.random.key(3), x))
+  return module, variables, x
+
+
+def test_nnx_containers_list_and_tap():
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.convs = nnx.List([nnx.Conv(3, 8, (3, 3), rngs=rngs), nnx.Conv(8, 8, (3, 3), rngs=rngs)])
+      self.seq = nnx.Sequential(nnx.Conv(8, 8, (3, 3), rngs=rngs), nnx.relu)
+      self.fc = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+      for conv in self.convs:
+        x = nnx.relu(conv(x))
+      return self.fc(self.seq(x).mean((1, 2)))
+
+  model = Net(nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  infos = {i.path: i for i in jaxcam.list_layers(model, x=x)}
+  assert infos["convs/1"].shape == (2, 8, 8, 8) and infos["seq/layers/0"].type == "Conv"
+  assert infos["fc"].shape == (2, 4)
+  for layer in ("convs/1", "seq/layers/0"):
+    assert jaxcam.gradcam(jaxcam.nnx_tap(model, layer), x).shape == (2, 8, 8)
+
+
+@pytest.mark.fast
+def test_layer_filters_resolve_to_one_path_and_list_layers_reads_capture_intermediates(vit):
+  module, variables, x = vit
+  pick_block1 = lambda mdl, name: isinstance(mdl, Block) and mdl.name == "block1"
+  tap = jaxcam.linen_tap(module, variables, pick_block1, example=x, layout=jaxcam.layouts.tokens())
+  assert tap.layer == "block1"
+  by_path = jaxcam.linen_tap(module, variables, "block1", layout=jaxcam.layouts.tokens())
+  np.testing.assert_allclose(jaxcam.gradcam(tap, x), jaxcam.gradcam(by_path, x), atol=1e-6)
+  multi = jaxcam.linen_tap(
+    module, variables, ["block0", pick_block1], example=jax.ShapeDtypeStruct(x.shape, x.dtype),
+    layout=jaxcam.layouts.tokens(),
+  )  # fmt: skip
+  assert multi.layer == ("block0", "block1")
+  with pytest.raises(ValueError, match=r"exactly one submodule __call__ .* it selects 2: block0, block1"):
+    jaxcam.linen_tap(module, variables, lambda mdl, name: isinstance(mdl, Block), example=x)
+  with pytest.raises(ValueError, match="pass `example=`"):
+    jaxcam.linen_tap(module, variables, pick_block1)
+  # list_layers: shapes from Flax's capture_intermediates, call order and types from the calls, a layout hint
+  infos = {i.path: i for i in jaxcam.list_layers(module, variables, x)}
+  assert list(infos)[:2] == ["embed", "block0"]
+  assert infos["block0"].shape == (2, 17, 16) and infos["block0"].type == "Block"
+  assert infos["block0"].layout.startswith("tokens(prefix=1)") and infos["embed"].layout == "grid (default)"
+  assert infos["head"].layout == "no spatial axes" and "tokens(prefix=1)" in str(infos["block0"])
+  _, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  assert infos["block1/MultiHeadDotProductAttention_0"].shape == (
+    state["intermediates"]["block1"]["MultiHeadDotProductAttention_0"]["__call__"][0].shape
+  )
+
+
+@pytest.mark.fast
+def test_a_module_called_once_per_scan_step_is_listed_as_such():
+  class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      body = nn.scan(lambda m, c, _: (m(c), None), variable_broadcast="params", split_rngs={"params": False}, length=3)
+      y, _ = body(nn.Dense(4, name="step"), x, None)
+      return nn.Dense(2, name="out")(y)
+
+  x = jnp.ones((2, 4))
+  module = Scanned()
+  variables = module.init(jax.random.key(0), x)
+  infos = {i.path: i for i in jaxcam.list_layers(module, variables, x)}
+  assert infos["out"].calls == 1 and infos["out"].shape == (2, 2)
+  assert "step" in infos and "not tappable" not in str(infos["out"])
+
+
+def test_nnx_vit_tokens_match_a_hand_split_and_auto_detection():
+  from flax import nnx
+
+  class NnxBlock(nnx.Module):
+    def __init__(self, dim, rngs):
+      self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=dim, decode=False, rngs=rngs)
+      self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+      self.mlp = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, x):
+      y = self.norm1(x)
+      x = x + self.attn(y, y)
+      return x + self.mlp(nnx.gelu(self.norm2(x)))
+
+  class NnxViT(nnx.Module):
+    def __init__(self, rngs, dim=16):
+      self.embed = nnx.Conv(3, dim, (4, 4), strides=4, rngs=rngs)
+      self.cls = nnx.Param(jax.random.normal(rngs.params(), (1, 1, dim)) * 0.02)
+      self.blocks = nnx.List([NnxBlock(dim, rngs) for _ in range(2)])
+      self.norm = nnx.LayerNorm(dim, rngs=rngs)
+      self.head = nnx.Linear(dim, 5, rngs=rngs)
+
+    def tokens(self, x):
+      t = self.embed(x).reshape(x.shape[0], -1, self.cls.shape[-1])
+      return jnp.concatenate([jnp.broadcast_to(self.cls[...], (x.shape[0], 1, t.shape[-1])), t], axis=1)
+
+    def __call__(self, x):
+      t = self.tokens(x)
+      for b in self.blocks:
+        t = b(t)
+      return self.head(self.norm(t)[:, 0])  # the head reads CLS
+
+  model = NnxViT(nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+  ids = np.array([1, 4])
+  tap = jaxcam.nnx_tap(model, "blocks/1/norm1", layout=jaxcam.layouts.tokens(prefix=1))
+  maps = jaxcam.gradcam(tap, x, ids, normalize=False, upsample=False)
+
+  # by hand: the network split at blocks[1].norm1 (its output y feeds the attention; x0 is the residual)
+  last = model.blocks[1]
+  x0 = model.blocks[0](model.tokens(x))
+  y = np.asarray(last.norm1(x0))
+
+  def logits_from(y):
+    t = x0 + last.attn(y, y)
+    t = t + last.mlp(nnx.gelu(last.norm2(t)))
+    return model.head(model.norm(t)[:, 0])
+
+  g = np.asarray(jax.grad(lambda y: jnp.sum(logits_from(y)[jnp.arange(2), ids]))(jnp.asarray(y)))
+  patches, gp = y[:, 1:], g[:, 1:]
+  by_hand = np.maximum(np.sum(gp.mean(axis=1, keepdims=True) * patches, axis=-1), 0).reshape(2, 4, 4)
+  np.testing.assert_allclose(maps, by_hand, rtol=1e-4, atol=1e-6)
+  # the auto-detection picks the same layer: after it, only CLS reaches the head
+  layer, layout, _ = jaxcam.find_layer(model, x, ids)
+  assert layer == "blocks/1/norm1" and layout == jaxcam.layouts.tokens(prefix=1)
+
+
+@pytest.mark.fast
+def test_forward_runs_the_plain_model(small_linen):
+  module, variables, x = small_linen
+  bogus = jaxcam.linen_tap(module, variables, "no/such/layer")  # forward never looks for the layer
+  np.testing.assert_allclose(bogus.forward(x), module.apply(variables, x), atol=1e-6)
+  nnx_tap = jaxcam.nnx_tap(nets.convnet_nnx(variables), "body_1")
+  np.testing.assert_allclose(nnx_tap.forward(x), module.apply(variables, x), atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(bogus.forward)(x))
+  assert jaxpr.count("conv_general_dilated") == 3  # one pass, nothing recorded twice
+
+
+@pytest.mark.fast
+def test_taps_targets_and_diagonals_are_registered_dataclasses(net):
+  taps, _, x, t = net
+  for tap in taps.values():
+    leaves, treedef = jax.tree_util.tree_flatten(tap)
+    assert dataclasses.is_dataclass(tap) and leaves
+    assert jax.tree_util.tree_unflatten(treedef, leaves).layer == tap.layer
+  target = jaxcam.targets.softmax(t)
+  assert jax.tree_util.tree_leaves(target)[0] is t and dataclasses.is_dataclass(target)
+  d = jaxcam.derivatives.diagonals(taps["linen"], x, t)
+  g, d2, d3 = d
+  assert dataclasses.is_dataclass(d) and d.strategy in ("structured", "generic") and g.shape == d2.shape == d3.shape
+  assert jax.tree_util.tree_structure(d).num_leaves == 4
+
+
+@pytest.mark.fast
 def test_linen_gradient_closed_form_gap_dense():
-  module = models.GapDense()
+  module = nets.GapDense()
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   variables = module.init(jax.random.key(1), x)
   classes = np.array([1, 3])
@@ -36,9 +200,10 @@ def test_linen_gradient_closed_form_gap_dense():
   np.testing.assert_allclose(logits, module.apply(variables, x), rtol=1e-6)
 
 
+@pytest.mark.fast
 def test_linen_input_tap_gradient_is_masked_by_relu():
   """where='input' on the Dense sees the pooled vector; on 'features' the pre-activation is masked by ReLU."""
-  module = models.GapDense()
+  module = nets.GapDense()
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   variables = module.init(jax.random.key(1), x)
   classes = np.array([2, 0])
@@ -52,8 +217,9 @@ def test_linen_input_tap_gradient_is_masked_by_relu():
   np.testing.assert_allclose(pooled, jnp.mean(nn.relu(pre), axis=(1, 2)), rtol=1e-6)
 
 
+@pytest.mark.fast
 def test_nnx_gradient_closed_form_and_model_untouched():
-  model = models.GapDenseNnx(nnx.Rngs(0))
+  model = nets.GapDenseNnx(nnx.Rngs(0))
   before = jax.tree.map(np.asarray, nnx.state(model))
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   classes = np.array([0, 2])
@@ -66,13 +232,6 @@ def test_nnx_gradient_closed_form_and_model_untouched():
   np.testing.assert_allclose(fwd.logits, model(x), rtol=1e-6)
   after = jax.tree.map(np.asarray, nnx.state(model))
   jax.tree.map(np.testing.assert_array_equal, before, after)
-
-
-def _resnet():
-  module = models.ResNetTiny()
-  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
-  variables = models.randomize_batch_stats(module.init(jax.random.key(3), x))
-  return module, variables, x
 
 
 @pytest.mark.parametrize("layer", ["layer_0", "layer_1/bn1", "layer_1/conv2"])
@@ -126,6 +285,7 @@ def test_linen_deep_model_matches_hand_split(layer):
   np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_head_replaces_layer_and_residual_reads_x():
   module, variables, x = _resnet()
   tap = jaxcam.linen_tap(module, variables, "layer_1/conv2")
@@ -136,6 +296,7 @@ def test_head_replaces_layer_and_residual_reads_x():
   np.testing.assert_allclose(tap(x, delta)[0], tap.head(x, a + delta), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_multi_layer_single_forward_matches_single_taps():
   module, variables, x = _resnet()
   multi = jaxcam.linen_tap(module, variables, ["layer_0", "layer_1/conv1"])
@@ -148,6 +309,7 @@ def test_multi_layer_single_forward_matches_single_taps():
   np.testing.assert_allclose(fwd.grads[1], g1.grads[0], rtol=1e-6)
 
 
+@pytest.mark.fast
 def test_paths_accept_slash_index_and_tuple(small_linen):
   module, variables, x = small_linen
   a_ref = jaxcam.linen_tap(module, variables, "body_1")(x)[1]
@@ -163,7 +325,7 @@ def test_linen_remat_layer():
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x):
-      x = nn.remat(models.ConvBlock)(4, name="r")(x)
+      x = nn.remat(nets.ConvBlock)(4, name="r")(x)
       return nn.Dense(3)(x.mean((1, 2)))
 
   m = Net()
@@ -172,7 +334,7 @@ def test_linen_remat_layer():
   classes = np.array([0, 2])
   tap = jaxcam.linen_tap(m, v, "r")
   a, g, _ = _grads(tap, x, classes)
-  a_ref = np.asarray(models.ConvBlock(4).apply({"params": v["params"]["r"]}, x), np.float64)
+  a_ref = np.asarray(nets.ConvBlock(4).apply({"params": v["params"]["r"]}, x), np.float64)
   g_ref = _closed_form(v["params"]["Dense_0"]["kernel"], a_ref, classes)
   np.testing.assert_allclose(a, a_ref, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-8)
@@ -203,9 +365,7 @@ def test_function_tap_grads_reach_params():
   assert np.abs(grad_w).sum() > 0
 
 
-# ------------------------------------------------------------------------------------------------ errors
-
-
+@pytest.mark.fast
 def test_unknown_layer_lists_available_and_closest(small_linen):
   module, variables, x = small_linen
   with pytest.raises(jaxcam.LayerNotFoundError) as err:
@@ -214,23 +374,26 @@ def test_unknown_layer_lists_available_and_closest(small_linen):
   assert "'body_3'" in msg and "Closest" in msg and "body_2" in msg and "fc" in msg
 
 
+@pytest.mark.fast
 def test_unknown_nnx_layer():
-  model = models.GapDenseNnx(nnx.Rngs(0))
+  model = nets.GapDenseNnx(nnx.Rngs(0))
   with pytest.raises(KeyError, match="Closest: 'features'"):
     jaxcam.nnx_tap(model, "feature")
 
 
+@pytest.mark.fast
 def test_no_default_layer_lists_candidates():
   module, variables, _ = _resnet()
   with pytest.raises(ValueError, match="declares no `default_layer`.*layer_0"):
     jaxcam.linen_tap(module, variables)
 
 
+@pytest.mark.fast
 def test_layer_called_twice_is_an_error():
   class Shared(nn.Module):
     @nn.compact
     def __call__(self, x):
-      block = models.ConvBlock(3, name="shared")
+      block = nets.ConvBlock(3, name="shared")
       return nn.Dense(2)(block(block(x)).mean((1, 2)))
 
   m = Shared()
@@ -240,6 +403,7 @@ def test_layer_called_twice_is_an_error():
     jaxcam.gradcam(jaxcam.linen_tap(m, v, "shared"), x)
 
 
+@pytest.mark.fast
 def test_non_spatial_layer_and_bad_inputs(small_linen):
   module, variables, x = small_linen
   with pytest.raises(ValueError, match=r"layer 'fc'.*\(B, h, w, C\)"):
@@ -257,22 +421,24 @@ def test_non_spatial_layer_and_bad_inputs(small_linen):
     jaxcam.linen_tap(module, variables, mutable=["batch_stats"])
 
 
+@pytest.mark.fast
 def test_list_layers(small_linen):
   module, variables, x = small_linen
   infos = jaxcam.list_layers(module, variables, x)
   paths = [i.path for i in infos]
   assert paths == ["body_0", "body_0/conv", "body_1", "body_1/conv", "body_2", "body_2/conv", "fc"]
   assert dict((i.path, i.shape) for i in infos)["body_1"] == (3, 6, 6, 8)
-  nnx_infos = jaxcam.list_layers(models.GapDenseNnx(nnx.Rngs(0)), x)
+  nnx_infos = jaxcam.list_layers(nets.GapDenseNnx(nnx.Rngs(0)), x)
   assert [(i.path, i.shape) for i in nnx_infos] == [("features", (3, 12, 12, 5)), ("fc", (3, 4))]
 
 
+@pytest.mark.fast
 def test_layer_inside_nn_scan_is_refused_or_single():
   class Scanned(nn.Module):
     @nn.compact
     def __call__(self, x):
       body = nn.scan(lambda m, c, _: (m(c), None), variable_broadcast="params", split_rngs={"params": False}, length=2)
-      y, _ = body(models.ConvBlock(3, name="step"), x, None)
+      y, _ = body(nets.ConvBlock(3, name="step"), x, None)
       return nn.Dense(2)(y.mean((1, 2)))
 
   m = Scanned()
@@ -282,6 +448,7 @@ def test_layer_inside_nn_scan_is_refused_or_single():
     jaxcam.gradcam(jaxcam.linen_tap(m, v, "step"), x)
 
 
+@pytest.mark.fast
 def test_import_has_no_global_side_effects():
   import subprocess
   import sys

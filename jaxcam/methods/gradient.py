@@ -88,7 +88,8 @@ def gradcam_pp_weights(
   Chattopadhyay et al., "Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
   arXiv 1710.11063. Matches pytorch-grad-cam's ``GradCAMPlusPlus`` (eps 1e-6, alpha = 0 where g = 0).
   torchcam's ``GradCAMpp`` diverges: it computes alpha but applies it through a boolean-mask copy that is
-  never written back, so its weights are ``sum relu(g) * alpha`` only up to that bug (see tests/parity).
+  never written back, so its weights are ``sum relu(g) * alpha`` only up to that bug (see
+  tests/methods/test_gradient.py).
 
   >>> import jax.numpy as jnp
   >>> a, g = jnp.ones((2, 2, 1)), jnp.full((2, 2, 1), 0.5)
@@ -197,7 +198,8 @@ def smooth_gradcam_pp_weights(activations: jax.Array, moments: Any, /, *, eps: f
   std 0.3, eps 1e-8, its alpha numerator m2 rather than the paper's m1). torchcam's code then weights the *last*
   noisy copy's ``relu(g)`` and sums the *last* copy's activations (its hooks keep the last pass); jaxcam uses the
   intended ``relu(m1)`` and the clean A, and the paper's ``(sum_ab A_kab) m3_kij`` in alpha where torchcam's
-  code sums ``sum_ab A_kab m3_kab`` (tests/test_family.py reproduces torchcam's actual output from its fixture).
+  code sums ``sum_ab A_kab m3_kab`` (tests/methods/test_gradient.py reproduces torchcam's actual output from its
+  fixture).
   """
   m1, m2, m3 = moments
   sum_a = _spatial.feature_sum(activations)

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxcam
-from tests import models
+from tests import nets
 
 
 def main():
   assert len(jax.local_devices()) == 8, jax.local_devices()
-  module = models.ConvNet()
+  module = nets.ConvNet()
   x = np.asarray(jax.random.normal(jax.random.key(0), (21, 12, 12, 3)), np.float32)
   variables = module.init(jax.random.key(1), x[:1])
   tap = jaxcam.linen_tap(module, variables)

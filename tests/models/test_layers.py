@@ -1,4 +1,4 @@
-"""jaxcam.models.layers.Conv against flax's nn.Conv (an independent implementation of the same function)."""
+"""`jaxcam.models.layers`: the convolution against nn.Conv, depthwise lowerings and their derivatives."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def test_second_and_third_derivatives_through_the_depthwise_sum():
     np.testing.assert_allclose(hess(ours), hess(ref), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.fast
 def test_bfloat16_input_promotes_like_flax():
   ref, ours, x = _pair(3, 1, "SAME", 6, 6)
   v = ref.init(jax.random.key(1), x)
@@ -92,6 +93,7 @@ def test_bfloat16_input_promotes_like_flax():
   assert jax.eval_shape(ours.apply, v, xb).dtype == jax.eval_shape(ref.apply, v, xb).dtype
 
 
+@pytest.mark.fast
 def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="feature_group_count"):
     layers.Conv(4, 3, feature_group_count=4).init(jax.random.key(0), jnp.zeros((1, 5, 5, 6)))

@@ -290,3 +290,73 @@ def tv_vit_params(sd: dict, num_layers: int, num_heads: int) -> dict:
       "mlp_3": dense(sd[pre + "mlp.3.weight"], sd[pre + "mlp.3.bias"]),
     }
   return {"params": params}
+
+
+class Block(nn.Module):
+  """A pre-norm transformer block; returns ``(x, None)`` when `as_tuple` (scan-style blocks)."""
+
+  dim: int = 16
+  as_tuple: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=2)(y, y)
+    x = x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(nn.LayerNorm()(x))))
+    return (x, None) if self.as_tuple else x
+
+
+class TinyViT(nn.Module):
+  """16x16 images, 4x4 patches -> 16 tokens + CLS, two blocks; the head reads CLS (or the patch mean)."""
+
+  pool: str = "cls"
+  as_tuple: bool = False
+  channels_first: bool = False
+  dict_output: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    if self.channels_first:
+      x = jnp.moveaxis(x, 1, -1)
+    p = nn.Conv(16, (4, 4), strides=4, name="embed")(x)
+    b = p.shape[0]
+    t = p.reshape(b, -1, 16)
+    cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, 16))
+    t = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, 16)), t], axis=1)
+    t = t + self.param("pos", nn.initializers.normal(0.02), (1, 17, 16))
+    for i in range(2):
+      t = Block(as_tuple=self.as_tuple, name=f"block{i}")(t)
+      t = t[0] if self.as_tuple else t
+    t = nn.LayerNorm(name="norm")(t)
+    feat = t[:, 0] if self.pool == "cls" else t[:, 1:].mean(axis=1)
+    logits = nn.Dense(5, name="head")(feat)
+    return {"logits": logits, "features": feat} if self.dict_output else logits
+
+
+class Net3d(nn.Module):
+  channels_first: bool = False
+  fc_layer = "fc"  # CAM's Dense layer (jaxcam reads this attribute)
+
+  @nn.compact
+  def __call__(self, x):  # (B, D, H, W, C), or (B, C, D, H, W)
+    if self.channels_first:
+      x = jnp.moveaxis(x, 1, -1)
+    x = nn.relu(nn.Conv(6, (3, 3, 3), name="conv1")(x))
+    x = Conv3dBlock(name="block")(x)
+    return nn.Dense(4, name="fc")(x.mean(axis=(1, 2, 3)))
+
+
+class Conv3dBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(8, (3, 3, 3), strides=2, name="conv")(x))
+
+
+def piecewise_linear_nets():
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+  conv_net = ConvNet()
+  gap = GapDense()
+  return x, [
+    (conv_net, conv_net.init(jax.random.key(1), x), "body_1"),  # conv + ReLU head: generic
+    (gap, gap.init(jax.random.key(2), x), "features"),
+  ]  # GAP + Dense: structured

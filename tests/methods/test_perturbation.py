@@ -1,9 +1,5 @@
-"""Gradient-free methods: Score-CAM (and Faster-Score-CAM), SS-CAM, IS-CAM, Ablation-CAM, Recipro-CAM.
-
-Parity with pytorch-grad-cam and torchcam on identical weights (tests/fixtures/gradient_free.npz and
-sscam_iscam.npz from scripts/make_fixtures.py; SS-CAM gets torchcam's noise draws), slow numpy references
-written from the papers, chunk-size independence, edge cases.
-"""
+"""`jaxcam.methods.perturbation`: Score-CAM and its family, Ablation-CAM, Recipro-CAM against the peers and
+numpy; chunking, memory, errors and progress."""
 
 from __future__ import annotations
 
@@ -18,7 +14,7 @@ import jaxcam
 from jaxcam import core, providers
 from jaxcam import models as models_lib
 from jaxcam.methods import perturbation
-from tests import models
+from tests import nets
 from tests import reference as ref
 from tests.conftest import FIXTURES
 
@@ -27,7 +23,7 @@ from tests.conftest import FIXTURES
 def peer():
   with np.load(os.path.join(FIXTURES, "gradient_free.npz")) as f:
     d = {k: f[k] for k in f.files}
-  tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
+  tap = jaxcam.linen_tap(nets.ParityCNN(), nets.parity_variables(d))
   return d, tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"])
 
 
@@ -35,25 +31,34 @@ def peer():
 def noisy_peer():
   with np.load(os.path.join(FIXTURES, "sscam_iscam.npz")) as f:
     d = {k: f[k] for k in f.files}
-  tap = jaxcam.linen_tap(models.ParityCNN(), models.parity_variables(d))
+  tap = jaxcam.linen_tap(nets.ParityCNN(), nets.parity_variables(d))
   return d, tap, jnp.asarray(d["x"]), jnp.asarray(d["ids"])
-
-
-@pytest.fixture(scope="module")
-def deep(small_linen):
-  """ConvNet at body_1: the head after it is conv + ReLU + GAP + Dense."""
-  module, variables, x = small_linen
-  return jaxcam.linen_tap(module, variables, "body_1"), variables, x, jnp.array([1, 0, 4])
 
 
 def _head(variables, a):
   """ConvNet after body_1, written out by hand (no tap code)."""
-  return models.convnet_head(variables, None, models._block(variables["params"], jnp.asarray(a), "body_2", 1))
+  return nets.convnet_head(variables, None, nets._block(variables["params"], jnp.asarray(a), "body_2", 1))
 
 
-# ------------------------------------------------------------------------------------------------- parity
+def _corners(n_in, n_out):
+  """Aligned-corner linear interpolation, written with np.interp (independent of jaxcam's matrix)."""
+  return np.stack(
+    [np.interp(np.linspace(0, n_in - 1, n_out), np.arange(n_in), np.eye(n_in)[i]) for i in range(n_in)], 1
+  )
 
 
+def _torchcam_mask(a_k, size):
+  """torchcam's Score-CAM mask in numpy: min-max at layer resolution, half-pixel bilinear upsampling."""
+  m = a_k - a_k.min()
+  return ref.bilinear(m / (m.max() + 1e-8), size)
+
+
+def _softmax_map(scores, a):
+  w = np.exp(scores - scores.max())
+  return np.einsum("hwc,c->hw", a, w / w.sum())
+
+
+@pytest.mark.fast
 def test_scorecam_matches_pytorch_grad_cam(peer):
   d, tap, x, ids = peer
   np.testing.assert_allclose(jaxcam.scorecam(tap, x, target=ids), d["pgc/scorecam/maps"], atol=1e-4)
@@ -70,6 +75,7 @@ def test_scorecam_matches_pytorch_grad_cam(peer):
     np.testing.assert_allclose(ours[b], expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_scorecam_torchcam_convention(peer):
   d, tap, x, ids = peer
   maps = jaxcam.scorecam(tap, x, target=ids, convention="torchcam", upsample=False)
@@ -78,6 +84,7 @@ def test_scorecam_torchcam_convention(peer):
   assert np.abs(np.asarray(maps) - np.asarray(pgc)).max() > 1e-3  # the conventions really differ
 
 
+@pytest.mark.fast
 def test_ablationcam_matches_pytorch_grad_cam(peer):
   d, tap, x, ids = peer
   ex = jaxcam.explain("ablationcam", tap, x, target=ids)
@@ -88,6 +95,7 @@ def test_ablationcam_matches_pytorch_grad_cam(peer):
   np.testing.assert_allclose(w, d["pgc/ablationcam/weights"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.fast
 def test_sscam_matches_torchcam_given_its_noise(noisy_peer):
   d, tap, x, ids = noisy_peer
   n, std = int(d["sscam/num_samples"]), float(d["sscam/std"])
@@ -109,19 +117,9 @@ def test_iscam_matches_torchcam(noisy_peer, num_samples, key):
   np.testing.assert_allclose(jaxcam.iscam(tap, x, target=ids, upsample=False, **opts), d[key], atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------- numpy references
-
-
-def _corners(n_in, n_out):
-  """Aligned-corner linear interpolation, written with np.interp (independent of jaxcam's matrix)."""
-  return np.stack(
-    [np.interp(np.linspace(0, n_in - 1, n_out), np.arange(n_in), np.eye(n_in)[i]) for i in range(n_in)], 1
-  )
-
-
-def test_faster_scorecam_against_numpy(deep):
-  tap, variables, x, t = deep
-  module = models.ConvNet()
+def test_faster_scorecam_against_numpy(convnet_b1):
+  tap, variables, x, t = convnet_b1
+  module = nets.ConvNet()
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)  # (3, 6, 6, 8)
   rows, cols = _corners(6, 12), _corners(6, 12)
   top_n = 3
@@ -143,8 +141,9 @@ def test_faster_scorecam_against_numpy(deep):
   np.testing.assert_allclose(jaxcam.scorecam(tap, x, target=t, top_n=8), jaxcam.scorecam(tap, x, target=t), atol=1e-6)
 
 
-def test_reciprocam_against_numpy(deep):
-  tap, variables, x, t = deep
+@pytest.mark.fast
+def test_reciprocam_against_numpy(convnet_b1):
+  tap, variables, x, t = convnet_b1
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)
   kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
   h, w = a.shape[1:3]
@@ -167,8 +166,9 @@ def test_reciprocam_against_numpy(deep):
   )
 
 
-def test_ablationcam_against_numpy_through_the_head(deep):
-  tap, variables, x, t = deep
+@pytest.mark.fast
+def test_ablationcam_against_numpy_through_the_head(convnet_b1):
+  tap, variables, x, t = convnet_b1
   a = np.asarray(core.forward_only(tap, x, t).activations[0])
   assert a.min() == 0  # post-ReLU: ablated channels are set to 0
   s = np.asarray(_head(variables, a))[np.arange(3), np.asarray(t)]
@@ -181,21 +181,10 @@ def test_ablationcam_against_numpy_through_the_head(deep):
   np.testing.assert_allclose(raw, ref.channel_map(w, a.astype(np.float64)), rtol=1e-4, atol=1e-5)
 
 
-def _torchcam_mask(a_k, size):
-  """torchcam's Score-CAM mask in numpy: min-max at layer resolution, half-pixel bilinear upsampling."""
-  m = a_k - a_k.min()
-  return ref.bilinear(m / (m.max() + 1e-8), size)
-
-
-def _softmax_map(scores, a):
-  w = np.exp(scores - scores.max())
-  return np.einsum("hwc,c->hw", a, w / w.sum())
-
-
-def test_sscam_draws_the_documented_noise_from_its_key(deep):
+def test_sscam_draws_the_documented_noise_from_its_key(convnet_b1):
   """numpy SS-CAM with noise drawn per (sample, channel) as documented: fold_in(fold_in(key, s), k)."""
-  tap, variables, x, t = deep
-  apply, key, n, std = jax.jit(models.ConvNet().apply), jax.random.key(3), 2, 0.5
+  tap, variables, x, t = convnet_b1
+  apply, key, n, std = jax.jit(nets.ConvNet().apply), jax.random.key(3), 2, 0.5
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)  # (3, 6, 6, 8)
   z = {
     (s, k): np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, s), k), (12, 12)))
@@ -222,10 +211,11 @@ def test_sscam_draws_the_documented_noise_from_its_key(deep):
   )
 
 
-def test_iscam_against_numpy(deep):
+@pytest.mark.fast
+def test_iscam_against_numpy(convnet_b1):
   """numpy IS-CAM written from torchcam's loop: coeff += (s + 1) / N, score coeff * x * M_k, mean, softmax."""
-  tap, variables, x, t = deep
-  apply, n = jax.jit(models.ConvNet().apply), 4
+  tap, variables, x, t = convnet_b1
+  apply, n = jax.jit(nets.ConvNet().apply), 4
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)
   raw = np.zeros(a.shape[:3])
   for b in range(3):
@@ -241,9 +231,6 @@ def test_iscam_against_numpy(deep):
   np.testing.assert_allclose(maps, raw, rtol=1e-4, atol=1e-5)
 
 
-# ------------------------------------------------------------------------------- chunks, errors, edges
-
-
 @pytest.mark.parametrize("name", ["scorecam", "iscam"])
 def test_baseline_masks_to_the_mean_a_model_normalizes_with(small_linen, name):
   """A model that normalizes inside, masked towards its mean (``baseline``), gives the maps of the same network
@@ -252,8 +239,8 @@ def test_baseline_masks_to_the_mean_a_model_normalizes_with(small_linen, name):
   _, variables, x = small_linen
   mean, std = jnp.array([[[[0.4, 0.5, 0.6]]]]), jnp.array([[[[0.2, 0.25, 0.3]]]])
   img = jax.nn.sigmoid(x)  # images in [0, 1]
-  inside = jaxcam.function_tap(lambda p, v: models.convnet_body(p, (v - mean) / std), models.convnet_head, variables)
-  outside = jaxcam.function_tap(models.convnet_body, models.convnet_head, variables)
+  inside = jaxcam.function_tap(lambda p, v: nets.convnet_body(p, (v - mean) / std), nets.convnet_head, variables)
+  outside = jaxcam.function_tap(nets.convnet_body, nets.convnet_head, variables)
   opts = {"num_samples": 2} if name == "iscam" else {}
   got = jaxcam.explain(name, inside, img, target=1, baseline=mean.ravel(), **opts).maps
   np.testing.assert_allclose(got, jaxcam.explain(name, outside, (img - mean) / std, target=1, **opts).maps, atol=1e-5)
@@ -265,6 +252,7 @@ def test_baseline_masks_to_the_mean_a_model_normalizes_with(small_linen, name):
     jaxcam.explain(name, inside, img, target=1, baseline="mean", **opts)
 
 
+@pytest.mark.fast
 def test_shipped_models_declare_their_mean():
   assert models_lib.EfficientNetLite.input_mean == (0.5, 0.5, 0.5)
   assert models_lib.ResNet.input_mean == models_lib.VGG.input_mean == (0.485, 0.456, 0.406)
@@ -279,16 +267,16 @@ def test_shipped_models_declare_their_mean():
     ("sscam", {"num_samples": 2, "key": jax.random.key(0)}, 2 * 3 * 8),
   ],
 )
-def test_independent_of_chunk_size(deep, name, opts, copies):
-  tap, _, x, t = deep
+def test_independent_of_chunk_size(convnet_b1, name, opts, copies):
+  tap, _, x, t = convnet_b1
   maps = [jaxcam.explain(name, tap, x, target=t, chunk_size=c, **opts).maps for c in (1, 7, copies)]
   for m in maps[1:]:
     np.testing.assert_allclose(m, maps[0], atol=1e-5)
 
 
-def test_peak_memory_grows_with_chunk_size_not_with_batch(deep):
+def test_peak_memory_grows_with_chunk_size_not_with_batch(convnet_b1):
   """XLA's own accounting of the compiled program's temporaries (deterministic, no timing)."""
-  tap, _, x, _ = deep
+  tap, _, x, _ = convnet_b1
 
   def temp_bytes(batch, chunk):
     xb = jnp.tile(x, (batch, 1, 1, 1))[:batch]
@@ -300,8 +288,9 @@ def test_peak_memory_grows_with_chunk_size_not_with_batch(deep):
   assert bigger_chunk > 1.5 * small, (small, bigger_chunk)  # 4x the chunk: more memory
 
 
-def test_errors_name_the_argument(deep, small_linen):
-  tap, _, x, t = deep
+@pytest.mark.fast
+def test_errors_name_the_argument(convnet_b1, small_linen):
+  tap, _, x, t = convnet_b1
   with pytest.raises(ValueError, match=r"`top_n` to be None .* \[1, 8\].*got 9"):
     jaxcam.scorecam(tap, x, top_n=9)
   with pytest.raises(ValueError, match="`top_n`.*got 0"):
@@ -352,8 +341,8 @@ def test_zero_score_and_constant_channels_never_nan():
   assert not np.any(np.asarray(jaxcam.scorecam(flat, x))) and np.isfinite(jaxcam.scorecam(flat, x)).all()
 
 
-def test_expensive_methods_are_declared_and_explain_many_asks_first(deep, small_linen):
-  tap, _, x, t = deep
+def test_expensive_methods_are_declared_and_explain_many_asks_first(convnet_b1, small_linen):
+  tap, _, x, t = convnet_b1
   for name in ("scorecam", "sscam", "iscam", "ablationcam", "reciprocam"):
     assert jaxcam.get_method(name).expensive()
   module, variables, _ = small_linen  # body_2: a GAP + Dense head, so every cheap method (CAM too) applies
@@ -365,8 +354,8 @@ def test_expensive_methods_are_declared_and_explain_many_asks_first(deep, small_
   np.testing.assert_allclose(both["scorecam"].maps, jaxcam.scorecam(tap, x, target=t), atol=1e-6)
 
 
-def test_progress_bars_for_eager_expensive_calls_only(deep, capsys):
-  tap, _, x, t = deep
+def test_progress_bars_for_eager_expensive_calls_only(convnet_b1, capsys):
+  tap, _, x, t = convnet_b1
   jaxcam.api.TRACES.clear()
   jaxcam.scorecam(tap, x, target=t, chunk_size=5)  # 3 images x 8 channels = 24 copies in 5 chunks
   err = capsys.readouterr().err
@@ -382,15 +371,3 @@ def test_progress_bars_for_eager_expensive_calls_only(deep, capsys):
   assert "debug_callback" in str(jax.make_jaxpr(lambda x: jaxcam.scorecam(tap, x, chunk_size=5, progress=True))(x))
   with pytest.raises(TypeError, match="`progress` to be None \\(automatic\\), True or False, got 'yes'"):
     jaxcam.scorecam(tap, x, progress="yes")
-
-
-def test_batch_explanation_takes_gradient_free_and_keyed_methods(deep):
-  tap, _, x, t = deep
-  xs = np.asarray(x)
-  out = list(jaxcam.explain_batches("reciprocam", tap, [(xs[:2], np.asarray(t[:2])), (xs[2:], np.asarray(t[2:]))]))
-  # batches of 2 here vs 3 in the direct call: XLA's CPU kernels round differently by batch size
-  np.testing.assert_allclose(np.concatenate([o["maps"] for o in out]), jaxcam.reciprocam(tap, x, target=t), atol=1e-5)
-  spec = jaxcam.smooth("layercam", num_samples=2, std=0.2)
-  key = jax.random.key(5)
-  (one,) = jaxcam.explain_batches(spec, tap, [(xs, np.asarray(t))], key=key)
-  np.testing.assert_allclose(one["maps"], jaxcam.explain(spec, tap, x, target=t, key=key).maps, atol=1e-5)

@@ -1,0 +1,91 @@
+"""`jaxcam.providers` and the method table seen from user code: a new row and a new provider without editing the
+package; unknown needs and malformed rows."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcam
+from jaxcam import providers
+from tests import nets
+from tests import reference as ref
+
+
+def _drop_scores(tap, x, fwd, *, chunk_size=2):
+  """A user's need: S - S_k with channel k of A set to 0, through `tap.head` only, `chunk_size` channels at once."""
+  a = fwd.activations[0]
+  c = a.shape[-1]
+  target = jaxcam.targets.with_ids(fwd.target, fwd.ids)
+
+  def score_without(k):
+    keep = 1.0 - jax.nn.one_hot(k, c, dtype=a.dtype)
+    return target.evaluate(tap.head(x, a * keep[None, None, None, :]))[1]  # (B, K)
+
+  dropped = jaxcam.chunked_map(score_without, jnp.arange(c), chunk_size=chunk_size)  # (C, B, K)
+  return (fwd.scores[..., None] - jnp.moveaxis(dropped, 0, -1),)  # (B, K, C)
+
+
+def _drop_weights(activations, drops, /):
+  del activations
+  return drops
+
+
+DROP = jaxcam.MethodSpec("drop_cam", _drop_weights, "channel", needs=("drop_scores",), title="Drop-CAM")
+
+
+@pytest.fixture
+def drop_provider(monkeypatch):
+  monkeypatch.setitem(
+    providers.PROVIDERS,
+    "drop_scores",
+    jaxcam.Provider(
+      "drop_scores", _drop_scores, options=(("chunk_size", 2),), expensive=True, cost="one head pass per channel"
+    ),
+  )
+
+
+@pytest.mark.fast
+def test_user_method_and_provider_without_editing_the_package(net, drop_provider):
+  taps, variables, x, t = net
+  tap = taps["linen"]
+  maps = jaxcam.explain(DROP, tap, x, target=t, normalize=False, relu=False, upsample=False).maps
+  # independent reference: numpy loops over channels through the model's own apply (no tap code)
+  a = np.asarray(nets.convnet_body(variables, x))
+  p = variables["params"]
+  head = lambda a: np.asarray(a).mean(axis=(1, 2)) @ np.asarray(p["fc"]["kernel"]) + np.asarray(p["fc"]["bias"])
+  rows = np.arange(3)
+  full = head(a)[rows, np.asarray(t)]
+  w = np.zeros((3, a.shape[-1]))
+  for k in range(a.shape[-1]):
+    dropped = a.copy()
+    dropped[..., k] = 0
+    w[:, k] = full - head(dropped)[rows, np.asarray(t)]
+  np.testing.assert_allclose(maps, ref.channel_map(w, a), rtol=1e-4, atol=1e-5)
+  # its provider's option is an option of the method; chunk size changes nothing
+  other = jaxcam.explain(DROP, tap, x, target=t, normalize=False, relu=False, upsample=False, chunk_size=5).maps
+  np.testing.assert_allclose(other, maps, rtol=1e-5, atol=1e-6)
+  # an expensive need: explain_many refuses it unless asked
+  with pytest.raises(ValueError, match="drop_cam.*one head pass per channel.*allow_expensive=True"):
+    jaxcam.explain_many([DROP, "gradcam"], tap, x, target=t)
+  both = jaxcam.explain_many([DROP, "gradcam"], tap, x, target=t, allow_expensive=True)
+  np.testing.assert_allclose(both["drop_cam"].maps, jaxcam.explain(DROP, tap, x, target=t).maps, atol=1e-6)
+  # and batch explanation takes the row too
+  out = list(jaxcam.explain_batches(DROP, tap, [np.asarray(x)], chunk_size=3))
+  np.testing.assert_allclose(out[0]["maps"][:, None], jaxcam.explain(DROP, tap, x).maps[:, None], atol=1e-6)
+
+
+@pytest.mark.fast
+def test_unknown_need_and_bad_rows(net, drop_provider):
+  taps, _, x, _ = net
+  with pytest.raises(KeyError, match="need of nope.*'grad'.*register_provider"):
+    jaxcam.explain(jaxcam.MethodSpec("nope", _drop_weights, "channel", needs=("grad",)), taps["linen"], x)
+  with pytest.raises(ValueError, match="`output` to be one of"):
+    jaxcam.MethodSpec("bad", _drop_weights, "weights")
+  wrong = jaxcam.MethodSpec("wrong", lambda a, g: g[..., :2], "spatial")
+  with pytest.raises(ValueError, match="Method .wrong. .output .spatial.. gave maps of shape \\(3, 1, 6, 6, 2\\)"):
+    jaxcam.explain(wrong, taps["linen"], x)
+  with pytest.raises(TypeError, match="unexpected option.*'eps'.*its options are \\['chunk_size'"):
+    jaxcam.explain(DROP, taps["linen"], x, eps=1.0)
