@@ -1,13 +1,15 @@
 """jaxcam: class activation maps for JAX and Flax, by autodiff instead of hooks.
 
 Importing jaxcam changes no global state (no XLA flags, no JAX config). One public function per registered method
-(`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is generated from the method table, here and nowhere else.
+(`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is generated from the live method table, here and nowhere else: a row
+registered later (`jaxcam.register_method`) is ``jaxcam.<its name>`` at once.
 """
 
 from jaxcam import chunking, core, derivatives, guided, layouts, postprocess, providers, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
 from jaxcam._version import __version__
-from jaxcam.api import Explanation, check_images, explain, explain_many, public_functions
+from jaxcam.api import Explanation, check_images, explain, explain_many, public_function
+from jaxcam.api import public_functions as public_functions  # jaxcam.public_functions, kept for users
 from jaxcam.batch import explain_batches, local_mesh
 from jaxcam.chunking import chunked_map, chunked_sum
 from jaxcam.concepts import Concepts, dff
@@ -30,13 +32,20 @@ from jaxcam.taps import (
 )
 from jaxcam.wrappers import Augmentation, finer, flip_multiply_tta, refine, smooth
 
-_METHOD_FUNCTIONS = public_functions()
-globals().update(_METHOD_FUNCTIONS)
+_METHOD_FUNCTIONS: dict = {}  # name -> (row, function), rebuilt when the row under a name changes
 
 
-def __getattr__(name):  # lazy submodules with heavier imports (numpy-only loaders, matplotlib)
+def __getattr__(name):
+  """`jaxcam.<method>` from the live method table (a row registered later is there at once), and lazy submodules
+  with heavier imports (numpy-only loaders, matplotlib)."""
   import importlib
 
+  spec = METHODS.get(name)
+  if spec is not None:
+    cached = _METHOD_FUNCTIONS.get(name)
+    if cached is None or cached[0] is not spec:
+      cached = _METHOD_FUNCTIONS[name] = (spec, public_function(spec))
+    return cached[1]
   if name in ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics", "autoexplain"):
     return importlib.import_module(f"jaxcam.{name}")
   if name in ("explain_model", "find_layer", "ModelExplanation"):  # the one-line front door (imports viz)
@@ -96,4 +105,8 @@ __all__ = [
   "smooth",
   "targets",
 ]
-__all__ += sorted(_METHOD_FUNCTIONS)  # generated from the method table
+__all__ += sorted(METHODS)  # the built-in rows' functions, generated from the method table
+
+
+def __dir__():
+  return sorted(set(globals()) | set(METHODS) | {"models", "viz", "io", "cli", "study", "writers", "stream", "metrics"})

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import types
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,3 +60,15 @@ def check_key(key: Any, *, method: str) -> Any:
   ):
     raise TypeError(f"Expected `key` to be a jax.random key, got {getattr(key, 'dtype', type(key).__name__)}.")
   return key
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+  """`warnings.warn`, attributed to the first caller outside jaxcam (the user's line, whatever the call depth)."""
+  level = 2
+  frame: types.FrameType | None = sys._getframe(1)
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    frame, level = frame.f_back, level + 1
+  warnings.warn(message, category, stacklevel=level)

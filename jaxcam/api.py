@@ -29,7 +29,7 @@ from jaxcam.methods.factorization import first_component_projection
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
 
-__all__ = ["Explanation", "explain", "explain_many", "check_images", "TRACES"]
+__all__ = ["Explanation", "explain", "explain_many", "check_images", "public_function", "TRACES"]
 
 _FUSIONS = ("mean", "max")
 
@@ -645,7 +645,10 @@ def _runs_on_defaults(spec: MethodSpec, key: Any = None) -> bool:
   return not _has_array(defaults) and not (needs_key and key is None)
 
 
-def _make_public(spec: MethodSpec):
+def public_function(spec: MethodSpec):
+  """The public function of a row: `explain`'s arguments, returns the maps (``jaxcam.gradcam`` is this of the
+  gradcam row)."""
+
   def method_fn(
     tap,
     x,
@@ -691,4 +694,4 @@ def _make_public(spec: MethodSpec):
 
 def public_functions() -> dict[str, Any]:
   """One public function per registered method, generated from the table (``jaxcam.gradcam``, ...)."""
-  return {name: _make_public(spec) for name, spec in METHODS.items()}
+  return {name: public_function(spec) for name, spec in METHODS.items()}

@@ -31,13 +31,12 @@ import numpy as np
 
 from jaxcam import api, layouts, taps, viz, writers
 from jaxcam import targets as targets_lib
-from jaxcam._errors import UnknownNameError, abbreviate, closest
+from jaxcam._constants import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
+from jaxcam._errors import UnknownNameError, abbreviate, closest, warn_user
 
 __all__ = ["Model", "ModelExplanation", "as_model", "explain_model", "find_layer", "load_images"]
 
 MAX_CANDIDATES = 16
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Hugging Face image processors' normalization by model type (the Flax models take normalized pixels)
 HF_NORMALIZATION = {
   "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
@@ -46,7 +45,6 @@ HF_NORMALIZATION = {
   "regnet": (IMAGENET_MEAN, IMAGENET_STD),
   "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -84,19 +82,33 @@ def _normalizing_method(mean: tuple, std: tuple, channels_first: bool, kwargs: t
   return method
 
 
-def _check_normalize(normalize: Any) -> tuple[tuple, tuple] | None:
-  if normalize is None:
+def _check_input_norm(input_norm: Any, argname: str = "input_norm") -> tuple[tuple, tuple] | None:
+  if input_norm is None:
     return None
   try:
-    mean, std = normalize
+    mean, std = input_norm
     mean, std = tuple(float(v) for v in np.ravel(mean)), tuple(float(v) for v in np.ravel(std))
   except (TypeError, ValueError):
     raise ValueError(
-      f"Expected `normalize` as (mean, std) per channel, e.g. ({IMAGENET_MEAN}, {IMAGENET_STD})."
+      f"Expected `{argname}` as (mean, std) per channel, e.g. ({IMAGENET_MEAN}, {IMAGENET_STD})."
     ) from None
   if any(s <= 0 for s in std):
-    raise ValueError(f"Expected a positive std in `normalize`, got {std}.")
+    raise ValueError(f"Expected a positive std in `{argname}`, got {std}.")
   return mean, std
+
+
+def _input_norm_from(input_norm: Any, normalize: Any) -> tuple[Any, str]:
+  """`input_norm`, or the deprecated spelling ``normalize=(mean, std)`` (warned): the value and its argument name."""
+  if normalize is None:
+    return input_norm, "input_norm"
+  if input_norm is not None:
+    raise ValueError("Pass the input's (mean, std) once, as `input_norm=`; `normalize=` is its deprecated spelling.")
+  warn_user(
+    "normalize=(mean, std) is deprecated: pass input_norm=(mean, std). In jaxcam `normalize` is the map's min-max "
+    "(explain_model(normalize=False) passes it to jaxcam.explain).",
+    DeprecationWarning,
+  )
+  return normalize, "normalize"
 
 
 def _imagenet_lookups():
@@ -174,14 +186,16 @@ def _hf_model(obj, normalize) -> Model:
   )
 
 
-def as_model(model: Any, *, normalize: Any = None) -> Model:
-  """Adapt `model` for `explain_model` (see its docstring for what `model` may be)."""
+def as_model(model: Any, *, input_norm: Any = None, normalize: Any = None) -> Model:
+  """Adapt `model` for `explain_model` (see its docstring for what `model` may be); ``input_norm=(mean, std)`` is
+  applied inside linen and Hugging Face models (``normalize=`` is its deprecated spelling)."""
   import flax.linen as nn
   from flax import nnx
 
   from jaxcam import models
 
-  norm = _check_normalize(normalize)
+  input_norm, argname = _input_norm_from(input_norm, normalize)
+  norm = _check_input_norm(input_norm, argname)
   if isinstance(model, Model):
     return model
   if isinstance(model, str):
@@ -200,13 +214,13 @@ def as_model(model: Any, *, normalize: Any = None) -> Model:
     return dataclasses.replace(_linen_model(module, variables, norm, model), name=model)
   if isinstance(model, taps.Tap):
     if norm is not None:
-      raise ValueError("`normalize` cannot be added to a tap you built: normalize inside its functions.")
+      raise ValueError(f"`{argname}` cannot be added to a tap you built: normalize inside its functions.")
     return Model(name=repr(model), make_tap=lambda layer, layout: model, default_layer=model.layer)
   if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
     return _linen_model(model[0], model[1], norm, type(model[0]).__name__)
   if isinstance(model, nnx.Module):
     if norm is not None:
-      raise ValueError("`normalize` is for linen and Hugging Face models; normalize inside the nnx model.")
+      raise ValueError(f"`{argname}` is for linen and Hugging Face models; normalize inside the nnx model.")
     return Model(
       name=type(model).__name__,
       make_tap=lambda layer, layout: taps.nnx_tap(model, layer, layout=layout),
@@ -469,7 +483,8 @@ def explain_model(
   target: Any = None,
   layer: Any = None,
   size: int | tuple[int, int] | None = None,
-  normalize: Any = None,
+  input_norm: Any = None,
+  normalize: Any = True,
   **options,
 ) -> ModelExplanation:
   """Explain `images` with `model` in one call; the layer is found automatically (`find_layer`) unless given.
@@ -485,14 +500,19 @@ def explain_model(
       ``id2label``; closest matches on a typo), or any jaxcam target.
     layer: a layer path (or list) to use instead of the automatic choice.
     size: ``(H, W)`` (or an int) to resize to when the model's input size is unknown; default the first image's.
-    normalize: ``(mean, std)`` applied inside the model for linen / Hugging Face models that take normalized
+    input_norm: ``(mean, std)`` applied inside the model for linen / Hugging Face models that take normalized
       pixels (shipped models normalize themselves).
+    normalize: the map's per-image min-max to [0, 1], as in `jaxcam.explain` (True). ``normalize=(mean, std)`` is
+      the deprecated spelling of `input_norm` (a DeprecationWarning; same checks).
 
   Returns:
     A `ModelExplanation`: maps at the model's input size plus ``image_maps()`` at each image's own size,
     ``overlays()``, ``save(dir)``, ``show()``, ``top5``, ``layer`` and ``layer_reason``.
   """
-  m = as_model(model, normalize=normalize)
+  if isinstance(normalize, (bool, np.bool_)):
+    options["normalize"] = bool(normalize)
+    normalize = None
+  m = as_model(model, input_norm=input_norm, normalize=normalize)
   originals, names = load_images(images)
   if m.input_size is not None:
     hw = m.input_size

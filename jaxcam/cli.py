@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from jaxcam import _progress, writers
+from jaxcam._constants import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-DEMO_EXTRA = ("gradcam_pp (exact)",)
-"""Beside every method row, the demo draws Grad-CAM++ with exact derivatives (jaxcam only)."""
+DEMO_EXTRA = ("gradcam_pp_exact",)
+"""Beside every fixed-cost row, the demo draws Grad-CAM++ with exact derivatives (jaxcam only; a registered row
+that `demo_methods` leaves out because its cost grows with the layer)."""
 
 
 def demo_methods(include_expensive: bool = False, tap=None) -> list[str]:
@@ -178,8 +179,9 @@ def cmd_demo(args) -> int:
     if m not in results:
       keyed: dict[str, Any] = {"key": key} if "key" in jaxcam.get_method(m).defaults() else {}
       results[m] = jaxcam.explain(m, tap, x, **keyed).maps
-  results[DEMO_EXTRA[0]] = jaxcam.explain("gradcam_pp", tap, x, derivatives="exact").maps
-  shown = methods + list(DEMO_EXTRA)  # table order, exact Grad-CAM++ last
+  extra = [m for m in DEMO_EXTRA if m not in methods]
+  results.update({m: jaxcam.explain(m, tap, x).maps for m in extra})
+  shown = methods + extra  # table order, exact Grad-CAM++ last
   probs = np.asarray(jax.nn.softmax(logits, axis=-1))
   images: dict[str, dict] = {}
   jobs: list = []
@@ -191,7 +193,7 @@ def cmd_demo(args) -> int:
     images[name] = {"top5": top, "target": top[0], "peak": peaks}
     print(f"{name}: " + ", ".join(f"{t['name']} ({t['p']:.2f})" for t in top))
     print(f"  map peak (row, col) in the {h}x{w} photo: " + ", ".join(f"{m} {tuple(p)}" for m, p in peaks.items()))
-    jobs += [(photos[name], np.asarray(results[m][i]), f"{name}_{m.replace(' (exact)', '_exact')}.png") for m in shown]
+    jobs += [(photos[name], np.asarray(results[m][i]), f"{name}_{m}.png") for m in shown]
   with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PNG encoding releases the GIL
     list(pool.map(lambda job: viz.save_png(os.path.join(args.out, job[2]), viz.overlay(job[0], job[1])), jobs))
   grid_path = os.path.join(args.out, "grid.png")
@@ -367,9 +369,6 @@ def cmd_merge(args) -> int:
   return 0
 
 
-EXACT_ROW = "gradcam_pp_exact"
-
-
 class _Eval:
   """What every metric of `jaxcam evaluate` sees: the tap, images, score target, options and regions."""
 
@@ -457,19 +456,18 @@ DEFAULT_EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion", "road")
 
 
 def _evaluation_rows(names: str) -> list[str]:
-  """--methods: comma-separated rows (``gradcam_pp_exact`` is Grad-CAM++ with exact derivatives), or "default":
+  """--methods: comma-separated rows (``gradcam_pp_exact``: Grad-CAM++ with exact derivatives), or "default":
   every fixed-cost row plus exact Grad-CAM++."""
   import jaxcam
 
   if names == "default":
-    return demo_methods() + [EXACT_ROW]
+    return demo_methods() + list(DEMO_EXTRA)
   rows = [n.strip() for n in names.split(",") if n.strip()]
   for n in rows:
-    if n != EXACT_ROW:
-      try:
-        jaxcam.get_method(n)
-      except KeyError as e:
-        raise CliError(str(e)) from None
+    try:
+      jaxcam.get_method(n)
+    except KeyError as e:
+      raise CliError(str(e)) from None
   return rows
 
 
@@ -582,7 +580,7 @@ def cmd_evaluate(args) -> int:
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e)) from None
   if args.methods == "default":  # the rows that can read this tap (LeGrad needs transformer blocks)
-    rows = [r for r in rows if r == EXACT_ROW or jaxcam.get_method(r).applies(tap)]
+    rows = [r for r in rows if jaxcam.get_method(r).applies(tap)]
   ids = jnp.argmax(tap.forward(x), axis=-1)
   score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
   key = jax.random.key(args.seed)
@@ -592,19 +590,16 @@ def cmd_evaluate(args) -> int:
   bar = _progress.bar(len(rows), "evaluating", unit="method")
   try:
     for row in rows:
-      spec_name = "gradcam_pp" if row == EXACT_ROW else row
-      opts: dict[str, Any] = {"derivatives": "exact"} if row == EXACT_ROW else {}
-      if "key" in jaxcam.get_method(spec_name).defaults():
-        opts["key"] = key
+      opts: dict[str, Any] = {"key": key} if "key" in jaxcam.get_method(row).defaults() else {}
 
-      def run(spec_name=spec_name, opts=opts):
-        return jax.block_until_ready(jaxcam.explain(spec_name, tap, x, ids, progress=False, **opts).maps)
+      def run(row=row, opts=opts):
+        return jax.block_until_ready(jaxcam.explain(row, tap, x, ids, progress=False, **opts).maps)
 
       run()  # compile
       start = time.perf_counter()
       maps = run()
       cost = (time.perf_counter() - start) / len(names)
-      values = {m: EVAL_METRICS[m][1](ev, maps, spec_name, opts) for m in wanted}
+      values = {m: EVAL_METRICS[m][1](ev, maps, row, opts) for m in wanted}
       table[row] = {k: v.tolist() for k, v in values.items()} | {"s_per_image": [cost]}
       for i, n in enumerate(names):
         per_image.append({"method": row, "image": n, **{k: float(v[i]) for k, v in values.items()}})

@@ -71,6 +71,12 @@ class SmoothInputs:
     return clean, _mean(total, self.num_samples)
 
 
+def wrapped_name(wrapper: str, inner: str) -> str:
+  """The name of the row a wrapper returns, ``wrapper(inner)``: registered names have no parentheses
+  (`jaxcam.register_method` refuses them), so a wrapped row's name never collides with a registered one."""
+  return f"{wrapper}({inner})"
+
+
 def smooth(method: str | MethodSpec, *, num_samples: int = 8, std: float = 0.3, chunk_size: int = 8) -> MethodSpec:
   """A method whose inputs are averaged over noisy copies of `x` (see the module docstring); needs ``key=``.
 
@@ -81,7 +87,8 @@ def smooth(method: str | MethodSpec, *, num_samples: int = 8, std: float = 0.3, 
     chunk_size: copies evaluated at once (memory grows with it, not with `num_samples`).
 
   Returns:
-    A `MethodSpec` named ``smooth_<name>``, with the same options plus ``key``.
+    A `MethodSpec` named ``smooth(<name>)`` (no registered name has parentheses, so it never collides with one:
+    ``smooth("gradcam_pp")`` is not the registered ``smooth_gradcam_pp``), with the same options plus ``key``.
   """
   inner = get_method(method)
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -89,7 +96,7 @@ def smooth(method: str | MethodSpec, *, num_samples: int = 8, std: float = 0.3, 
   if not isinstance(std, (int, float)) or isinstance(std, bool) or not std >= 0:
     raise ValueError(f"Expected `std` to be a non-negative float, got {std!r}.")
   chunking.check_chunk_size(chunk_size)
-  name = f"smooth_{inner.name}"
+  name = wrapped_name("smooth", inner.name)
   hook = SmoothInputs(inner.inputs, int(num_samples), float(std), int(chunk_size), name)
   return dataclasses.replace(inner, name=name, title=f"Smoothed {inner.title or inner.name}", inputs=hook, aliases=())
 
@@ -210,7 +217,7 @@ def finer(method: str | MethodSpec = "gradcam") -> MethodSpec:
   inner = get_method(method)
   if not inner.class_specific:
     raise ValueError(f"Expected a class-specific base method for Finer-CAM, got {inner.name} (it ignores the target).")
-  name = "finercam" if inner.name == "gradcam" else f"finer_{inner.name}"
+  name = "finercam" if inner.name == "gradcam" else wrapped_name("finer", inner.name)
   hook = FinerInputs(inner.inputs, name, expensive=bool(getattr(inner.inputs, "expensive", False)))
   return dataclasses.replace(
     inner, name=name, title=f"Finer-CAM ({inner.title or inner.name})", inputs=hook, aliases=()
@@ -257,7 +264,7 @@ def refine(method: str | MethodSpec = "gradcam_pp") -> MethodSpec:
   "How to Evaluate and Refine your CAM", arXiv 2605.14641; pytorch-grad-cam's and torchcam's ``RefineCAM``.
   """
   inner = get_method(method)
-  name = "refinecam" if inner.name == "gradcam_pp" else f"refine_{inner.name}"
+  name = "refinecam" if inner.name == "gradcam_pp" else wrapped_name("refine", inner.name)
   return dataclasses.replace(
     inner,
     name=name,

@@ -137,8 +137,10 @@ def test_every_registered_method_has_an_independent_reference():
 
   numpy_pipeline = set(REF_RAW) | {"reciprocam", "iscam", "sscam"}  # against numpy formulas / loops
   peer_fixtures = set(test_gradient.PGC) | {"cam", "scorecam", "ablationcam", "sscam", "iscam"}  # pgc / torchcam
-  brute_force = {"shapleycam"}  # jax.hessian products + pytorch-grad-cam's double backward
+  brute_force = {"shapleycam", "gradcam_pp_exact"}  # jax.hessian / jacfwd in float64; pgc's double backward
   check("test_derivatives::test_hvp_and_shapleycam_against_brute_force")
+  check("test_derivatives::test_exact_alpha_matches_formula_from_brute_force_derivatives")
+  check("test_derivatives::test_the_exact_row_is_grad_cam_pp_with_exact_derivatives")
   check("methods.test_classic::test_torchcam_cam")
   for name in (
     "test_reciprocam_against_numpy",

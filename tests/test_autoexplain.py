@@ -142,3 +142,43 @@ def test_no_spatial_layer_is_a_clear_error_listing_the_layers():
   variables = Mlp().init(jax.random.key(0), x)
   with pytest.raises(ValueError, match=r"No layer of Mlp has a spatial output.*hidden \(1, 8\)"):
     jaxcam.find_layer((Mlp(), variables), x)
+
+
+@pytest.mark.fast
+def test_input_norm_is_the_inputs_and_normalize_the_maps(small_linen, tmp_path):
+  """One name, one meaning: ``input_norm=(mean, std)`` normalizes the pixels inside the model, ``normalize`` is the
+  map's min-max as in jaxcam.explain; ``normalize=(mean, std)`` still works, deprecated, with the same checks."""
+  module, variables, _ = small_linen
+  images = np.random.default_rng(1).integers(0, 255, (2, 12, 12, 3), np.uint8)
+  mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+  x = (images.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  tap = jaxcam.linen_tap(module, variables, "body_2")
+  ex = jaxcam.explain_model((module, variables), images, layer="body_2", input_norm=(mean, std), target=[1, 2])
+  np.testing.assert_allclose(ex.maps, jaxcam.gradcam(tap, jnp.asarray(x), target=[1, 2]), atol=1e-5)
+  raw = jaxcam.explain_model((module, variables), images, layer="body_2", input_norm=(mean, std), normalize=False)
+  expected = jaxcam.gradcam(tap, jnp.asarray(x), target=np.asarray(raw.target), normalize=False)
+  np.testing.assert_allclose(raw.maps, expected, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.max(raw.maps, axis=(1, 2)) - 1.0).min() > 0.1  # not min-max normalized (a peak of 1 each)
+  with pytest.warns(DeprecationWarning, match=r"input_norm=\(mean, std\)"):
+    old = jaxcam.explain_model((module, variables), images, layer="body_2", normalize=(mean, std), target=[1, 2])
+  np.testing.assert_allclose(old.maps, ex.maps, atol=1e-6)
+  with pytest.raises(ValueError, match="Expected `input_norm` as \\(mean, std\\)"):
+    jaxcam.explain_model((module, variables), images, input_norm=(1, 2, 3))
+  with pytest.raises(ValueError, match="positive std in `normalize`"), pytest.warns(DeprecationWarning):
+    jaxcam.explain_model((module, variables), images, normalize=(mean, (0.1, 0.0, 0.1)))
+  with pytest.raises(ValueError, match="once, as `input_norm=`"):
+    jaxcam.explain_model((module, variables), images, input_norm=(mean, std), normalize=(mean, std))
+
+
+@pytest.mark.fast
+def test_a_folder_is_read_by_the_same_extensions_as_the_cli(tmp_path):
+  """One list of image extensions: a .ppm in a folder is an image for explain_model as for `jaxcam explain`."""
+  from PIL import Image
+
+  from jaxcam import cli
+
+  Image.fromarray(np.full((6, 5, 3), 200, np.uint8)).save(tmp_path / "frame.ppm")
+  (tmp_path / "notes.txt").write_text("not an image")
+  images, names = jaxcam.autoexplain.load_images(str(tmp_path))
+  assert names == ["frame"] and images[0].shape == (6, 5, 3)
+  assert [os.path.basename(f) for f in cli._collect_images([str(tmp_path)])] == ["frame.ppm"]

@@ -187,12 +187,12 @@ def test_demo_draws_every_cheap_row_and_exact_gradcam_pp(tmp_path, capsys):
   out = tmp_path / "demo"
   assert cli.main(["demo", "--out", str(out)]) == 0
   summary = json.loads((out / "summary.json").read_text())
-  expected = [m for m in cli.demo_methods() if m != "legrad"] + ["gradcam_pp (exact)"]  # LeGrad: ViTs only
+  expected = [m for m in cli.demo_methods() if m != "legrad"] + ["gradcam_pp_exact"]  # LeGrad: ViTs only
   assert summary["methods"] == expected and "shapleycam" in expected and "scorecam" not in expected
   n = len(summary["images"])
   assert len(list(out.glob("*_gradcam_pp_exact.png"))) == n
   assert len(list(out.glob("*.png"))) == n * len(expected) + 1  # + grid.png
-  exact = {k: v["peak"]["gradcam_pp (exact)"] for k, v in summary["images"].items()}
+  exact = {k: v["peak"]["gradcam_pp_exact"] for k, v in summary["images"].items()}
   assert all(0 <= r and 0 <= c for r, c in exact.values())
 
 

@@ -291,31 +291,49 @@ def test_literal_convention_never_nan():
   assert np.isfinite(lit).all() and np.any(lit)
 
 
+def _exact_gradcam_pp_by_brute_force():
+  """Exact Grad-CAM++ maps of the log-softmax (Eq. 10, cross terms dropped) from brute-force float64 derivatives of a
+  conv + GELU head; call inside ``jax.enable_x64``. Returns the tap, x, the target and the expected raw maps."""
+  head, _ = HEADS["conv_gelu"]
+  p = _params(8)
+  x = jnp.asarray(np.random.default_rng(9).standard_normal((B, H, W, C)), jnp.float64)
+  tap = _tap(head, p)
+  ids = [2, 0]
+  a = tap(x)[1]
+  target = jaxcam.targets.log_softmax(jnp.array(ids))
+  g = np.asarray(derivatives.diagonals(tap, x, target, strategy="generic")[0])
+  h, t = _brute(head, p, a, "log_softmax", ids)
+  d2, d3 = g**2 + h, g**3 + 3 * g * h + t
+  alpha = np.where(g != 0, d2 / (2 * d2 + np.asarray(a).sum((1, 2), keepdims=True) * d3 + 1e-6), 0)
+  w = (np.maximum(g, 0) * alpha).sum((1, 2))
+  return tap, x, target, np.maximum(np.einsum("bhwc,bc->bhw", np.asarray(a), w), 0)
+
+
 def test_exact_alpha_matches_formula_from_brute_force_derivatives():
   """Exact Grad-CAM++ weights = Eq. 10 (cross terms dropped) built from brute-force float64 derivatives."""
-  head, _ = HEADS["conv_gelu"]
   with jax.enable_x64(True):
-    p = _params(8)
-    x = jnp.asarray(np.random.default_rng(9).standard_normal((B, H, W, C)), jnp.float64)
-    tap = _tap(head, p)
-    ids = [2, 0]
-    a = tap(x)[1]
-    g = np.asarray(derivatives.diagonals(tap, x, jaxcam.targets.log_softmax(jnp.array(ids)), strategy="generic")[0])
-    h, t = _brute(head, p, a, "log_softmax", ids)
-    d2, d3 = g**2 + h, g**3 + 3 * g * h + t
-    alpha = np.where(g != 0, d2 / (2 * d2 + np.asarray(a).sum((1, 2), keepdims=True) * d3 + 1e-6), 0)
-    w = (np.maximum(g, 0) * alpha).sum((1, 2))
-    expected = np.maximum(np.einsum("bhwc,bc->bhw", np.asarray(a), w), 0)
+    tap, x, target, expected = _exact_gradcam_pp_by_brute_force()
     got = jaxcam.gradcam_pp(
-      tap,
-      x,
-      target=jaxcam.targets.log_softmax(jnp.array(ids)),
-      derivatives="exact",
-      strategy="generic",
-      normalize=False,
-      upsample=False,
+      tap, x, target=target, derivatives="exact", strategy="generic", normalize=False, upsample=False
     )
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_exact_row_is_grad_cam_pp_with_exact_derivatives():
+  """``gradcam_pp_exact`` is a registered row: its own name (and alias) in explain, explain_many and jaxcam.<name>,
+  the same brute-force maps, and exact derivatives without asking (no ``derivatives=`` option)."""
+  with jax.enable_x64(True):
+    tap, x, target, expected = _exact_gradcam_pp_by_brute_force()
+    flags = dict(normalize=False, upsample=False)
+    ex = jaxcam.explain("gradcam++_exact", tap, x, target, strategy="generic", **flags)
+    assert ex.method == "gradcam_pp_exact"
+    np.testing.assert_allclose(ex.maps, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(jaxcam.gradcam_pp_exact(tap, x, target, **flags), expected, rtol=1e-7, atol=1e-10)
+    many = jaxcam.explain_many(["gradcam_pp", "gradcam_pp_exact"], tap, x, target, allow_expensive=True, **flags)
+    np.testing.assert_allclose(many["gradcam_pp_exact"].maps, expected, rtol=1e-7, atol=1e-10)
+    assert np.abs(np.asarray(many["gradcam_pp"].maps) - expected).max() > 1e-3  # the approximation differs here
+  assert "derivatives" not in jaxcam.get_method("gradcam_pp_exact").defaults()
+  assert jaxcam.get_method("gradcam_pp_exact").expensive()  # explain_many(None) and the demo's table leave it out
 
 
 def test_hvp_and_shapleycam_against_brute_force():

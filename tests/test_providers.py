@@ -89,3 +89,33 @@ def test_unknown_need_and_bad_rows(net, drop_provider):
     jaxcam.explain(wrong, taps["linen"], x)
   with pytest.raises(TypeError, match="unexpected option.*'eps'.*its options are \\['chunk_size'"):
     jaxcam.explain(DROP, taps["linen"], x, eps=1.0)
+
+
+@pytest.mark.fast
+def test_a_row_registered_later_is_a_jaxcam_function_at_once(net, drop_provider, monkeypatch):
+  """``jaxcam.<name>`` is served from the live table: registering (or replacing) a row is all it takes."""
+  taps, _, x, t = net
+  tap = taps["linen"]
+  monkeypatch.setattr(jaxcam.methods.table, "METHODS", dict(jaxcam.METHODS))  # undone after the test
+  monkeypatch.setattr(jaxcam, "METHODS", jaxcam.methods.table.METHODS)
+  assert not hasattr(jaxcam, "drop_cam")
+  jaxcam.register_method(DROP)
+  assert "drop_cam" in dir(jaxcam) and jaxcam.drop_cam.__name__ == "drop_cam"
+  np.testing.assert_allclose(jaxcam.drop_cam(tap, x, t), jaxcam.explain(DROP, tap, x, t).maps, atol=1e-6)
+  negated = jaxcam.MethodSpec("drop_cam", lambda a, d, /: -d, "channel", needs=("drop_scores",))
+  jaxcam.register_method(negated, replace=True)
+  flipped = jaxcam.drop_cam(tap, x, t, normalize=False, relu=False)
+  plain = jaxcam.explain(DROP, tap, x, t, normalize=False, relu=False).maps
+  np.testing.assert_allclose(flipped, -np.asarray(plain), rtol=1e-5, atol=1e-6)  # the replaced row, not a snapshot
+
+
+@pytest.mark.fast
+def test_wrapped_rows_are_named_by_a_rule_no_registered_name_can_take():
+  """``smooth("gradcam_pp")`` is not the registered Smooth Grad-CAM++ (another algorithm): names differ, always."""
+  assert jaxcam.smooth("gradcam_pp").name == "smooth(gradcam_pp)" != jaxcam.get_method("smooth_gradcam_pp").name
+  assert jaxcam.finer("layercam").name == "finer(layercam)" and jaxcam.refine("gradcam").name == "refine(gradcam)"
+  assert jaxcam.finer("gradcam").name == "finercam" and jaxcam.refine("gradcam_pp").name == "refinecam"  # the rows
+  assert jaxcam.smooth(jaxcam.smooth("gradcam")).name == "smooth(smooth(gradcam))"
+  for name in ("smooth(gradcam)", "my(row"):
+    with pytest.raises(ValueError, match="without parentheses"):
+      jaxcam.register_method(jaxcam.MethodSpec(name, _drop_weights, "channel"))

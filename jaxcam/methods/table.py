@@ -118,9 +118,13 @@ def _gradcam_pp_needs(options: Mapping[str, Any]) -> tuple[str, ...]:
   return ("grads", "diagonals") if derivs == "exact" else ("grads",)
 
 
+def _exact_needs(options: Mapping[str, Any]) -> tuple[str, ...]:
+  return ("grads", "diagonals")
+
+
 def _check_gradcam_pp(ex, options: Mapping[str, Any]) -> None:
   maps = np.asarray(ex.maps)
-  if options.get("derivatives") == "exact" and np.isnan(maps).any():
+  if options.get("derivatives", "exact") == "exact" and np.isnan(maps).any():
     raise ValueError(
       "The structured exact-derivative strategy failed its cross-check against the generic strategy for layer "
       f"{ex.layer!r}: its head is not global pooling of A. Use strategy='generic' or another layer."
@@ -141,6 +145,11 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
   """Add a row to the table (its name then works everywhere a method name does: explain, the CLI, ...)."""
   if not isinstance(spec, MethodSpec):
     raise TypeError(f"Expected a jaxcam MethodSpec, got {type(spec).__name__}.")
+  if any(c in spec.name for c in "()"):
+    raise ValueError(
+      f"Expected a registered method name without parentheses, got {spec.name!r}: names like 'smooth(gradcam)' are "
+      "what wrappers call the rows they return, so a registered name can never collide with one."
+    )
   if spec.name in METHODS and not replace:
     raise ValueError(f"Method {spec.name!r} is already registered; pass replace=True to redefine it.")
   METHODS[spec.name] = spec
@@ -162,6 +171,17 @@ for _spec in [
     check=_check_gradcam_pp,
     aliases=("gradcam++", "gradcampp"),
     title="Grad-CAM++",
+  ),
+  MethodSpec(
+    "gradcam_pp_exact",
+    gradient.gradcam_pp_weights,
+    "channel",
+    needs=("grads", "diagonals"),
+    options=(("eps", 1e-6), ("convention", "exp")),
+    select=_exact_needs,
+    check=_check_gradcam_pp,
+    aliases=("gradcam++_exact", "gradcampp_exact"),
+    title="Grad-CAM++ (exact)",
   ),
   MethodSpec(
     "smooth_gradcam_pp",

@@ -17,13 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcam._constants import IMAGENET_MEAN, IMAGENET_STD
 from jaxcam.models import convert
 from jaxcam.models.layers import Conv
 
 __all__ = ["ResNet", "VGG", "resnet18", "resnet50", "vgg16", "convert_resnet", "convert_vgg", "adaptive_avg_pool"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _normalize(x):
