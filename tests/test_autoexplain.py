@@ -12,13 +12,13 @@ from flax import nnx
 
 import jaxcam
 from jaxcam import models as shipped
-from jaxcam.taps import _linen_aliases, parse_path
+from jaxcam.taps import linen_aliases, parse_path
 from tests import nets
 from tests.nets import TinyViT
 
 
 def _same_path(chosen: str, documented: str) -> bool:
-  return chosen in _linen_aliases(parse_path(documented))
+  return chosen in linen_aliases(parse_path(documented))
 
 
 @pytest.mark.parametrize(

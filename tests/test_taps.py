@@ -461,3 +461,47 @@ def test_import_has_no_global_side_effects():
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.fast
+def test_the_tap_protocol_reads_dense_layers_names_layers_and_intercepts(small_linen):
+  """What methods may ask of any tap: `dense` (a Dense layer's kernel and bias by path, or the declared fc_layer),
+  `layer_index` (which tapped layer a module path is, in the backend's spelling) and `intercept`."""
+  module = nets.GapDense()
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  variables = module.init(jax.random.key(1), x)
+  linen = jaxcam.linen_tap(module, variables)
+  for path in (None, "fc", ("fc",)):
+    kernel, bias = linen.dense(path)
+    np.testing.assert_array_equal(kernel, variables["params"]["fc"]["kernel"])  # read, not computed
+    np.testing.assert_array_equal(bias, variables["params"]["fc"]["bias"])
+  with pytest.raises(jaxcam.LayerNotFoundError, match="fc.*'fcc'.*Closest.*'fc'"):
+    linen.dense("fcc")
+  with pytest.raises(ValueError, match="Dense layer with a 'kernel'"):
+    linen.dense("features")
+  model = nets.GapDenseNnx(nnx.Rngs(0))
+  kernel, bias = jaxcam.nnx_tap(model, "features").dense()
+  np.testing.assert_array_equal(kernel, model.fc.kernel[...])
+  np.testing.assert_array_equal(bias, model.fc.bias[...])
+  fn = jaxcam.function_tap(nets.convnet_body, nets.convnet_head, small_linen[1])
+  with pytest.raises(ValueError, match="no named layers.*kernel array"):
+    fn.dense()
+  # layer_index: linen spells list entries 'blocks_6'; both spellings name the tapped layer
+  res_module, res_variables, _ = _resnet()
+  res = jaxcam.linen_tap(res_module, res_variables, ["layer_0", "layer_1/conv1"])
+  assert res.layer_index(("layer_1", "conv1")) == 1 and res.layer_index(("layer_0",)) == 0
+  assert res.layer_index(("layer_1",)) is None and fn.layer_index(("body",)) is None
+  # intercept: every submodule call with its path; the output is the model's own
+  seen = []
+
+  def record(call, args, kwargs, mdl, path):
+    seen.append("/".join(path))
+    return call(*args, **kwargs)
+
+  assert linen.can_intercept and not fn.can_intercept
+  np.testing.assert_allclose(linen.intercept(x, record), module.apply(variables, x), rtol=1e-6, atol=1e-6)
+  assert seen[:2] == ["features", "features/conv"] and "fc" in seen
+  doubled = linen.intercept(x, lambda call, a, k, mdl, path: 2 * call(*a, **k) if path == ("fc",) else call(*a, **k))
+  np.testing.assert_allclose(doubled, 2 * module.apply(variables, x), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="cannot intercept"):
+    fn.intercept(x, record)

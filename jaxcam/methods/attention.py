@@ -38,9 +38,8 @@ def _token_blocks(tap: Any) -> tuple[Any, Any] | None:
   """``(selector, tokens layout)`` when `tap` is a linen tap on block outputs laid out as tokens (directly or
   through ``pick(selector, then=tokens())``), else None."""
   from jaxcam import layouts as layouts_lib
-  from jaxcam import taps as taps_lib
 
-  if not isinstance(tap, taps_lib.LinenTap) or tap.where != "output":
+  if not getattr(tap, "can_intercept", False) or tap.where != "output":
     return None
   layout, selector = layouts_lib.as_layout(tap.layout), None
   if isinstance(layout, layouts_lib.Pick):
@@ -80,14 +79,13 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
   from flax.linen.dtypes import promote_dtype
 
   from jaxcam import layouts as layouts_lib
-  from jaxcam import taps as taps_lib
+  from jaxcam.taps import format_path
 
-  if not isinstance(tap, taps_lib.LinenTap) or tap.where != "output":
+  if not getattr(tap, "can_intercept", False) or tap.where != "output":
     raise ValueError(
       "LeGrad reads the attention probabilities of flax.linen attention modules: pass a linen_tap on the "
       f"transformer blocks' outputs (where='output'), got {type(tap).__name__}."
     )
-  aliases = [taps_lib._linen_aliases(p) for p in tap.layers]
   blocks = _token_blocks(tap)
   if blocks is None:
     raise ValueError(
@@ -99,26 +97,23 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
   method = _score_method(tap, score)
 
   def block_of(path: tuple[str, ...]) -> int | None:
-    for i, names in enumerate(aliases):
-      for n in range(len(path) - 1, 0, -1):
-        if "/".join(path[:n]) in names:
-          return i
+    """The tapped block that holds the module at `path` (an ancestor is tapped), or None."""
+    for n in range(len(path) - 1, 0, -1):
+      i = tap.layer_index(path[:n])
+      if i is not None:
+        return i
     return None
 
   def run(deltas):
     probs: dict[int, Any] = {}
     tokens: dict[int, Any] = {}
 
-    def interceptor(next_fun, args, kwargs, context):
-      mdl = context.module
-      if context.method_name != "__call__" or not mdl.path:
-        return next_fun(*args, **kwargs)
-      path = tuple(mdl.path)
-      for i, names in enumerate(aliases):
-        if "/".join(path) in names:
-          out = next_fun(*args, **kwargs)
-          tokens[i] = out if selector is None else layouts_lib.select(out, selector)
-          return out
+    def interceptor(next_fun, args, kwargs, mdl, path):
+      tapped = tap.layer_index(path)
+      if tapped is not None:
+        out = next_fun(*args, **kwargs)
+        tokens[tapped] = out if selector is None else layouts_lib.select(out, selector)
+        return out
       if not isinstance(mdl, nn.MultiHeadDotProductAttention):
         return next_fun(*args, **kwargs)
       found = block_of(path)
@@ -127,7 +122,7 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
       i = found
       if i in probs:
         raise ValueError(
-          f"Block {taps_lib.format_path(tap.layers[i])!r} holds more than one attention module; LeGrad needs one "
+          f"Block {format_path(tap.layers[i])!r} holds more than one attention module; LeGrad needs one "
           "per tapped block."
         )
       if mdl.attention_fn is not nn.dot_product_attention:
@@ -171,9 +166,8 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
       finally:
         object.__setattr__(mdl, "attention_fn", nn.dot_product_attention)
 
-    with nn.intercept_methods(interceptor):
-      tap._apply(tap._model_input(x))
-    missing = [taps_lib.format_path(tap.layers[i]) for i in range(len(tap.layers)) if i not in probs]
+    tap.intercept(x, interceptor)
+    missing = [format_path(tap.layers[i]) for i in range(len(tap.layers)) if i not in probs]
     if missing:
       raise ValueError(
         f"No nn.MultiHeadDotProductAttention ran inside block(s) {missing}: LeGrad needs the tapped layers to be "

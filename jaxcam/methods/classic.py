@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcam import _jaxpr, _spatial
-from jaxcam._errors import check_key, unknown_name_message
+from jaxcam._errors import check_key
 
 __all__ = ["cam_weights", "check_gap_dense_head", "fem_weights", "randomcam_weights", "resolve_fc_kernel"]
 
@@ -108,51 +108,13 @@ def resolve_fc_kernel(tap, fc: Any) -> jax.Array:
 
 def resolve_fc(tap, fc: Any) -> tuple[jax.Array, jax.Array | None]:
   """``(kernel (C, classes), bias (classes,) or None)`` of the Dense layer `fc` (an array: no bias) or the model's
-  ``fc_layer``."""
-  from jaxcam import taps as taps_lib
-
+  ``fc_layer``, read through the tap's `dense` capability."""
   if fc is not None and not isinstance(fc, (str, tuple)):
     kernel = jnp.asarray(fc)
     if kernel.ndim != 2:
       raise ValueError(f"Expected `fc` to be a Dense kernel of shape (C, classes), got shape {kernel.shape}.")
     return kernel, None
-  if isinstance(tap, taps_lib.LinenTap):
-    path = fc if fc is not None else getattr(tap.module, "fc_layer", None)
-    if path is None:
-      raise ValueError(
-        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
-        f"{type(tap.module).__name__} declares no `fc_layer`."
-      )
-    parts = taps_lib.parse_path(path, argname="fc")
-    node = tap.variables["params"]
-    try:
-      for p in taps_lib._linen_module_path(node, parts):
-        node = node[p]
-    except (KeyError, TypeError):
-      raise taps_lib.LayerNotFoundError(
-        unknown_name_message(
-          "fc", taps_lib.format_path(parts), taps_lib._param_paths(tap.variables), "a Dense layer with parameters"
-        )
-      ) from None
-    if not hasattr(node, "keys") or "kernel" not in node:
-      raise ValueError(f"Expected `fc` to name a Dense layer with a 'kernel', got {path!r} with {list(node)}.")
-    return node["kernel"], node.get("bias")
-  if isinstance(tap, taps_lib.NnxTap):
-    from flax import nnx
-
-    model = nnx.merge(tap.graphdef, tap.state)
-    path = fc if fc is not None else getattr(model, "fc_layer", None)
-    if path is None:
-      raise ValueError(
-        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
-        f"{type(model).__name__} declares no `fc_layer`."
-      )
-    node = model
-    for p in taps_lib.parse_path(path, argname="fc"):
-      node = taps_lib._nnx_get(node, p)
-    bias = getattr(node, "bias", None)
-    return jnp.asarray(node.kernel[...]), None if bias is None else jnp.asarray(bias[...])
-  raise ValueError("CAM on a function_tap needs `fc=` as a (C, classes) kernel array.")
+  return tap.dense(fc)
 
 
 def declares_fc(tap) -> bool:

@@ -1,0 +1,177 @@
+"""Taps on `flax.nnx` modules: the layer's submodule is swapped for a probe on a throwaway copy, inside one traced
+call (`nnx.split` / `nnx.merge`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+
+from jaxcam._errors import LayerNotFoundError, abbreviate, unknown_name_message
+from jaxcam.taps.base import (
+  _WHERE,
+  Tap,
+  _check_input_layout,
+  _check_output_selector,
+  _Run,
+)
+from jaxcam.taps.paths import _parse_layers, format_path, parse_path
+
+
+class _Probe:
+  """Stands in for an nnx submodule on a throwaway copy of the model, inside one traced call."""
+
+  def __init__(self, tap, inner, index, run):
+    self.tap, self.inner, self.index, self.run = tap, inner, index, run
+
+  def __call__(self, *args, **kwargs):
+    return self.tap._substitute(self.index, self.run, self.inner, args, kwargs)
+
+
+def _nnx_get(node, key: str):
+  if key.isdigit() and not hasattr(node, key):
+    return node[int(key)]
+  return getattr(node, key)
+
+
+def _nnx_set(node, key: str, value) -> None:
+  if key.isdigit() and not hasattr(node, key):
+    node[int(key)] = value
+  else:
+    object.__setattr__(node, key, value)  # bypass nnx's attribute checks: this copy is never split
+
+
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["state"],
+  meta_fields=["graphdef", "layers", "multi", "where", "method", "layout", "output", "input_layout"],
+)
+@dataclasses.dataclass(frozen=True, eq=False)
+class NnxTap(Tap):
+  """A tap on a `flax.nnx` model snapshot; see `nnx_tap`. A pytree: the state is its leaves."""
+
+  graphdef: Any
+  state: Any
+  layers: tuple[tuple[str, ...], ...]
+  multi: bool
+  where: str = "output"
+  method: str | None = None
+  layout: Any = None
+  output: Any = None
+  input_layout: str = "NHWC"
+
+  def __repr__(self) -> str:
+    return f"NnxTap(layer={self.layer!r}, where={self.where!r})"
+
+  def _call(self, model, x):
+    fn = model if self.method is None else getattr(model, self.method)
+    return fn(x)
+
+  def _plain(self, x):
+    from flax import nnx
+
+    return self._call(nnx.merge(self.graphdef, self.state), x)
+
+  def dense(self, path: Any = None) -> tuple[jax.Array, jax.Array | None]:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = nnx.merge(self.graphdef, self.state)
+    path = path if path is not None else getattr(model, "fc_layer", None)
+    if path is None:
+      raise ValueError(
+        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
+        f"{type(model).__name__} declares no `fc_layer`."
+      )
+    node = model
+    for p in parse_path(path, argname="fc"):
+      node = _nnx_get(node, p)
+    bias = getattr(node, "bias", None)
+    return jnp.asarray(node.kernel[...]), None if bias is None else jnp.asarray(bias[...])
+
+  def _run(self, x, run: _Run):
+    from flax import nnx
+
+    model = nnx.merge(self.graphdef, self.state)
+    for i, path in enumerate(self.layers):
+      parent = model
+      for key in path[:-1]:
+        parent = _nnx_get(parent, key)
+      _nnx_set(parent, path[-1], _Probe(self, _nnx_get(parent, path[-1]), i, run))
+    out = self._call(model, x)
+    missing = self._missing(run)
+    if missing:
+      raise ValueError(
+        f"Layer {format_path(self.layers[missing[0]])!r} exists but did not run in the forward pass of "
+        f"{type(model).__name__}; tap a submodule that the forward pass calls."
+      )
+    return out, tuple(run.record[i] for i in range(len(self.layers)))
+
+
+def _nnx_paths(model) -> list[tuple[str, ...]]:
+  from flax import nnx
+
+  return [tuple(str(p) for p in path) for path, _ in nnx.iter_modules(model) if path]
+
+
+def nnx_tap(
+  model,
+  layer: Any = None,
+  *,
+  where: str = "output",
+  method: str | None = None,
+  eval_mode: bool = True,
+  layout: Any = None,
+  output: Any = None,
+  input_layout: str = "NHWC",
+):
+  """A tap on a `flax.nnx` model.
+
+  The tap holds a *snapshot* of the model's state, taken now (on a clone switched to eval mode, so the user's
+  model is never mutated): after updating the model in place (an optimizer step), build a new tap; or build
+  it from ``(graphdef, state)`` returned by ``nnx.split`` and swap the state, which never recompiles. Each
+  traced call merges a private copy and substitutes the layer there.
+
+  Args:
+    model: an ``nnx.Module``, or a ``(graphdef, state)`` pair from ``nnx.split``.
+    layer: path such as "blocks/6" or ("blocks", 6) (ints index lists), a list of paths, or None for the
+      model's ``default_layer`` attribute.
+    where: "output" or "input" (the submodule's first positional argument).
+    method: name of the method to call instead of ``__call__``.
+    eval_mode: call ``.eval()`` on the clone (BatchNorm running statistics, no dropout).
+    layout, output, input_layout: as for `linen_tap`.
+  """
+  from flax import nnx
+
+  if where not in _WHERE:
+    raise ValueError(f"Expected `where` to be one of {_WHERE}, got {where!r}.")
+  if isinstance(model, tuple) and len(model) == 2:
+    graphdef, state = model
+    model = nnx.merge(graphdef, state)
+  elif not isinstance(model, nnx.Module):
+    raise TypeError(f"Expected `model` to be an nnx.Module or a (graphdef, state) pair, got {type(model).__name__}.")
+  model = nnx.clone(model)
+  if eval_mode:
+    model.eval()
+  available = _nnx_paths(model)
+  if layer is None:
+    layer = getattr(model, "default_layer", None)
+    if layer is None:
+      raise ValueError(
+        f"`layer` is None and {type(model).__name__} declares no `default_layer`. Pass `layer=`; submodules: "
+        f"{abbreviate([format_path(p) for p in available])}."
+      )
+  layers, multi = _parse_layers(layer)
+  names = [format_path(p) for p in available]
+  for p in layers:
+    if p not in available:
+      raise LayerNotFoundError(
+        unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
+      )
+  graphdef, state = nnx.split(model)
+  return NnxTap(
+    graphdef, state, layers, multi, where, method, layout, _check_output_selector(output),
+    _check_input_layout(input_layout),
+  )  # fmt: skip
