@@ -181,4 +181,4 @@ def test_a_folder_is_read_by_the_same_extensions_as_the_cli(tmp_path):
   (tmp_path / "notes.txt").write_text("not an image")
   images, names = jaxcam.autoexplain.load_images(str(tmp_path))
   assert names == ["frame"] and images[0].shape == (6, 5, 3)
-  assert [os.path.basename(f) for f in cli._collect_images([str(tmp_path)])] == ["frame.ppm"]
+  assert [os.path.basename(f) for f in cli.collect_images([str(tmp_path)])] == ["frame.ppm"]

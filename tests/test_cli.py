@@ -146,10 +146,10 @@ def test_method_options_are_literals_and_noise_gets_a_seeded_key():
 
   import jaxcam
 
-  opts = cli._method_options(jaxcam.get_method("sscam"), ["num_samples=2", "convention=pgc", "std=0.5"], 7)
+  opts = cli.method_options(jaxcam.get_method("sscam"), ["num_samples=2", "convention=pgc", "std=0.5"], 7)
   assert opts["num_samples"] == 2 and opts["convention"] == "pgc" and opts["std"] == 0.5
   assert (jax.random.key_data(opts["key"]) == jax.random.key_data(jax.random.key(7))).all()
-  assert "key" not in cli._method_options(jaxcam.get_method("scorecam"), ["top_n=4"], 7)
+  assert "key" not in cli.method_options(jaxcam.get_method("scorecam"), ["top_n=4"], 7)
 
 
 @pytest.mark.slow

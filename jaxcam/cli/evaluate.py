@@ -1,0 +1,302 @@
+"""`jaxcam evaluate`: the metrics table (Average Drop / Increase, deletion / insertion, ROAD, ADCC, ARCC, pointing,
+energy, AUROC, IoU) per method on the bundled photos or a folder."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxcam import _progress, writers
+from jaxcam.cli._common import (
+  DEMO_EXTRA,
+  CliError,
+  _check_out,
+  _load_model,
+  collect_images,
+  demo_methods,
+)
+
+
+class _Eval:
+  """What every metric of `jaxcam evaluate` sees: the tap, images, score target, options and regions."""
+
+  def __init__(self, tap, x, score, args, key, regions):
+    self.tap, self.x, self.score, self.args, self.key, self.regions = tap, x, score, args, key, regions
+
+
+def _confidence(field):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    cc = metrics.confidence_change(ev.tap, ev.x, maps, target=ev.score)
+    return 100 * np.asarray(getattr(cc, field), float)  # percent
+
+  return run
+
+
+def _curve(name):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    fn = getattr(metrics, name)
+    return np.asarray(fn(ev.tap, ev.x, maps, target=ev.score, steps=ev.args.steps, chunk_size=ev.args.chunk_size).auc)
+
+  return run
+
+
+def _road(ev: _Eval, maps, spec, opts):
+  from jaxcam import metrics
+
+  r = metrics.road(ev.tap, ev.x, maps, target=ev.score, order="combined", key=ev.key, chunk_size=ev.args.chunk_size)
+  return np.asarray(r.score)
+
+
+def _adcc(ev: _Eval, maps, spec, opts):  # the method is re-run on the masked images (Coherency)
+  from jaxcam import metrics
+
+  return np.asarray(metrics.adcc(ev.tap, ev.x, maps, spec, target=ev.score, **opts).adcc)
+
+
+def _arcc(ev: _Eval, maps, spec, opts):
+  from jaxcam import metrics
+
+  kw = {"key": ev.key, "chunk_size": ev.args.chunk_size}
+  return np.asarray(metrics.arcc(ev.tap, ev.x, maps, spec, target=ev.score, **kw, **opts).arcc)
+
+
+def _pointing(field):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    masks, present = ev.regions
+    p = metrics.pointing_game(maps, masks, tolerance=ev.args.tolerance)
+    return np.where(present, np.asarray(getattr(p, field), float), np.nan)
+
+  return run
+
+
+def _localization(read):
+  def run(ev: _Eval, maps, spec, opts):
+    from jaxcam import metrics
+
+    masks, present = ev.regions
+    return np.where(present, np.asarray(read(metrics.localization(maps, masks, thresholds=[0.5]))), np.nan)
+
+  return run
+
+
+# name -> (better, function, needs regions). Default: every metric that needs no regions except the composite
+# ones (they re-run each method), plus the localization ones when --boxes / --masks are given.
+EVAL_METRICS = {
+  "avg_drop": ("↓", _confidence("drop"), False),
+  "increase": ("↑", _confidence("increased"), False),
+  "deletion": ("↓", _curve("deletion"), False),
+  "insertion": ("↑", _curve("insertion"), False),
+  "road": ("↑", _road, False),
+  "adcc": ("↑", _adcc, False),
+  "arcc": ("↑", _arcc, False),
+  "pointing": ("↑", _pointing("hits"), True),
+  "energy": ("↑", _pointing("energy"), True),
+  "auroc": ("↑", _localization(lambda loc: loc.auroc), True),
+  "iou": ("↑", _localization(lambda loc: loc.iou[:, 0]), True),  # at threshold 0.5
+}
+DEFAULT_EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion", "road")
+
+
+def _evaluation_rows(names: str) -> list[str]:
+  """--methods: comma-separated rows (``gradcam_pp_exact``: Grad-CAM++ with exact derivatives), or "default":
+  every fixed-cost row plus exact Grad-CAM++."""
+  import jaxcam
+
+  if names == "default":
+    return demo_methods() + list(DEMO_EXTRA)
+  rows = [n.strip() for n in names.split(",") if n.strip()]
+  for n in rows:
+    try:
+      jaxcam.get_method(n)
+    except KeyError as e:
+      raise CliError(str(e)) from None
+  return rows
+
+
+def _stem(name: str) -> str:
+  return os.path.splitext(os.path.basename(name))[0]
+
+
+def _lookup(table: dict, name: str) -> Any:
+  """An image's entry in a boxes file: by its name as listed, its file name, or its stem (on either side, so
+  "coffee.png" in the file finds the bundled photo "coffee")."""
+  base = os.path.basename(name)
+  for k in (name, base, _stem(name)):
+    if k in table:
+      return table[k]
+  stems = [k for k in table if _stem(k) == _stem(name)]
+  return table[stems[0]] if len(stems) == 1 else None
+
+
+def _centres(n_out: int, n_in: int) -> np.ndarray:
+  """The source index of each resized pixel's centre (the rule boxes and masks are resized by)."""
+  return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), n_in - 1)
+
+
+def load_regions(boxes: str | None, masks: str | None, names: list[str], photos: dict, size: int):
+  """Boolean regions (B, S, S) at the model's input size and which images have one, from ``--boxes`` (JSON:
+  ``{"image": [[x0, y0, x1, y1], ...]}`` in the original image's pixels, half-open, keyed by the image's name, file
+  name or stem) or ``--masks`` (a folder of ``<stem>.png`` at the image's size, nonzero = inside). A resized pixel
+  is inside when its centre falls inside in the original image."""
+  import json
+
+  from jaxcam import stream
+
+  out = np.zeros((len(names), size, size), bool)
+  present = np.zeros(len(names), bool)
+  table = None
+  if boxes:
+    try:
+      with open(boxes, encoding="utf-8") as f:
+        table = json.load(f)
+    except (OSError, ValueError) as e:
+      raise CliError(f"--boxes: cannot read {boxes!r} as JSON: {e}") from None
+    if not isinstance(table, dict):
+      kind = type(table).__name__
+      raise CliError(f'--boxes: expected a JSON object {{"image": [[x0, y0, x1, y1], ...]}}, got a {kind}')
+  for i, name in enumerate(names):
+    h, w = np.asarray(photos[name]).shape[:2]
+    rows, cols = _centres(size, h)[:, None], _centres(size, w)[None, :]
+    if table is not None:
+      entry = _lookup(table, name)
+      if entry is None:
+        continue
+      arr = np.asarray(entry, float).reshape(-1, 4) if len(entry) else np.zeros((0, 4))
+      if arr.ndim != 2 or arr.shape[1] != 4:
+        raise CliError(f"--boxes: expected a list of [x0, y0, x1, y1] for {name!r}, got {entry!r}")
+      for x0, y0, x1, y1 in arr:
+        out[i] |= (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
+      present[i] = True
+    if masks:
+      path = os.path.join(masks, _stem(name) + ".png")
+      if not os.path.exists(path):
+        continue
+      m = np.asarray(stream.decode_image(path))
+      m = m.max(axis=-1) if m.ndim == 3 else m
+      if m.shape != (h, w):
+        raise CliError(f"--masks: {path} is {m.shape[1]}x{m.shape[0]}, its image {name!r} is {w}x{h}")
+      out[i] |= m[_centres(size, h)][:, _centres(size, w)] > 0
+      present[i] = True
+  if not present.any():
+    raise CliError(
+      f"no region for any image: {'--boxes keys' if boxes else '--masks files'} must match the images "
+      f"(by name, file name or stem; masks as <stem>.png). Images: {', '.join(names[:5])}"
+    )
+  return out, present
+
+
+def cmd_evaluate(args) -> int:
+  import jax
+  import jax.numpy as jnp
+
+  import jaxcam
+  from jaxcam import models, stream
+
+  t0 = time.perf_counter()
+  rows = _evaluation_rows(args.methods)
+  regional = bool(args.boxes or args.masks)
+  if args.metrics is None:
+    wanted = list(DEFAULT_EVAL_METRICS) + ([k for k, v in EVAL_METRICS.items() if v[2]] if regional else [])
+  else:
+    wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
+  bad = sorted(set(wanted) - set(EVAL_METRICS))
+  if bad:
+    raise CliError(f"--metrics: unknown {bad}; choose from {', '.join(EVAL_METRICS)}")
+  needs = [m for m in wanted if EVAL_METRICS[m][2]]
+  if needs and not regional:
+    raise CliError(f"--metrics {','.join(needs)} need regions: pass --boxes FILE.json or --masks FOLDER")
+  if args.steps < 1:
+    raise CliError(f"--steps must be at least 1, got {args.steps}")
+  _check_out(args.out)
+  if args.inputs:
+    files = collect_images(args.inputs)
+    photos = {os.path.relpath(f): stream.decode_image(f) for f in files}
+  else:
+    photos = models.sample_images()
+  module, variables = _load_model(args.model, args.weights)
+  names = list(photos)
+  x = jnp.asarray(models.preprocess([photos[n] for n in names], args.model))
+  regions = load_regions(args.boxes, args.masks, names, photos, x.shape[1]) if regional else None
+  try:
+    tap = jaxcam.linen_tap(module, variables, args.layer)
+  except (KeyError, ValueError, TypeError) as e:
+    raise CliError(str(e)) from None
+  if args.methods == "default":  # the rows that can read this tap (LeGrad needs transformer blocks)
+    rows = [r for r in rows if jaxcam.get_method(r).applies(tap)]
+  ids = jnp.argmax(tap.forward(x), axis=-1)
+  score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
+  key = jax.random.key(args.seed)
+  ev = _Eval(tap, x, score, args, key, regions)
+  table: dict[str, dict[str, list[float]]] = {}
+  per_image: list[dict] = []
+  bar = _progress.bar(len(rows), "evaluating", unit="method")
+  try:
+    for row in rows:
+      opts: dict[str, Any] = {"key": key} if "key" in jaxcam.get_method(row).defaults() else {}
+
+      def run(row=row, opts=opts):
+        return jax.block_until_ready(jaxcam.explain(row, tap, x, ids, progress=False, **opts).maps)
+
+      run()  # compile
+      start = time.perf_counter()
+      maps = run()
+      cost = (time.perf_counter() - start) / len(names)
+      values = {m: EVAL_METRICS[m][1](ev, maps, row, opts) for m in wanted}
+      table[row] = {k: v.tolist() for k, v in values.items()} | {"s_per_image": [cost]}
+      for i, n in enumerate(names):
+        per_image.append({"method": row, "image": n, **{k: float(v[i]) for k, v in values.items()}})
+      bar.update(1)
+  finally:
+    bar.close()
+  os.makedirs(args.out, exist_ok=True)
+  summary = {
+    "model": args.model,
+    "layer": tap.layer,
+    "score": args.score,
+    "steps": args.steps,
+    "images": names,
+    "metrics": wanted,
+    "methods": {
+      row: {k: _mean_std(v) for k, v in vals.items()}
+      for row, vals in table.items()
+    },
+  }  # fmt: skip
+  writers.write_json(os.path.join(args.out, "summary.json"), summary)
+  with open(os.path.join(args.out, "results.csv"), "w", encoding="utf-8") as f:
+    f.write(",".join(["method", "image", *wanted]) + "\n")
+    for r in per_image:
+      f.write(",".join([r["method"], r["image"], *(f"{r[k]:.6g}" for k in wanted)]) + "\n")
+  print(evaluation_table(summary))
+  print(f"wrote results.csv and summary.json to {args.out} in {time.perf_counter() - t0:.1f} s")
+  return 0
+
+
+def _mean_std(values: list[float]) -> dict:
+  """Mean and std over the images that have a value (localization metrics: those with a region)."""
+  v = np.asarray(values, float)
+  v = v[np.isfinite(v)]
+  if not v.size:
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": int(v.size)}
+
+
+def evaluation_table(summary: dict) -> str:
+  """The markdown table `jaxcam evaluate` prints: mean ± std per method and metric, and the warm cost per image."""
+  wanted = summary["metrics"]
+  head = "| method | " + " | ".join(f"{m} {EVAL_METRICS[m][0]}" for m in wanted) + " | s/img |"
+  lines = [head, "|" + "---|" * (len(wanted) + 2)]
+  for row, vals in summary["methods"].items():
+    cells = [
+      "-" if vals[m]["mean"] is None else f"{vals[m]['mean']:.3f} ± {vals[m]['std']:.3f}" for m in wanted
+    ]  # fmt: skip
+    lines.append(f"| {row} | " + " | ".join(cells) + f" | {vals['s_per_image']['mean']:.3f} |")
+  return "\n".join(lines)
