@@ -30,7 +30,7 @@ from jaxcam.taps import (
   list_layers,
   nnx_tap,
 )
-from jaxcam.wrappers import Augmentation, finer, flip_multiply_tta, refine, smooth
+from jaxcam.wrappers import Augmentation, eigen_smooth, finer, flip_multiply_tta, refine, smooth
 
 _METHOD_FUNCTIONS: dict = {}  # name -> (row, function), rebuilt when the row under a name changes
 
@@ -79,6 +79,7 @@ __all__ = [
   "core",
   "derivatives",
   "dff",
+  "eigen_smooth",
   "explain",
   "explain_batches",
   "explain_many",

@@ -25,7 +25,6 @@ from jaxcam import _checks, _progress, _spatial, core, postprocess, wrappers
 from jaxcam import taps as taps_lib
 from jaxcam import targets as targets_lib
 from jaxcam._errors import check_key
-from jaxcam.methods.factorization import first_component_projection
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
 
@@ -172,14 +171,8 @@ def _as_float(tree: Any) -> Any:
   return jax.tree.map(f, tree)
 
 
-def method_maps(
-  spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion, eigen_smooth=False
-) -> Explanation:
-  """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`).
-
-  With `eigen_smooth` the weighted activations ``w * A`` are projected on their first principal component
-  (pytorch-grad-cam's ``get_2d_projection``, with Eigen-CAM's deterministic sign) instead of summed over channels.
-  """
+def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion) -> Explanation:
+  """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`)."""
   used = spec.needs_for(options)
   fn_options = {k: options[k] for k, _ in spec.options}
   n_layers = len(fwd.activations)
@@ -196,12 +189,7 @@ def method_maps(
         f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape "
         f"{tuple(getattr(out, 'shape', ()))}; expected {expected} from activations {tuple(a.shape)}."
       )
-    if spec.output == "map":
-      m = out
-    elif eigen_smooth:
-      m = first_component_projection(out[..., None, None, :] * a if spec.output == "channel" else out * a)
-    else:
-      m = postprocess.combine(out, a)
+    m = out if spec.output == "map" else postprocess.combine(out, a)
     if relu:
       m = jax.nn.relu(m)
     if normalize and spec.normalize_layers:
@@ -259,12 +247,11 @@ def _explain_impl(
   relu,
   fusion,
   progress=False,
-  eigen_smooth=False,
   augment=None,
 ):
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
-  flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion, eigen_smooth=eigen_smooth)
+  flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
   with _spatial.dims(x.ndim - 2):
     if augment is not None:
       return _augmented(spec, tap, x, target, options, augment, progress, flags)
@@ -326,20 +313,13 @@ def _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fu
 
 _STATIC = ("normalize", "upsample", "relu", "fusion", "progress")
 _explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs",) + _STATIC)
-_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static", "eigen_smooth", "augment") + _STATIC)
+_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static", "augment") + _STATIC)
 
 
-def check_eigen_smooth(spec: MethodSpec, eigen_smooth: Any) -> bool:
-  """`eigen_smooth` as a bool; an error for a method that returns a map (there are no weighted activations)."""
-  eigen_smooth = _checks.check_bool("eigen_smooth", eigen_smooth)
-  if eigen_smooth and spec.output == "map":
-    raise ValueError(
-      f"Expected `eigen_smooth=False` for {spec.name}: it returns a map, not channel or spatial weights, so there "
-      "are no weighted activations to project. eigen_smooth applies to: "
-      + ", ".join(s.name for s in METHODS.values() if s.output != "map")
-      + "."
-    )
-  return eigen_smooth
+def check_eigen_smooth(spec: MethodSpec, eigen_smooth: Any) -> MethodSpec:
+  """The row the ``eigen_smooth=`` flag asks for: `spec` itself, or ``jaxcam.eigen_smooth(spec)`` (an error for a
+  method that returns a map: there are no weighted activations)."""
+  return wrappers.eigen_smooth(spec) if _checks.check_bool("eigen_smooth", eigen_smooth) else spec
 
 
 def _is_traced(tree: Any) -> bool:
@@ -500,7 +480,8 @@ def explain(
       None: for eager calls of expensive methods (`MethodSpec.expensive`) only, never under your `jax.jit`;
       True: always (host callbacks, one per chunk); False: never.
     eigen_smooth: the map is the first principal component of the weighted activations ``w * A`` instead of their
-      channel sum (pytorch-grad-cam's ``eigen_smooth``; sign fixed as in Eigen-CAM). For methods that weight
+      channel sum (pytorch-grad-cam's ``eigen_smooth``; sign fixed as in Eigen-CAM): the row
+      ``jaxcam.eigen_smooth(method)``, named ``eigen_smooth(<name>)``. For methods that weight
       channels or positions (every row whose output is "channel" or "spatial"); an error for map methods.
     aug_smooth: test-time augmentation: True for pytorch-grad-cam's horizontal flip x (0.9, 1, 1.1) multipliers,
       or a tuple of `jaxcam.Augmentation(apply, invert)`. Each augmented map (normalized as usual) is mapped back
@@ -515,7 +496,7 @@ def explain(
   spec = get_method(method)
   x, sequence = _sequence_input(tap, x)
   normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
-  eigen_smooth = check_eigen_smooth(spec, eigen_smooth)
+  spec = check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
   augment = wrappers.resolve_augmentations(aug_smooth)
   opts = resolve_options(spec, options)
   with _spatial.dims(taps_lib.spatial_dims(tap)):
@@ -536,7 +517,6 @@ def explain(
       relu=relu,
       fusion=fusion,
       progress=_show_progress(progress, under_jit, spec.expensive(opts)),
-      eigen_smooth=eigen_smooth,
       augment=augment,
     )
   if not under_jit:

@@ -173,7 +173,7 @@ def explain_batches(
   """
   spec = _method_spec(method)
   normalize, upsample, relu, fusion = api.check_flags(normalize, upsample, relu, fusion)
-  eigen_smooth = api.check_eigen_smooth(spec, eigen_smooth)
+  spec = api.check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
   augment = wrappers.resolve_augmentations(aug_smooth)
   _checks.check_positive_int("batch_size", batch_size, allow_none=True)
   _checks.check_positive_int("prefetch", prefetch)
@@ -208,7 +208,7 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static, eigen_smooth, augment)
+  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static, augment)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 
@@ -235,7 +235,7 @@ def explain_batches(
 
 
 @functools.cache
-def _jitted(spec, normalize, upsample, relu, fusion, progress, static, eigen_smooth=False, augment=None):
+def _jitted(spec, normalize, upsample, relu, fusion, progress, static, augment=None):
   """One jitted explain per method and static options (its cache holds one executable per input shape)."""
   return jax.jit(
     lambda tap, x, t, traced: api.explain(
@@ -248,7 +248,6 @@ def _jitted(spec, normalize, upsample, relu, fusion, progress, static, eigen_smo
       relu=relu,
       fusion=fusion,
       progress=progress,
-      eigen_smooth=eigen_smooth,
       aug_smooth=augment or False,
       **dict(static),
       **traced,

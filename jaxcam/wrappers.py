@@ -25,7 +25,7 @@ from jaxcam import targets as targets_lib
 from jaxcam._errors import check_key
 from jaxcam.methods.table import MethodSpec, get_method, register_method
 
-__all__ = ["Augmentation", "DEFAULT_TTA", "finer", "flip_multiply_tta", "refine", "smooth"]
+__all__ = ["Augmentation", "DEFAULT_TTA", "eigen_smooth", "finer", "flip_multiply_tta", "refine", "smooth"]
 
 
 def _mean(total: Any, n: int) -> Any:
@@ -99,6 +99,52 @@ def smooth(method: str | MethodSpec, *, num_samples: int = 8, std: float = 0.3, 
   name = wrapped_name("smooth", inner.name)
   hook = SmoothInputs(inner.inputs, int(num_samples), float(std), int(chunk_size), name)
   return dataclasses.replace(inner, name=name, title=f"Smoothed {inner.title or inner.name}", inputs=hook, aliases=())
+
+
+@dataclasses.dataclass(frozen=True)
+class EigenProjected:
+  """A weight row's function followed by the first principal component of the weighted activations ``w * A``
+  (hashable by value: the same wrapped row never recompiles)."""
+
+  fn: Callable[..., Any]
+  output: str
+
+  def __call__(self, activations, /, *needs, **options):
+    from jaxcam.methods.factorization import first_component_projection
+
+    w = self.fn(activations, *needs, **options)
+    return first_component_projection(
+      w[..., None, None, :] * activations if self.output == "channel" else w * activations
+    )
+
+
+def eigen_smooth(method: str | MethodSpec) -> MethodSpec:
+  """The method whose map is the first principal component of its weighted activations ``w * A`` instead of their
+  channel sum: pytorch-grad-cam's ``eigen_smooth`` (its ``get_2d_projection``), with Eigen-CAM's deterministic sign
+  (`jaxcam.methods.factorization.first_component_projection`). For rows that weight channels or positions; the
+  ``eigen_smooth=True`` flag of `jaxcam.explain` is this wrapper.
+
+  Returns:
+    A `MethodSpec` named ``eigen_smooth(<name>)`` with the method's needs and options, whose output is a map.
+  """
+  inner = get_method(method)
+  if inner.output == "map":
+    from jaxcam.methods.table import METHODS
+
+    raise ValueError(
+      f"Expected `eigen_smooth=False` for {inner.name}: it returns a map, not channel or spatial weights, so there "
+      "are no weighted activations to project. eigen_smooth applies to: "
+      + ", ".join(s.name for s in METHODS.values() if s.output != "map")
+      + "."
+    )
+  return dataclasses.replace(
+    inner,
+    name=wrapped_name("eigen_smooth", inner.name),
+    title=f"{inner.title or inner.name} (eigen-smoothed)",
+    fn=EigenProjected(inner.fn, inner.output),
+    output="map",
+    aliases=(),
+  )
 
 
 class Augmentation(NamedTuple):

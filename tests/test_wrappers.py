@@ -120,6 +120,28 @@ def test_eigen_smooth_matches_pytorch_grad_cam_up_to_its_sign(fam, name):
 
 
 @pytest.mark.fast
+def test_eigen_smooth_is_a_row_that_works_through_every_entry_point(fam):
+  """``jaxcam.eigen_smooth(method)`` returns a row: the flag is that row, and explain_many (which has no flag) and
+  explain_batches take it like any other; the peer's maps as above, up to its sign."""
+  d, tap, x, ids, _ = fam
+  row = jaxcam.eigen_smooth("gradcam")
+  assert row.name == "eigen_smooth(gradcam)" and row.output == "map"
+  flags = dict(normalize=False, upsample=False, relu=False)
+  raw = jaxcam.explain(row, tap, x, ids, **flags)
+  assert raw.method == "eigen_smooth(gradcam)"
+  theirs = d["pgc/gradcam/eigen_raw"]
+  for b in range(2):
+    assert min(np.abs(np.asarray(raw.maps[b]) - s * theirs[b]).max() for s in (1, -1)) < 1e-5
+  flag = jaxcam.explain("gradcam", tap, x, ids, eigen_smooth=True, **flags)
+  assert flag.method == row.name
+  np.testing.assert_allclose(flag.maps, raw.maps, rtol=1e-6, atol=1e-6)
+  many = jaxcam.explain_many([row, "layercam"], tap, x, ids, **flags)
+  np.testing.assert_allclose(many[row.name].maps, raw.maps, rtol=1e-5, atol=1e-6)
+  batches = list(jaxcam.explain_batches(row, tap, [(np.asarray(x), np.asarray(ids))], **flags))
+  np.testing.assert_allclose(batches[0]["maps"], raw.maps, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.fast
 def test_eigen_smooth_is_refused_where_it_makes_no_sense(fam):
   _, tap, x, _, _ = fam
   with pytest.raises(ValueError, match="eigen_smooth=False. for eigencam"):
