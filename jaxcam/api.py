@@ -11,10 +11,8 @@ input shape and options) and inside a user's `jax.jit`, where Python options are
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
-import warnings
 from typing import Any
 
 import jax
@@ -24,11 +22,21 @@ import numpy as np
 from jaxcam import _checks, _progress, _spatial, core, postprocess, wrappers
 from jaxcam import taps as taps_lib
 from jaxcam import targets as targets_lib
+from jaxcam._eager import (
+  check_flags,
+  check_images,
+  eager_checks,
+  model_errors,
+  prepare,
+  show_progress,
+  under_trace,
+)
 from jaxcam._errors import check_key
+from jaxcam._public import public_function, public_functions
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
 
-__all__ = ["Explanation", "explain", "explain_many", "check_images", "public_function", "TRACES"]
+__all__ = ["Explanation", "explain", "explain_many", "check_images", "public_function", "public_functions", "TRACES"]
 
 _FUSIONS = ("mean", "max")
 
@@ -54,34 +62,6 @@ class Explanation:
   method: str
   layer: Any
   feature_sizes: tuple[tuple[int, ...], ...] = ()
-
-
-def check_images(x: Any, *, argname: str = "x") -> None:
-  """Raise a clear error unless `x` is a float batch of channels-last images ``(B, H, W, C)`` (volumes
-  ``(B, D, H, W, C)`` within ``_spatial.dims(3)``)."""
-  shape = getattr(x, "shape", None)
-  rank = _spatial.n() + 2
-  what = "(B, H, W, C)" if rank == 4 else "(B, D, H, W, C)"
-  if shape is None:
-    raise TypeError(f"Expected `{argname}` to be an array of images {what}, got {type(x).__name__}.")
-  if len(shape) != rank:
-    hint = " Add a batch axis: x[None]." if len(shape) == rank - 1 else ""
-    if rank == 4 and len(shape) == 5:
-      hint = (
-        " Volumes need a tap with input_layout='NDHWC' (or 'NCDHW'); SESS, FullGrad and the batch streamers take "
-        "2-D images only."
-      )
-    raise ValueError(f"Expected `{argname}` of rank {rank} {what}, got shape {tuple(shape)}.{hint}")
-  if shape[1] in (1, 3, 4) and all(s > 4 for s in shape[2:-1]):
-    raise ValueError(
-      f"Expected `{argname}` channels-last {what} as in Flax, got shape {tuple(shape)}, which looks "
-      "channels-first. Use jnp.moveaxis(x, 1, -1)."
-    )
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(
-      f"Expected `{argname}` to be floating point, got dtype {x.dtype}. Convert images first, e.g. "
-      "jaxcam.models.preprocess(images, model_name) or x.astype(jnp.float32) / 255."
-    )
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -322,130 +302,6 @@ def check_eigen_smooth(spec: MethodSpec, eigen_smooth: Any) -> MethodSpec:
   return wrappers.eigen_smooth(spec) if _checks.check_bool("eigen_smooth", eigen_smooth) else spec
 
 
-def _is_traced(tree: Any) -> bool:
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
-
-
-def _under_trace(tree: Any) -> bool:
-  """True inside the user's `jax.jit` (every new value is then a tracer, even one made from constants) or when an
-  input is traced (`vmap`, `grad`): eager-only checks and host-side progress bars are skipped then."""
-  return _is_traced(tree) or isinstance(jnp.zeros((), jnp.int32), jax.core.Tracer)
-
-
-def _show_progress(progress: Any, traced: bool, expensive: bool) -> bool:
-  """Whether chunked maps report progress: `progress` if given, else for eager calls of expensive methods."""
-  if progress is not None and not isinstance(progress, bool):
-    raise TypeError(f"Expected `progress` to be None (automatic), True or False, got {progress!r}.")
-  return (not traced and expensive) if progress is None else progress
-
-
-def check_flags(normalize: Any, upsample: Any, relu: Any, fusion: Any) -> tuple[bool, bool, bool, str]:
-  """The common post-processing flags, validated (``relu=None`` or ``normalize="no"`` are errors, not bools)."""
-  return (
-    _checks.check_bool("normalize", normalize),
-    _checks.check_bool("upsample", upsample),
-    _checks.check_bool("relu", relu),
-    _checks.check_choice("fusion", fusion, _FUSIONS),
-  )
-
-
-@contextlib.contextmanager
-def model_errors(x: Any):
-  """Flax's parameter errors from inside the traced model, as one clear error about `x` or the variables."""
-  from flax import errors as flax_errors
-
-  try:
-    yield
-  except flax_errors.ScopeParamShapeError as e:
-    detail = str(e).split(" (https://")[0]
-    raise ValueError(
-      f"The model's parameters do not fit `x` of shape {tuple(x.shape)}: {detail} Images must be channels-last "
-      "with the channel count the model was built for (RGB: 3; repeat grayscale with np.repeat(x, 3, -1), drop "
-      "alpha with x[..., :3]), or the variables belong to another model."
-    ) from None
-  except (flax_errors.ScopeParamNotFoundError, flax_errors.ScopeCollectionNotFound) as e:
-    detail = str(e).split(" (https://")[0]
-    raise ValueError(
-      f"The tap's variables do not belong to its module: {detail} Pass the variables of this very module "
-      "(module.init(...) or the model builder's)."
-    ) from None
-
-
-def _check_pixels(tap: Any, x: Any) -> None:
-  """For concrete `x`, from one device-to-host transfer: raise naming the images that hold NaN or Inf (they would
-  give silent NaN maps), and warn when a shipped model (it declares ``input_mean``: it takes [0, 1]) is given
-  what looks like 0-255. Inside a trace (the user's `jax.jit`) the check's result is a tracer even when `x` is a
-  closed-over constant, so tracing is told by the result, not by `x`'s type."""
-  check = (jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))), jnp.max(x))
-  if _is_traced(check):
-    return
-  ok, hi = jax.device_get(check)
-  if not ok.all():
-    bad = np.flatnonzero(~ok).tolist()
-    raise ValueError(
-      f"Expected finite pixel values in `x`, got NaN or Inf in image(s) {bad[:10]}"
-      + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-      + ". Check the decoding / preprocessing of those images."
-    )
-  module = getattr(tap, "module", None)
-  if getattr(module, "input_mean", None) is not None and float(hi) > 2.0:
-    warnings.warn(
-      f"`x` has pixel values up to {float(hi):.4g}, but {type(module).__name__} takes images in [0, 1] (it "
-      "normalizes inside): divide by 255 or use jaxcam.models.preprocess.",
-      stacklevel=4,
-    )
-
-
-def _prepare(tap: Any, x: Any, target: Any):
-  """The checks `explain` and `explain_many` share, before tracing; returns the target as a score object."""
-  check_images(x)
-  _check_pixels(tap, x)
-  return targets_lib.as_target(target)
-
-
-def _eager_checks(spec: MethodSpec, target: Any, ex: Explanation, options: dict[str, Any]) -> None:
-  """After an eager call: out-of-range class ids raise, and the row's own `check` runs."""
-  _check_ids_in_range(target, ex)
-  _warn_degenerate_layer(ex)
-  _warn_all_zero(ex)
-  if spec.check is not None:
-    spec.check(ex, options)
-
-
-def _one_position(ex: Explanation) -> list:
-  """The tapped layers' sizes with a single position (every map is then constant)."""
-  return [size for size in ex.feature_sizes if int(np.prod(size)) <= 1]
-
-
-def _warn_degenerate_layer(ex: Explanation) -> None:
-  tiny = _one_position(ex)
-  if tiny:
-    warnings.warn(
-      f"Layer {ex.layer!r} has a feature map of size {tiny[0]} for this input: one position, so every {ex.method} "
-      "map is constant (all zeros after min-max). Use larger images (the model's input size) or an earlier layer.",
-      stacklevel=4,
-    )
-
-
-def _warn_all_zero(ex: Explanation) -> None:
-  maps = np.asarray(ex.maps)
-  if maps.size and not np.any(maps) and not _one_position(ex):  # that case has its own warning
-    warnings.warn(
-      f"Every {ex.method} map is zero for every image at layer {ex.layer!r}. Likely the target does not depend on "
-      "the tapped positions: e.g. a transformer head that reads only the CLS token tapped after the last attention "
-      "block (tap an earlier block's output or its norm1), a layer after global pooling, or constant inputs; "
-      "otherwise all evidence is negative (relu=False shows it).",
-      stacklevel=4,
-    )
-
-
-def _check_ids_in_range(target: Any, ex: Explanation) -> None:
-  classes = getattr(target, "classes", None)
-  if classes is None or isinstance(classes, jax.core.Tracer):
-    return
-  targets_lib.check_ids_in_range(classes, ex.logits.shape[-1])
-
-
 def explain(
   method: str | MethodSpec,
   tap,
@@ -500,10 +356,10 @@ def explain(
   augment = wrappers.resolve_augmentations(aug_smooth)
   opts = resolve_options(spec, options)
   with _spatial.dims(taps_lib.spatial_dims(tap)):
-    target = _prepare(tap, x, target)
+    target = prepare(tap, x, target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
-  under_jit = _under_trace((tap, x, target, traced))
+  under_jit = under_trace((tap, x, target, traced))
   with model_errors(x):
     ex = _explain_jit(
       tap,
@@ -516,11 +372,11 @@ def explain(
       upsample=upsample,
       relu=relu,
       fusion=fusion,
-      progress=_show_progress(progress, under_jit, spec.expensive(opts)),
+      progress=show_progress(progress, under_jit, spec.expensive(opts)),
       augment=augment,
     )
   if not under_jit:
-    _eager_checks(spec, target, ex, opts)
+    eager_checks(spec, target, ex, opts)
   return _sequence_maps(ex) if sequence else ex
 
 
@@ -589,8 +445,8 @@ def explain_many(
       )
   x, sequence = _sequence_input(tap, x)
   with _spatial.dims(taps_lib.spatial_dims(tap)):
-    target = _prepare(tap, x, target)
-  under_jit = _under_trace((tap, x, target, key))
+    target = prepare(tap, x, target)
+  under_jit = under_trace((tap, x, target, key))
   with model_errors(x):
     out = _explain_many_jit(
       tap,
@@ -602,11 +458,11 @@ def explain_many(
       upsample=upsample,
       relu=relu,
       fusion=fusion,
-      progress=_show_progress(progress, under_jit, any(s.expensive() for s in specs)),
+      progress=show_progress(progress, under_jit, any(s.expensive() for s in specs)),
     )
   if not under_jit:
     for s in specs:
-      _eager_checks(s, target, out[s.name], s.defaults())
+      eager_checks(s, target, out[s.name], s.defaults())
   return {k: _sequence_maps(v) for k, v in out.items()} if sequence else out
 
 
@@ -623,55 +479,3 @@ def _runs_on_defaults(spec: MethodSpec, key: Any = None) -> bool:
   defaults = spec.defaults()
   needs_key = "key" in defaults and defaults["key"] is None
   return not _has_array(defaults) and not (needs_key and key is None)
-
-
-def public_function(spec: MethodSpec):
-  """The public function of a row: `explain`'s arguments, returns the maps (``jaxcam.gradcam`` is this of the
-  gradcam row)."""
-
-  def method_fn(
-    tap,
-    x,
-    /,
-    target=None,
-    *,
-    normalize=True,
-    upsample=True,
-    relu=True,
-    fusion="mean",
-    progress=None,
-    eigen_smooth=False,
-    aug_smooth=False,
-    **options,
-  ):
-    return explain(
-      spec,
-      tap,
-      x,
-      target=target,
-      normalize=normalize,
-      upsample=upsample,
-      relu=relu,
-      fusion=fusion,
-      progress=progress,
-      eigen_smooth=eigen_smooth,
-      aug_smooth=aug_smooth,
-      **options,
-    ).maps
-
-  opts = ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items())
-  doc = (spec.fn.__doc__ or "").split(">>>")[0].rstrip()  # the row function's doctest runs in its own module
-  method_fn.__name__ = method_fn.__qualname__ = spec.name
-  method_fn.__module__ = "jaxcam"
-  method_fn.__doc__ = (
-    f"{spec.title} maps of `x`: ``(B, H, W, C) -> (B, H, W)`` (``(B, K, H, W)`` for (B, K) targets).\n\n"
-    f"Same arguments as `jaxcam.explain` (method options: {opts or 'none'}); returns only the maps.\n"
-    f"Needs: {', '.join(spec.needs) or 'activations only'}. Cost per image: {spec.cost()}.\n"
-    f"Row function: `{spec.fn.__module__}.{spec.fn.__name__}`:\n\n" + doc
-  )
-  return method_fn
-
-
-def public_functions() -> dict[str, Any]:
-  """One public function per registered method, generated from the table (``jaxcam.gradcam``, ...)."""
-  return {name: public_function(spec) for name, spec in METHODS.items()}

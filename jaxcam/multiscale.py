@@ -141,7 +141,7 @@ def sess(
   Cost: one forward pass per patch for the scores plus the base method per kept patch (the default grid of a
   224x224 image has 122 patches).
   """
-  from jaxcam import api
+  from jaxcam import _eager, api
 
   api.check_images(x)
   _, h, w, _ = x.shape
@@ -157,7 +157,7 @@ def sess(
   traced, static = api.partition_options(opts)
   config = (scales, window, step, float(pre_filter_ratio), float(theta), pool, smooth, use_softmax_scores)
   return _sess_jit(
-    tap, x, api._prepare(tap, x, target), traced, spec=spec, static=static, config=config, chunk_size=int(chunk_size)
+    tap, x, _eager.prepare(tap, x, target), traced, spec=spec, static=static, config=config, chunk_size=int(chunk_size)
   )
 
 
