@@ -22,14 +22,14 @@ value into the ``(B, h, w, C)`` grid that methods see and back (identity by defa
 
 The package, one concern a module: `paths` (the path syntax), `base` (the `Tap` protocol and the one place that
 reads, replaces and perturbs a layer's value), `linen`, `nnx`, `function` (one backend each) and `discovery`
-(`list_layers`).
+(`list_layers` and `find_layer`).
 """
 
 from __future__ import annotations
 
 from jaxcam._errors import LayerNotFoundError
 from jaxcam.taps.base import IdentityLayout, LayerInfo, Tap, spatial_dims, suggest_layout
-from jaxcam.taps.discovery import list_layers
+from jaxcam.taps.discovery import find_layer, list_layers
 from jaxcam.taps.function import FunctionTap, function_tap
 from jaxcam.taps.linen import LinenTap, captured_calls, linen_tap
 from jaxcam.taps.nnx import NnxTap, nnx_tap
@@ -48,6 +48,7 @@ __all__ = [
   "nnx_tap",
   "function_tap",
   "list_layers",
+  "find_layer",
   "suggest_layout",
   "spatial_dims",
   "format_path",

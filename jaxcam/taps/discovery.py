@@ -1,9 +1,18 @@
-"""Listing a model's layers (`list_layers`) with shapes, call counts and the layout a tap on each would need."""
+"""Finding layers: `list_layers` (every path with its shape, call count and the layout a tap on it would need) and
+`find_layer` (the layer `jaxcam.explain_model` explains when none is given)."""
 
 from __future__ import annotations
 
-import jax
+import functools
+import math
+from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+from jaxcam import layouts
+from jaxcam import targets as targets_lib
+from jaxcam._errors import abbreviate
 from jaxcam.taps.base import (
   LayerInfo,
   suggest_layout,
@@ -96,3 +105,115 @@ def _list_nnx(model, x) -> list[LayerInfo]:
 
   jax.eval_shape(run, state, x)
   return sorted(found.values(), key=lambda info: order[info.path])
+
+
+# ---------------------------------------------------------------------------------------- choosing a layer
+
+MAX_CANDIDATES = 16
+"""`find_layer` checks the gradient at the last this many candidate layers (one compiled pass)."""
+
+
+def token_prefix(n: int) -> int | None:
+  """The prefix count P <= 16 that leaves a square of at least 4 tokens, or None."""
+  for p in range(17):
+    side = math.isqrt(max(n - p, 0))
+    if side >= 2 and side * side == n - p:
+      return p
+  return None
+
+
+def _grid_like(shape: tuple[int, ...], image: tuple[int, int]) -> bool:
+  _, h, w, _ = shape
+  if h * w <= 1 or h > image[0] or w > image[1]:
+    return False
+  return abs(math.log((image[0] / h) / (image[1] / w))) <= math.log(1.5)
+
+
+def _candidates(infos: list, image: tuple[int, int]) -> list[tuple[str, Any]]:
+  """(path, layout) of the layers that may be explained, in the order their outputs are produced."""
+  kinds = {i.path: i.type for i in infos}
+  start = {i.path: k for k, i in enumerate(infos)}
+  out: list[tuple[str, Any]] = []
+  for info in infos:
+    shape = info.shape
+    if info.calls != 1 or shape is None:
+      continue
+    ancestors = [info.path[:k] for k in range(len(info.path)) if info.path[k] == "/"]
+    if any("Attention" in kinds.get(a, "") for a in ancestors):
+      continue
+    if len(shape) == 4 and _grid_like(shape, image):
+      out.append((info.path, None))
+    elif len(shape) == 3 and (prefix := token_prefix(shape[1])) is not None:
+      out.append((info.path, layouts.tokens(prefix=prefix)))
+
+  def ends_before(p: str, q: str) -> int:  # post-order: a module's output comes after its submodules'
+    if q.startswith(p + "/"):
+      return 1
+    if p.startswith(q + "/"):
+      return -1
+    return start[p] - start[q]
+
+  def order(a: tuple[str, Any], b: tuple[str, Any]) -> int:
+    return ends_before(a[0], b[0])
+
+  return sorted(out, key=functools.cmp_to_key(order))
+
+
+@jax.jit
+def _target_grads(tap, x, target):
+  """The target's gradient w.r.t. each tapped layer's value (one forward and one backward pass)."""
+  zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in tap.activation_shape(x))
+
+  def score(deltas):
+    out, _ = tap(x, deltas)
+    return jnp.sum(target.evaluate(out)[1])
+
+  return jax.grad(score)(zeros)
+
+
+def find_layer(model: Any, x: Any, target: Any = None) -> tuple[str, Any, str]:
+  """``(layer, layout, reason)``: the layer `explain_model` explains for `x` (channels-last, in [0, 1]) and
+  `target`: among layers that run once with a grid output (several positions, the input's aspect) or square tokens
+  after a prefix, outside attention modules, the last (in output order, of the last `MAX_CANDIDATES`) whose target
+  gradient is non-zero. One forward and one backward pass. `model`: anything `jaxcam.explain_model` takes."""
+  from jaxcam.autoexplain import as_model
+
+  m = as_model(model)
+  if m.list_layers is None:
+    raise ValueError(f"{m.name} cannot list its layers: pass `layer=`.")
+  x = jnp.asarray(x)
+  infos = m.list_layers(x)
+  found = _candidates(infos, tuple(x.shape[1:3]))
+  if not found:
+    listed = abbreviate([f"{i.path} {i.shape}" for i in infos])
+    raise ValueError(
+      f"No layer of {m.name} has a spatial output to explain (a grid (B, h, w, C) with several positions, or "
+      f"tokens (B, P + N, D) with N a square). Pass `layer=`; layers: {listed}."
+    )
+  checked = found[-MAX_CANDIDATES:]
+  paths = [p for p, _ in checked]
+  tap = m.make_tap(paths, None)
+  shapes = tap.activation_shape(x)
+  grads = _target_grads(tap, x, targets_lib.as_target(target))
+  norms = []
+  for (_, layout), g in zip(checked, grads):
+    g = g[:, layout.prefix :] if layout is not None else g
+    norms.append(float(jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))))
+  top = max(norms)
+  alive = [k for k, n in enumerate(norms) if n > 0 and n > 1e-10 * top]
+  if not alive:
+    raise ValueError(
+      f"The target does not depend on any of the last {len(checked)} spatial layers of {m.name} "
+      f"({abbreviate(paths)}): every gradient is zero. Pass `layer=`."
+    )
+  k = alive[-1]
+  path, layout = checked[k]
+  shape = tuple(shapes[k].shape)
+  what = f"tokens {shape} read as tokens(prefix={layout.prefix})" if layout is not None else f"a grid {shape}"
+  skipped = paths[k + 1 :]
+  reason = (
+    f"the last layer whose output is {'transformer tokens' if layout is not None else 'a spatial grid'} and whose "
+    f"target gradient is non-zero: {path!r}, {what}"
+    + (f"; after it, {abbreviate(skipped)} had zero gradient (e.g. a head that reads only CLS)" if skipped else "")
+  )
+  return path, layout, reason

@@ -1,0 +1,46 @@
+"""Rules the package keeps about its own shape (read from its source, no JAX): modules that fit in a head, and taps
+reached only through their public protocol."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+pytestmark = pytest.mark.fast
+
+PACKAGE = pathlib.Path(__file__).parent.parent / "jaxcam"
+MAX_LINES = 500
+
+
+def _modules():
+  return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_no_module_is_over_500_lines():
+  long = {str(p.relative_to(PACKAGE)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+  assert not long, f"split these by concern (at most {MAX_LINES} lines each): {long}"
+
+
+def private_taps_uses(path: pathlib.Path) -> list[str]:
+  """`name` of each private taps name that `path` imports or reads (``from jaxcam.taps... import _x``,
+  ``taps._x``, ``taps_lib._x``)."""
+  found = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxcam.taps"):
+      found += [a.name for a in node.names if a.name.startswith("_")]
+    if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+      if isinstance(node.value, ast.Name) and node.value.id in ("taps", "taps_lib"):
+        found.append(node.attr)
+  return found
+
+
+def test_no_module_outside_the_taps_reaches_for_their_private_names(tmp_path):
+  outside = [p for p in _modules() if "taps" not in p.relative_to(PACKAGE).parts]
+  uses = {str(p.relative_to(PACKAGE)): u for p in outside if (u := private_taps_uses(p))}
+  assert not uses, f"use the Tap protocol (dense, layer_index, intercept) instead: {uses}"
+  # the check can fail: it finds both spellings
+  probe = tmp_path / "probe.py"
+  probe.write_text("from jaxcam.taps.nnx import _nnx_get\nfrom jaxcam import taps as taps_lib\ntaps_lib._param_paths\n")
+  assert private_taps_uses(probe) == ["_nnx_get", "_param_paths"]
