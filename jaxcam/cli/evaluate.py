@@ -18,92 +18,10 @@ from jaxcam.cli._common import (
   collect_images,
   demo_methods,
 )
+from jaxcam.metrics.table import DEFAULT_METRICS, METRICS, MetricContext, get_metric
 
-
-class _Eval:
-  """What every metric of `jaxcam evaluate` sees: the tap, images, score target, options and regions."""
-
-  def __init__(self, tap, x, score, args, key, regions):
-    self.tap, self.x, self.score, self.args, self.key, self.regions = tap, x, score, args, key, regions
-
-
-def _confidence(field):
-  def run(ev: _Eval, maps, spec, opts):
-    from jaxcam import metrics
-
-    cc = metrics.confidence_change(ev.tap, ev.x, maps, target=ev.score)
-    return 100 * np.asarray(getattr(cc, field), float)  # percent
-
-  return run
-
-
-def _curve(name):
-  def run(ev: _Eval, maps, spec, opts):
-    from jaxcam import metrics
-
-    fn = getattr(metrics, name)
-    return np.asarray(fn(ev.tap, ev.x, maps, target=ev.score, steps=ev.args.steps, chunk_size=ev.args.chunk_size).auc)
-
-  return run
-
-
-def _road(ev: _Eval, maps, spec, opts):
-  from jaxcam import metrics
-
-  r = metrics.road(ev.tap, ev.x, maps, target=ev.score, order="combined", key=ev.key, chunk_size=ev.args.chunk_size)
-  return np.asarray(r.score)
-
-
-def _adcc(ev: _Eval, maps, spec, opts):  # the method is re-run on the masked images (Coherency)
-  from jaxcam import metrics
-
-  return np.asarray(metrics.adcc(ev.tap, ev.x, maps, spec, target=ev.score, **opts).adcc)
-
-
-def _arcc(ev: _Eval, maps, spec, opts):
-  from jaxcam import metrics
-
-  kw = {"key": ev.key, "chunk_size": ev.args.chunk_size}
-  return np.asarray(metrics.arcc(ev.tap, ev.x, maps, spec, target=ev.score, **kw, **opts).arcc)
-
-
-def _pointing(field):
-  def run(ev: _Eval, maps, spec, opts):
-    from jaxcam import metrics
-
-    masks, present = ev.regions
-    p = metrics.pointing_game(maps, masks, tolerance=ev.args.tolerance)
-    return np.where(present, np.asarray(getattr(p, field), float), np.nan)
-
-  return run
-
-
-def _localization(read):
-  def run(ev: _Eval, maps, spec, opts):
-    from jaxcam import metrics
-
-    masks, present = ev.regions
-    return np.where(present, np.asarray(read(metrics.localization(maps, masks, thresholds=[0.5]))), np.nan)
-
-  return run
-
-
-# name -> (better, function, needs regions). Default: every metric that needs no regions except the composite
-# ones (they re-run each method), plus the localization ones when --boxes / --masks are given.
-EVAL_METRICS = {
-  "avg_drop": ("↓", _confidence("drop"), False),
-  "increase": ("↑", _confidence("increased"), False),
-  "deletion": ("↓", _curve("deletion"), False),
-  "insertion": ("↑", _curve("insertion"), False),
-  "road": ("↑", _road, False),
-  "adcc": ("↑", _adcc, False),
-  "arcc": ("↑", _arcc, False),
-  "pointing": ("↑", _pointing("hits"), True),
-  "energy": ("↑", _pointing("energy"), True),
-  "auroc": ("↑", _localization(lambda loc: loc.auroc), True),
-  "iou": ("↑", _localization(lambda loc: loc.iou[:, 0]), True),  # at threshold 0.5
-}
-DEFAULT_EVAL_METRICS = ("avg_drop", "increase", "deletion", "insertion", "road")
+EVAL_METRICS = METRICS  # the live metric table (`jaxcam.metrics.register_metric` adds a column here too)
+DEFAULT_EVAL_METRICS = DEFAULT_METRICS
 
 
 def _evaluation_rows(names: str) -> list[str]:
@@ -205,13 +123,13 @@ def cmd_evaluate(args) -> int:
   rows = _evaluation_rows(args.methods)
   regional = bool(args.boxes or args.masks)
   if args.metrics is None:
-    wanted = list(DEFAULT_EVAL_METRICS) + ([k for k, v in EVAL_METRICS.items() if v[2]] if regional else [])
+    wanted = list(DEFAULT_METRICS) + ([k for k, v in METRICS.items() if "regions" in v.needs] if regional else [])
   else:
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
-  bad = sorted(set(wanted) - set(EVAL_METRICS))
+  bad = sorted(set(wanted) - set(METRICS))
   if bad:
-    raise CliError(f"--metrics: unknown {bad}; choose from {', '.join(EVAL_METRICS)}")
-  needs = [m for m in wanted if EVAL_METRICS[m][2]]
+    raise CliError(f"--metrics: unknown {bad}; choose from {', '.join(METRICS)}")
+  needs = [m for m in wanted if "regions" in METRICS[m].needs]
   if needs and not regional:
     raise CliError(f"--metrics {','.join(needs)} need regions: pass --boxes FILE.json or --masks FOLDER")
   if args.steps < 1:
@@ -235,7 +153,7 @@ def cmd_evaluate(args) -> int:
   ids = jnp.argmax(tap.forward(x), axis=-1)
   score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
   key = jax.random.key(args.seed)
-  ev = _Eval(tap, x, score, args, key, regions)
+  settings = dict(key=key, regions=regions, steps=args.steps, chunk_size=args.chunk_size, tolerance=args.tolerance)
   table: dict[str, dict[str, list[float]]] = {}
   per_image: list[dict] = []
   bar = _progress.bar(len(rows), "evaluating", unit="method")
@@ -250,7 +168,8 @@ def cmd_evaluate(args) -> int:
       start = time.perf_counter()
       maps = run()
       cost = (time.perf_counter() - start) / len(names)
-      values = {m: EVAL_METRICS[m][1](ev, maps, row, opts) for m in wanted}
+      ctx = MetricContext(tap, x, maps, score, jaxcam.get_method(row), opts, **settings)
+      values = {m: np.asarray(METRICS[m].fn(ctx)) for m in wanted}
       table[row] = {k: v.tolist() for k, v in values.items()} | {"s_per_image": [cost]}
       for i, n in enumerate(names):
         per_image.append({"method": row, "image": n, **{k: float(v[i]) for k, v in values.items()}})
@@ -292,7 +211,7 @@ def _mean_std(values: list[float]) -> dict:
 def evaluation_table(summary: dict) -> str:
   """The markdown table `jaxcam evaluate` prints: mean ± std per method and metric, and the warm cost per image."""
   wanted = summary["metrics"]
-  head = "| method | " + " | ".join(f"{m} {EVAL_METRICS[m][0]}" for m in wanted) + " | s/img |"
+  head = "| method | " + " | ".join(f"{m} {get_metric(m).arrow}" for m in wanted) + " | s/img |"
   lines = [head, "|" + "---|" * (len(wanted) + 2)]
   for row, vals in summary["methods"].items():
     cells = [

@@ -1,6 +1,7 @@
 """Evaluation on device: faithfulness (confidence change, deletion, insertion, ROAD), composite (Complexity,
 Coherency, ADCC, ARCC), localization (pointing game, AUROC, IoU) and sanity-check (cascading randomization:
-Spearman, SSIM) metrics as pure JAX functions."""
+Spearman, SSIM) metrics as pure JAX functions, and the metric table (`METRICS`, `register_metric`) that
+`jaxcam evaluate` and `evaluate` read."""
 
 from jaxcam.metrics.composite import Adcc, Arcc, adcc, arcc, coherency, complexity, pearson
 from jaxcam.metrics.faithfulness import (
@@ -18,8 +19,24 @@ from jaxcam.metrics.faithfulness import (
 from jaxcam.metrics.imputation import noisy_linear_imputation
 from jaxcam.metrics.localization import Localization, Pointing, auroc, boxes_to_masks, localization, pointing_game
 from jaxcam.metrics.sanity import Randomization, randomization_check, spearman, ssim
+from jaxcam.metrics.table import (
+  DEFAULT_METRICS,
+  METRICS,
+  MetricContext,
+  MetricSpec,
+  evaluate,
+  get_metric,
+  register_metric,
+)
 
 __all__ = [
+  "DEFAULT_METRICS",
+  "METRICS",
+  "MetricContext",
+  "MetricSpec",
+  "evaluate",
+  "get_metric",
+  "register_metric",
   "Adcc",
   "Arcc",
   "ConfidenceChange",
