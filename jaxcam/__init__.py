@@ -30,7 +30,7 @@ from jaxcam.taps import (
   list_layers,
   nnx_tap,
 )
-from jaxcam.wrappers import Augmentation, eigen_smooth, finer, flip_multiply_tta, refine, smooth
+from jaxcam.wrappers import Augmentation, aug_smooth, eigen_smooth, finer, flip_multiply_tta, refine, smooth
 
 _METHOD_FUNCTIONS: dict = {}  # name -> (row, function), rebuilt when the row under a name changes
 
@@ -55,6 +55,7 @@ def __getattr__(name):
 
 __all__ = [
   "Augmentation",
+  "aug_smooth",
   "Concepts",
   "METHODS",
   "Explanation",

@@ -227,26 +227,31 @@ def _explain_impl(
   relu,
   fusion,
   progress=False,
-  augment=None,
 ):
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
   flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
-  with _spatial.dims(x.ndim - 2):
-    if augment is not None:
-      return _augmented(spec, tap, x, target, options, augment, progress, flags)
-    with _progress.reporting(spec.name if progress else None):
-      fwd, values = compute_inputs(spec, tap, x, target, options)
-    return method_maps(spec, tap, x, fwd, values, options, **flags)
+  with _spatial.dims(x.ndim - 2), _progress.reporting(spec.name if progress else None):
+    return _one_row(spec, tap, x, target, options, flags)
 
 
-def _augmented(spec, tap, x, target, options, augment, progress, flags) -> Explanation:
+def _one_row(spec, tap, x, target, options, flags) -> Explanation:
+  """One row's explanation: its inputs (the plain pass or its `inputs` hook), then its maps; an augmented row
+  (`jaxcam.aug_smooth`) on every augmented copy."""
+  if spec.augment:
+    return _augmented(spec, tap, x, target, options, flags)
+  fwd, values = compute_inputs(spec, tap, x, target, options)
+  return method_maps(spec, tap, x, fwd, values, options, **flags)
+
+
+def _augmented(spec, tap, x, target, options, flags) -> Explanation:
   """Test-time augmentation (pytorch-grad-cam's ``aug_smooth``): the method on every augmented copy of `x` (one
   batch of n B images), each map mapped back by its augmentation's `invert` and averaged (not re-normalized).
 
   Class ids come from the clean `x` (pytorch-grad-cam lets each augmented copy pick its own top class when no
   target is given; with explicit targets the two agree). Logits and scores are the clean image's.
   """
+  augment = spec.augment
   n, b = len(augment), x.shape[0]
   clean = core.forward_only(tap, x, target)
   fixed = targets_lib.with_ids(clean.target, None if clean.ids is None else jnp.tile(clean.ids, (n, 1)))
@@ -256,8 +261,7 @@ def _augmented(spec, tap, x, target, options, augment, progress, flags) -> Expla
       f"Expected each augmentation's `apply` to keep the images' shape {tuple(x.shape)}, got "
       f"{tuple(xs.shape[:1])} + {tuple(xs.shape[1:])} for {n} augmentations."
     )
-  with _progress.reporting(spec.name if progress else None):
-    fwd, values = compute_inputs(spec, tap, xs, fixed, options)
+  fwd, values = compute_inputs(spec, tap, xs, fixed, options)
   ex = method_maps(spec, tap, xs, fwd, values, options, **flags)
   maps = ex.maps.reshape((n, b) + ex.maps.shape[1:])
   maps = jnp.mean(jnp.stack([aug.invert(m) for aug, m in zip(augment, maps)]), axis=0)
@@ -274,26 +278,29 @@ def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, 
 def _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fusion):
   out = {}
   opts = {s.name: _many_options(s, key) for s in specs}
-  plain = [s for s in specs if s.inputs is None]
+  plain = [s for s in specs if s.inputs is None and not s.augment]
   grads = any(get_provider(n).grads for s in plain for n in s.needs_for(opts[s.name]))
   shared = core.forward(tap, x, target, grads=grads)  # one forward (+ backward) pass for every plain method
   cache: dict = {}  # each need computed once per distinct option values, shared between methods
+  flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
   for s in specs:
     TRACES[s.name] += 1
-    if s.inputs is None:
-      fwd = shared
-      values = {n: _provide(n, tap, x, fwd, opts[s.name], cache) for n in s.needs_for(opts[s.name])}
+    if s in plain:
+      values = {n: _provide(n, tap, x, shared, opts[s.name], cache) for n in s.needs_for(opts[s.name])}
+      out[s.name] = method_maps(s, tap, x, shared, values, opts[s.name], **flags)
     else:
-      fwd, values = compute_inputs(s, tap, x, target, opts[s.name])
-    out[s.name] = method_maps(
-      s, tap, x, fwd, values, opts[s.name], normalize=normalize, upsample=upsample, relu=relu, fusion=fusion
-    )
+      out[s.name] = _one_row(s, tap, x, target, opts[s.name], flags)
   return out
 
 
 _STATIC = ("normalize", "upsample", "relu", "fusion", "progress")
 _explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs",) + _STATIC)
-_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static", "augment") + _STATIC)
+_explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static") + _STATIC)
+
+
+def check_aug_smooth(spec: MethodSpec, aug_smooth: Any) -> MethodSpec:
+  """The row the ``aug_smooth=`` flag asks for: `spec` itself (False), or ``jaxcam.aug_smooth(spec, aug_smooth)``."""
+  return spec if wrappers.resolve_augmentations(aug_smooth) is None else wrappers.aug_smooth(spec, aug_smooth)
 
 
 def check_eigen_smooth(spec: MethodSpec, eigen_smooth: Any) -> MethodSpec:
@@ -353,7 +360,7 @@ def explain(
   x, sequence = _sequence_input(tap, x)
   normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
   spec = check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
-  augment = wrappers.resolve_augmentations(aug_smooth)
+  spec = check_aug_smooth(spec, aug_smooth)  # the flag is jaxcam.aug_smooth(method)
   opts = resolve_options(spec, options)
   with _spatial.dims(taps_lib.spatial_dims(tap)):
     target = prepare(tap, x, target)
@@ -373,7 +380,6 @@ def explain(
       relu=relu,
       fusion=fusion,
       progress=show_progress(progress, under_jit, spec.expensive(opts)),
-      augment=augment,
     )
   if not under_jit:
     eager_checks(spec, target, ex, opts)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcam import _checks, api, wrappers
+from jaxcam import _checks, api
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
@@ -174,7 +174,7 @@ def explain_batches(
   spec = _method_spec(method)
   normalize, upsample, relu, fusion = api.check_flags(normalize, upsample, relu, fusion)
   spec = api.check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
-  augment = wrappers.resolve_augmentations(aug_smooth)
+  spec = api.check_aug_smooth(spec, aug_smooth)  # the flag is jaxcam.aug_smooth(method)
   _checks.check_positive_int("batch_size", batch_size, allow_none=True)
   _checks.check_positive_int("prefetch", prefetch)
   traced, static = api.partition_options(api.resolve_options(spec, options))
@@ -208,7 +208,7 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static, augment)
+  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 
@@ -235,7 +235,7 @@ def explain_batches(
 
 
 @functools.cache
-def _jitted(spec, normalize, upsample, relu, fusion, progress, static, augment=None):
+def _jitted(spec, normalize, upsample, relu, fusion, progress, static):
   """One jitted explain per method and static options (its cache holds one executable per input shape)."""
   return jax.jit(
     lambda tap, x, t, traced: api.explain(
@@ -248,7 +248,6 @@ def _jitted(spec, normalize, upsample, relu, fusion, progress, static, augment=N
       relu=relu,
       fusion=fusion,
       progress=progress,
-      aug_smooth=augment or False,
       **dict(static),
       **traced,
     )

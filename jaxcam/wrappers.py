@@ -25,7 +25,16 @@ from jaxcam import targets as targets_lib
 from jaxcam._errors import check_key
 from jaxcam.methods.table import MethodSpec, get_method, register_method
 
-__all__ = ["Augmentation", "DEFAULT_TTA", "eigen_smooth", "finer", "flip_multiply_tta", "refine", "smooth"]
+__all__ = [
+  "Augmentation",
+  "DEFAULT_TTA",
+  "aug_smooth",
+  "eigen_smooth",
+  "finer",
+  "flip_multiply_tta",
+  "refine",
+  "smooth",
+]
 
 
 def _mean(total: Any, n: int) -> Any:
@@ -195,6 +204,34 @@ def flip_multiply_tta(factors: tuple[float, ...] = (0.9, 1.0, 1.1)) -> tuple[Aug
 
 
 DEFAULT_TTA = flip_multiply_tta()
+
+
+def aug_smooth(method: str | MethodSpec, augmentations: Any = True) -> MethodSpec:
+  """The method under test-time augmentation (pytorch-grad-cam's ``aug_smooth``): its maps on every augmented copy
+  of the images (one batch of n B), each mapped back by its augmentation's `invert` and averaged (not re-normalized).
+  Class ids come from the clean images. The ``aug_smooth=`` flag of `jaxcam.explain` is this wrapper.
+
+  Args:
+    method: a method name or row (a smoothed row too: ``aug_smooth(smooth("gradcam"))``).
+    augmentations: True for pytorch-grad-cam's horizontal flip x (0.9, 1, 1.1) multipliers, or a tuple of
+      `jaxcam.Augmentation(apply, invert)` (define them once: a new function object recompiles).
+
+  Returns:
+    A `MethodSpec` named ``aug_smooth(<name>)``.
+  """
+  inner = get_method(method)
+  augment = resolve_augmentations(augmentations)
+  if augment is None:
+    raise ValueError("Expected `augmentations` to be True or a tuple of jaxcam.Augmentation, got False.")
+  if inner.augment:
+    raise ValueError(f"{inner.name} is augmented already; pass all the augmentations to one aug_smooth.")
+  return dataclasses.replace(
+    inner,
+    name=wrapped_name("aug_smooth", inner.name),
+    title=f"{inner.title or inner.name} (augmented)",
+    augment=augment,
+    aliases=(),
+  )
 
 
 def resolve_augmentations(aug_smooth: Any) -> tuple[Augmentation, ...] | None:

@@ -158,6 +158,30 @@ def test_aug_smooth_matches_pytorch_grad_cam(fam):
 
 
 @pytest.mark.fast
+def test_aug_smooth_is_a_row_that_composes_and_works_through_every_entry_point(fam):
+  """``jaxcam.aug_smooth(method)`` returns a row: pytorch-grad-cam's maps through explain, explain_many (which had no
+  flag) and explain_batches; it wraps other wrappers (noise inside, augmentation outside)."""
+  d, tap, x, ids, _ = fam
+  row = jaxcam.aug_smooth("gradcam")
+  assert (
+    row.name == "aug_smooth(gradcam)" and jaxcam.explain("gradcam", tap, x, ids, aug_smooth=True).method == row.name
+  )
+  np.testing.assert_allclose(jaxcam.explain(row, tap, x, ids).maps, d["pgc/gradcam/aug_maps"], atol=1e-5)
+  many = jaxcam.explain_many([row, "gradcam"], tap, x, ids)
+  np.testing.assert_allclose(many[row.name].maps, d["pgc/gradcam/aug_maps"], atol=1e-5)
+  assert np.abs(np.asarray(many["gradcam"].maps) - d["pgc/gradcam/aug_maps"]).max() > 1e-2  # augmentation matters
+  out = list(jaxcam.explain_batches(row, tap, [(np.asarray(x), np.asarray(ids))]))
+  np.testing.assert_allclose(out[0]["maps"], d["pgc/gradcam/aug_maps"], atol=1e-5)
+  # composition: smooth with std 0 is the plain method, so the augmented smoothed row gives the same maps
+  both = jaxcam.aug_smooth(jaxcam.smooth("gradcam", num_samples=2, std=0.0))
+  assert both.name == "aug_smooth(smooth(gradcam))"
+  maps = jaxcam.explain(both, tap, x, ids, key=jax.random.key(0)).maps
+  np.testing.assert_allclose(maps, d["pgc/gradcam/aug_maps"], atol=1e-5)
+  with pytest.raises(ValueError, match="augmented already"):
+    jaxcam.aug_smooth(row)
+
+
+@pytest.mark.fast
 def test_aug_smooth_custom_augmentations_and_errors(fam):
   _, tap, x, ids, _ = fam
   identity = jaxcam.Augmentation(lambda v: v, lambda m: m)

@@ -40,7 +40,9 @@ class MethodSpec:
   fuse: ``fuse(maps, size=, options=, normalize=, relu=, upsample=)`` replaces the upsampling and layer fusion:
   it gets each layer's post-processed map at layer resolution (a list of ``(B, K, h, w)``) and returns
   ``(B, K, H, W)`` (see `jaxcam.refine`). normalize_layers: whether each layer's map is min-max normalized before
-  the layers are fused (False: raw maps are averaged, then normalized once, as LeGrad does).
+  the layers are fused (False: raw maps are averaged, then normalized once, as LeGrad does). augment: test-time
+  augmentations (`jaxcam.Augmentation`): the row's maps are those of the augmented copies mapped back and averaged
+  (see `jaxcam.aug_smooth`).
   """
 
   name: str
@@ -59,6 +61,7 @@ class MethodSpec:
   aliases: tuple[str, ...] = ()
   title: str = ""
   normalize_layers: bool = True
+  augment: tuple = ()
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
