@@ -98,13 +98,17 @@ def net(small_linen):
   return taps, variables, x, jnp.array([1, 0, 4])
 
 
+def _parity_cnn_fixture(name: str):
+  """A peer fixture (`name`.npz) and the ParityCNN holding its weights: data, module, variables."""
+  with np.load(os.path.join(FIXTURES, name)) as f:
+    d = {k: f[k] for k in f.files}
+  return d, nets.ParityCNN(), nets.parity_variables(d)
+
+
 @pytest.fixture(scope="session")
 def fam():
   """The family fixture from pytorch-grad-cam / torchcam (family.npz): data, a tap at block2, x, ids, model."""
-  with np.load(os.path.join(FIXTURES, "family.npz")) as f:
-    d = {k: f[k] for k in f.files}
-  module = nets.ParityCNN()
-  variables = nets.parity_variables(d)
+  d, module, variables = _parity_cnn_fixture("family.npz")
   return d, jaxcam.linen_tap(module, variables, "block2"), jnp.asarray(d["x"]), d["ids"], (module, variables)
 
 
@@ -134,10 +138,7 @@ def common(small_linen):
 @pytest.fixture(scope="session")
 def road_fix():
   """The ROAD fixture from pytorch-grad-cam (road.npz): data, a tap at block2, x."""
-  with np.load(os.path.join(FIXTURES, "road.npz")) as f:
-    d = {k: f[k] for k in f.files}
-  module = nets.ParityCNN()
-  variables = nets.parity_variables(d)
+  d, module, variables = _parity_cnn_fixture("road.npz")
   return d, jaxcam.linen_tap(module, variables, "block2"), jnp.asarray(d["x"])
 
 

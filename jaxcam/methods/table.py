@@ -160,29 +160,28 @@ def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
   return spec
 
 
+_GRADCAM_PP = MethodSpec(
+  "gradcam_pp",
+  gradient.gradcam_pp_weights,
+  "channel",
+  needs=("grads", "diagonals"),
+  options=(("eps", 1e-6), ("convention", "exp")),
+  controls=(("derivatives", "approx"),),
+  select=_gradcam_pp_needs,
+  check=_check_gradcam_pp,
+  aliases=("gradcam++", "gradcampp"),
+  title="Grad-CAM++",
+)
+
 for _spec in [
   MethodSpec("cam", classic.cam_weights, "channel", needs=("fc_kernel", "class_ids"), title="CAM"),
   MethodSpec("gradcam", gradient.gradcam_weights, "channel", title="Grad-CAM"),
-  MethodSpec(
-    "gradcam_pp",
-    gradient.gradcam_pp_weights,
-    "channel",
-    needs=("grads", "diagonals"),
-    options=(("eps", 1e-6), ("convention", "exp")),
-    controls=(("derivatives", "approx"),),
-    select=_gradcam_pp_needs,
-    check=_check_gradcam_pp,
-    aliases=("gradcam++", "gradcampp"),
-    title="Grad-CAM++",
-  ),
-  MethodSpec(
-    "gradcam_pp_exact",
-    gradient.gradcam_pp_weights,
-    "channel",
-    needs=("grads", "diagonals"),
-    options=(("eps", 1e-6), ("convention", "exp")),
+  _GRADCAM_PP,
+  dataclasses.replace(  # the same row with exact derivatives always: no `derivatives` control
+    _GRADCAM_PP,
+    name="gradcam_pp_exact",
+    controls=(),
     select=_exact_needs,
-    check=_check_gradcam_pp,
     aliases=("gradcam++_exact", "gradcampp_exact"),
     title="Grad-CAM++ (exact)",
   ),

@@ -212,6 +212,17 @@ class Tap:
       "array."
     )
 
+  @staticmethod
+  def _dense_path(path: Any, model: Any) -> Any:
+    """`path`, or the Dense layer `model` declares as ``fc_layer``; a clear error when there is neither."""
+    path = path if path is not None else getattr(model, "fc_layer", None)
+    if path is None:
+      raise ValueError(
+        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
+        f"{type(model).__name__} declares no `fc_layer`."
+      )
+    return path
+
   def layer_index(self, path: Sequence[str]) -> int | None:
     """Which tapped layer a module `path` is (its index in `layers`), or None; each backend's spelling of paths is
     accepted (linen's ``blocks_6`` for ``blocks/6``)."""

@@ -89,12 +89,7 @@ class LinenTap(Tap):
     return self._apply(x)
 
   def dense(self, path: Any = None) -> tuple[jax.Array, jax.Array | None]:
-    path = path if path is not None else getattr(self.module, "fc_layer", None)
-    if path is None:
-      raise ValueError(
-        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
-        f"{type(self.module).__name__} declares no `fc_layer`."
-      )
+    path = self._dense_path(path, self.module)
     parts = parse_path(path, argname="fc")
     node = self.variables["params"]
     try:

@@ -79,14 +79,8 @@ class NnxTap(Tap):
     from flax import nnx
 
     model = nnx.merge(self.graphdef, self.state)
-    path = path if path is not None else getattr(model, "fc_layer", None)
-    if path is None:
-      raise ValueError(
-        f"CAM needs the Dense layer: pass `fc=` (a layer path or a (C, classes) kernel); "
-        f"{type(model).__name__} declares no `fc_layer`."
-      )
     node = model
-    for p in parse_path(path, argname="fc"):
+    for p in parse_path(self._dense_path(path, model), argname="fc"):
       node = _nnx_get(node, p)
     bias = getattr(node, "bias", None)
     return jnp.asarray(node.kernel[...]), None if bias is None else jnp.asarray(bias[...])
