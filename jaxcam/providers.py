@@ -15,6 +15,7 @@ row of your own may then need it, with no edit to jaxcam (see tests/test_provide
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,8 @@ class Provider:
   """How one need is computed.
 
   fn: ``fn(tap, x, fwd, /, **options) -> tuple`` with one value (an array or a pytree) per layer.
-  options: its keyword options with defaults. grads: whether it reads ``fwd.grads`` (then the shared pass includes
+  options: its keyword options with defaults; unless given, read from fn's signature (its keyword-only parameters
+  with defaults), so a default is declared once. grads: whether it reads ``fwd.grads`` (then the shared pass includes
   the backward pass from the layer). single_layer: it refuses multi-layer taps. expensive: its cost grows with the
   layer's size (channels, positions) or a sample count rather than being a fixed number of passes. cost: what it
   costs per image, in words. applies: ``applies(tap) -> bool``, whether it can read this tap at all (``explain_many``
@@ -49,6 +51,16 @@ class Provider:
   expensive: bool = False
   cost: str = ""
   applies: Callable[[Any], bool] | None = None
+
+  def __post_init__(self):
+    if not self.options:
+      object.__setattr__(self, "options", signature_options(self.fn))
+
+
+def signature_options(fn: Callable[..., Any]) -> tuple[tuple[str, Any], ...]:
+  """``((name, default), ...)`` of `fn`'s keyword-only parameters with defaults: the options a provider takes."""
+  params = inspect.signature(fn).parameters.values()
+  return tuple((p.name, p.default) for p in params if p.kind is p.KEYWORD_ONLY and p.default is not p.empty)
 
 
 PROVIDERS: dict[str, Provider] = {}
@@ -131,7 +143,6 @@ for _p in (
   Provider(
     "fc_kernel",
     _fc_kernel,
-    options=(("fc", None),),
     single_layer=True,
     cost="none (the Dense kernel; the head is checked on its jaxpr)",
     applies=classic.declares_fc,
@@ -139,7 +150,6 @@ for _p in (
   Provider(
     "diagonals",
     _diagonals,
-    options=(("strategy", "auto"), ("chunk_size", derivatives.DEFAULT_CHUNK_SIZE)),
     grads=True,
     single_layer=True,
     expensive=True,
@@ -389,44 +399,30 @@ for _p in (
   Provider(
     "masked_scores",
     _masked_scores,
-    options=(("chunk_size", 32), ("top_n", None), ("convention", "pgc"), ("baseline", 0.0)),
     expensive=True,
     cost="1 forward pass per channel (top_n channels with top_n) of a masked copy of the image",
   ),
   Provider(
     "noisy_masked_scores",
     _noisy_masked_scores,
-    options=(
-      ("chunk_size", 32),
-      ("top_n", None),
-      ("convention", "torchcam"),
-      ("num_samples", 35),
-      ("std", 2.0),
-      ("key", None),
-      ("noise", None),
-      ("baseline", 0.0),
-    ),
     expensive=True,
     cost="num_samples forward passes per channel of a masked copy of the image with noise added to the mask",
   ),
   Provider(
     "integrated_masked_scores",
     _integrated_masked_scores,
-    options=(("chunk_size", 32), ("top_n", None), ("convention", "torchcam"), ("num_samples", 10), ("baseline", 0.0)),
     expensive=True,
     cost="num_samples forward passes per channel of a scaled masked copy of the image",
   ),
   Provider(
     "noisy_grad_moments",
     _noisy_grad_moments,
-    options=(("num_samples", 4), ("std", 0.3), ("key", None), ("noise", None), ("chunk_size", 4)),
     expensive=True,
     cost="num_samples forward and backward passes of noisy copies of the image",
   ),
   Provider(
     "ablated_scores",
     _ablated_scores,
-    options=(("chunk_size", 32),),
     single_layer=True,
     expensive=True,
     cost="1 pass through the head (from the layer on) per channel",
@@ -434,14 +430,12 @@ for _p in (
   Provider(
     "attention_relevance",
     attention.attention_relevance,
-    options=(("score", None),),
     cost="1 forward pass and 1 backward pass per tapped block (each block's own score, from its attention on)",
     applies=attention.reads_attention,
   ),
   Provider(
     "position_scores",
     _position_scores,
-    options=(("chunk_size", 32),),
     single_layer=True,
     expensive=True,
     cost="1 pass through the head (from the layer on) per position h*w",

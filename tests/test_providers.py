@@ -119,3 +119,17 @@ def test_wrapped_rows_are_named_by_a_rule_no_registered_name_can_take():
   for name in ("smooth(gradcam)", "my(row"):
     with pytest.raises(ValueError, match="without parentheses"):
       jaxcam.register_method(jaxcam.MethodSpec(name, _drop_weights, "channel"))
+
+
+@pytest.mark.fast
+def test_provider_options_are_declared_once_in_the_signature():
+  """A provider's options and defaults are its keyword-only parameters: no second list to drift."""
+
+  def fn(tap, x, fwd, *, chunk_size=7, key=None, required):
+    del tap, x, fwd, chunk_size, key, required
+
+  assert jaxcam.Provider("p", fn).options == (("chunk_size", 7), ("key", None))
+  assert jaxcam.Provider("p", fn, options=(("chunk_size", 3),)).options == (("chunk_size", 3),)  # explicit wins
+  ss = providers.get_provider("noisy_masked_scores").options
+  assert dict(ss)["num_samples"] == 35 and dict(ss)["convention"] == "torchcam"  # SS-CAM's defaults, from the code
+  assert jaxcam.get_method("sscam").defaults()["std"] == 2.0
