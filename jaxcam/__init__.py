@@ -1,8 +1,8 @@
 """jaxcam: class activation maps for JAX and Flax, by autodiff instead of hooks.
 
 Importing jaxcam changes no global state (no XLA flags, no JAX config). One public function per registered method
-(`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is generated from the live method table, here and nowhere else: a row
-registered later (`jaxcam.register_method`) is ``jaxcam.<its name>`` at once.
+(`jaxcam.gradcam`, `jaxcam.gradcam_pp`, ...) is served from the live method table (`jaxcam._public` makes them): a
+row registered later (`jaxcam.register_method`) is ``jaxcam.<its name>`` at once.
 """
 
 from jaxcam import chunking, core, derivatives, guided, layouts, postprocess, providers, targets
@@ -33,6 +33,8 @@ from jaxcam.taps import (
 from jaxcam.wrappers import Augmentation, aug_smooth, eigen_smooth, finer, flip_multiply_tta, refine, smooth
 
 _METHOD_FUNCTIONS: dict = {}  # name -> (row, function), rebuilt when the row under a name changes
+_LAZY_MODULES = ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics", "autoexplain")
+_LAZY_FRONT_DOOR = ("explain_model", "find_layer", "ModelExplanation")
 
 
 def __getattr__(name):
@@ -46,9 +48,9 @@ def __getattr__(name):
     if cached is None or cached[0] is not spec:
       cached = _METHOD_FUNCTIONS[name] = (spec, public_function(spec))
     return cached[1]
-  if name in ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics", "autoexplain"):
+  if name in _LAZY_MODULES:
     return importlib.import_module(f"jaxcam.{name}")
-  if name in ("explain_model", "find_layer", "ModelExplanation"):  # the one-line front door (imports viz)
+  if name in _LAZY_FRONT_DOOR:  # the one-line front door (imports viz)
     return getattr(importlib.import_module("jaxcam.autoexplain"), name)
   raise AttributeError(f"module 'jaxcam' has no attribute {name!r}")
 
@@ -111,4 +113,4 @@ __all__ += sorted(METHODS)  # the built-in rows' functions, generated from the m
 
 
 def __dir__():
-  return sorted(set(globals()) | set(METHODS) | {"models", "viz", "io", "cli", "study", "writers", "stream", "metrics"})
+  return sorted(set(globals()) | set(METHODS) | set(_LAZY_MODULES) | set(_LAZY_FRONT_DOOR))

@@ -102,7 +102,9 @@ def check_pixels(tap: Any, x: Any) -> None:
   """For concrete `x`, from one device-to-host transfer: raise naming the images that hold NaN or Inf (they would
   give silent NaN maps), and warn when a shipped model (it declares ``input_mean``: it takes [0, 1]) is given
   what looks like 0-255. Inside a trace (the user's `jax.jit`) the check's result is a tracer even when `x` is a
-  closed-over constant, so tracing is told by the result, not by `x`'s type."""
+  closed-over constant, so tracing is told by the result, not only by `x`'s type."""
+  if is_traced(x):
+    return
   check = (jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))), jnp.max(x))
   if is_traced(check):
     return

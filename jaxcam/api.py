@@ -26,6 +26,7 @@ from jaxcam._eager import (
   check_flags,
   check_images,
   eager_checks,
+  is_traced,
   model_errors,
   prepare,
   show_progress,
@@ -37,8 +38,6 @@ from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.providers import get_provider
 
 __all__ = ["Explanation", "explain", "explain_many", "check_images", "public_function", "public_functions", "TRACES"]
-
-_FUSIONS = ("mean", "max")
 
 
 @functools.partial(
@@ -300,7 +299,7 @@ _explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static") + _STAT
 
 def check_aug_smooth(spec: MethodSpec, aug_smooth: Any) -> MethodSpec:
   """The row the ``aug_smooth=`` flag asks for: `spec` itself (False), or ``jaxcam.aug_smooth(spec, aug_smooth)``."""
-  return spec if wrappers.resolve_augmentations(aug_smooth) is None else wrappers.aug_smooth(spec, aug_smooth)
+  return spec if aug_smooth is False or aug_smooth is None else wrappers.aug_smooth(spec, aug_smooth)
 
 
 def check_eigen_smooth(spec: MethodSpec, eigen_smooth: Any) -> MethodSpec:
@@ -381,7 +380,7 @@ def explain(
       fusion=fusion,
       progress=show_progress(progress, under_jit, spec.expensive(opts)),
     )
-  if not under_jit:
+  if not under_jit and not is_traced(ex.maps):  # traced values hidden in a closure (grad, vmap) show here
     eager_checks(spec, target, ex, opts)
   return _sequence_maps(ex) if sequence else ex
 
@@ -466,7 +465,7 @@ def explain_many(
       fusion=fusion,
       progress=show_progress(progress, under_jit, any(s.expensive() for s in specs)),
     )
-  if not under_jit:
+  if not under_jit and not is_traced([ex.maps for ex in out.values()]):
     for s in specs:
       eager_checks(s, target, out[s.name], s.defaults())
   return {k: _sequence_maps(v) for k, v in out.items()} if sequence else out

@@ -31,6 +31,7 @@ import numpy as np
 from jaxcam import api, layouts, taps, viz, writers
 from jaxcam._constants import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
 from jaxcam._errors import UnknownNameError, closest, warn_user
+from jaxcam.taps.discovery import MAX_CANDIDATES as MAX_CANDIDATES  # kept for users
 from jaxcam.taps.discovery import find_layer, token_prefix
 
 __all__ = ["Model", "ModelExplanation", "as_model", "explain_model", "find_layer", "load_images"]

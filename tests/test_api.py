@@ -347,3 +347,21 @@ def test_entry_points_under_jit_with_x_as_argument_or_constant(setup, name):
   nothing = jax.jit(lambda: f(tap, x, key))()
   for got in (as_arg, closed, nothing):
     np.testing.assert_allclose(got, eager, atol=1e-5)
+
+
+@pytest.mark.fast
+def test_grad_and_vmap_through_a_closure_skip_the_eager_checks():
+  """A value the tap closes over may be traced (jax.grad / jax.vmap over it) while tap, x and target are not: the
+  eager checks then see traced maps and stand aside (they raised TracerArrayConversionError)."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+
+  def total(p):
+    tap = jaxcam.function_tap(lambda q, x: jnp.tanh(x * p), lambda q, x, a: a.mean(axis=(1, 2)), jnp.float32(1.0))
+    return jaxcam.gradcam(tap, x, target=0, normalize=False).sum()
+
+  g = jax.grad(total)(jnp.float32(0.7))
+  with jax.enable_x64(False):
+    fd = (total(jnp.float32(0.71)) - total(jnp.float32(0.69))) / 0.02  # central difference, an independent estimate
+  np.testing.assert_allclose(g, fd, rtol=2e-2)
+  batched = jax.vmap(total)(jnp.array([0.5, 0.7], jnp.float32))
+  np.testing.assert_allclose(batched, [total(jnp.float32(0.5)), total(jnp.float32(0.7))], rtol=1e-5)

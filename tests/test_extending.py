@@ -86,7 +86,7 @@ def test_rows_wrappers_and_metrics_from_user_code_work_everywhere(small_linen, d
     metrics.register_metric(spec)
     flags = dict(normalize=False, relu=False)  # maps at the input's size, as the faithfulness metrics take them
     names = ["negative_share", "deletion"]
-    got = metrics.evaluate(tap, x, negated(ABS), t, metrics=names, steps=4, chunk_size=4, **flags)
+    got = metrics.evaluate(tap, x, negated(ABS), t, metrics=names, steps=4, chunk_size=4, method_options=flags)
     share = np.mean(ref.bilinear(expected["negated(abs_gradcam)"], x.shape[1:3]) < 0, axis=(1, 2))
     np.testing.assert_allclose(got["negative_share"], share, atol=1e-6)
     assert got["deletion"].shape == (3,) and np.isfinite(got["deletion"]).all()

@@ -488,8 +488,8 @@ def test_the_tap_protocol_reads_dense_layers_names_layers_and_intercepts(small_l
     fn.dense()
   # layer_index: linen spells list entries 'blocks_6'; both spellings name the tapped layer
   res_module, res_variables, _ = _resnet()
-  res = jaxcam.linen_tap(res_module, res_variables, ["layer_0", "layer_1/conv1"])
-  assert res.layer_index(("layer_1", "conv1")) == 1 and res.layer_index(("layer_0",)) == 0
+  res = jaxcam.linen_tap(res_module, res_variables, ["layer/0", "layer_1/conv1"])
+  assert res.layer_index(("layer_1", "conv1")) == 1 and res.layer_index(("layer_0",)) == 0  # linen's spelling
   assert res.layer_index(("layer_1",)) is None and fn.layer_index(("body",)) is None
   # intercept: every submodule call with its path; the output is the model's own
   seen = []

@@ -10,7 +10,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jaxcam.cli._common import DEMO_EXTRA, EXIT_PARTIAL, CliError, collect_images, demo_methods, method_options
+from jaxcam._constants import IMAGE_EXTENSIONS
+from jaxcam.cli._common import (
+  DEMO_EXTRA,
+  EXACT_ROW,
+  EXIT_PARTIAL,
+  CliError,
+  collect_images,
+  demo_methods,
+  method_options,
+)
 from jaxcam.cli.demo import cmd_demo
 from jaxcam.cli.evaluate import DEFAULT_EVAL_METRICS, EVAL_METRICS, cmd_evaluate, evaluation_table, load_regions
 from jaxcam.cli.explain import cmd_explain, cmd_merge
@@ -19,7 +28,9 @@ from jaxcam.cli.layers import cmd_layers
 __all__ = [
   "CliError",
   "DEMO_EXTRA",
+  "EXACT_ROW",
   "EXIT_PARTIAL",
+  "IMAGE_EXTENSIONS",
   "EVAL_METRICS",
   "DEFAULT_EVAL_METRICS",
   "build_parser",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from jaxcam._constants import IMAGE_EXTENSIONS
 
 DEMO_EXTRA = ("gradcam_pp_exact",)
+EXACT_ROW = DEMO_EXTRA[0]  # kept for users: exact Grad-CAM++ is the registered row of that name
 """Beside every fixed-cost row, the demo draws Grad-CAM++ with exact derivatives (jaxcam only; a registered row
 that `demo_methods` leaves out because its cost grows with the layer)."""
 

@@ -18,7 +18,7 @@ from jaxcam.cli._common import (
   collect_images,
   demo_methods,
 )
-from jaxcam.metrics.table import DEFAULT_METRICS, METRICS, MetricContext, get_metric
+from jaxcam.metrics.table import DEFAULT_METRICS, METRICS, get_metric
 
 EVAL_METRICS = METRICS  # the live metric table (`jaxcam.metrics.register_metric` adds a column here too)
 DEFAULT_EVAL_METRICS = DEFAULT_METRICS
@@ -168,8 +168,7 @@ def cmd_evaluate(args) -> int:
       start = time.perf_counter()
       maps = run()
       cost = (time.perf_counter() - start) / len(names)
-      ctx = MetricContext(tap, x, maps, score, jaxcam.get_method(row), opts, **settings)
-      values = {m: np.asarray(METRICS[m].fn(ctx)) for m in wanted}
+      values = jaxcam.metrics.evaluate(tap, x, row, score, metrics=wanted, maps=maps, method_options=opts, **settings)
       table[row] = {k: v.tolist() for k, v in values.items()} | {"s_per_image": [cost]}
       for i, n in enumerate(names):
         per_image.append({"method": row, "image": n, **{k: float(v[i]) for k, v in values.items()}})

@@ -114,7 +114,10 @@ def resolve_fc(tap, fc: Any) -> tuple[jax.Array, jax.Array | None]:
     if kernel.ndim != 2:
       raise ValueError(f"Expected `fc` to be a Dense kernel of shape (C, classes), got shape {kernel.shape}.")
     return kernel, None
-  return tap.dense(fc)
+  dense = getattr(tap, "dense", None)
+  if dense is None:  # a tap of your own that does not subclass jaxcam.Tap
+    raise ValueError(f"CAM needs `fc=` as a (C, classes) kernel array for a {type(tap).__name__}.")
+  return dense(fc)
 
 
 def declares_fc(tap) -> bool:

@@ -191,11 +191,13 @@ def evaluate(
   steps: int = 20,
   chunk_size: int = 32,
   tolerance: int = 15,
-  **options: Any,
+  method_options: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
   """Per-image values ``{name: (B,)}`` of each metric for the maps of `method` (computed with ``jaxcam.explain``
   unless `maps` is given). `regions`: ``(masks (B, H, W), present (B,))`` for the region metrics; `key`: ROAD's
-  and keyed methods' PRNG key (default ``jax.random.key(0)``); ``**options`` go to the method."""
+  and keyed methods' PRNG key (default ``jax.random.key(0)``); `steps`, `chunk_size`, `tolerance`: the metrics'
+  own settings; `method_options`: the method's options and `jaxcam.explain`'s flags (e.g. ``{"chunk_size": 8}``
+  for Score-CAM, ``{"relu": False}``)."""
   import jax
 
   from jaxcam.api import explain
@@ -209,8 +211,9 @@ def evaluate(
     raise ValueError(f"Metrics {missing} need `regions=(masks, present)`: the ground-truth region of each image.")
   key = jax.random.key(0) if key is None else key
   spec = get_method(method)
+  options = dict(method_options or {})
   if "key" in spec.defaults() and "key" not in options:
-    options = {**options, "key": key}
+    options["key"] = key
   if maps is None:
     maps = explain(spec, tap, x, target, **options).maps
   ctx = MetricContext(tap, x, maps, target, spec, dict(options), key, regions, steps, chunk_size, tolerance)

@@ -126,20 +126,12 @@ class LinenTap(Tap):
   def _run(self, x, run: _Run):
     import flax.linen as nn
 
-    aliases = [linen_aliases(p) for p in self.layers]
     seen: list[str] = []
-
-    def match(path):
-      s = "/".join(path)
-      for i, names in enumerate(aliases):
-        if s in names:
-          return i
-      return None
 
     def interceptor(next_fun, args, kwargs, context):
       if context.method_name != "__call__" or not context.module.path:
         return next_fun(*args, **kwargs)
-      i = match(context.module.path)
+      i = self.layer_index(context.module.path)
       if i is None:
         seen.append("/".join(context.module.path))
         return next_fun(*args, **kwargs)
