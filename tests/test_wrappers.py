@@ -250,3 +250,20 @@ def test_refine_product_against_numpy(fam):
   expected = minmax_1e8(per_layer[0] * per_layer[1], eps=1e-7)
   tap = jaxcam.linen_tap(module, variables, ["block2", "block3"])
   np.testing.assert_allclose(jaxcam.explain(jaxcam.refine("gradcam"), tap, x, ids).maps, expected, atol=1e-5)
+
+
+@pytest.mark.fast
+def test_the_flags_build_the_same_row_each_call_and_never_retrace(fam):
+  """eigen_smooth= and aug_smooth= rebuild their wrapped row on every call; the rows hash by value, so the second
+  call with the same shapes compiles nothing."""
+  _, tap, x, ids, _ = fam
+  for flags, name in (
+    ({"eigen_smooth": True}, "eigen_smooth(xgradcam)"),
+    ({"aug_smooth": True}, "aug_smooth(xgradcam)"),
+  ):
+    jaxcam.xgradcam(tap, x, target=ids, **flags)
+    before = jaxcam.api.TRACES[name]
+    jaxcam.xgradcam(tap, x, target=ids, **flags)
+    assert jaxcam.api.TRACES[name] == before >= 1, name
+  assert jaxcam.eigen_smooth("xgradcam") == jaxcam.eigen_smooth("xgradcam")
+  assert hash(jaxcam.aug_smooth("xgradcam")) == hash(jaxcam.aug_smooth("xgradcam"))
