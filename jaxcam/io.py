@@ -16,28 +16,44 @@ included), with bounds checked.
 
 A small file cannot make the loader hang or exhaust memory: shared references in the pickle are resolved once
 (a pickle that is a DAG of shared lists stays linear), element counts claimed by the file are checked against
-the bytes actually present, and the arrays built may hold at most ``max_bytes`` in total (default: 4 x the file
-size + 16 MiB, which tied weights and views fit in; zero strides and many views of one storage do not). Every
-failure is a `CheckpointError` (or `UnsafeCheckpointError`) naming the file.
+the bytes actually present, every length a pickle declares is checked before it is allocated, zip members are
+charged by their declared size before they are inflated, and the arrays built may hold at most ``max_bytes`` in
+total (default: `default_max_bytes`, 4 x the file size + 16 MiB, which tied weights and views fit in; zero strides
+and many views of one storage do not; the budgets of every reader are documented there, in `jaxcam._budget`).
+What is not a regular file (a FIFO, a device, a link to one) is refused before it is opened. Every failure is a
+`CheckpointError` (or `UnsafeCheckpointError`) naming the file.
 """
 
 from __future__ import annotations
 
 import collections
 import io
-import json
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 from typing import Any, BinaryIO
 
 import ml_dtypes
 import numpy as np
 
+from jaxcam import _budget
+from jaxcam._budget import (
+  MAX_IMAGE_PIXELS,
+  Budget,
+  CheckpointError,
+  default_max_bytes,
+  load_safetensors,
+  regular_file_size,
+)
+
 __all__ = [
   "CheckpointError",
   "UnsafeCheckpointError",
+  "MAX_IMAGE_PIXELS",
+  "default_max_bytes",
   "load_state_dict",
   "load_torch",
   "load_safetensors",
@@ -70,46 +86,6 @@ _TORCH_DTYPES = {
   "uint8": np.uint8,
   "bool": np.bool_,
 }
-_SAFETENSORS_DTYPES = {
-  "F64": np.float64,
-  "F32": np.float32,
-  "F16": np.float16,
-  "BF16": ml_dtypes.bfloat16,
-  "I64": np.int64,
-  "I32": np.int32,
-  "I16": np.int16,
-  "I8": np.int8,
-  "U8": np.uint8,
-  "BOOL": np.bool_,
-}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that is truncated, corrupt or of an unknown format."""
-
-
-_BUDGET_SLACK = 16 * 2**20
-
-
-def default_max_bytes(file_bytes: int) -> int:
-  """The default budget of array bytes a checkpoint of `file_bytes` bytes may produce."""
-  return 4 * int(file_bytes) + _BUDGET_SLACK
-
-
-class _Budget:
-  """Bytes of arrays the file may still produce."""
-
-  def __init__(self, path: str, max_bytes: int):
-    self.path, self.left, self.max = path, int(max_bytes), int(max_bytes)
-
-  def charge(self, nbytes: int, what: str) -> None:
-    self.left -= int(nbytes)
-    if self.left < 0:
-      raise CheckpointError(
-        f"{self.path}: {what} would take the arrays built from this file past {self.max} bytes (4 x the file size "
-        "+ 16 MiB by default): zero strides, many views of one storage or a claimed size larger than the data. "
-        "If you trust the file, pass max_bytes= a larger budget."
-      )
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -147,7 +123,7 @@ class _TensorRef:
       raise CheckpointError(f"corrupt checkpoint: tensor size {size!r} / stride {stride!r} are not sequences") from None
     self.dtype = dtype
 
-  def materialize(self, budget: _Budget) -> np.ndarray:
+  def materialize(self, budget: Budget) -> np.ndarray:
     flat = self.storage.array
     if flat is None:
       raise CheckpointError(f"corrupt checkpoint: storage {self.storage.key!r} has no data")
@@ -207,23 +183,28 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+def _find_global(module: str, name: str) -> Any:
+  """The stand-in for a global a plain state dict needs; any other global is refused before anything runs."""
+  if (module, name) in _ALLOWED:
+    return _ALLOWED[(module, name)]
+  if module == "torch" and name in _STORAGE_DTYPES:
+    return _StorageType(name)
+  if module == "torch" and name in _TORCH_DTYPES:
+    return _DType(name)
+  raise UnsafeCheckpointError(
+    f"Refusing to load global {module}.{name} from a checkpoint: only plain state dicts (tensors, numeric "
+    "storages, OrderedDict) are accepted, and nothing in the file was executed. If you trust the file, "
+    "load it with torch and save its state_dict() or use safetensors."
+  )
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
   def __init__(self, file: BinaryIO, storage_loader):
     super().__init__(file, encoding="utf-8")
     self._storage_loader = storage_loader
 
   def find_class(self, module: str, name: str):
-    if (module, name) in _ALLOWED:
-      return _ALLOWED[(module, name)]
-    if module == "torch" and name in _STORAGE_DTYPES:
-      return _StorageType(name)
-    if module == "torch" and name in _TORCH_DTYPES:
-      return _DType(name)
-    raise UnsafeCheckpointError(
-      f"Refusing to load global {module}.{name} from a checkpoint: only plain state dicts (tensors, numeric "
-      "storages, OrderedDict) are accepted, and nothing in the file was executed. If you trust the file, "
-      "load it with torch and save its state_dict() or use safetensors."
-    )
+    return _find_global(module, name)
 
   def persistent_load(self, pid):
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage" or len(pid) < 5:
@@ -252,7 +233,7 @@ class _ViewStorage(_Storage):
     pass
 
 
-def _resolve(obj: Any, budget: _Budget, memo: dict[int, Any] | None = None) -> Any:
+def _resolve(obj: Any, budget: Budget, memo: dict[int, Any] | None = None) -> Any:
   """Tensor references replaced by arrays; each shared object (pickle memo) resolved once."""
   memo = {} if memo is None else memo
   if id(obj) in memo:
@@ -273,7 +254,21 @@ def _resolve(obj: Any, budget: _Budget, memo: dict[int, Any] | None = None) -> A
 # ------------------------------------------------------------------------------------------------ formats
 
 
-def _load_legacy(f: BinaryIO, path: str, budget: _Budget) -> Any:
+def _check_pickle(f: io.BytesIO, path: str) -> None:
+  """Walk one pickle's opcodes without building anything: every length it declares (bytes, strings, longs) is
+  checked against the bytes present before the unpickler would allocate it; `f` is left where it was."""
+  start = f.tell()
+  try:
+    for op, arg, _ in pickletools.genops(f):
+      if op.name in ("GLOBAL", "INST"):  # named inline: refused here, before the rest is even parsed
+        _find_global(*str(arg).split(" ", 1))
+  except ValueError as e:
+    raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint: {str(e)[:200]}") from None
+  f.seek(start)
+
+
+def _load_legacy(raw: bytes, path: str, budget: Budget) -> Any:
+  f = io.BytesIO(raw)
   storages: dict[str, _Storage] = {}
 
   def loader(key, dtype, numel):
@@ -282,6 +277,7 @@ def _load_legacy(f: BinaryIO, path: str, budget: _Budget) -> Any:
     return storages[key]
 
   def load():
+    _check_pickle(f, path)
     return _RestrictedUnpickler(f, loader).load()
 
   try:
@@ -310,18 +306,17 @@ def _load_legacy(f: BinaryIO, path: str, budget: _Budget) -> Any:
     if len(header) < 8:
       raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} is missing")
     (numel,) = struct.unpack("<q", header)
-    nbytes = numel * storage.dtype.itemsize
-    left = os.fstat(f.fileno()).st_size - f.tell() if hasattr(f, "fileno") else nbytes
-    if numel < 0 or nbytes > left:
-      raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} claims {nbytes} bytes, {left} left")
-    data = f.read(nbytes)
-    if len(data) < nbytes:
-      raise CheckpointError(f"{path}: truncated torch checkpoint: storage {key!r} has {len(data)} of {nbytes} bytes")
-    storage.array = np.frombuffer(data, dtype=storage.dtype)
+    nbytes, at = numel * storage.dtype.itemsize, f.tell()
+    if numel < 0 or nbytes > len(raw) - at:
+      raise CheckpointError(
+        f"{path}: truncated torch checkpoint: storage {key!r} claims {nbytes} bytes, {len(raw) - at} left"
+      )
+    storage.array = np.frombuffer(raw, dtype=storage.dtype, count=numel, offset=at)
+    f.seek(at + nbytes)
   return _resolve(result, budget)
 
 
-def _load_zip(path: str, budget: _Budget) -> Any:
+def _load_zip(path: str, budget: Budget) -> Any:
   try:
     zf = zipfile.ZipFile(path)
   except zipfile.BadZipFile as e:
@@ -332,28 +327,28 @@ def _load_zip(path: str, budget: _Budget) -> Any:
     if not pkl:
       raise CheckpointError(f"{path}: a zip file without <archive>/data.pkl is not a torch checkpoint")
     prefix = pkl[0][: -len("data.pkl")]
-    if f"{prefix}byteorder" in names and zf.read(f"{prefix}byteorder").strip() not in (b"little", b""):
+    read = lambda name: _budget.read_member(zf, name, budget)  # declared size charged before inflating
+    if f"{prefix}byteorder" in names and read(f"{prefix}byteorder").strip() not in (b"little", b""):
       raise CheckpointError(f"{path}: big-endian torch checkpoints are not supported")
     storages: dict[str, _Storage] = {}
 
     def loader(key, dtype, numel):
       if key not in storages:
         try:
-          raw = zf.read(f"{prefix}data/{key}")
+          raw = read(f"{prefix}data/{key}")
         except KeyError:
           raise CheckpointError(f"{path}: corrupt torch checkpoint: storage {key!r} is missing") from None
-        except (zipfile.BadZipFile, zlib_error(), EOFError) as e:
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
           raise CheckpointError(f"{path}: corrupt torch checkpoint: {e}") from None
-        budget.charge(len(raw), f"storage {key!r}")  # a zip entry may inflate far beyond the file's size
         s = _Storage(key, dtype, numel)
-        usable = len(raw) // dtype.itemsize * dtype.itemsize
-        s.array = np.frombuffer(raw[:usable], dtype=dtype)
+        s.array = np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize)
         storages[key] = s
       return storages[key]
 
     try:
-      data = zf.read(pkl[0])
-      result = _RestrictedUnpickler(io.BytesIO(data), loader).load()
+      data = io.BytesIO(read(pkl[0]))
+      _check_pickle(data, path)
+      result = _RestrictedUnpickler(data, loader).load()
     except UnsafeCheckpointError:
       raise
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as e:
@@ -361,37 +356,23 @@ def _load_zip(path: str, budget: _Budget) -> Any:
   return _resolve(result, budget)
 
 
-def zlib_error():
-  import zlib
-
-  return zlib.error
-
-
-def _budget(path: str, max_bytes: int | None) -> _Budget:
-  if max_bytes is None:
-    max_bytes = default_max_bytes(os.path.getsize(path))
-  elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-    raise ValueError(f"Expected `max_bytes` to be None or a non-negative int, got {max_bytes!r}.")
-  return _Budget(path, max_bytes)
-
-
 def load_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
   """The object in a torch checkpoint (legacy or zip format), tensors as numpy arrays, without torch.
 
   `max_bytes`: the most bytes of arrays the file may produce (default `default_max_bytes` of its size)."""
   path = os.fspath(path)
-  budget = _budget(path, max_bytes)
+  size = regular_file_size(path, "a torch checkpoint", CheckpointError)
+  budget = _budget.make_budget(path, max_bytes, size)
   try:
     if zipfile.is_zipfile(path):
       return _load_zip(path, budget)
     with open(path, "rb") as f:
-      head = f.read(2)
-      if not head or head[0] != 0x80:
-        raise CheckpointError(
-          f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {head!r})"
-        )
-      f.seek(0)
-      return _load_legacy(f, path, budget)
+      raw = f.read()
+    if not raw or raw[0] != 0x80:
+      raise CheckpointError(
+        f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {raw[:2]!r})"
+      )
+    return _load_legacy(raw, path, budget)
   except (CheckpointError, UnsafeCheckpointError):
     raise
   except RecursionError:
@@ -400,78 +381,20 @@ def load_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
     raise CheckpointError(f"{path}: corrupt torch checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """A ``.safetensors`` file as ``{name: array}`` (header parsed and validated here; no code, no pickles)."""
-  path = os.fspath(path)
-  with open(path, "rb") as f:
-    raw = f.read()
-  if len(raw) < 8:
-    raise CheckpointError(f"{path}: truncated safetensors file")
-  (n,) = struct.unpack("<Q", raw[:8])
-  if 8 + n > len(raw):
-    raise CheckpointError(f"{path}: truncated safetensors file (header of {n} bytes)")
-  try:
-    header = json.loads(raw[8 : 8 + n])
-  except (ValueError, RecursionError) as e:
-    raise CheckpointError(f"{path}: corrupt safetensors header: {str(e)[:200]}") from None
-  if not isinstance(header, dict):
-    raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object, got {type(header).__name__}")
-  body = memoryview(raw)[8 + n :]
-  out = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    if not isinstance(info, dict):
-      raise CheckpointError(
-        f"{path}: corrupt safetensors header: entry {name!r} is a {type(info).__name__}, not an object"
-      )
-    name_of_dtype = info.get("dtype")
-    dtype = np.dtype(_SAFETENSORS_DTYPES.get(name_of_dtype, np.void) if isinstance(name_of_dtype, str) else np.void)
-    if dtype == np.void:
-      raise CheckpointError(f"{path}: unsupported safetensors dtype {info.get('dtype')!r} for {name!r}")
-    shape, offsets = info.get("shape"), info.get("data_offsets")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-      raise CheckpointError(
-        f"{path}: corrupt safetensors header: shape of {name!r} is {shape!r}, not a list of ints >= 0"
-      )
-    if (
-      not isinstance(offsets, list)
-      or len(offsets) != 2
-      or not all(_is_int(o) for o in offsets)
-      or not 0 <= offsets[0] <= offsets[1]
-    ):
-      raise CheckpointError(
-        f"{path}: corrupt safetensors header: data_offsets of {name!r} are {offsets!r}, not [start, end] with "
-        "0 <= start <= end"
-      )
-    start, end = offsets
-    if end > len(body) or end - start != int(np.prod(shape, dtype=object)) * dtype.itemsize:
-      raise CheckpointError(f"{path}: truncated or corrupt safetensors data for {name!r}")
-    out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(tuple(shape)).copy()
-  return out
-
-
 def load_state_dict(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
   """``{name: numpy array}`` from a torch checkpoint (.pt/.pth/.bin, either format), .safetensors or .npz.
 
   Torch checkpoints holding ``{"state_dict": ...}`` or ``{"model": ...}`` are unwrapped. No code from the file
-  is executed, and a torch file may produce at most `max_bytes` of arrays (see the module docstring).
+  is executed, nothing that is not a regular file is opened, and the file may produce at most `max_bytes` of
+  arrays (default `default_max_bytes`; see the module docstring).
   """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"Expected `path` to name a weights file, got {path!r}, which does not exist.")
   if path.endswith(".safetensors"):
-    return load_safetensors(path)
+    return load_safetensors(path, max_bytes=max_bytes)
   if path.endswith(".npz"):
-    try:
-      with np.load(path, allow_pickle=False) as d:
-        return {k: d[k] for k in d.files}
-    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
-      raise CheckpointError(f"{path}: corrupt .npz file: {e}") from None
+    return _budget.load_npz(path, max_bytes=max_bytes)
   obj = load_torch(path, max_bytes=max_bytes)
   for key in ("state_dict", "model", "model_state_dict"):
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):

@@ -8,8 +8,9 @@ import os
 import pickle
 import re
 import struct
+import tracemalloc
 import zipfile
-from io import BufferedReader, FileIO
+from io import BufferedReader, BytesIO, FileIO
 
 import ml_dtypes
 import numpy as np
@@ -17,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxcam import io
+from jaxcam import _budget, io
 from tests.conftest import FIXTURES
 from tests.helpers import torchfiles
+from tests.helpers.fifo import fifo
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ class _TooMuchWork(BaseException):
 @contextlib.contextmanager
 def _counted_work(max_resolve: int):
   """Deterministic measures of the loader's work: the bytes it reads (its own file reads and zip member reads,
-  decompressed) and the calls of `io._resolve`, which walks the unpickled objects (a tree walk of a DAG would be
+  inflated) and the calls of `io._resolve`, which walks the unpickled objects (a tree walk of a DAG would be
   exponential: past `max_resolve` calls the walk is stopped, so a regression fails instead of hanging)."""
   counts = {"bytes": 0, "resolve": 0}
 
@@ -60,10 +62,10 @@ def _counted_work(max_resolve: int):
       counts["bytes"] += len(line)
       return line
 
-  zip_read, resolve = zipfile.ZipFile.read, io._resolve
+  zip_read, resolve = _budget.read_member, io._resolve
 
-  def read_member(self, name, pwd=None):
-    data = zip_read(self, name, pwd)
+  def read_member(*args):
+    data = zip_read(*args)
     counts["bytes"] += len(data)
     return data
 
@@ -74,8 +76,9 @@ def _counted_work(max_resolve: int):
     return resolve(*args)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(io, "open", lambda path, mode="r": Reader(FileIO(path, mode)), raising=False)
-    mp.setattr(zipfile.ZipFile, "read", read_member)
+    for module in (io, _budget):
+      mp.setattr(module, "open", lambda path, mode="r": Reader(FileIO(path, mode)), raising=False)
+    mp.setattr(_budget, "read_member", read_member)
     mp.setattr(io, "_resolve", counted_resolve)
     yield counts
 
@@ -293,3 +296,130 @@ def test_safetensors_header_fuzz(tmp_path, header):
   except io.CheckpointError:
     return
   assert isinstance(result, dict) and all(isinstance(v, np.ndarray) for v in result.values())
+
+
+def _peak_traced(fn) -> tuple[int, BaseException | None]:
+  """(peak bytes Python allocated while `fn` ran, the exception it raised or None)."""
+  tracemalloc.start()
+  try:
+    fn()
+    error = None
+  except Exception as e:
+    error = e
+  finally:
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+  return peak, error
+
+
+_BOMB = 64 * 2**20  # 64 MiB of zeros deflate to ~64 KiB: past the default budget of such a file (4 x + 16 MiB)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("member", ["storage", "data.pkl"])
+def test_zip_members_are_charged_by_their_declared_size_before_inflating(tmp_path, member):
+  data, _ = torchfiles.dump({"w": torchfiles.Tensor(torchfiles.Storage("0", np.arange(6.0)), 0, (6,), (1,))})
+  path = tmp_path / "bomb.pth"
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    zf.writestr("archive/data.pkl", data + b"\0" * _BOMB if member == "data.pkl" else data)
+    zf.writestr("archive/data/0", b"\0" * _BOMB if member == "storage" else np.arange(6.0, dtype=np.float32).tobytes())
+  assert os.path.getsize(path) < 2**20
+  peak, error = _peak_traced(lambda: io.load_state_dict(path))
+  assert peak < 8 * 2**20, peak  # refused from the zip header, never inflated
+  assert isinstance(error, io.CheckpointError) and re.search(r"declares \d+ bytes.*past \d+ bytes", str(error)), error
+  assert io.load_state_dict(path, max_bytes=2**28)["w"].shape == (6,)  # a trusted file: the user's budget
+
+
+@pytest.mark.fast
+def test_a_zip_header_that_understates_a_member_cannot_inflate_it(tmp_path):
+  """A member whose header declares 24 bytes but whose data inflates to 64 MiB: at most 24 bytes are read."""
+  data, _ = torchfiles.dump({"w": torchfiles.Tensor(torchfiles.Storage("0", np.arange(6.0)), 0, (6,), (1,))})
+  path = tmp_path / "liar.pth"
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    zf.writestr("archive/data.pkl", data)
+    zf.writestr("archive/data/0", np.arange(6.0, dtype=np.float32).tobytes() + b"\0" * _BOMB)
+  with zipfile.ZipFile(path) as zf:
+    local = zf.getinfo("archive/data/0").header_offset
+  raw = bytearray(path.read_bytes())
+  central = raw.index(b"PK\x01\x02")  # the central directory's entries, in member order: the second one
+  central = raw.index(b"PK\x01\x02", central + 1)
+  assert raw[central + 46 : central + 60] == b"archive/data/0"
+  for at in (local + 22, central + 24):  # the uncompressed size, in the local and the central header
+    raw[at : at + 4] = struct.pack("<I", 24)
+  path.write_bytes(bytes(raw))
+  peak, error = _peak_traced(lambda: io.load_state_dict(path))
+  assert peak < 8 * 2**20, peak
+  assert error is None or isinstance(error, io.CheckpointError), error
+
+
+@pytest.mark.fast
+def test_npz_files_have_a_budget_checked_before_inflating(tmp_path):
+  path = tmp_path / "bomb.npz"
+  np.savez_compressed(path, w=np.zeros(_BOMB // 4, np.float32))
+  peak, error = _peak_traced(lambda: io.load_state_dict(path))
+  assert peak < 8 * 2**20, peak
+  assert isinstance(error, io.CheckpointError) and "past" in str(error) and "bomb.npz" in str(error), error
+  assert io.load_state_dict(path, max_bytes=2**28)["w"].shape == (_BOMB // 4,)
+  # a .npy header claiming more elements than the member holds, and pickled objects: refused by name
+  buf = BytesIO()
+  np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("w.npy", buf.getvalue() + np.arange(4.0).tobytes())
+  with pytest.raises(io.CheckpointError, match=r"w\.npy.*10\*\*12|w\.npy.*1000000000000"):
+    io.load_state_dict(path)
+  np.savez(path, w=np.array([{"a": 1}], dtype=object))
+  with pytest.raises(io.CheckpointError, match="object"):
+    io.load_state_dict(path)
+
+
+@pytest.mark.fast
+def test_safetensors_entries_sharing_bytes_are_charged_each(tmp_path):
+  """Many header entries over the same 256 KiB: each would be a copy, 25 MiB from a 0.3 MiB file."""
+  n = 2**18
+  header = {f"w{i}": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]} for i in range(100)}
+  path = tmp_path / "shared.safetensors"
+  path.write_bytes(_safetensors(header, b"\1" * n))
+  with pytest.raises(io.CheckpointError, match=r"past \d+ bytes"):
+    io.load_state_dict(path)
+  assert len(io.load_state_dict(path, max_bytes=2**28)) == 100
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("kind", ["legacy", "zip"])
+def test_pickle_declared_sizes_are_checked_before_allocating(tmp_path, kind):
+  """A BINBYTES8 opcode declaring 8 GiB in a file of a few hundred bytes: refused before any allocation."""
+  bomb = b"\x80\x04\x8e" + struct.pack("<Q", 2**33) + b"abc"
+  path = tmp_path / "w.pth"
+  if kind == "legacy":
+    with open(path, "wb") as f:
+      for obj in (io._LEGACY_MAGIC, io._LEGACY_PROTOCOL, {}):
+        pickle.dump(obj, f, protocol=2)
+      f.write(bomb)
+  else:
+    with zipfile.ZipFile(path, "w") as zf:
+      zf.writestr("archive/data.pkl", bomb)
+  peak, error = _peak_traced(lambda: io.load_state_dict(path))
+  assert peak < 8 * 2**20, peak
+  assert isinstance(error, io.CheckpointError) and "8589934592 bytes" in str(error), error
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
+def test_fifos_devices_and_links_to_them_are_refused_before_opening(tmp_path, suffix):
+  path = tmp_path / f"w{suffix}"
+  with fifo(path) as state:
+    for target in (path, tmp_path / f"link{suffix}"):
+      if target != path:
+        os.symlink(path, target)
+      with pytest.raises(io.CheckpointError, match=r"is a FIFO \(named pipe\).*regular file"):
+        io.load_state_dict(target)
+    with pytest.raises(io.CheckpointError, match="FIFO"):
+      (io.load_safetensors if suffix == ".safetensors" else io.load_torch)(path)
+  assert not state["released"]  # refused without opening: no reader ever blocked
+  device = tmp_path / f"dev{suffix}"
+  os.symlink(os.devnull, device)
+  with pytest.raises(io.CheckpointError, match="is a character device"):
+    io.load_state_dict(device)
+  (tmp_path / f"dir{suffix}").mkdir()
+  with pytest.raises(io.CheckpointError, match="is a directory"):
+    io.load_state_dict(tmp_path / f"dir{suffix}")
