@@ -12,7 +12,8 @@ Resuming verifies the run: ``run.json`` holds a fingerprint of what the outputs 
 their sizes and modification times, method, options, layer, model, target, input size, shard size, float16, the
 jaxcam and jax versions). A rerun with an identical fingerprint resumes; any difference (files added, another
 method) is a `RunMismatchError` naming what changed, never a silent mix of old and new maps; ``overwrite=True``
-(``--overwrite``) removes the previous run's outputs (and only those) first.
+(``--overwrite``) first removes the previous run's outputs: only the files its run.json and manifests list
+(`run_outputs`). A file jaxcam did not write where an output would go is never touched: the run is refused.
 
 Several hosts: each process takes every ``process_count``-th shard starting at ``process_index`` and writes its own
 shard files; ``jaxcam merge-manifests OUT`` (run once all processes are done) rewrites ``manifest.json`` from every
@@ -24,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxcam import writers
+from jaxcam._budget import MAX_IMAGE_PIXELS, regular_file_size
 
 __all__ = [
   "RunMismatchError",
@@ -42,6 +45,7 @@ __all__ = [
   "top5",
   "overlay_path",
   "run_fingerprint",
+  "run_outputs",
 ]
 
 
@@ -95,17 +99,99 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return out
 
 
-def _prepare_out(out: str, fingerprint: dict[str, Any], overwrite: bool) -> None:
-  """Create `out`; resume only a run with the same fingerprint; with `overwrite`, remove a previous run's outputs."""
+def _read_json(path: str) -> Any:
+  """The JSON object at `path`, or None (missing, not a regular file, unreadable or not JSON)."""
+  try:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+      return None
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _is_manifest(obj: Any) -> bool:
+  return isinstance(obj, dict) and isinstance(obj.get("fingerprint"), str) and isinstance(obj.get("entries"), dict)
+
+
+_SHARD_MANIFEST = re.compile(r"manifest-(\d{5})\.json")
+
+
+def run_outputs(out: str) -> set[str]:
+  """The files in `out` that jaxcam's own ``run.json`` and manifests list as a run's outputs (absolute paths, some
+  perhaps not written yet): all that ``--overwrite`` removes, and what a folder scan leaves out of the inputs."""
+  out = os.path.abspath(out)
+  found: set[str] = set()
+  manifests = []
+  run = _read_json(os.path.join(out, "run.json"))
+  if isinstance(run, dict) and isinstance(run.get("sha256"), str) and isinstance(run.get("inputs"), list):
+    found.add(os.path.join(out, "run.json"))
+    rels = [i[0] for i in run["inputs"] if isinstance(i, list) and i and isinstance(i[0], str)]
+    size = run.get("shard_size")
+    if isinstance(size, int) and size > 0:
+      for k in range(-(-len(rels) // size)):
+        found.update(shard_paths(out, k))
+    found.update(overlay_path(out, rel) for rel in rels)
+  top = _read_json(os.path.join(out, "manifest.json"))
+  if _is_manifest(top):
+    found.add(os.path.join(out, "manifest.json"))
+    manifests.append(top)
+  shard_dir = os.path.join(out, "shards")
+  for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []:
+    match = _SHARD_MANIFEST.fullmatch(name)
+    shard = _read_json(os.path.join(shard_dir, name)) if match else None
+    if _is_manifest(shard) and shard.get("shard") == int(match[1]):
+      found.update(shard_paths(out, int(match[1])))
+      manifests.append(shard)
+  for m in manifests:
+    found.update(
+      os.path.join(out, e["overlay"])
+      for e in m["entries"].values()
+      if isinstance(e, dict) and isinstance(e.get("overlay"), str)
+    )
+  overlays = os.path.join(out, "overlays") + os.sep
+  fixed = {os.path.join(out, n) for n in ("run.json", "manifest.json")}
+  return {
+    p for p in map(os.path.normpath, found) if p in fixed or p.startswith(overlays) or os.path.dirname(p) == shard_dir
+  }
+
+
+def _remove_outputs(out: str, own: set[str]) -> None:
+  """Remove the files in `own` (a previous run's outputs), then the overlay folders that left empty."""
+  folders = set()
+  for p in sorted(own):
+    if os.path.isfile(p) or os.path.islink(p):
+      os.remove(p)
+      folders.add(os.path.dirname(p))
+  top = os.path.join(os.path.abspath(out), "overlays")
+  for d in sorted(folders, key=len, reverse=True):
+    while d.startswith(top) and os.path.isdir(d) and not os.listdir(d):
+      os.rmdir(d)
+      d = os.path.dirname(d)
+
+
+def _prepare_out(out: str, fingerprint: dict[str, Any], overwrite: bool, files: Sequence[str], planned: list[str]):
+  """Create `out`; resume only a run with the same fingerprint; with `overwrite`, remove the previous run's
+  outputs (only the files its run.json and manifests list). A file in the way of an output that jaxcam did not
+  write (`planned`: the paths this run writes) is never removed or overwritten: the run is refused."""
   run_path = os.path.join(out, "run.json")
-  ours = ("shards", "overlays", "manifest.json", "run.json")
+  own = run_outputs(out)
+  in_the_way = sorted(p for p in planned if os.path.lexists(p) and p not in own)
+  if in_the_way and (overwrite or not os.path.exists(run_path)):
+    more = f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else ""
+    raise RunMismatchError(
+      f"{out!r} holds {in_the_way[0]!r}{more}, not written by jaxcam (no run.json or manifest of a jaxcam run lists "
+      "it), where this run would write. jaxcam never overwrites such files, --overwrite included: use a fresh "
+      "--out, or move them away."
+    )
   if overwrite:
-    for name in ours:
-      p = os.path.join(out, name)
-      if os.path.isdir(p):
-        shutil.rmtree(p)
-      elif os.path.exists(p):
-        os.remove(p)
+    taken = sorted(own & {os.path.abspath(f) for f in files})
+    if taken:
+      raise RunMismatchError(
+        f"{taken[0]!r} is an input of this run and an output of the previous run in {out!r}: --overwrite would "
+        "delete it. Copy the inputs elsewhere, or use a fresh --out."
+      )
+    _remove_outputs(out, own)
   os.makedirs(os.path.join(out, "shards"), exist_ok=True)
   if os.path.exists(run_path):
     try:
@@ -128,6 +214,34 @@ def _prepare_out(out: str, fingerprint: dict[str, Any], overwrite: bool) -> None
   writers.write_json(run_path, fingerprint, indent=1)
 
 
+_STALE = re.compile(r"(maps-\d{5}\.npz|manifest-\d{5}\.json)\.tmp-\d+")  # a shard file a killed run left half-written
+
+
+def _relative_inputs(files: Sequence[str], root: str, out: str) -> list[str]:
+  """Each input's path relative to `root`; an input outside `root` is refused (its overlay would land outside
+  ``out/overlays``, perhaps on a file of the user's)."""
+  rels = []
+  for f in files:
+    rel = os.path.relpath(f, root)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+      raise ValueError(
+        f"Expected every input to be inside `root` ({root!r}), got {f!r}, which is not inside `root`: its outputs "
+        f"would be written outside {os.path.join(out, 'overlays')!r}. Pass root=os.path.commonpath(files)."
+      )
+    rels.append(rel)
+  return rels
+
+
+def _planned_outputs(out: str, rels: list[str], shard_size: int, overlays: bool, shards: range) -> list[str]:
+  """The files this run may write (manifest.json first, absolute): its shards, run.json and overlays."""
+  paths = [os.path.join(out, "manifest.json"), os.path.join(out, "run.json")]
+  for k in shards:
+    paths += shard_paths(out, k)
+    if overlays and os.path.isdir(os.path.join(out, "overlays")):  # none can be in the way of a fresh folder
+      paths += [overlay_path(out, rel) for rel in rels[k * shard_size : (k + 1) * shard_size]]
+  return [os.path.normpath(os.path.abspath(p)) for p in paths]
+
+
 def shard_paths(out: str, k: int) -> tuple[str, str]:
   d = os.path.join(out, "shards")
   return os.path.join(d, f"maps-{k:05d}.npz"), os.path.join(d, f"manifest-{k:05d}.json")
@@ -135,12 +249,21 @@ def shard_paths(out: str, k: int) -> tuple[str, str]:
 
 def decode_image(path: str) -> np.ndarray:
   """The image at `path` as uint8 RGB ``(h, w, 3)``, by bit depth (`jaxcam.models.to_uint8_rgb`: 16-bit PNGs
-  are scaled, not clipped). Raises what PIL raises (decompression bombs included)."""
+  are scaled, not clipped). Budgets before bytes: a `path` that is not a regular file (a FIFO, a device, a link to
+  one) and a header declaring more than `jaxcam.io.MAX_IMAGE_PIXELS` pixels are a ValueError before any pixel is
+  read; otherwise raises what PIL raises for a broken file."""
   from PIL import Image
 
   from jaxcam.models import to_uint8_rgb
 
-  with Image.open(path) as im:
+  regular_file_size(path, "an image file")  # a FIFO would block open() forever
+  with Image.open(path) as im:  # reads the header only
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+      raise ValueError(
+        f"Cannot decode {path!r}: its header declares {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS} (8192 x "
+        "8192, jaxcam.io.MAX_IMAGE_PIXELS) jaxcam decodes; refused before decoding. Downscale the image first."
+      )
     im.load()
     return to_uint8_rgb(im)
 
@@ -241,10 +364,14 @@ def explain_files(
     "jaxcam": jaxcam.__version__,
     "jax": jax.__version__,
   }
+  rels = _relative_inputs(files, root, out)
   fingerprint = run_fingerprint(files, root, settings)
-  _prepare_out(out, fingerprint, overwrite)
+  planned = _planned_outputs(
+    out, rels, shard_size, overlays, range(process_index, -(-len(files) // shard_size), process_count)
+  )
+  _prepare_out(out, fingerprint, overwrite, files, planned if process_count == 1 else planned[1:])
   shard_dir = os.path.join(out, "shards")
-  for stale in [n for n in os.listdir(shard_dir) if ".tmp-" in n]:  # left by a killed run
+  for stale in [n for n in os.listdir(shard_dir) if _STALE.fullmatch(n)]:  # left by a killed run
     os.remove(os.path.join(shard_dir, stale))
   n_shards = -(-len(files) // shard_size)
   header = {

@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxcam import cli, models
 from tests.helpers.cli import image_files, run_cli
+from tests.helpers.fifo import fifo
 
 
 @pytest.fixture(scope="module")
@@ -355,3 +356,87 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path, capsys, case, mess
   err = capsys.readouterr().err
   assert err.startswith("jaxcam: error: ") and message in err and "Traceback" not in err
   assert err.count("\n") == 1, err
+
+
+def _photos(d, n=2):
+  rng = np.random.default_rng(0)
+  d.mkdir(parents=True, exist_ok=True)
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(d / f"img{i}.png")
+  return d
+
+
+@pytest.mark.parametrize("where", ["inside", "equal"])
+def test_out_inside_or_equal_to_the_input_folder_keeps_the_inputs_and_the_users_files(tmp_path, where):
+  """The run's outputs are never inputs (first run and reruns alike); --overwrite removes only jaxcam's files."""
+  d = _photos(tmp_path / "photos")
+  (d / "overlays").mkdir()
+  Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(d / "overlays" / "holiday.png")  # the user's photo
+  (d / "shards").mkdir()
+  (d / "shards" / "notes.txt").write_text("the user's notes")
+  keep = {p: p.read_bytes() for p in [d / "overlays" / "holiday.png", d / "shards" / "notes.txt"]}
+  out = d / "out" if where == "inside" else d
+  args = ["explain", str(d), "--out", str(out), "--batch-size", "1"]
+  inputs = ["img0.png", "img1.png", "overlays/holiday.png"]
+  assert cli.main(args) == 0
+  assert sorted(json.loads((out / "manifest.json").read_text())["entries"]) == inputs
+  assert cli.main(args) == 0  # a rerun: the same inputs (its overlays are not new inputs), resumed
+  assert cli.main(args + ["--method", "layercam", "--overwrite"]) == 0
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert sorted(manifest["entries"]) == inputs and manifest["method"] == "layercam"
+  for p, data in keep.items():
+    assert p.read_bytes() == data, p
+
+
+def test_a_fifo_in_an_input_folder_is_skipped_with_one_line(tmp_path, capsys):
+  d = _photos(tmp_path / "photos", 1)
+  with fifo(d / "pipe.png") as state:
+    rc = cli.main(["explain", str(d), "--out", str(tmp_path / "out"), "--batch-size", "1"])
+  assert not state["released"]  # never opened: no hang
+  assert rc == cli.EXIT_PARTIAL
+  err = [line for line in capsys.readouterr().err.splitlines() if "pipe.png" in line]
+  assert len(err) == 1 and "skipped unreadable image 'pipe.png'" in err[0] and "FIFO" in err[0], err
+
+
+def _main_catching_ctrl_c(args):
+  """`cli.main(args)`; a KeyboardInterrupt that escapes it fails the test (instead of stopping pytest)."""
+  try:
+    return cli.main(args)
+  except KeyboardInterrupt:
+    pytest.fail("KeyboardInterrupt escaped jaxcam.cli.main")
+
+
+@pytest.mark.fast
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+  def interrupted(args):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(cli, "cmd_layers", interrupted)
+  rc = _main_catching_ctrl_c(["layers"])
+  err = capsys.readouterr().err
+  assert rc == 130 and err.startswith("jaxcam: interrupted") and err.count("\n") == 1, err
+
+
+def test_ctrl_c_mid_run_leaves_a_run_that_resumes_to_the_same_outputs(tmp_path, monkeypatch, capsys):
+  from jaxcam import stream
+
+  d = _photos(tmp_path / "photos", 4)
+  common = ["explain", str(d), "--batch-size", "1", "--shard-size", "2", "--overlays"]
+  assert cli.main(common + ["--out", str(tmp_path / "full")]) == 0
+  calls, top5 = [], stream.top5
+
+  def interrupt_at_the_third_image(*args, **kw):
+    calls.append(1)
+    if len(calls) == 3:  # in shard 1, after shard 0 is complete
+      raise KeyboardInterrupt
+    return top5(*args, **kw)
+
+  monkeypatch.setattr(stream, "top5", interrupt_at_the_third_image)
+  out = tmp_path / "resumed"
+  capsys.readouterr()
+  assert _main_catching_ctrl_c(common + ["--out", str(out)]) == 130
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith("jaxcam: interrupted")
+  assert (out / "shards" / "manifest-00000.json").exists() and not (out / "manifest.json").exists()
+  monkeypatch.setattr(stream, "top5", top5)
+  assert cli.main(common + ["--out", str(out)]) == 0
+  assert _tree(out) == _tree(tmp_path / "full")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 
 from jaxcam import cli, stream
 from tests.helpers.cli import image_files, run_cli
+from tests.helpers.fifo import fifo
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -198,3 +201,83 @@ def test_two_real_processes_with_jax_distributed_then_killed_and_restarted(tmp_p
     p.communicate(timeout=600)
   assert cli.main(["merge-manifests", str(resumed)]) == 0
   assert _tree(resumed) == _tree(single)
+
+
+def _png_header_only(path, width, height):
+  """A PNG whose header declares width x height RGB pixels, with almost no pixel data."""
+
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+
+
+@pytest.mark.fast
+def test_decode_image_refuses_what_is_not_a_regular_file_and_oversized_headers(tmp_path):
+  with fifo(tmp_path / "pipe.png") as state:
+    with pytest.raises(ValueError, match=r"pipe\.png.*is a FIFO \(named pipe\)"):
+      stream.decode_image(str(tmp_path / "pipe.png"))
+    os.symlink(tmp_path / "pipe.png", tmp_path / "link.jpg")
+    with pytest.raises(ValueError, match=r"link\.jpg.*is a FIFO"):
+      stream.decode_image(str(tmp_path / "link.jpg"))
+  assert not state["released"]  # refused without opening it
+  os.symlink(os.devnull, tmp_path / "null.png")
+  with pytest.raises(ValueError, match="is a character device"):
+    stream.decode_image(str(tmp_path / "null.png"))
+  # a header declaring 9000 x 9000 pixels (243 MiB decoded) in 100 bytes: refused before decoding
+  _png_header_only(tmp_path / "huge.png", 9000, 9000)
+  with pytest.raises(ValueError, match=r"huge\.png.*declares 9000 x 9000 pixels.*MAX_IMAGE_PIXELS"):
+    stream.decode_image(str(tmp_path / "huge.png"))
+  _png_header_only(tmp_path / "small.png", 3, 2)  # the same file at a small size decodes (as black)
+  assert stream.decode_image(str(tmp_path / "small.png")).shape == (2, 3, 3)
+
+
+@pytest.mark.fast
+def test_a_fifo_among_the_inputs_is_skipped_without_hanging(convnet_b2, tmp_path):
+  files = image_files(tmp_path / "in", 2)
+  with fifo(tmp_path / "in" / "pipe.png") as state:
+    found = cli.collect_images([str(tmp_path / "in")])
+    assert sorted(os.path.basename(f) for f in found) == ["img0.png", "img1.png", "pipe.png"]
+    manifest = run_cli(convnet_b2, sorted(found), tmp_path / "out")
+  assert not state["released"]
+  assert manifest["skipped"] == ["pipe.png"] and "FIFO" in manifest["entries"]["pipe.png"]["skipped"]
+  assert sorted(manifest["entries"]) == ["img0.png", "img1.png", "pipe.png"] and len(files) == 2
+
+
+@pytest.mark.fast
+def test_overwrite_removes_only_what_jaxcam_wrote(convnet_b2, tmp_path):
+  files = image_files(tmp_path / "in", 3)
+  out = tmp_path / "out"
+  mine = {"overlays/holiday.png": b"a photo", "shards/notes.txt": b"notes", "results.csv": b"1,2"}
+  for rel, data in mine.items():
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    (out / rel).write_bytes(data)
+  run_cli(convnet_b2, files, out, overlays=True)
+  assert (out / "overlays" / "img0.png.png").exists()
+  replaced = run_cli(convnet_b2, files, out, method="layercam", overwrite=True, overlays=True)
+  assert replaced["method"] == "layercam"
+  for rel, data in mine.items():  # the user's files: still there, unchanged
+    assert (out / rel).read_bytes() == data, rel
+  # a file of the user's where jaxcam would write (a manifest.json of their own): refused, even with --overwrite
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "manifest.json").write_text('{"mine": true}')
+  for overwrite in (False, True):
+    with pytest.raises(stream.RunMismatchError, match=r"manifest\.json.*not written by jaxcam"):
+      run_cli(convnet_b2, files, other, overwrite=overwrite)
+  assert (other / "manifest.json").read_text() == '{"mine": true}'
+  # an input that is one of the previous run's outputs is not deleted by --overwrite
+  overlay = str(out / "overlays" / "img0.png.png")
+  with pytest.raises(ValueError, match=r"img0\.png\.png.*input.*output"):
+    run_cli(convnet_b2, [overlay], out, overwrite=True, root=os.path.dirname(overlay))
+  assert os.path.exists(overlay)
+
+
+@pytest.mark.fast
+def test_inputs_outside_the_root_cannot_write_outside_the_outputs(convnet_b2, tmp_path):
+  a = image_files(tmp_path / "a", 1)
+  b = image_files(tmp_path / "b", 1, seed=1)
+  with pytest.raises(ValueError, match=r"b/img0\.png.*not inside `root`"):
+    run_cli(convnet_b2, a + b, tmp_path / "out", root=str(tmp_path / "a"), overlays=True)
+  assert not (tmp_path / "b" / "img0.png.png").exists() and not (tmp_path / "out" / "b").exists()

@@ -184,3 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
     print(f"jaxcam: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Ctrl-C: every shard is written atomically, so the run resumes where it stopped
+    print("jaxcam: interrupted; finished shards are kept: rerun the same command to resume", file=sys.stderr)
+    return 130

@@ -38,11 +38,21 @@ manifest); 0: every input explained; 2: a user error (nothing or nothing more wa
 
 
 def collect_images(inputs: Sequence[str]) -> list[str]:
+  """The image files named by `inputs` (files, or folders walked for `IMAGE_EXTENSIONS`). A folder's jaxcam outputs
+  (the files a ``run.json`` inside it lists, `jaxcam.stream.run_outputs`) are never inputs, so an ``--out`` inside
+  (or equal to) an input folder gives the same inputs on the first run and on reruns. Files that are not regular
+  (FIFOs, devices) are kept: decoding refuses them without opening them, and the run skips them as unreadable."""
+  from jaxcam import stream
+
   files: list[str] = []
   for item in inputs:
     if os.path.isdir(item):
+      outputs: set[str] = set()
       for root, _, names in sorted(os.walk(item)):
-        files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if "run.json" in names:
+          outputs |= stream.run_outputs(root)
+        paths = [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        files += [p for p in paths if os.path.normpath(os.path.abspath(p)) not in outputs]
     elif os.path.exists(item):
       files.append(item)
     else:
