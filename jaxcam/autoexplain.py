@@ -324,12 +324,14 @@ class ModelExplanation(api.Explanation):
     return viz.grid(list(self.images[:n]), {self.method: list(self._first_maps()[:n])}, self._titles()[:n])
 
   def save(self, directory: str | os.PathLike) -> list[str]:
-    """Write ``<name>.png`` overlays, ``maps.npz`` (maps at the model's resolution, logits, targets, scores) and
+    """Write ``<name>.png`` overlays (one file per image: names that repeat, ignoring case, get ``_1``, ...),
+    ``maps.npz`` (maps at the model's resolution, logits, targets, scores) and
     ``explanation.json`` (method, layer, reason, targets, top-5, image sizes); deterministic bytes. Returns the
     paths written."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    paths = [viz.save_png(os.path.join(directory, f"{n}.png"), o) for n, o in zip(self.names, self.overlays())]
+    files = writers.unique_file_names(self.names, ".png")  # distinct inputs, distinct files (case ignored)
+    paths = [viz.save_png(os.path.join(directory, f), o) for f, o in zip(files, self.overlays())]
     arrays = {"maps": np.asarray(self.maps, np.float32), "logits": np.asarray(self.logits, np.float32)}
     arrays["scores"] = np.asarray(self.scores, np.float32)
     if self.target is not None:
@@ -340,8 +342,8 @@ class ModelExplanation(api.Explanation):
       "layer": self.layer if isinstance(self.layer, str) else list(self.layer),
       "layer_reason": self.layer_reason,
       "images": [
-        {"name": n, "size": list(img.shape[:2]), "title": t, "top5": list(t5)}
-        for n, img, t, t5 in zip(self.names, self.images, self._titles(), self.top5)
+        {"name": n, "file": f, "size": list(img.shape[:2]), "title": t, "top5": list(t5)}
+        for n, f, img, t, t5 in zip(self.names, files, self.images, self._titles(), self.top5)
       ],
     }
     paths.append(writers.write_json(os.path.join(directory, "explanation.json"), meta))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["save_npz", "write_json"]
+__all__ = ["save_npz", "unique_file_names", "write_json"]
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, compress: bool = True) -> str:
@@ -46,3 +46,22 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> str:
     f.write("\n")
   os.replace(tmp, path)
   return path
+
+
+def unique_file_names(names: list[str] | tuple[str, ...], suffix: str) -> list[str]:
+  """One file name per entry of `names` (``name + suffix``), all distinct even where letter case is ignored (macOS,
+  Windows) and all inside the folder: path separators become ``_``, an empty name or ``.``/``..`` becomes
+  ``image``, and a repeat gets ``_1``, ``_2``, ... (the first free one)."""
+  taken: set[str] = set()
+  out = []
+  for name in names:
+    base = str(name).replace("/", "_").replace("\\", "_").replace("\0", "_")
+    if base in ("", ".", ".."):
+      base = "image"
+    candidate, k = base, 0
+    while (candidate + suffix).lower() in taken:
+      k += 1
+      candidate = f"{base}_{k}"
+    taken.add((candidate + suffix).lower())
+    out.append(candidate + suffix)
+  return out

@@ -182,3 +182,33 @@ def test_a_folder_is_read_by_the_same_extensions_as_the_cli(tmp_path):
   images, names = jaxcam.autoexplain.load_images(str(tmp_path))
   assert names == ["frame"] and images[0].shape == (6, 5, 3)
   assert [os.path.basename(f) for f in cli.collect_images([str(tmp_path)])] == ["frame.ppm"]
+
+
+@pytest.mark.fast
+def test_save_gives_every_input_its_own_file(small_linen, tmp_path):
+  """Stems that collide across folders and suffixes (and letter case) still give one overlay file per input."""
+  import dataclasses
+  import json
+
+  from PIL import Image
+
+  module, variables, _ = small_linen
+  rng = np.random.default_rng(0)
+  paths = []
+  for sub, name in (("a", "cat.png"), ("b", "cat.jpg"), ("c", "cat_1.png"), ("d", "Cat.png")):
+    (tmp_path / sub).mkdir()
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), np.uint8)).save(tmp_path / sub / name)
+    paths.append(str(tmp_path / sub / name))
+  ex = jaxcam.explain_model((module, variables), paths, size=12)
+  written = ex.save(tmp_path / "out")
+  pngs = [p for p in written if p.endswith(".png")]
+  assert len({os.path.basename(p).lower() for p in pngs}) == 4, pngs
+  for p, overlay in zip(pngs, ex.overlays()):  # each file holds its own input's overlay
+    np.testing.assert_array_equal(np.asarray(Image.open(p)), overlay)
+  meta = json.loads((tmp_path / "out" / "explanation.json").read_text())
+  assert [i["file"] for i in meta["images"]] == [os.path.basename(p) for p in pngs]
+  # names that would leave the folder or clash by case: still inside it, still one file each
+  odd = dataclasses.replace(ex, names=("../up", "x", "X", ""))
+  pngs = [p for p in odd.save(tmp_path / "odd") if p.endswith(".png")]
+  assert all(os.path.dirname(os.path.abspath(p)) == str(tmp_path / "odd") for p in pngs), pngs
+  assert len({os.path.basename(p).lower() for p in pngs}) == 4 and not (tmp_path / "up.png").exists()
