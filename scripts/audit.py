@@ -335,6 +335,70 @@ def zip_missing_storage():
   return io.load_state_dict(_path("nostorage.pth"))
 
 
+_ZEROS = 256 * 2**20  # 256 MiB of zeros deflate to ~256 KiB
+
+
+@case("checkpoints", "declares", "past")
+def zip_member_bomb():
+  torchfiles = _torchfiles()
+  data, _ = torchfiles.dump({"w": torchfiles.Tensor(torchfiles.Storage("0", np.ones(2)), 0, (2,), (1,))})
+  with zipfile.ZipFile(_path("bomb.pth"), "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    zf.writestr("archive/data.pkl", data)
+    zf.writestr("archive/data/0", b"\0" * _ZEROS)
+  return io.load_state_dict(_path("bomb.pth"))
+
+
+@case("checkpoints", "past")
+def npz_bomb():
+  np.savez_compressed(_path("bomb.npz"), w=np.zeros(_ZEROS // 4, np.float32))
+  return io.load_state_dict(_path("bomb.npz"))
+
+
+@case("checkpoints", "bytes")
+def pickle_declares_8_gib():
+  with open(_path("bytes8.pth"), "wb") as f:
+    f.write(_legacy_pickle(b"\x80\x04\x8e" + struct.pack("<Q", 2**33) + b"abc"))
+  return io.load_state_dict(_path("bytes8.pth"))
+
+
+@case("checkpoints", "past")
+def safetensors_entries_sharing_bytes():
+  n = 2**20
+  header = json.dumps({f"w{i}": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]} for i in range(2000)}).encode()
+  with open(_path("shared.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(header)) + header + b"\1" * n)
+  return io.load_state_dict(_path("shared.safetensors"))
+
+
+def _fifo(name: str) -> str:
+  if os.path.lexists(_path(name)):
+    os.remove(_path(name))
+  os.mkfifo(_path(name))
+  return _path(name)
+
+
+@case("checkpoints", "FIFO")
+def fifo_checkpoint():
+  return io.load_state_dict(_fifo("pipe.pth"))
+
+
+@case("checkpoints", "FIFO")
+def fifo_npz():
+  return io.load_state_dict(_fifo("pipe.npz"))
+
+
+@case("checkpoints", "character device")
+def link_to_a_device():
+  if not os.path.lexists(_path("zero.safetensors")):
+    os.symlink("/dev/zero", _path("zero.safetensors"))
+  return io.load_state_dict(_path("zero.safetensors"))
+
+
+@case("inputs", "FIFO")
+def fifo_image():
+  return jaxcam.explain_model((_module, _vars), [_fifo("pipe.png")], size=12)
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
@@ -386,6 +450,11 @@ def cli_truncated_manifest():
   return ("cli", ["merge-manifests", _path("m")])
 
 
+@case("cli", "FIFO")
+def cli_fifo_weights():
+  return ("cli", ["explain", _image(), "--model", "resnet18", "--weights", _fifo("w.pth"), "--out", _path("o6")])
+
+
 CLASSES = ("options", "inputs", "degenerate", "deep", "checkpoints", "cli")
 
 
@@ -425,9 +494,12 @@ def run_case(fn, words) -> str:
     err = _io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
       try:
-        rc = cli.main(result[1])
+        with time_limit(LIMIT_S):
+          rc = cli.main(result[1])
       except SystemExit as e:
         rc = e.code
+      except TimeoutError:
+        return "hang"
       except Exception:
         return "traceback"
     text = err.getvalue()
