@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _checks, _spatial
+from jaxcam import _checks
 from jaxcam import targets as targets_lib
 
 if TYPE_CHECKING:
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 _FUSIONS = ("mean", "max")
 
 
-def check_images(x: Any, *, argname: str = "x") -> None:
+def check_images(x: Any, *, argname: str = "x", spatial_dims: int = 2) -> None:
   """Raise a clear error unless `x` is a float batch of channels-last images ``(B, H, W, C)`` (volumes
-  ``(B, D, H, W, C)`` within ``_spatial.dims(3)``)."""
+  ``(B, D, H, W, C)`` with ``spatial_dims=3``; `jaxcam.taps.spatial_dims` reads a tap's)."""
   shape = getattr(x, "shape", None)
-  rank = _spatial.n() + 2
+  rank = spatial_dims + 2
   what = "(B, H, W, C)" if rank == 4 else "(B, D, H, W, C)"
   if shape is None:
     raise TypeError(f"Expected `{argname}` to be an array of images {what}, got {type(x).__name__}.")
@@ -127,7 +127,9 @@ def check_pixels(tap: Any, x: Any) -> None:
 
 def prepare(tap: Any, x: Any, target: Any):
   """The checks `explain` and `explain_many` share, before tracing; returns the target as a score object."""
-  check_images(x)
+  from jaxcam.taps import spatial_dims
+
+  check_images(x, spatial_dims=spatial_dims(tap))
   check_pixels(tap, x)
   return targets_lib.as_target(target)
 

@@ -1,10 +1,11 @@
 """Progress bars for long compiled runs: ticks sent from inside the program, bars drawn on the host.
 
-`reporting(label)` is a *trace-time* switch: while it is active, `jaxcam.chunking` puts one host callback per
-chunk into the program it traces (``jax.debug.callback``), and each callback advances a tqdm bar on the host. The
-switch is a static argument of the compiled explain, so a program either always reports or never does: turning
-it on for eager calls never recompiles anything else, and a user's own `jax.jit` gets no callbacks unless they
-ask for ``progress=True``. A map of fewer than two chunks reports nothing.
+A chunked map given a label (``chunked_map(..., progress="gradcam")``) puts one host callback per chunk into the
+program it traces (``jax.debug.callback``), and each callback advances a tqdm bar on the host. The label is static
+and travels explicitly (`jaxcam.core.Forward.progress`, the `progress` of an inputs hook's ``plain``), so a program
+either always reports or never does: turning it on for eager calls never recompiles anything else, and a user's
+own `jax.jit` gets no callbacks unless they ask for ``progress=True``. A map of fewer than two chunks reports
+nothing.
 
 Bars are keyed by the traced map they count (a *phase*), opened at its first tick and closed when its last
 chunk is done; `leave=False` keeps the terminal clean under the CLI's per-image bar.
@@ -12,34 +13,20 @@ chunk is done; `leave=False` keeps the terminal clean under the CLI's per-image 
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import itertools
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["reporting", "tick", "bar"]
+__all__ = ["tick", "bar"]
 
-_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxcam_progress_label", default=None)
 _PHASES = itertools.count()
 _BARS: dict[int, Any] = {}
 _LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def reporting(label: str | None) -> Iterator[None]:
-  """While tracing inside this block, chunked maps report progress under `label` (None: they do not)."""
-  token = _LABEL.set(label)
-  try:
-    yield
-  finally:
-    _LABEL.reset(token)
 
 
 def bar(total: int, desc: str, *, unit: str = "it", leave: bool = True):
@@ -69,11 +56,10 @@ def _update(phase: int, total: int, desc: str, n: int) -> None:
       del _BARS[phase]
 
 
-def tick(total: int, chunk: int) -> Any:
-  """A per-chunk reporter for a traced map of `total` elements in chunks of `chunk`, or None when no report is
-  wanted (progress off, or fewer than two chunks). Call the result on each chunk's output (``report(out)``): the
-  callback depends on it, so it fires when that chunk is computed."""
-  label = _LABEL.get()
+def tick(total: int, chunk: int, label: str | None) -> Any:
+  """A per-chunk reporter for a traced map of `total` elements in chunks of `chunk` under `label`, or None when no
+  report is wanted (no label, or fewer than two chunks). Call the result on each chunk's output
+  (``report(out, size)``): the callback depends on it, so it fires when that chunk is computed."""
   if label is None or total <= chunk:
     return None
   phase = next(_PHASES)

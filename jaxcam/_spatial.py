@@ -1,104 +1,92 @@
-"""The one place that knows which axes are spatial.
+"""The one place that knows which axes are spatial, as pure functions of a shape and an explicit rank.
 
-Feature maps are ``(..., *spatial, C)``, raw maps ``(..., *spatial)`` and images ``(B, *spatial, C)`` with two
+Feature maps are ``(..., *spatial, C)``, raw maps ``(..., *spatial)`` and images ``(B, *spatial, C)``, with two
 spatial axes ``(h, w)`` for images (1-D inputs travel as ``(L, 1)`` grids) and three ``(d, h, w)`` for volumes.
-The rank is set for the duration of one traced explanation by `dims` (the entry points take it from the input's
-rank); everything else asks `n()`.
+Nothing here is global: the rank `n` is read from the arrays where their layout fixes it (`of_images` for an
+input batch, `of_rows` for what a method row receives) and passed on explicitly everywhere else.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
-_DIMS: contextvars.ContextVar[int] = contextvars.ContextVar("jaxcam_spatial_dims", default=2)
+
+def of_images(x) -> int:
+  """The spatial rank of an input batch ``(B, *spatial, C)``: 2 for images, 3 for volumes."""
+  return len(x.shape) - 2
 
 
-@contextlib.contextmanager
-def dims(n_spatial: int) -> Iterator[None]:
-  """Within the block, feature maps have `n_spatial` spatial axes (2: images, 3: volumes)."""
-  token = _DIMS.set(int(n_spatial))
-  try:
-    yield
-  finally:
-    _DIMS.reset(token)
+def of_rows(a) -> int:
+  """The spatial rank of what a method row receives: activations / gradients ``(B, K, *spatial, C)``.
+
+  Raises a clear error for an array of rank < 4 (rows always get the batch and target axes)."""
+  rank = len(getattr(a, "shape", ()))
+  if rank < 4:
+    raise ValueError(
+      f"Expected activations of shape (B, K, *spatial, C) (batch, targets, spatial axes, channels), got "
+      f"{tuple(getattr(a, 'shape', ()))}. Add the missing axes, e.g. a[:, None] for one target."
+    )
+  return rank - 3
 
 
-def n() -> int:
-  """The number of spatial axes in effect."""
-  return _DIMS.get()
-
-
-def feature_axes() -> tuple[int, ...]:
+def feature_axes(n: int) -> tuple[int, ...]:
   """Spatial axes of ``(..., *spatial, C)``, counted from the end."""
-  return tuple(range(-n() - 1, -1))
+  return tuple(range(-n - 1, -1))
 
 
-def map_axes() -> tuple[int, ...]:
+def map_axes(n: int) -> tuple[int, ...]:
   """Spatial axes of ``(..., *spatial)``, counted from the end."""
-  return tuple(range(-n(), 0))
+  return tuple(range(-n, 0))
 
 
-def batched_feature_axes() -> tuple[int, ...]:
+def batched_feature_axes(n: int) -> tuple[int, ...]:
   """Spatial axes of ``(B, *spatial, C)``, counted from the front."""
-  return tuple(range(1, n() + 1))
+  return tuple(range(1, n + 1))
 
 
-def feature_rank() -> int:
-  """The rank of a batched feature map ``(B, *spatial, C)``."""
-  return n() + 2
+def feature_sum(x: jax.Array, n: int, *, keepdims: bool = True) -> jax.Array:
+  """Sum over the `n` spatial axes of ``(..., *spatial, C)``."""
+  return jnp.sum(x, axis=feature_axes(n), keepdims=keepdims)
 
 
-def feature_sum(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
-  """Sum over the spatial axes of ``(..., *spatial, C)``."""
-  return jnp.sum(x, axis=feature_axes(), keepdims=keepdims)
+def feature_mean(x: jax.Array, n: int, *, keepdims: bool = True) -> jax.Array:
+  """Mean over the `n` spatial axes of ``(..., *spatial, C)``."""
+  return jnp.mean(x, axis=feature_axes(n), keepdims=keepdims)
 
 
-def feature_mean(x: jax.Array, *, keepdims: bool = True) -> jax.Array:
-  """Mean over the spatial axes of ``(..., *spatial, C)``."""
-  return jnp.mean(x, axis=feature_axes(), keepdims=keepdims)
+def map_min_max(m: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+  """Per-map minimum and maximum over the `n` spatial axes of ``(..., *spatial)``, keeping dims."""
+  return jnp.min(m, axis=map_axes(n), keepdims=True), jnp.max(m, axis=map_axes(n), keepdims=True)
 
 
-def map_min_max(m: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-map minimum and maximum over the spatial axes of ``(..., *spatial)``, keeping dims."""
-  return jnp.min(m, axis=map_axes(), keepdims=True), jnp.max(m, axis=map_axes(), keepdims=True)
-
-
-def flatten_positions(x: jax.Array) -> jax.Array:
+def flatten_positions(x: jax.Array, n: int) -> jax.Array:
   """``(..., *spatial, C)`` -> ``(..., positions, C)``."""
-  return x.reshape(x.shape[: -n() - 1] + (-1, x.shape[-1]))
+  return x.reshape(x.shape[: -n - 1] + (-1, x.shape[-1]))
 
 
-def flatten_map(m: jax.Array) -> jax.Array:
+def flatten_map(m: jax.Array, n: int) -> jax.Array:
   """``(..., *spatial)`` -> ``(..., positions)``."""
-  return m.reshape(m.shape[: -n()] + (-1,))
+  return m.reshape(m.shape[:-n] + (-1,))
 
 
-def map_size(m: jax.Array) -> tuple[int, ...]:
-  """The spatial size of ``(..., *spatial)`` maps."""
-  return tuple(m.shape[-n() :])
-
-
-def feature_size(a: jax.Array) -> tuple[int, ...]:
+def feature_size(a: jax.Array, n: int) -> tuple[int, ...]:
   """The spatial size of ``(..., *spatial, C)`` features."""
-  return tuple(a.shape[-n() - 1 : -1])
+  return tuple(a.shape[-n - 1 : -1])
 
 
 def image_size(x: jax.Array) -> tuple[int, ...]:
   """The spatial size of an input batch ``(B, *spatial, C)``."""
-  return tuple(x.shape[1 : 1 + n()])
+  return tuple(x.shape[1:-1])
 
 
-def positions(a: jax.Array) -> int:
+def positions(a: jax.Array, n: int) -> int:
   """Number of spatial positions of ``(..., *spatial, C)`` features."""
-  return math.prod(feature_size(a))
+  return math.prod(feature_size(a, n))
 
 
-def spatial_ones() -> tuple[None, ...]:
-  """``(None,) * n()``: an index that appends one axis per spatial axis."""
-  return (None,) * n()
+def spatial_ones(n: int) -> tuple[None, ...]:
+  """``(None,) * n``: an index that appends one axis per spatial axis."""
+  return (None,) * n

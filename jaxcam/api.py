@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _checks, _progress, _spatial, core, postprocess, wrappers
-from jaxcam import taps as taps_lib
+from jaxcam import _checks, _spatial, core, postprocess, wrappers
 from jaxcam import targets as targets_lib
 from jaxcam._eager import (
   check_flags,
@@ -125,18 +124,29 @@ def _provide(need: str, tap, x, fwd, options: dict[str, Any], cache: dict | None
   return cache[key]
 
 
-def plain_inputs(needs: tuple[str, ...], tap, x, target, options: dict[str, Any]):
-  """The shared forward pass (with the backward pass if any provider reads grads) and each need's values."""
-  fwd = core.forward(tap, x, target, grads=any(get_provider(n).grads for n in needs))
-  return fwd, {need: _provide(need, tap, x, fwd, options) for need in needs}
+@dataclasses.dataclass(frozen=True)
+class PlainInputs:
+  """``plain(needs, tap, x, target, options) -> (fwd, {need: per-layer values})``: the shared forward pass (with
+  the backward pass if any provider reads grads) and each need's values. An `inputs` hook receives one as its
+  first argument; `progress` is the label its chunked maps report under (None: no report)."""
+
+  progress: str | None = None
+
+  def __call__(self, needs: tuple[str, ...], tap, x, target, options: dict[str, Any]):
+    fwd = core.forward(tap, x, target, grads=any(get_provider(n).grads for n in needs), progress=self.progress)
+    return fwd, {need: _provide(need, tap, x, fwd, options) for need in needs}
 
 
-def compute_inputs(spec: MethodSpec, tap, x, target, options: dict[str, Any]):
+plain_inputs = PlainInputs()
+
+
+def compute_inputs(spec: MethodSpec, tap, x, target, options: dict[str, Any], *, progress: str | None = None):
   """``(fwd, {need: per-layer values})`` for one method: its `inputs` hook if it has one, else `plain_inputs`."""
   needs = spec.needs_for(options)
+  plain = PlainInputs(progress)
   if spec.inputs is not None:
-    return spec.inputs(plain_inputs, needs, tap, x, target, options)
-  return plain_inputs(needs, tap, x, target, options)
+    return spec.inputs(plain, needs, tap, x, target, options)
+  return plain(needs, tap, x, target, options)
 
 
 def _as_float(tree: Any) -> Any:
@@ -154,6 +164,7 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
   """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`)."""
   used = spec.needs_for(options)
   fn_options = {k: options[k] for k, _ in spec.options}
+  n_spatial = _spatial.of_images(x)
   n_layers = len(fwd.activations)
   k = fwd.scores.shape[1]
   per_layer = []
@@ -172,7 +183,7 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
     if relu:
       m = jax.nn.relu(m)
     if normalize and spec.normalize_layers:
-      m = postprocess.normalize(m)
+      m = postprocess.normalize(m, spatial_dims=n_spatial)
     if spec.per_layer is not None:
       m = spec.per_layer(m, fusion=fusion, n_layers=n_layers)
     if upsample and spec.fuse is None:
@@ -186,18 +197,18 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
     raise ValueError("Fusing several layers needs `upsample=True` (their maps have different sizes).")
   elif fusion == "mean":
     # pytorch-grad-cam aggregates even a single layer: relu, mean over layers, min-max again (after upsampling)
-    maps = postprocess.fuse(jnp.stack(per_layer), mode="mean", normalized=normalize, relu=relu)
+    maps = postprocess.fuse(jnp.stack(per_layer), mode="mean", normalized=normalize, relu=relu, spatial_dims=n_spatial)
   else:
-    maps = postprocess.fuse(jnp.stack(per_layer), mode="max")
+    maps = postprocess.fuse(jnp.stack(per_layer), mode="max", spatial_dims=n_spatial)
   if fwd.ids is not None:  # out-of-range ids under jit: the whole map is NaN (see jaxcam.targets)
     n = fwd.logits.shape[-1]
     valid = (fwd.ids >= 0) & (fwd.ids < n)
-    maps = jnp.where(valid[(...,) + _spatial.spatial_ones()], maps, jnp.nan)
+    maps = jnp.where(valid[(...,) + _spatial.spatial_ones(n_spatial)], maps, jnp.nan)
   ids, scores = fwd.ids, fwd.scores
   if not fwd.multi:
     maps, scores = maps[:, 0], scores[:, 0]
     ids = None if ids is None else ids[:, 0]
-  sizes = tuple(tuple(_spatial.feature_size(a)) for a in fwd.activations)
+  sizes = tuple(tuple(_spatial.feature_size(a, n_spatial)) for a in fwd.activations)
   return Explanation(
     maps=maps, logits=fwd.logits, target=ids, scores=scores, method=spec.name, layer=tap.layer, feature_sizes=sizes
   )
@@ -230,20 +241,19 @@ def _explain_impl(
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
   flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
-  with _spatial.dims(x.ndim - 2), _progress.reporting(spec.name if progress else None):
-    return _one_row(spec, tap, x, target, options, flags)
+  return _one_row(spec, tap, x, target, options, flags, spec.name if progress else None)
 
 
-def _one_row(spec, tap, x, target, options, flags) -> Explanation:
+def _one_row(spec, tap, x, target, options, flags, progress=None) -> Explanation:
   """One row's explanation: its inputs (the plain pass or its `inputs` hook), then its maps; an augmented row
-  (`jaxcam.aug_smooth`) on every augmented copy."""
+  (`jaxcam.aug_smooth`) on every augmented copy. `progress`: the label of its chunked maps' bars (None: none)."""
   if spec.augment:
-    return _augmented(spec, tap, x, target, options, flags)
-  fwd, values = compute_inputs(spec, tap, x, target, options)
+    return _augmented(spec, tap, x, target, options, flags, progress)
+  fwd, values = compute_inputs(spec, tap, x, target, options, progress=progress)
   return method_maps(spec, tap, x, fwd, values, options, **flags)
 
 
-def _augmented(spec, tap, x, target, options, flags) -> Explanation:
+def _augmented(spec, tap, x, target, options, flags, progress=None) -> Explanation:
   """Test-time augmentation (pytorch-grad-cam's ``aug_smooth``): the method on every augmented copy of `x` (one
   batch of n B images), each map mapped back by its augmentation's `invert` and averaged (not re-normalized).
 
@@ -260,7 +270,7 @@ def _augmented(spec, tap, x, target, options, flags) -> Explanation:
       f"Expected each augmentation's `apply` to keep the images' shape {tuple(x.shape)}, got "
       f"{tuple(xs.shape[:1])} + {tuple(xs.shape[1:])} for {n} augmentations."
     )
-  fwd, values = compute_inputs(spec, tap, xs, fixed, options)
+  fwd, values = compute_inputs(spec, tap, xs, fixed, options, progress=progress)
   ex = method_maps(spec, tap, xs, fwd, values, options, **flags)
   maps = ex.maps.reshape((n, b) + ex.maps.shape[1:])
   maps = jnp.mean(jnp.stack([aug.invert(m) for aug, m in zip(augment, maps)]), axis=0)
@@ -270,16 +280,13 @@ def _augmented(spec, tap, x, target, options, flags) -> Explanation:
 
 
 def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, relu, fusion, progress=False):
-  with _progress.reporting("explain_many" if progress else None), _spatial.dims(x.ndim - 2):
-    return _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fusion)
-
-
-def _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fusion):
+  label = "explain_many" if progress else None
   out = {}
   opts = {s.name: _many_options(s, key) for s in specs}
   plain = [s for s in specs if s.inputs is None and not s.augment]
   grads = any(get_provider(n).grads for s in plain for n in s.needs_for(opts[s.name]))
-  shared = core.forward(tap, x, target, grads=grads)  # one forward (+ backward) pass for every plain method
+  # one forward (+ backward) pass for every plain method
+  shared = core.forward(tap, x, target, grads=grads, progress=label)
   cache: dict = {}  # each need computed once per distinct option values, shared between methods
   flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
   for s in specs:
@@ -288,7 +295,7 @@ def _explain_many_body(tap, x, target, key, specs, normalize, upsample, relu, fu
       values = {n: _provide(n, tap, x, shared, opts[s.name], cache) for n in s.needs_for(opts[s.name])}
       out[s.name] = method_maps(s, tap, x, shared, values, opts[s.name], **flags)
     else:
-      out[s.name] = _one_row(s, tap, x, target, opts[s.name], flags)
+      out[s.name] = _one_row(s, tap, x, target, opts[s.name], flags, label)
   return out
 
 
@@ -361,8 +368,7 @@ def explain(
   spec = check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
   spec = check_aug_smooth(spec, aug_smooth)  # the flag is jaxcam.aug_smooth(method)
   opts = resolve_options(spec, options)
-  with _spatial.dims(taps_lib.spatial_dims(tap)):
-    target = prepare(tap, x, target)
+  target = prepare(tap, x, target)
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
   under_jit = under_trace((tap, x, target, traced))
@@ -449,8 +455,7 @@ def explain_many(
         f"{s.name} needs options (a key or an array) that explain_many does not pass; pass key= or use explain."
       )
   x, sequence = _sequence_input(tap, x)
-  with _spatial.dims(taps_lib.spatial_dims(tap)):
-    target = prepare(tap, x, target)
+  target = prepare(tap, x, target)
   under_jit = under_trace((tap, x, target, key))
   with model_errors(x):
     out = _explain_many_jit(

@@ -4,8 +4,8 @@
 (`jax.vmap` inside `jax.lax.map`), so peak memory grows with `n`, not with ``len(xs)``. `chunked_sum` reduces as it
 goes (a `jax.lax.scan` over chunks), so not even the stacked results are held. Both compile to one program,
 work under `jax.jit`, `jax.vmap` and `jax.grad`, and give the same result for every chunk size (up to the order
-of floating-point additions in `chunked_sum`). Inside `jaxcam._progress.reporting` (eager calls of expensive
-methods, or ``progress=True``) each chunk also advances a progress bar through a host callback.
+of floating-point additions in `chunked_sum`). Given a ``progress=`` label (jaxcam passes one for eager calls of
+expensive methods, or ``progress=True``) each chunk also advances a progress bar through a host callback.
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ def _split(xs: Any, size: int) -> tuple[Any, Any, int, int]:
   return head, tail, full, rest
 
 
-def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, vectorized: bool = False) -> Any:
+def chunked_map(
+  fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, vectorized: bool = False, progress: str | None = None
+) -> Any:
   """``fn`` over the leading axis of `xs` (a pytree), `chunk_size` elements at a time.
 
   ``vectorized=True``: `fn` already takes a whole chunk (a leading axis of up to `chunk_size`), e.g. to mix
-  sequential and batched work inside it; otherwise it takes one element and is `jax.vmap`-ed.
+  sequential and batched work inside it; otherwise it takes one element and is `jax.vmap`-ed. `progress`: a label
+  to show a progress bar under on stderr, one tick per chunk (host callbacks); None shows none.
 
   >>> import jax.numpy as jnp
   >>> chunked_map(lambda v: v * 2, jnp.arange(5.0), chunk_size=2)
@@ -59,7 +62,7 @@ def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, vectorize
   size = max(1, min(chunk_size, n))
   head, tail, full, rest = _split(xs, size)
   batched = fn if vectorized else jax.vmap(fn)
-  report = _progress.tick(n, size)
+  report = _progress.tick(n, size, progress)
 
   def body(chunk):
     out = batched(chunk)
@@ -77,8 +80,9 @@ def chunked_map(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, vectorize
   return outs
 
 
-def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
-  """``sum_i fn(xs[i])`` (a pytree sum), `chunk_size` elements at a time; memory bounded by the chunk.
+def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, progress: str | None = None) -> Any:
+  """``sum_i fn(xs[i])`` (a pytree sum), `chunk_size` elements at a time; memory bounded by the chunk (`progress`
+  as in `chunked_map`).
 
   A last, shorter chunk is evaluated on its own (no padding, no wasted work).
 
@@ -91,7 +95,7 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int) -> Any:
   size = max(1, min(chunk_size, n))
   head, tail, full, rest = _split(xs, size)
   batched = jax.vmap(fn)
-  report = _progress.tick(n, size)
+  report = _progress.tick(n, size, progress)
 
   def add_chunk(total, chunk, count):
     part = jax.tree.map(lambda v: jnp.sum(v, axis=0), batched(chunk))

@@ -80,15 +80,16 @@ def _dff(tap, x, key, fc, *, n_components, iterations, upsample, head):
   _, acts = tap(x)
   a = jnp.nan_to_num(acts.astype(jnp.promote_types(acts.dtype, jnp.float32)))
   b, c = a.shape[0], a.shape[-1]
-  size = _spatial.feature_size(a)
-  v = _spatial.flatten_positions(a).reshape(-1, c).T  # (C, B h w), positions of image 0 first
+  n = _spatial.of_images(x)
+  size = _spatial.feature_size(a, n)
+  v = _spatial.flatten_positions(a, n).reshape(-1, c).T  # (C, B h w), positions of image 0 first
   offset = jnp.min(v, axis=1, keepdims=True)
   v = v - offset
   w, h = nmf(v, *nmf_init(v, n_components, key), iterations=iterations)
   error = jnp.linalg.norm(v - w @ h) / (jnp.linalg.norm(v) + _EPS)
   concepts = w + offset
   maps = jnp.moveaxis(h.reshape((n_components, b) + size), 0, 1)  # (B, K, h, w)
-  maps = postprocess.normalize(maps)  # pytorch-grad-cam's scale_cam_image per concept map
+  maps = postprocess.normalize(maps, spatial_dims=n)  # pytorch-grad-cam's scale_cam_image per concept map
   if upsample:
     maps = postprocess.upsample(maps, _spatial.image_size(x))
   scores = None
@@ -130,9 +131,10 @@ def dff(
     with `jaxcam.viz.concept_overlay` / `jaxcam.viz.show_concepts`.
   """
   from jaxcam import api
+  from jaxcam import taps as taps_lib
   from jaxcam.methods import classic
 
-  api.check_images(x)
+  api.check_images(x, spatial_dims=taps_lib.spatial_dims(tap))
   n_components = _checks.check_positive_int("n_components", n_components)
   iterations = _checks.check_positive_int("iterations", iterations)
   upsample = _checks.check_bool("upsample", upsample)
@@ -140,8 +142,11 @@ def dff(
   if tap.multi:
     raise ValueError(f"Expected a one-layer tap for dff, got layers {tap.layer!r}.")
   shape = tap.activation_shape(x)
-  if len(shape.shape) != _spatial.feature_rank():
-    raise ValueError(f"Expected layer {tap.layer!r} to give a feature map (B, h, w, C), got {shape.shape}.")
+  if len(shape.shape) != x.ndim:
+    raise ValueError(
+      f"Expected layer {tap.layer!r} to give a feature map (B, *spatial, C) of the input's rank {x.ndim}, got "
+      f"{shape.shape}."
+    )
   if n_components > shape.shape[-1]:
     raise ValueError(
       f"Expected `n_components` <= the layer's {shape.shape[-1]} channels (a factorization into more concepts than "

@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _spatial
 from jaxcam import targets as targets_lib
 
 __all__ = ["Forward", "forward", "forward_only", "forward_and_grads", "check_activations"]
@@ -24,7 +23,7 @@ __all__ = ["Forward", "forward", "forward_only", "forward_and_grads", "check_act
 @functools.partial(
   jax.tree_util.register_dataclass,
   data_fields=["logits", "activations", "grads", "ids", "scores", "target"],
-  meta_fields=["multi"],
+  meta_fields=["multi", "progress"],
 )
 @dataclasses.dataclass(frozen=True)
 class Forward:
@@ -33,7 +32,9 @@ class Forward:
   logits: the model's output (``(B, classes)`` logits for class-id targets, any pytree otherwise);
   activations[i]: ``(B, h, w, C)``; grads[i]: ``(B, K, h, w, C)`` = dS_k/dA (None without backward);
   ids: ``(B, K)`` class ids (None for a custom score callable); scores: ``(B, K)``; target: the score object;
-  multi: whether the target asked for K classes per image (static).
+  multi: whether the target asked for K classes per image (static); progress: the label under which the chunked
+  maps computed from this pass (masked copies, derivative directions) report progress, None for no report (static:
+  a program either always reports or never does, see `jaxcam._progress`).
   """
 
   logits: Any
@@ -43,16 +44,21 @@ class Forward:
   scores: jax.Array
   multi: bool
   target: Any = None
+  progress: str | None = None
 
 
 def _as_tuple(a: Any) -> tuple:
   return tuple(a) if isinstance(a, tuple) else (a,)
 
 
+_FEATURES = {4: "(B, h, w, C)", 5: "(B, d, h, w, C)"}
+
+
 def check_activations(tap, acts: tuple, x: jax.Array) -> None:
-  """Raise a clear error if a tapped layer's output is not a feature map ``(B, h, w, C)``."""
+  """Raise a clear error if a tapped layer's output is not a feature map ``(B, *spatial, C)`` of the input's
+  spatial rank."""
   for name, a in zip(_as_tuple(tap.layer) if tap.multi else (tap.layer,), acts):
-    if getattr(a, "ndim", None) != _spatial.feature_rank() or a.shape[0] != x.shape[0]:
+    if getattr(a, "ndim", None) != x.ndim or a.shape[0] != x.shape[0]:
       hint = (
         "Transformer tokens (B, N, D)? Pass layout=jaxcam.layouts.tokens(prefix=1) (the CLS count as prefix), or "
         "layout=a function value -> (B, h, w, C)."
@@ -60,22 +66,23 @@ def check_activations(tap, acts: tuple, x: jax.Array) -> None:
         else "CAMs need a spatial layer: choose a convolutional block before global pooling."
       )
       raise ValueError(
-        f"Expected the output of layer {name!r} to be a feature map (B, h, w, C) with B={x.shape[0]}, got "
+        f"Expected the output of layer {name!r} to be a feature map {_FEATURES.get(x.ndim, '(B, *spatial, C)')} with "
+        f"B={x.shape[0]}, got "
         f"{getattr(a, 'shape', type(a).__name__)}. {hint} (jaxcam.list_layers shows each path's output shape.)"
       )
 
 
-def forward_only(tap, x: jax.Array, target: Any) -> Forward:
-  """One forward pass: output, activations and target scores, no gradients."""
+def forward_only(tap, x: jax.Array, target: Any, *, progress: str | None = None) -> Forward:
+  """One forward pass: output, activations and target scores, no gradients (`progress`: see `Forward`)."""
   tgt = targets_lib.as_target(target)
   logits, acts = tap(x)
   acts = _as_tuple(acts) if tap.multi else (acts,)
   check_activations(tap, acts, x)
   ids, scores, multi = tgt.evaluate(logits)
-  return Forward(logits, acts, None, ids, scores, multi, tgt)
+  return Forward(logits, acts, None, ids, scores, multi, tgt, progress)
 
 
-def forward_and_grads(tap, x: jax.Array, target: Any) -> Forward:
+def forward_and_grads(tap, x: jax.Array, target: Any, *, progress: str | None = None) -> Forward:
   """One forward pass and K backward passes from the layer: dS_k/dA for each target k.
 
   Each image's score depends only on that image (inference-mode models), so the gradient of the batch sum of
@@ -110,9 +117,11 @@ def forward_and_grads(tap, x: jax.Array, target: Any) -> Forward:
   else:
     stacked = jax.vmap(grads_for)(jnp.eye(k))  # tuple of (K, B, h, w, C)
     grads = tuple(jnp.moveaxis(g, 0, 1) for g in stacked)
-  return Forward(logits, acts, grads, ids, scores, multi, tgt)
+  return Forward(logits, acts, grads, ids, scores, multi, tgt, progress)
 
 
-def forward(tap, x: jax.Array, target: Any, *, grads: bool) -> Forward:
+def forward(tap, x: jax.Array, target: Any, *, grads: bool, progress: str | None = None) -> Forward:
   """`forward_and_grads` when `grads`, else `forward_only`."""
-  return forward_and_grads(tap, x, target) if grads else forward_only(tap, x, target)
+  if grads:
+    return forward_and_grads(tap, x, target, progress=progress)
+  return forward_only(tap, x, target, progress=progress)

@@ -92,7 +92,7 @@ def taylor3(f, a: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jax.jvp(d2, (a,), (v,))
 
 
-def _generic(f, a, positions, chunk_size):
+def _generic(f, a, positions, chunk_size, progress=None):
   """(d2, d3) at flat positions ``positions`` (of h*w*C), each ``(len(positions), B, K)``."""
   per_image = a.shape[1:]
 
@@ -100,19 +100,19 @@ def _generic(f, a, positions, chunk_size):
     v = jnp.broadcast_to(jax.nn.one_hot(j, math.prod(per_image), dtype=a.dtype).reshape(per_image), a.shape)
     return taylor3(f, a, v)
 
-  return chunking.chunked_map(at, positions, chunk_size=chunk_size)
+  return chunking.chunked_map(at, positions, chunk_size=chunk_size, progress=progress)
 
 
-def _structured(f, a, chunk_size):
+def _structured(f, a, chunk_size, progress=None):
   """(d2, d3) per channel, each ``(C, B, K)``, for heads where A enters only through its spatial mean."""
-  c, n = a.shape[-1], _spatial.positions(a)
+  c, n = a.shape[-1], _spatial.positions(a, a.ndim - 2)
 
   def at(k):
     v = jnp.broadcast_to(jax.nn.one_hot(k, c, dtype=a.dtype), a.shape)  # channel k at every position
     d2, d3 = taylor3(f, a, v)
     return d2 / n**2, d3 / n**3
 
-  return chunking.chunked_map(at, jnp.arange(c), chunk_size=chunk_size)
+  return chunking.chunked_map(at, jnp.arange(c), chunk_size=chunk_size, progress=progress)
 
 
 def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
@@ -121,7 +121,7 @@ def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
   tokens after reshaping the grid to a sequence (with a CLS token concatenated), through jit / remat /
   custom_jvp calls."""
   closed = jax.make_jaxpr(head_fn)(a)
-  return _only_spatial_sums(closed.jaxpr, [_spatial.batched_feature_axes()])[0]
+  return _only_spatial_sums(closed.jaxpr, [_spatial.batched_feature_axes(a.ndim - 2)])[0]
 
 
 _PASS_THROUGH = {"convert_element_type", "copy", "copy_p"}
@@ -276,14 +276,14 @@ def _diagonals(tap, x, target, strategy, chunk_size, max_generic_directions, fwd
         f"bounded by chunk_size={chunk_size}), tap a smaller layer, or a layer right before global pooling."
       )
   if strategy == "generic":
-    d2, d3 = _generic(f, a, jnp.arange(n_generic), chunk_size)  # (n, B, K)
+    d2, d3 = _generic(f, a, jnp.arange(n_generic), chunk_size, fwd.progress)  # (n, B, K)
     lead = tuple(range(len(per_image), len(per_image) + 2))  # the (B, K) axes after the per-image axes
     d2 = jnp.moveaxis(d2.reshape(per_image + d2.shape[1:]), lead, (0, 1))
     d3 = jnp.moveaxis(d3.reshape(per_image + d3.shape[1:]), lead, (0, 1))
     check = jnp.zeros((), a.dtype)
   else:
-    s2, s3 = _structured(f, a, chunk_size)  # (C, B, K)
-    spatial_ones = _spatial.spatial_ones()
+    s2, s3 = _structured(f, a, chunk_size, fwd.progress)  # (C, B, K)
+    spatial_ones = _spatial.spatial_ones(a.ndim - 2)
     d2 = jnp.broadcast_to(
       jnp.moveaxis(s2, 0, -1)[(slice(None), slice(None)) + spatial_ones], (b, s2.shape[2]) + per_image
     )

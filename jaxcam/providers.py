@@ -210,7 +210,7 @@ def input_baseline(tap, x, baseline: Any) -> jax.Array:
       f"Expected `baseline` to be a number, 'mean' or one value per input channel ({x.shape[-1]},), got shape "
       f"{tuple(b.shape)}."
     )
-  return b.reshape((1,) * _spatial.n() + (-1,)) if b.ndim == 1 else b
+  return b.reshape((1,) * _spatial.of_images(x) + (-1,)) if b.ndim == 1 else b
 
 
 def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, convention, baseline) -> tuple:
@@ -230,7 +230,7 @@ def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, 
     if top_n is None:
       chans = jnp.broadcast_to(jnp.arange(c), (b, c))
     else:  # Faster-Score-CAM: the channels with the largest spatial standard deviation
-      chans = jax.lax.top_k(jnp.std(a, axis=_spatial.batched_feature_axes()), top_n)[1]
+      chans = jax.lax.top_k(jnp.std(a, axis=_spatial.batched_feature_axes(_spatial.of_images(x))), top_n)[1]
     n = chans.shape[1]
 
     def one(j, a=a, chans=chans, n=n, b=b):
@@ -241,11 +241,12 @@ def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, 
       return _score_copy(tap.forward((base + m * (x[bi] - base))[None]), fwd, bi)
 
     copies = jnp.arange(num_samples * b * n)
-    scores = chunking.chunked_map(one, copies, chunk_size=chunk_size).reshape(num_samples, b, n, -1)
+    scores = chunking.chunked_map(one, copies, chunk_size=chunk_size, progress=fwd.progress)
+    scores = scores.reshape(num_samples, b, n, -1)
     scores = jnp.mean(scores, axis=0)  # (B, N, K)
     full = jnp.full((b, c, scores.shape[-1]), -jnp.inf, scores.dtype).at[jnp.arange(b)[:, None], chans].set(scores)
-    lo = jnp.min(a, axis=_spatial.batched_feature_axes())
-    hi = jnp.max(a, axis=_spatial.batched_feature_axes())
+    lo = jnp.min(a, axis=_spatial.batched_feature_axes(_spatial.of_images(x)))
+    hi = jnp.max(a, axis=_spatial.batched_feature_axes(_spatial.of_images(x)))
     full = jnp.where((hi == lo)[..., None], -jnp.inf, full)  # a constant channel masks nothing: weight 0
     out.append(jnp.moveaxis(full, -1, 1))  # (B, K, C)
   return tuple(out)
@@ -338,25 +339,26 @@ def _ablated_scores(tap, x, fwd, *, chunk_size=32):
 
   def one(j):
     bi, k = j // c, j % c
-    keep = (jnp.arange(c) != k).reshape((1,) * _spatial.n() + (c,))
+    keep = (jnp.arange(c) != k).reshape((1,) * _spatial.of_images(x) + (c,))
     ablated = jnp.where(keep, a[bi], perturbation.ablation_value(a[bi]))
     return _score_copy(tap.head(x[bi][None], ablated[None]), fwd, bi)
 
-  s = chunking.chunked_map(one, jnp.arange(b * c), chunk_size=chunk_size).reshape(b, c, -1)
+  s = chunking.chunked_map(one, jnp.arange(b * c), chunk_size=chunk_size, progress=fwd.progress).reshape(b, c, -1)
   return (jnp.moveaxis(s, -1, 1),)  # (B, K, C)
 
 
 def _position_scores(tap, x, fwd, *, chunk_size=32):
   chunking.check_chunk_size(chunk_size)
   a = fwd.activations[0]
-  b, n = a.shape[0], _spatial.positions(a)
+  n_spatial = _spatial.of_images(x)
+  b, n = a.shape[0], _spatial.positions(a, n_spatial)
 
   def one(j):
     bi, p = j // n, j % n
     return _probability_copy(tap.head(x[bi][None], perturbation.reciprocam_features(a[bi], p)[None]), fwd, bi)
 
-  s = chunking.chunked_map(one, jnp.arange(b * n), chunk_size=chunk_size)  # (B * h * w, K)
-  s = s.reshape((b,) + _spatial.feature_size(a) + (-1,))
+  s = chunking.chunked_map(one, jnp.arange(b * n), chunk_size=chunk_size, progress=fwd.progress)  # (B * h * w, K)
+  s = s.reshape((b,) + _spatial.feature_size(a, n_spatial) + (-1,))
   return (jnp.moveaxis(s, -1, 1),)  # (B, K, h, w)
 
 
@@ -385,7 +387,7 @@ def _noisy_grad_moments(tap, x, fwd, *, num_samples=4, std=0.3, key=None, noise=
     grads = core.forward_and_grads(tap, x + jnp.asarray(std, x.dtype) * z, fixed).grads or ()
     return tuple((gi, gi * gi, gi * gi * gi) for gi in grads)
 
-  total = chunking.chunked_sum(one, jnp.arange(num_samples), chunk_size=chunk_size)
+  total = chunking.chunked_sum(one, jnp.arange(num_samples), chunk_size=chunk_size, progress=fwd.progress)
   return jax.tree.map(lambda v: v / num_samples, total)
 
 

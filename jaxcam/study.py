@@ -78,9 +78,10 @@ def relative_l2(approx: jax.Array, exact: jax.Array, axes) -> jax.Array:
   return gradient.safe_divide(num, den) + jnp.where((den == 0) & (num > 0), jnp.inf, 0.0)
 
 
-def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Spearman rank correlation of the flattened spatial axes (ranks by argsort; ties not averaged)."""
-  fa, fb = _spatial.flatten_map(a), _spatial.flatten_map(b)
+def spearman(a: jax.Array, b: jax.Array, *, spatial_dims: int = 2) -> jax.Array:
+  """Spearman rank correlation of maps ``(..., *spatial)`` over their last `spatial_dims` axes, flattened (ranks by
+  argsort; ties not averaged)."""
+  fa, fb = _spatial.flatten_map(a, spatial_dims), _spatial.flatten_map(b, spatial_dims)
   ra = jnp.argsort(jnp.argsort(fa, axis=-1), axis=-1).astype(jnp.float32)
   rb = jnp.argsort(jnp.argsort(fb, axis=-1), axis=-1).astype(jnp.float32)
   ra = ra - ra.mean(-1, keepdims=True)
@@ -99,7 +100,8 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
   zeros = jnp.zeros_like(g)
   ex2, ex3 = gradient.gradcam_pp_derivative_terms(g, h, t, convention=convention)
   ap2, ap3 = gradient.gradcam_pp_derivative_terms(g, zeros, zeros, convention=convention)
-  feat = _spatial.feature_axes() + (-1,)
+  n = _spatial.of_images(x)
+  feat = _spatial.feature_axes(n) + (-1,)
   alpha_ex = gradient.gradcam_pp_alpha(a, g, ex2, ex3, eps=eps)
   alpha_ap = gradient.gradcam_pp_alpha(a, g, ap2, ap3, eps=eps)
   w_ex = gradient.gradcam_pp_weights(a, g, eps=eps, second=ex2, third=ex3)
@@ -107,12 +109,13 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
 
   def finish(w):
     m = jax.nn.relu(postprocess.combine(w, a))
-    return postprocess.normalize(postprocess.upsample(postprocess.normalize(m), _spatial.image_size(x)))
+    m = postprocess.upsample(postprocess.normalize(m, spatial_dims=n), _spatial.image_size(x))
+    return postprocess.normalize(m, spatial_dims=n)
 
   m_ex, m_ap = finish(w_ex), finish(w_ap)
-  axes = _spatial.map_axes()
+  axes = _spatial.map_axes(n)
   cos = jnp.sum(m_ex * m_ap, axes) / jnp.sqrt(jnp.sum(m_ex**2, axes) * jnp.sum(m_ap**2, axes) + 1e-30)
-  flat_ex, flat_ap = _spatial.flatten_map(m_ex), _spatial.flatten_map(m_ap)
+  flat_ex, flat_ap = _spatial.flatten_map(m_ex, n), _spatial.flatten_map(m_ap, n)
   squeeze = (lambda v: v[:, 0]) if not fwd.multi else (lambda v: v)
   return DerivativeReport(
     second_rel_err=squeeze(relative_l2(ap2, ex2, feat[:-1] + (-1,))),
@@ -121,7 +124,7 @@ def _compare(tap, x, target, *, convention, strategy, chunk_size, eps):
     weights_rel_err=squeeze(relative_l2(w_ap, w_ex, (-1,))),
     map_rel_l2=squeeze(relative_l2(m_ap, m_ex, axes)),
     map_one_minus_cos=squeeze(1.0 - cos),
-    map_spearman=squeeze(spearman(m_ex, m_ap)),
+    map_spearman=squeeze(spearman(m_ex, m_ap, spatial_dims=n)),
     argmax_moved=squeeze(jnp.argmax(flat_ex, -1) != jnp.argmax(flat_ap, -1)),
     maps_exact=squeeze(m_ex),
     maps_approx=squeeze(m_ap),

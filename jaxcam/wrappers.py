@@ -63,6 +63,9 @@ class SmoothInputs:
 
   def __call__(self, plain, needs, tap, x, target, options):
     key = check_key(options["key"], method=self.name)
+    label = getattr(plain, "progress", None)  # one bar for the copies, none inside each copy
+    if label is not None:
+      plain = dataclasses.replace(plain, progress=None)
     clean = core.forward_only(tap, x, target)
     fixed = targets_lib.with_ids(clean.target, clean.ids)
 
@@ -76,7 +79,7 @@ class SmoothInputs:
         _, values = plain(needs, tap, noisy, fixed, inner_options)
       return values
 
-    total = chunking.chunked_sum(one, jnp.arange(self.num_samples), chunk_size=self.chunk_size)
+    total = chunking.chunked_sum(one, jnp.arange(self.num_samples), chunk_size=self.chunk_size, progress=label)
     return clean, _mean(total, self.num_samples)
 
 
@@ -119,12 +122,13 @@ class EigenProjected:
   output: str
 
   def __call__(self, activations, /, *needs, **options):
+    from jaxcam import postprocess
     from jaxcam.methods.factorization import first_component_projection
 
     w = self.fn(activations, *needs, **options)
-    return first_component_projection(
-      w[..., None, None, :] * activations if self.output == "channel" else w * activations
-    )
+    if self.output == "channel":
+      w = postprocess.broadcast_channel_weights(w, activations)
+    return first_component_projection(w * activations)
 
 
 def eigen_smooth(method: str | MethodSpec) -> MethodSpec:
@@ -324,17 +328,17 @@ def refine_fuse(maps, *, size, options, normalize, relu, upsample):
   convention = options["refine_convention"]
   if convention not in REFINE_CONVENTIONS:
     raise ValueError(f"Expected `refine_convention` to be one of {REFINE_CONVENTIONS}, got {convention!r}.")
+  n = len(size)  # the spatial rank: `size` is the input's (H, W) or (D, H, W)
+  largest = tuple(max(d) for d in zip(*(m.shape[-n:] for m in maps)))
   if convention == "pgc":
-    target = tuple(size) if upsample else tuple(max(d) for d in zip(*(m.shape[-2:] for m in maps)))
-    layers = [postprocess.upsample(m, target) for m in maps]
+    layers = [postprocess.upsample(m, tuple(size) if upsample else largest) for m in maps]
     if normalize:
-      layers = [postprocess.normalize(jax.nn.relu(m) if relu else m) for m in layers]
+      layers = [postprocess.normalize(jax.nn.relu(m) if relu else m, spatial_dims=n) for m in layers]
     out = jnp.prod(jnp.stack(layers), axis=0)
-    return postprocess.normalize(out) if normalize else out
-  largest = tuple(max(d) for d in zip(*(m.shape[-2:] for m in maps)))
+    return postprocess.normalize(out, spatial_dims=n) if normalize else out
   out = jnp.prod(jnp.stack([postprocess.upsample(m, largest) for m in maps]), axis=0)
   if normalize:
-    out = postprocess.normalize(out)
+    out = postprocess.normalize(out, spatial_dims=n)
   return postprocess.upsample(out, tuple(size)) if upsample else out
 
 

@@ -373,7 +373,7 @@ def test_shapleycam_parity_with_pytorch_grad_cam():
   hv = derivatives.hvp(tap, x, ids, fwd.activations[0], fwd.activations[0])[:, 0]
   assert np.abs(d["pgc/shapleycam/hvp"]).max() > 1e-3  # the fixture's Hessian term is really there
   np.testing.assert_allclose(hv, d["pgc/shapleycam/hvp"], atol=2e-6)
-  w = jaxcam.methods.gradient.shapleycam_weights(fwd.activations[0], fwd.grads[0][:, 0], hv)
+  w = jaxcam.methods.gradient.shapleycam_weights(fwd.activations[0][:, None], fwd.grads[0], hv[:, None])[:, 0]
   np.testing.assert_allclose(w, d["pgc/shapleycam/weights"], atol=1e-6)
   ours = jaxcam.shapleycam(tap, x, target=ids)
   np.testing.assert_allclose(ours, d["pgc/shapleycam/maps"], atol=1e-4)

@@ -44,3 +44,24 @@ def test_no_module_outside_the_taps_reaches_for_their_private_names(tmp_path):
   probe = tmp_path / "probe.py"
   probe.write_text("from jaxcam.taps.nnx import _nnx_get\nfrom jaxcam import taps as taps_lib\ntaps_lib._param_paths\n")
   assert private_taps_uses(probe) == ["_nnx_get", "_param_paths"]
+
+
+def hidden_state(path: pathlib.Path) -> list[str]:
+  """Each use of `contextvars` in `path` (an import, or an attribute of the module): state that would change what
+  a public function computes without appearing in its arguments."""
+  found = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found += [a.name for a in node.names if a.name == "contextvars"]
+    if isinstance(node, ast.ImportFrom) and node.module == "contextvars":
+      found += [f"contextvars.{a.name}" for a in node.names]
+  return found
+
+
+def test_no_hidden_state_in_the_package(tmp_path):
+  """No `ContextVar`: the spatial rank and the progress label travel as arguments (read from the shapes)."""
+  uses = {str(p.relative_to(PACKAGE)): u for p in _modules() if (u := hidden_state(p))}
+  assert not uses, f"pass these explicitly instead: {uses}"
+  probe = tmp_path / "probe.py"
+  probe.write_text("import contextvars\nfrom contextvars import ContextVar\n")
+  assert hidden_state(probe) == ["contextvars", "contextvars.ContextVar"]

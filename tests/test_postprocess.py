@@ -53,3 +53,41 @@ def test_normalized_maps_lie_in_unit_interval(m):
 def test_constant_map_normalizes_to_zeros(strict_promotion):
   out = postprocess.normalize(jnp.full((1, 3, 3), 2.5))
   np.testing.assert_array_equal(out, np.zeros((1, 3, 3)))
+
+
+@pytest.mark.fast
+def test_spatial_rank_is_an_argument_not_state(strict_promotion):
+  """`spatial_dims` picks the axes of the min-max (a volume's three, an image's two) with nothing to enter first;
+  channel weights are broadcast by the rank difference alone."""
+  m = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+  as_volumes = np.asarray(postprocess.normalize(jnp.asarray(m), spatial_dims=3))
+  lo, hi = m.min(axis=(1, 2, 3), keepdims=True), m.max(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(as_volumes, (m - lo) / (hi - lo + 1e-7), rtol=1e-5, atol=1e-6)
+  as_images = np.asarray(postprocess.normalize(jnp.asarray(m)))
+  np.testing.assert_allclose(as_images, ref.minmax(m), rtol=1e-5, atol=1e-6)
+  fused = np.asarray(postprocess.fuse(jnp.asarray(m)[None], spatial_dims=3))  # one layer: relu, mean, min-max
+  r = np.maximum(m, 0)
+  lo, hi = r.min(axis=(1, 2, 3), keepdims=True), r.max(axis=(1, 2, 3), keepdims=True)
+  np.testing.assert_allclose(fused, (r - lo) / (hi - lo + 1e-7), rtol=1e-5, atol=1e-6)
+  a = np.random.default_rng(1).standard_normal((2, 3, 4, 5, 6)).astype(np.float32)  # (B, d, h, w, C)
+  w = np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32)
+  np.testing.assert_allclose(
+    postprocess.combine(jnp.asarray(w), jnp.asarray(a)), np.einsum("bdhwc,bc->bdhw", a, w), rtol=1e-5, atol=1e-5
+  )
+  with pytest.raises(ValueError, match="`spatial_dims`"):
+    postprocess.normalize(jnp.asarray(m), spatial_dims=5)
+
+
+@pytest.mark.fast
+def test_a_row_function_reads_the_spatial_rank_from_its_input(strict_promotion):
+  """Rows receive A as (B, K, *spatial, C): Grad-CAM's mean runs over two axes for images and three for volumes,
+  and an array without the batch and target axes is a clear error."""
+  from jaxcam.methods import gradient
+
+  g = np.random.default_rng(3).standard_normal((2, 1, 3, 4, 5, 6)).astype(np.float32)
+  np.testing.assert_allclose(gradient.gradcam_weights(None, jnp.asarray(g)), g.mean(axis=(2, 3, 4)), rtol=1e-5)
+  np.testing.assert_allclose(
+    gradient.gradcam_weights(None, jnp.asarray(g[:, :, 0])), g[:, :, 0].mean(axis=(2, 3)), rtol=1e-5
+  )
+  with pytest.raises(ValueError, match=r"\(B, K, \*spatial, C\)"):
+    gradient.gradcam_weights(None, jnp.ones((4, 4, 3)))

@@ -132,23 +132,24 @@ def declares_fc(tap) -> bool:
 def fem_weights(activations: jax.Array, /, *, k: float = 2.0) -> jax.Array:
   """FEM channel weights: the fraction of positions where a channel exceeds its k-sigma threshold.
 
-  ``w_c = mean_{ij} [A_c(i, j) > mean(A_c) + k std(A_c)]`` (population std). ``(..., h, w, C) -> (..., C)``.
+  ``w_c = mean_{ij} [A_c(i, j) > mean(A_c) + k std(A_c)]`` (population std). ``(B, K, *spatial, C) -> (B, K, C)``.
   Class-agnostic (no gradients): it highlights what is unusually strong in each feature map.
 
   Fuad et al., "Features Understanding in 3D CNNs for Actions Recognition in Video", IPTA 2020. Matches
   pytorch-grad-cam's ``FEM`` (k = 2).
   """
   a = activations
-  mean = _spatial.feature_mean(a)
-  std = jnp.sqrt(_spatial.feature_mean(jnp.square(a - mean)))
+  n = _spatial.of_rows(a)
+  mean = _spatial.feature_mean(a, n)
+  std = jnp.sqrt(_spatial.feature_mean(jnp.square(a - mean), n))
   above = (a > mean + jnp.asarray(k, a.dtype) * std).astype(a.dtype)
-  return _spatial.feature_mean(above, keepdims=False)
+  return _spatial.feature_mean(above, n, keepdims=False)
 
 
 def randomcam_weights(activations: jax.Array, /, *, key: jax.Array | None = None) -> jax.Array:
   """Random-CAM channel weights: uniform(-1, 1), one draw per channel from `key` (a sanity-check baseline).
 
-  ``(..., h, w, C) -> (..., C)``. The same `key` gives every image (and target) the same weights, so an image's
+  ``(B, K, *spatial, C) -> (B, K, C)``. The same `key` gives every image (and target) the same weights, so an image's
   map never depends on its batch companions; pass per-image keys (``jax.random.fold_in``) through `jax.vmap` for
   independent draws. pytorch-grad-cam's ``RandomCAM`` draws per image from numpy's global RNG (no parity: a
   baseline, not a formula).
@@ -156,4 +157,4 @@ def randomcam_weights(activations: jax.Array, /, *, key: jax.Array | None = None
   key = check_key(key, method="randomcam")
   c = activations.shape[-1]
   w = jax.random.uniform(key, (c,), activations.dtype, minval=-1.0, maxval=1.0)
-  return jnp.broadcast_to(w, activations.shape[: -_spatial.n() - 1] + (c,))
+  return jnp.broadcast_to(w, activations.shape[: -_spatial.of_rows(activations) - 1] + (c,))

@@ -40,7 +40,7 @@ def first_component_projection(features: jax.Array, /, *, sign: str = "energy") 
   """Projection of each position on the first principal component of the channels.
 
   ``X = features`` reshaped to ``(hw, C)`` and centered over positions; ``map = X v1`` with ``v1`` the first
-  right singular vector. ``(..., h, w, C) -> (..., h, w)``.
+  right singular vector. ``(B, K, *spatial, C) -> (B, K, *spatial)``.
 
   Sign rule: an SVD's singular vectors have arbitrary sign, which would invert maps at random. We flip
   ``v1`` so that the projection correlates non-negatively with the channel sum of the uncentered features
@@ -51,7 +51,7 @@ def first_component_projection(features: jax.Array, /, *, sign: str = "energy") 
   if sign not in SIGN_RULES:
     raise ValueError(f"Expected `sign` to be one of {SIGN_RULES}, got {sign!r}.")
   x = jnp.nan_to_num(features)
-  flat = _spatial.flatten_positions(x)  # (..., n, C)
+  flat = _spatial.flatten_positions(x, _spatial.of_rows(x))  # (B, K, n, C)
   centered = flat - jnp.mean(flat, axis=-2, keepdims=True)
   _, _, vt = one_matrix_at_a_time(functools.partial(jnp.linalg.svd, full_matrices=False), centered)
   v1 = vt[..., 0, :]  # (..., C)
@@ -66,7 +66,7 @@ def first_component_projection(features: jax.Array, /, *, sign: str = "energy") 
 
 
 def eigencam_map(activations: jax.Array, grads: jax.Array | None = None, /) -> jax.Array:
-  """Eigen-CAM: first principal component of the activations. ``(..., h, w, C) -> (..., h, w)``.
+  """Eigen-CAM: first principal component of the activations. ``(B, K, *spatial, C) -> (B, K, *spatial)``.
 
   Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal Components", arXiv 2008.00299.
   Class-agnostic (no gradients). Matches pytorch-grad-cam's ``EigenCAM`` up to the sign rule. Not
@@ -77,7 +77,7 @@ def eigencam_map(activations: jax.Array, grads: jax.Array | None = None, /) -> j
 
 
 def eigengradcam_map(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
-  """EigenGrad-CAM: first principal component of ``g * A``. ``(..., h, w, C) -> (..., h, w)``.
+  """EigenGrad-CAM: first principal component of ``g * A``. ``(B, K, *spatial, C) -> (B, K, *spatial)``.
 
   pytorch-grad-cam's ``EigenGradCAM`` (class-discriminative Eigen-CAM), matched up to the sign rule.
   """
@@ -87,7 +87,7 @@ def eigengradcam_map(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
 def segeigencam_map(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
   """Seg-Eigen-CAM: first principal component of ``|g| * A``, sign fixed so that ``|max| >= |min|``.
 
-  ``(..., h, w, C) -> (..., h, w)``. Chung & Ying, "Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for
+  ``(B, K, *spatial, C) -> (B, K, *spatial)``. Chung & Ying, "Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for
   Semantic Segmentation Models", Appl. Sci. 15(13) 7562, 2025. Matches pytorch-grad-cam's ``SegEigenCAM`` (its
   sign correction is deterministic, so maps agree without sign alignment unless the extremes tie).
   """
@@ -134,7 +134,7 @@ def kpcacam_map(
   ``tanh(gamma x.y + coef0)``, rbf, poly, linear, cosine; ``gamma`` None means ``1 / C``) is double-centered;
   with ``(lambda, v)`` its top eigenpair (``eigh`` on device) the map is ``v sqrt(max(lambda, 0))``, the sign of
   ``v`` chosen so that its largest-magnitude entry is positive (scikit-learn's ``svd_flip``).
-  ``(..., h, w, C) -> (..., h, w)``. Class-agnostic.
+  ``(B, K, *spatial, C) -> (B, K, *spatial)``. Class-agnostic.
 
   Karmani et al., "KPCA-CAM: Visual Explainability of Deep Computer Vision Models using Kernel PCA",
   arXiv 2410.00267. Matches pytorch-grad-cam's ``KPCA_CAM`` (sklearn's ``KernelPCA(n_components=1)``, including
@@ -144,7 +144,7 @@ def kpcacam_map(
   del grads
   if kernel not in KERNELS:
     raise ValueError(f"Expected `kernel` to be one of {KERNELS}, got {kernel!r}.")
-  x = _spatial.flatten_positions(jnp.nan_to_num(activations))
+  x = _spatial.flatten_positions(jnp.nan_to_num(activations), _spatial.of_rows(activations))
   x = x - jnp.mean(x, axis=-2, keepdims=True)
   g = 1.0 / x.shape[-1] if gamma is None else gamma
   k = _kernel_matrix(x, kernel, g, coef0, degree)

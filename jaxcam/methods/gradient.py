@@ -1,7 +1,8 @@
 """Gradient-family weight functions: pure functions of activations A and gradients g = dS/dA.
 
-All take arrays ``(..., h, w, C)`` (any leading batch axes, channels last) and return channel weights
-``(..., C)`` or spatial weights ``(..., h, w, C)``; the map is then ``sum_k w_k * A_k`` (see `postprocess`).
+All take arrays ``(B, K, *spatial, C)`` as a method row receives them (batch, targets, spatial axes, channels
+last; the number of spatial axes is read from the rank) and return channel weights ``(B, K, C)`` or spatial weights
+``(B, K, *spatial, C)``; the map is then ``sum_k w_k * A_k`` (see `postprocess`).
 Defaults follow pytorch-grad-cam (package ``grad-cam``) so that maps agree with it one to one.
 """
 
@@ -39,17 +40,18 @@ def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
 def gradcam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
   """Grad-CAM channel weights: the spatial mean of the gradient.
 
-  ``w_k = (1/hw) sum_ij dS/dA_kij``. ``(..., h, w, C) -> (..., C)``.
+  ``w_k = (1/hw) sum_ij dS/dA_kij``. ``(B, K, *spatial, C) -> (B, K, C)``.
 
   Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
   arXiv 1610.02391. Matches pytorch-grad-cam's ``GradCAM`` and torchcam's ``GradCAM``.
 
   >>> import jax.numpy as jnp
-  >>> gradcam_weights(jnp.ones((2, 2, 1)), jnp.array([[[1.0], [2.0]], [[3.0], [6.0]]]))
-  Array([3.], dtype=float32)
+  >>> g = jnp.array([[1.0, 2.0], [3.0, 6.0]]).reshape(1, 1, 2, 2, 1)  # (B, K, h, w, C)
+  >>> gradcam_weights(jnp.ones_like(g), g)
+  Array([[[3.]]], dtype=float32)
   """
   del activations
-  return _spatial.feature_mean(grads, keepdims=False)
+  return _spatial.feature_mean(grads, _spatial.of_rows(grads), keepdims=False)
 
 
 def gradcam_pp_alpha(
@@ -58,9 +60,10 @@ def gradcam_pp_alpha(
   """Grad-CAM++'s pixel coefficients ``alpha = D2 / (2 D2 + (sum_ab A_kab) D3 + eps)``, 0 where ``g == 0``.
 
   `second` and `third` are ``D2 = Y_2/Y`` and ``D3 = Y_3/Y`` (Y_n: n-th derivative; see
-  `gradcam_pp_derivative_terms`); a zero denominator gives 0, never NaN. ``(..., h, w, C) -> (..., h, w, C)``.
+  `gradcam_pp_derivative_terms`); a zero denominator gives 0, never NaN.
+  ``(B, K, *spatial, C) -> (B, K, *spatial, C)``.
   """
-  sum_a = _spatial.feature_sum(activations)
+  sum_a = _spatial.feature_sum(activations, _spatial.of_rows(activations))
   alpha = safe_divide(second, 2.0 * second + sum_a * third + eps)
   return jnp.where(grads != 0, alpha, 0.0)
 
@@ -83,7 +86,7 @@ def gradcam_pp_weights(
   approximation for Y = exp(S) through a piecewise-linear head. With the exact diagonals h = d2S, t = d3S
   (a `jaxcam.derivatives.Diagonals`, or an ``(h, t)`` pair) the terms follow `convention` (see
   `gradcam_pp_derivative_terms`): exact Grad-CAM++. `second`/`third` pass ``D2``/``D3`` directly. A zero
-  denominator gives alpha = 0 (documented; never NaN). ``(..., h, w, C) -> (..., C)``.
+  denominator gives alpha = 0 (documented; never NaN). ``(B, K, *spatial, C) -> (B, K, C)``.
 
   Chattopadhyay et al., "Grad-CAM++: Improved Visual Explanations for Deep Convolutional Networks",
   arXiv 1710.11063. Matches pytorch-grad-cam's ``GradCAMPlusPlus`` (eps 1e-6, alpha = 0 where g = 0).
@@ -92,9 +95,9 @@ def gradcam_pp_weights(
   tests/methods/test_gradient.py).
 
   >>> import jax.numpy as jnp
-  >>> a, g = jnp.ones((2, 2, 1)), jnp.full((2, 2, 1), 0.5)
+  >>> a, g = jnp.ones((1, 1, 2, 2, 1)), jnp.full((1, 1, 2, 2, 1), 0.5)  # (B, K, h, w, C)
   >>> gradcam_pp_weights(a, g)  # alpha = 0.25 / (0.5 + 4 * 0.125) = 0.25 at 4 positions, times relu(g) = 0.5
-  Array([0.49999952], dtype=float32)
+  Array([[[0.49999952]]], dtype=float32)
   """
   if second is None or third is None:
     if diagonals is None:
@@ -107,23 +110,24 @@ def gradcam_pp_weights(
       h, t = (diagonals.second, diagonals.third) if hasattr(diagonals, "second") else diagonals
       second, third = gradcam_pp_derivative_terms(grads, h, t, convention=convention)
   alpha = gradcam_pp_alpha(activations, grads, second, third, eps=eps)
-  return _spatial.feature_sum(jax.nn.relu(grads) * alpha, keepdims=False)
+  return _spatial.feature_sum(jax.nn.relu(grads) * alpha, _spatial.of_rows(grads), keepdims=False)
 
 
 def xgradcam_weights(activations: jax.Array, grads: jax.Array, /, *, eps: float = 1e-7) -> jax.Array:
   """XGrad-CAM channel weights: gradients weighted by the normalized activations.
 
-  ``w_k = sum_ij g_kij A_kij / (sum_ab A_kab + eps)``. ``(..., h, w, C) -> (..., C)``.
+  ``w_k = sum_ij g_kij A_kij / (sum_ab A_kab + eps)``. ``(B, K, *spatial, C) -> (B, K, C)``.
 
   Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
   arXiv 2008.02312. Matches pytorch-grad-cam's ``XGradCAM`` (eps 1e-7) and torchcam's ``XGradCAM``.
   """
-  sum_a = _spatial.feature_sum(activations)
-  return _spatial.feature_sum(grads * activations / (sum_a + eps), keepdims=False)
+  n = _spatial.of_rows(activations)
+  sum_a = _spatial.feature_sum(activations, n)
+  return _spatial.feature_sum(grads * activations / (sum_a + eps), n, keepdims=False)
 
 
 def layercam_weights(activations: jax.Array, grads: jax.Array, /) -> jax.Array:
-  """LayerCAM spatial weights: ``relu(g)`` per position. ``(..., h, w, C) -> (..., h, w, C)``.
+  """LayerCAM spatial weights: ``relu(g)`` per position. ``(B, K, *spatial, C) -> (B, K, *spatial, C)``.
 
   Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization", IEEE TIP 2021.
   Matches pytorch-grad-cam's ``LayerCAM`` and torchcam's ``LayerCAM``.
@@ -178,12 +182,12 @@ def gradcam_pp_derivative_terms(grads, second, third, *, convention: str = "exp"
 def shapleycam_weights(activations: jax.Array, grads: jax.Array, hvp: jax.Array, /) -> jax.Array:
   """Shapley-CAM channel weights: the spatial mean of ``g - 1/2 H A`` (H A: exact Hessian-vector product).
 
-  ``(..., h, w, C) -> (..., C)``. Cai et al., "CAMs as Shapley Value-based Explainers", arXiv 2501.06261.
+  ``(B, K, *spatial, C) -> (B, K, C)``. Cai et al., "CAMs as Shapley Value-based Explainers", arXiv 2501.06261.
   Matches pytorch-grad-cam's ``ShapleyCAM`` (which gets H A by double backward); jaxcam's HVP is
   forward-over-reverse (`jaxcam.derivatives.hvp`).
   """
   del activations
-  return _spatial.feature_mean(grads - 0.5 * hvp, keepdims=False)
+  return _spatial.feature_mean(grads - 0.5 * hvp, _spatial.of_rows(grads), keepdims=False)
 
 
 def smooth_gradcam_pp_weights(activations: jax.Array, moments: Any, /, *, eps: float = 1e-8) -> jax.Array:
@@ -191,7 +195,7 @@ def smooth_gradcam_pp_weights(activations: jax.Array, moments: Any, /, *, eps: f
 
   With ``(m1, m2, m3)`` the means of ``g, g^2, g^3`` over the copies and A the clean activations:
   ``alpha = m2 / (2 m2 + (sum_ab A_kab) m3 + eps)``, ``w_k = sum_ij alpha_kij relu(m1_kij)``.
-  ``(..., h, w, C) -> (..., C)``.
+  ``(B, K, *spatial, C) -> (B, K, C)``.
 
   Omeiza et al., "Smooth Grad-CAM++: An Enhanced Inference Level Visualization Technique for Deep Convolutional
   Neural Network Models", arXiv 1908.01224, as torchcam 0.5.0's ``SmoothGradCAMpp`` defines it (num_samples 4,
@@ -202,6 +206,7 @@ def smooth_gradcam_pp_weights(activations: jax.Array, moments: Any, /, *, eps: f
   fixture).
   """
   m1, m2, m3 = moments
-  sum_a = _spatial.feature_sum(activations)
+  n = _spatial.of_rows(activations)
+  sum_a = _spatial.feature_sum(activations, n)
   alpha = m2 / (2.0 * m2 + sum_a * m3 + eps)
-  return _spatial.feature_sum(alpha * jax.nn.relu(m1), keepdims=False)
+  return _spatial.feature_sum(alpha * jax.nn.relu(m1), n, keepdims=False)

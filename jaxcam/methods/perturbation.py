@@ -71,12 +71,13 @@ def upsample_align_corners(maps: jax.Array, size: tuple[int, ...]) -> jax.Array:
 
 
 def _min_max(m: jax.Array, eps: float) -> jax.Array:
-  lo, hi = _spatial.map_min_max(m)
+  """Min-max over all of one channel's axes ``(*spatial)``."""
+  lo, hi = _spatial.map_min_max(m, m.ndim)
   return (m - lo) / (hi - lo + eps)
 
 
 def score_mask(channel: jax.Array, size: tuple[int, ...], *, convention: str = "pgc") -> jax.Array:
-  """Score-CAM's mask in [0, 1] from one channel ``(h, w)`` at input size ``(H, W)``.
+  """Score-CAM's mask in [0, 1] from one channel ``(*spatial)`` at input size ``size`` (``(H, W)``, ``(D, H, W)``).
 
   "pgc" (pytorch-grad-cam 1.5.7 ``ScoreCAM``): upsample with aligned corners, then ``(u - min) / (max - min +
   1e-8)``. "torchcam" (torchcam 0.5.0 ``ScoreCAM``): the same min-max at layer resolution, then half-pixel bilinear
@@ -178,7 +179,7 @@ def reciprocam_features(activations: jax.Array, position: jax.Array) -> jax.Arra
   for volumes) neighbourhood of that position, which holds the *centre* feature vector times the Gaussian kernel
   ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` (the outer product of ``[1, 2, 1] / 4`` per axis; clipped at the
   borders), as the authors' code does."""
-  size = _spatial.feature_size(activations)
+  size = activations.shape[:-1]
   centre = jnp.unravel_index(position, size)
   taps_1d = jnp.asarray(RECIPRO_KERNEL_1D, activations.dtype)
   weight = jnp.ones((), activations.dtype)

@@ -47,7 +47,7 @@ def test_kpca_kernels_against_numpy(fam, kernel):
   lam, vec = np.linalg.eigh(kc)
   v = vec[:, -1] * np.sign(vec[np.argmax(np.abs(vec[:, -1])), -1])
   expected = (v * np.sqrt(max(lam[-1], 0))).reshape(d["block2/A"].shape[1:3])
-  ours = factorization.kpcacam_map(jnp.asarray(d["block2/A"][:1]), kernel=kernel)[0]
+  ours = factorization.kpcacam_map(jnp.asarray(d["block2/A"][:1, None]), kernel=kernel)[0, 0]  # (B, K, h, w, C)
   np.testing.assert_allclose(ours, expected, atol=2e-4 * np.abs(expected).max())
 
 
@@ -68,7 +68,7 @@ def test_option_errors(fam):
 def test_eigen_projection_matches_numpy_svd(strict_promotion):
   """The projection is numpy's SVD one up to the sign of the singular vector, per image; the sign is the documented
   rule: the projection correlates non-negatively with the centred channel-sum energy of the features."""
-  a, g = activations_and_grads(2, (2, 6, 5, 7))
+  a, g = activations_and_grads(2, (2, 1, 6, 5, 7))  # (B, K, h, w, C), as a row receives them
   for got, f in ((factorization.eigencam_map(a), a), (factorization.eigengradcam_map(a, g), a * g)):
     got = np.asarray(got, np.float64)
     np.testing.assert_allclose(got, ref.up_to_sign(ref.eigen_raw(f), got), rtol=1e-4, atol=1e-5)

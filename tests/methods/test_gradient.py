@@ -100,17 +100,19 @@ def test_spatial_weights_match_numpy(fn, ref_raw, strict_promotion):
 
 @pytest.mark.fast
 def test_gradcam_pp_zero_denominator_gives_zero_not_nan(strict_promotion):
-  a = np.ones((1, 2, 2, 1), np.float32)
-  g = np.full((1, 2, 2, 1), -0.5, np.float32)  # 2 g^2 + (sum A) g^3 = 0.5 - 0.5 = 0
+  a = np.ones((1, 1, 2, 2, 1), np.float32)  # (B, K, h, w, C), as a row receives it
+  g = np.full((1, 1, 2, 2, 1), -0.5, np.float32)  # 2 g^2 + (sum A) g^3 = 0.5 - 0.5 = 0
   w = gradient.gradcam_pp_weights(a, g, eps=0.0)
-  assert np.isfinite(w).all() and float(w[0, 0]) == 0.0
+  assert w.shape == (1, 1, 1)
+  assert np.isfinite(w).all()
+  assert float(w[0, 0, 0]) == 0.0
 
 
 @pytest.mark.fast
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.floats(0.01, 100.0))
 def test_gradcam_invariant_to_positive_gradient_scale_and_channel_permutation(seed, scale):
-  a, g = activations_and_grads(seed % 1000, (1, 4, 4, 5))
+  a, g = activations_and_grads(seed % 1000, (1, 1, 4, 4, 5))
   raw = np.asarray(postprocess.combine(gradient.gradcam_weights(a, g), a), np.float64)
   raw_scaled = np.asarray(postprocess.combine(gradient.gradcam_weights(a, g * np.float32(scale)), a))
   np.testing.assert_allclose(raw_scaled, scale * raw, rtol=1e-5, atol=1e-6 * scale * np.abs(raw).max())
@@ -138,7 +140,7 @@ def test_same_network(parity):
 @pytest.mark.parametrize("name", sorted(CHANNEL))
 def test_weight_functions_on_dumped_tensors(parity, name):
   d, _, _ = parity
-  ours = CHANNEL[name](d["block2/A"], d["block2/G"])
+  ours = CHANNEL[name](d["block2/A"][:, None], d["block2/G"][:, None])[:, 0]  # rows get (B, K, h, w, C)
   np.testing.assert_allclose(ours, d[f"pgc/{name}/weights"], atol=1e-6, rtol=1e-5)
 
 
@@ -148,11 +150,11 @@ def test_raw_maps_on_dumped_tensors(parity, name):
   """(a) jaxcam's weight functions fed the peer's activations and grads reproduce its raw cam image."""
   d, _, _ = parity
   spec = jaxcam.get_method(name)
-  a, g = d["block2/A"], d["block2/G"]
+  a, g = d["block2/A"][:, None], d["block2/G"][:, None]  # rows get (B, K, h, w, C)
   if spec.output == "map":
-    raw = spec.fn(a, g)
+    raw = spec.fn(a, g)[:, 0]
   else:
-    raw = jaxcam.postprocess.combine(spec.fn(a, g), a)
+    raw = jaxcam.postprocess.combine(spec.fn(a, g), a)[:, 0]
   theirs = d[f"pgc/{name}/raw"]
   if spec.output == "map":
     theirs = _align_sign(np.asarray(raw), theirs)
