@@ -71,10 +71,14 @@ def case(cls: str, *words: str):
   return register
 
 
+class _Hang(BaseException):
+  """Raised by the alarm: a BaseException, so code that catches OSError (TimeoutError is one) cannot swallow it."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: int):
   def handler(*_):
-    raise TimeoutError
+    raise _Hang
 
   old = signal.signal(signal.SIGALRM, handler)
   signal.alarm(seconds)
@@ -479,7 +483,7 @@ def run_case(fn, words) -> str:
         result = fn()
     except _Clear:
       return "clear"
-    except TimeoutError:
+    except _Hang:
       return "hang"
     except Exception as e:
       if time.perf_counter() - t0 >= LIMIT_S - 1:  # the alarm fired inside code that wrapped the TimeoutError
@@ -498,7 +502,7 @@ def run_case(fn, words) -> str:
           rc = cli.main(result[1])
       except SystemExit as e:
         rc = e.code
-      except TimeoutError:
+      except _Hang:
         return "hang"
       except Exception:
         return "traceback"
