@@ -281,3 +281,46 @@ def test_inputs_outside_the_root_cannot_write_outside_the_outputs(convnet_b2, tm
   with pytest.raises(ValueError, match=r"b/img0\.png.*not inside `root`"):
     run_cli(convnet_b2, a + b, tmp_path / "out", root=str(tmp_path / "a"), overlays=True)
   assert not (tmp_path / "b" / "img0.png.png").exists() and not (tmp_path / "out" / "b").exists()
+
+
+def _same_size_images(d, n, seed=0):
+  """`n` uncompressed PNGs (their size depends only on the pixel count), so content can change at the same size."""
+  rng = np.random.default_rng(seed)
+  d.mkdir(exist_ok=True)
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"img{i}.png", compress_level=0)
+  return sorted(str(p) for p in d.iterdir())
+
+
+def test_resume_cannot_lie(convnet_b2, tmp_path):
+  """Resume checks content, not only size and mtime; a truncated or altered shard is recomputed; a rerun asked for
+  overlays writes them; a damaged run.json is reported as damaged."""
+  files = _same_size_images(tmp_path / "in", 4)
+  out = tmp_path / "out"
+  run_cli(convnet_b2, files, out)
+  before = _tree(out)
+  maps0, maps1 = (out / "shards" / "maps-00000.npz"), (out / "shards" / "maps-00001.npz")
+  maps0.write_bytes(before["shards/maps-00000.npz"][:100])  # truncated
+  with np.load(maps1) as m:
+    altered = {k: np.zeros_like(v) for k, v in m.items()}
+  np.savez(maps1, **altered)  # a valid file with other maps
+  run_cli(convnet_b2, files, out)
+  assert _tree(out) == before  # both shards recomputed, byte-identical
+  # overlays asked for on a finished run: written, and listed
+  again = run_cli(convnet_b2, files, out, overlays=True)
+  assert all((out / "overlays" / f"img{i}.png.png").is_file() for i in range(4))
+  assert again["entries"]["img0.png"]["overlay"] == "overlays/img0.png.png"
+  # same size, same mtime, other pixels: the content hash notices
+  st = os.stat(files[0])
+  Image.fromarray(np.full((20, 20, 3), 7, np.uint8)).save(files[0], compress_level=0)
+  os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert os.stat(files[0]).st_size == st.st_size
+  with pytest.raises(stream.RunMismatchError, match=r"inputs \(0 added, 0 removed, 1 changed\)"):
+    run_cli(convnet_b2, files, out)
+  # a damaged run.json: one clear line saying so, not "every setting changed"
+  run = out / "run.json"
+  run.write_bytes(run.read_bytes()[:40])
+  with pytest.raises(stream.RunMismatchError, match=r"run\.json.*damaged") as info:
+    run_cli(convnet_b2, files, out)
+  assert "\n" not in str(info.value) and "changed:" not in str(info.value)
+  assert run_cli(convnet_b2, files, out, overwrite=True)["entries"]["img0.png"]["shard"] == 0  # --overwrite replaces
