@@ -135,12 +135,37 @@ def prepare(tap: Any, x: Any, target: Any):
 
 
 def eager_checks(spec: MethodSpec, target: Any, ex: Explanation, options: dict[str, Any]) -> None:
-  """After an eager call: out-of-range class ids raise, and the row's own `check` runs."""
+  """After an eager call: out-of-range class ids raise, non-finite logits or scores raise, and the row's own
+  `check` runs."""
   _check_ids_in_range(target, ex)
+  _check_finite_outputs(ex)
   _warn_degenerate_layer(ex)
   _warn_all_zero(ex)
   if spec.check is not None:
     spec.check(ex, options)
+
+
+def _check_finite_outputs(ex: Explanation) -> None:
+  """From one device-to-host transfer: raise naming the images whose model output (logits) or target scores hold
+  NaN or Inf (their maps would be silent NaN or plausible-looking garbage). Eager calls only; under the user's `jit`
+  the values pass through unchecked."""
+  parts = {
+    name: value
+    for name, value in (("model output (logits)", ex.logits), ("target scores", ex.scores))
+    if isinstance(value, jax.Array) and value.ndim >= 1 and jnp.issubdtype(value.dtype, jnp.inexact)
+  }
+  if not parts:
+    return
+  ok = jax.device_get({n: jnp.isfinite(v).reshape(v.shape[0], -1).all(axis=1) for n, v in parts.items()})
+  for name, good in ok.items():
+    if not good.all():
+      bad = np.flatnonzero(~good).tolist()
+      raise ValueError(
+        f"Expected finite values, got non-finite {name} (NaN or Inf) for image(s) {bad[:10]}"
+        + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        + ". The model's output is not usable there: check its weights (a NaN parameter), its inputs' range and, for "
+        "a custom target, that it does not take log(0) or divide by zero."
+      )
 
 
 def _one_position(ex: Explanation) -> list:

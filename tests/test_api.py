@@ -365,3 +365,22 @@ def test_grad_and_vmap_through_a_closure_skip_the_eager_checks():
   np.testing.assert_allclose(g, fd, rtol=2e-2)
   batched = jax.vmap(total)(jnp.array([0.5, 0.7], jnp.float32))
   np.testing.assert_allclose(batched, [total(jnp.float32(0.5)), total(jnp.float32(0.7))], rtol=1e-5)
+
+
+def test_eager_calls_refuse_non_finite_logits_and_scores():
+  """NaN/Inf in the model's output or in the target scores raise in eager calls, naming what and which images;
+  under the user's jit the maps carry the NaN (documented)."""
+  x = jax.random.normal(jax.random.key(0), (3, 6, 6, 3))
+
+  def head(q, x, a):
+    logits = a.mean(axis=(1, 2))
+    return jnp.where(jnp.arange(3)[:, None] == 1, jnp.nan, logits)  # image 1's logits are NaN
+
+  tap = jaxcam.function_tap(lambda q, x: jnp.tanh(x * q), head, jnp.float32(1.0))
+  with pytest.raises(ValueError, match=r"non-finite model output \(logits\).*image\(s\) \[1\]"):
+    jaxcam.gradcam(tap, x, target=0)
+  fine = jaxcam.function_tap(lambda q, x: jnp.tanh(x * q), lambda q, x, a: a.mean(axis=(1, 2)), jnp.float32(1.0))
+  with pytest.raises(ValueError, match=r"non-finite target scores.*image\(s\) \[0, 1, 2\]"):
+    jaxcam.gradcam(fine, x, target=lambda logits: jnp.log(logits[:, 0] - logits[:, 0]))  # log(0)
+  logits = jax.jit(lambda x: jaxcam.explain("gradcam", tap, x, 0).logits)(x)  # under jit: no check, NaN kept
+  assert np.isnan(logits[1]).all() and np.isfinite(logits[np.array([0, 2])]).all()
