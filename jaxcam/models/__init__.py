@@ -8,6 +8,7 @@ post-activation), ``fc_layer`` (for classic CAM), ``input_size`` and ``head_stru
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,28 +98,39 @@ FLOAT_TOLERANCE = 0.05
 def to_uint8_rgb(image: Any, *, index: int | None = None) -> np.ndarray:
   """One image as uint8 RGB ``(H, W, 3)``, by its bit depth; the rule every jaxcam entry point uses.
 
-  - uint8: as is; uint16 / int32 (16-bit PNGs, PIL modes "I;16", "I"): scaled by 255 / 65535; bool: 0 or 255.
+  - uint8: as is; bool: 0 or 255.
+  - integers, one rule by dtype: uint16 (16-bit PNGs; PIL modes "I;16", "I") is 16-bit, scaled by 255 / 65535,
+    with a `UserWarning` when every value is in [1, 255] (an 8-bit image in a 16-bit dtype would come out
+    near-black: pass uint8). Every other integer dtype (int8, int16, int32, int64, uint32, uint64, what numpy
+    arithmetic on uint8 gives) is read as 0-255; values above 255 (up to 65535) are read as 16-bit with a
+    `UserWarning` (pass uint16 to silence it). Negative values and values above 65535 raise `ValueError`.
   - float: [0, 1] (values within 0.05 outside are clipped); NaN/Inf, values below -0.05 (normalized with a mean
     and std? the models normalize inside) and ambiguous maxima in (1.05, 2] raise `ValueError`; a maximum above
     2 and up to 255 is read as 0-255 with a `UserWarning` (pass uint8, or divide by 255, to silence it).
   - grayscale ``(H, W)`` or ``(H, W, 1)`` is repeated to RGB, alpha ``(H, W, 4)`` dropped; PIL images by mode.
+  - an empty batch ``(0, H, W, 3)`` (or an image with no pixels) raises `ValueError`, as `preprocess` and
+    `jaxcam.explain_model` do.
   """
-  import warnings
-
   from PIL import Image
 
   where = "" if index is None else f" (image {index})"
   if isinstance(image, Image.Image):
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16/32-bit grayscale or float: keep depth
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grayscale: keep the depth
+      image = _pil_16_bit(image, where)
+    elif image.mode == "F":
       image = np.asarray(image)
     else:
       return np.asarray(image.convert("RGB"))
   arr = np.asarray(image)
+  if arr.ndim == 4 and arr.shape[0] == 0:
+    raise ValueError(f"Expected at least one image, got an empty batch of shape {arr.shape}{where}.")
+  if 0 in arr.shape:
+    raise ValueError(f"Expected an image with pixels, got an empty image of shape {arr.shape}{where}.")
   if arr.ndim == 3 and arr.shape[-1] == 1:
     arr = arr[..., 0]
   if arr.ndim == 2:
     arr = np.stack([arr] * 3, axis=-1)
-  if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or 0 in arr.shape:
+  if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
     raise ValueError(f"Expected an image of shape (H, W, 3) (or grayscale (H, W), RGBA), got {arr.shape}{where}.")
   arr = arr[..., :3]
   if arr.dtype == np.uint8:
@@ -126,12 +138,7 @@ def to_uint8_rgb(image: Any, *, index: int | None = None) -> np.ndarray:
   if arr.dtype == np.bool_:
     return arr.astype(np.uint8) * 255
   if np.issubdtype(arr.dtype, np.integer):
-    top = 255 if arr.dtype.itemsize == 1 else 65535
-    if arr.min() < 0 or arr.max() > top:
-      raise ValueError(
-        f"Expected integer pixel values in [0, {top}] for dtype {arr.dtype}, got [{arr.min()}, {arr.max()}]{where}."
-      )
-    return np.round(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    return _integers_to_uint8(arr, where)
   if not np.issubdtype(arr.dtype, np.floating):
     raise TypeError(f"Expected an image of integer or float pixels, got dtype {arr.dtype}{where}.")
   if not np.isfinite(arr).all():
@@ -156,6 +163,41 @@ def to_uint8_rgb(image: Any, *, index: int | None = None) -> np.ndarray:
     stacklevel=3,
   )
   return np.round(np.clip(arr, 0.0, 255.0)).astype(np.uint8)
+
+
+def _pil_16_bit(image: Any, where: str) -> np.ndarray:
+  """A PIL 16-bit grayscale image as uint16 (mode "I" holds 16-bit PNGs in int32)."""
+  arr = np.asarray(image)
+  if arr.size and (arr.min() < 0 or arr.max() > 65535):
+    raise ValueError(f"Expected 16-bit pixel values in [0, 65535], got [{arr.min()}, {arr.max()}]{where}.")
+  return arr.astype(np.uint16)
+
+
+def _integers_to_uint8(arr: np.ndarray, where: str) -> np.ndarray:
+  """`to_uint8_rgb`'s integer rule: uint16 is 16-bit, every other integer dtype 0-255; a contradicting range warns."""
+  lo, hi = int(arr.min()), int(arr.max())
+  if lo < 0 or hi > 65535:
+    raise ValueError(
+      f"Expected integer pixel values in [0, 65535] (0-255, or 16-bit), got [{lo}, {hi}] in dtype {arr.dtype}{where}. "
+      "Rescale to uint8 (0-255) or uint16 (16-bit)."
+    )
+  sixteen = arr.dtype == np.uint16
+  if sixteen and 0 < hi <= 255:
+    warnings.warn(
+      f"uint16 pixels all in [0, 255]{where} are read as 16-bit (0-65535), so they come out near-black; if they are "
+      "8-bit values, pass arr.astype(np.uint8).",
+      stacklevel=4,
+    )
+  elif not sixteen and hi > 255:
+    sixteen = True
+    warnings.warn(
+      f"{arr.dtype} pixels up to {hi}{where} are above 255, so they are read as 16-bit (0-65535), not 0-255; pass "
+      "uint16 (16-bit) or uint8 (0-255) to silence this.",
+      stacklevel=4,
+    )
+  if not sixteen:
+    return arr.astype(np.uint8)
+  return np.round(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
 
 
 def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:

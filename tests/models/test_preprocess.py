@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcam import models, stream
+from jaxcam import autoexplain, models, stream
 
 
 @pytest.mark.fast
@@ -54,3 +54,53 @@ def test_preprocess_inputs():
   assert models.preprocess(img, 64).shape == (1, 64, 64, 3)
   with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
     models.preprocess(np.zeros((3, 30, 40)), 64)
+
+
+@pytest.mark.fast
+def test_exif_orientation_is_applied_on_decode(tmp_path):
+  """A phone photo stored sideways with an EXIF orientation decodes upright, as PIL's ImageOps.exif_transpose."""
+  from PIL import ImageOps
+
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (10, 16, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+  Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif)
+  decoded = stream.decode_image(str(tmp_path / "phone.png"))
+  assert decoded.shape == (16, 10, 3)
+  np.testing.assert_array_equal(decoded, np.rot90(pixels, k=-1))  # independent of PIL: numpy's rotation
+  with Image.open(tmp_path / "phone.png") as im:
+    np.testing.assert_array_equal(decoded, np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+
+
+@pytest.mark.fast
+def test_integer_pixels_of_any_width_follow_one_rule():
+  """Integers other than uint16 are read as 0-255 (an int64 array of 0-255 is not near-black); uint16 is 16-bit;
+  a range that contradicts the rule warns; negative or beyond 16-bit values raise."""
+  img = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+  for dtype in (np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64):
+    if dtype is not np.int8 or img.max() < 128:
+      np.testing.assert_array_equal(models.to_uint8_rgb(img.astype(dtype)), img, err_msg=str(dtype))
+  np.testing.assert_array_equal(models.to_uint8_rgb(img.astype(np.int8) & 127), img & 127)
+  with pytest.warns(UserWarning, match=r"int64 pixels up to \d+ are above 255.*read as 16-bit"):
+    np.testing.assert_array_equal(models.to_uint8_rgb(img.astype(np.int64) * 257), img)
+  with pytest.warns(UserWarning, match=r"uint16 pixels all in \[0, 255\].*near-black.*uint8"):
+    models.to_uint8_rgb(img.astype(np.uint16))
+  with pytest.raises(ValueError, match=r"integer pixel values in \[0, 65535\].*got \[-1, \d+\] in dtype int32"):
+    models.to_uint8_rgb(img.astype(np.int32) - 1)
+  with pytest.raises(ValueError, match=r"\(image 2\)"):
+    models.preprocess([img, img, img.astype(np.int64) + 70000], 8)
+
+
+@pytest.mark.fast
+def test_an_empty_batch_is_one_clear_error_everywhere():
+  empty = np.zeros((0, 8, 8, 3), np.uint8)
+  for call in (
+    lambda: models.to_uint8_rgb(empty),
+    lambda: models.preprocess(empty, 8),
+    lambda: models.preprocess([], 8),
+    lambda: autoexplain.load_images(empty),  # explain_model's loader
+    lambda: autoexplain.load_images([]),
+  ):
+    with pytest.raises(ValueError, match=r"Expected at least one image.*got an empty"):
+      call()
