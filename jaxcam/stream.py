@@ -68,9 +68,9 @@ __all__ = [
 def decode_image(path: str) -> np.ndarray:
   """The image at `path` as uint8 RGB ``(h, w, 3)``, upright (its EXIF orientation applied, as PIL's
   `ImageOps.exif_transpose`: a phone photo stored sideways is explained as shown), by bit depth
-  (`jaxcam.models.to_uint8_rgb`: 16-bit PNGs are scaled, not clipped). Budgets before bytes: a `path` that is not a regular file (a FIFO, a device, a link to
-  one) and a header declaring more than `jaxcam.io.MAX_IMAGE_PIXELS` pixels are a ValueError before any pixel is
-  read; otherwise raises what PIL raises for a broken file."""
+  (`jaxcam.models.to_uint8_rgb`: 16-bit PNGs are scaled, not clipped). Budgets before bytes: a `path` that is not
+  a regular file (a FIFO, a device, a link to one) and a header declaring more than `jaxcam.io.MAX_IMAGE_PIXELS`
+  pixels are a ValueError before any pixel is read; otherwise raises what PIL raises for a broken file."""
   from PIL import Image, ImageOps
 
   from jaxcam.models import to_uint8_rgb
