@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcam import _checks, _spatial, core, postprocess, wrappers
-from jaxcam import targets as targets_lib
 from jaxcam._eager import (
   check_flags,
   check_images,
@@ -173,13 +172,13 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
     a = jnp.broadcast_to(a[:, None], (a.shape[0], k) + a.shape[1:])  # (B, K, h, w, C)
     args = [_as_float(values[n][i]) if n in used else None for n in spec.needs]
     out = spec.fn(a, *args, **fn_options)
-    expected = _OUTPUT_SHAPES[spec.output](a.shape)
+    expected = _OUTPUT_SHAPES[spec.output](a.shape, x.shape)
     if tuple(getattr(out, "shape", ())) != expected:
       raise ValueError(
         f"Method {spec.name!r} (output {spec.output!r}) gave maps of shape "
         f"{tuple(getattr(out, 'shape', ()))}; expected {expected} from activations {tuple(a.shape)}."
       )
-    m = out if spec.output == "map" else postprocess.combine(out, a)
+    m = out if spec.output in ("map", "input_map") else postprocess.combine(out, a)
     if relu:
       m = jax.nn.relu(m)
     if normalize and spec.normalize_layers:
@@ -214,10 +213,11 @@ def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, up
   )
 
 
-_OUTPUT_SHAPES = {  # what a row's fn returns, from A's (B, K, h, w, C)
-  "channel": lambda s: s[:2] + s[-1:],
-  "spatial": lambda s: tuple(s),
-  "map": lambda s: tuple(s[:-1]),
+_OUTPUT_SHAPES = {  # what a row's fn returns, from A's (B, K, *spatial, C) and x's (B, *size, C)
+  "channel": lambda s, xs: s[:2] + s[-1:],
+  "spatial": lambda s, xs: tuple(s),
+  "map": lambda s, xs: tuple(s[:-1]),
+  "input_map": lambda s, xs: s[:2] + tuple(xs[1:-1]),
 }
 
 TRACES: collections.Counter = collections.Counter()
@@ -245,45 +245,21 @@ def _explain_impl(
 
 
 def _one_row(spec, tap, x, target, options, flags, progress=None) -> Explanation:
-  """One row's explanation: its inputs (the plain pass or its `inputs` hook), then its maps; an augmented row
-  (`jaxcam.aug_smooth`) on every augmented copy. `progress`: the label of its chunked maps' bars (None: none)."""
-  if spec.augment:
-    return _augmented(spec, tap, x, target, options, flags, progress)
+  """One row's explanation: its inputs (the plain pass or its `inputs` hook), then its maps; a row with an `around`
+  hook (`jaxcam.aug_smooth`, `jaxcam.sess`) is run by the hook, which calls back for the row without it.
+  `progress`: the label of its chunked maps' bars (None: none)."""
+  if spec.around is not None:
+    inner = dataclasses.replace(spec, around=getattr(spec.around, "inner", None))
+    return spec.around(functools.partial(_one_row, inner), tap, x, target, options, flags, progress)
   fwd, values = compute_inputs(spec, tap, x, target, options, progress=progress)
   return method_maps(spec, tap, x, fwd, values, options, **flags)
-
-
-def _augmented(spec, tap, x, target, options, flags, progress=None) -> Explanation:
-  """Test-time augmentation (pytorch-grad-cam's ``aug_smooth``): the method on every augmented copy of `x` (one
-  batch of n B images), each map mapped back by its augmentation's `invert` and averaged (not re-normalized).
-
-  Class ids come from the clean `x` (pytorch-grad-cam lets each augmented copy pick its own top class when no
-  target is given; with explicit targets the two agree). Logits and scores are the clean image's.
-  """
-  augment = spec.augment
-  n, b = len(augment), x.shape[0]
-  clean = core.forward_only(tap, x, target)
-  fixed = targets_lib.with_ids(clean.target, None if clean.ids is None else jnp.tile(clean.ids, (n, 1)))
-  xs = jnp.concatenate([aug.apply(x) for aug in augment], axis=0)
-  if xs.shape != (n * b,) + x.shape[1:]:
-    raise ValueError(
-      f"Expected each augmentation's `apply` to keep the images' shape {tuple(x.shape)}, got "
-      f"{tuple(xs.shape[:1])} + {tuple(xs.shape[1:])} for {n} augmentations."
-    )
-  fwd, values = compute_inputs(spec, tap, xs, fixed, options, progress=progress)
-  ex = method_maps(spec, tap, xs, fwd, values, options, **flags)
-  maps = ex.maps.reshape((n, b) + ex.maps.shape[1:])
-  maps = jnp.mean(jnp.stack([aug.invert(m) for aug, m in zip(augment, maps)]), axis=0)
-  scores = clean.scores if clean.multi else clean.scores[:, 0]
-  ids = clean.ids if clean.ids is None or clean.multi else clean.ids[:, 0]
-  return dataclasses.replace(ex, maps=maps, logits=clean.logits, target=ids, scores=scores)
 
 
 def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, relu, fusion, progress=False):
   label = "explain_many" if progress else None
   out = {}
   opts = {s.name: _many_options(s, key) for s in specs}
-  plain = [s for s in specs if s.inputs is None and not s.augment]
+  plain = [s for s in specs if s.inputs is None and s.around is None]
   grads = any(get_provider(n).grads for s in plain for n in s.needs_for(opts[s.name]))
   # one forward (+ backward) pass for every plain method
   shared = core.forward(tap, x, target, grads=grads, progress=label)

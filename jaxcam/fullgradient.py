@@ -1,4 +1,4 @@
-"""FullGrad for linen models: input-gradient x input plus every bias's contribution, with no model edits.
+"""FullGrad (the row ``"fullgrad"``): input-gradient x input plus every bias's contribution, with no model edits.
 
 Srinivas & Fleuret, "Full-Gradient Representation for Neural Network Visualization", arXiv 1905.00780. As
 pytorch-grad-cam's ``FullGrad``: the map sums
@@ -10,8 +10,10 @@ pytorch-grad-cam's ``FullGrad``: the map sums
 
 then min-max normalizes the total. The bias layers are found by module type while the model runs
 (``flax.linen.Conv``, jaxcam's `Conv` and other modules named ``*Conv`` with a ``bias`` parameter;
-``flax.linen.BatchNorm``), and their outputs are perturbed through ``nn.intercept_methods`` to read ``dS/dy``:
-one forward and one backward pass in all. Summing channels before upsampling equals pytorch-grad-cam's
+``flax.linen.BatchNorm``), and their outputs are perturbed through the tap's ``intercept`` (linen:
+``nn.intercept_methods``) to read ``dS/dy``: one forward and one backward pass in all. The provider of the need
+``fullgrad`` computes the sum; the row's map is that sum at the input's resolution (output "input_map"), normalized
+by the usual pipeline. Summing channels before upsampling equals pytorch-grad-cam's
 upsample-then-sum (bilinear resizing is linear) at a fraction of the memory.
 """
 
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 from jaxcam import postprocess
 from jaxcam import targets as targets_lib
 
-__all__ = ["fullgrad", "is_bias_layer", "effective_bias"]
+__all__ = ["fullgrad", "fullgrad_map", "fullgrad_provider", "fullgrad_raw", "is_bias_layer", "effective_bias"]
 
 
 def is_bias_layer(module: Any) -> bool:
@@ -55,23 +57,22 @@ def effective_bias(module: Any) -> jax.Array:
   return params["bias"]
 
 
-def _run(module, variables, x, deltas, select, apply_kwargs):
-  """The model's output with each selected layer's output shifted by ``deltas[i]`` (None: record the shapes);
-  returns ``(output, [(bias, output shape)] in call order)``."""
-  import flax.linen as nn
-
+def _collect(call, x, deltas, select):
+  """The model's output with each selected layer's output shifted by ``deltas[i]`` (None: nothing shifted);
+  returns ``(output, [(bias, output shape)] in call order)``. ``call(x, interceptor)`` runs the model with every
+  submodule call routed through ``interceptor(next_fun, args, kwargs, module, path)`` (`jaxcam.Tap.intercept`)."""
   found: list = []
 
-  def interceptor(next_fun, args, kwargs, context):
-    if context.method_name != "__call__" or not context.module.path or not select(context.module):
+  def interceptor(next_fun, args, kwargs, module, path):
+    del path
+    if not select(module):
       return next_fun(*args, **kwargs)
     y = next_fun(*args, **kwargs)
     i = len(found)
-    found.append((effective_bias(context.module), y.shape))
+    found.append((effective_bias(module), y.shape))
     return y if deltas is None else y + deltas[i]
 
-  with nn.intercept_methods(interceptor):
-    out = module.apply(variables, x, **dict(apply_kwargs))
+  out = call(x, interceptor)
   return out, found
 
 
@@ -80,23 +81,23 @@ def _channel_minmax(v: jax.Array) -> jax.Array:
   return jnp.moveaxis(postprocess.normalize(jnp.moveaxis(v, -1, 1)), 1, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "select", "apply_kwargs"))
-def _fullgrad(module, variables, x, target, *, select, apply_kwargs):
-  out, shapes = _run(module, variables, x, None, select, apply_kwargs)  # traced once: shapes, output, class ids
+def fullgrad_raw(call: Callable, x: jax.Array, score: Callable, select: Callable[[Any], bool]) -> jax.Array:
+  """The FullGrad sum ``(B, H, W)`` before its final min-max: ``|dS/dx * x|`` plus every selected bias layer's
+  ``|b * dS/dy|`` (each channel min-max normalized, summed over channels, upsampled to the input). `call` runs the
+  model with an interceptor (`jaxcam.Tap.intercept`), `score(output) -> (B,)` is the target score. One forward and
+  one backward pass."""
+  out, shapes = _collect(call, x, None, select)  # traced once: the layers' shapes
+  del out
   if not shapes:
     raise ValueError(
-      f"FullGrad found no bias layer in {type(module).__name__} (a convolution with use_bias=True or a BatchNorm). "
-      "Pass `select=` a predicate on modules to choose them."
+      "FullGrad found no bias layer in the model (a convolution with use_bias=True or a BatchNorm). Pass `select=` "
+      "a predicate on modules to choose them."
     )
   deltas = [jnp.zeros(s, x.dtype) for _, s in shapes]
-  ids, scores, _ = target.evaluate(out)
-  fixed = targets_lib.with_ids(target, ids)
-  if scores.shape[1] != 1:
-    raise ValueError("Expected one target class per image for FullGrad, got (B, K) targets; call it once per k.")
 
   def total(xx, ds):
-    o, found = _run(module, variables, xx, ds, select, apply_kwargs)
-    return jnp.sum(fixed.evaluate(o)[1]), [b for b, _ in found]
+    o, found = _collect(call, xx, ds, select)
+    return jnp.sum(score(o)), [b for b, _ in found]
 
   (gx, gds), biases = jax.grad(total, argnums=(0, 1), has_aux=True)(x, deltas)
   size = x.shape[1:3]
@@ -105,10 +106,85 @@ def _fullgrad(module, variables, x, target, *, select, apply_kwargs):
     b = jnp.reshape(bias, (1,) * (g.ndim - 1) + (-1,)).astype(g.dtype)
     contrib = jnp.sum(_channel_minmax(jnp.abs(b * g)), axis=-1)
     cam = cam + postprocess.upsample(contrib, size)
-  return postprocess.normalize(cam), out, ids, scores
+  return cam
 
 
-def fullgrad(
+def can_read_biases(tap: Any) -> bool:
+  """Whether FullGrad can read `tap`'s model: a tap that intercepts its submodules' calls (`linen_tap`)."""
+  return bool(getattr(tap, "can_intercept", False))
+
+
+def fullgrad_provider(tap, x, fwd, *, select: Callable[[Any], bool] = is_bias_layer) -> tuple:
+  """The ``fullgrad`` need: per tapped layer, the FullGrad sum ``(B, 1, H, W)`` of the whole model (it does not
+  depend on the layer), read through ``tap.intercept`` for the target's class ids fixed by the shared pass.
+  `select`: which submodules count as bias layers (default `is_bias_layer`, pytorch-grad-cam's rule)."""
+  if not can_read_biases(tap):
+    raise ValueError(
+      f"FullGrad reads every bias layer while the model runs, which needs a tap that intercepts submodule calls "
+      f"(jaxcam.linen_tap); got a {type(tap).__name__}."
+    )
+  if fwd.scores.shape[1] != 1:
+    raise ValueError("Expected one target class per image for FullGrad, got (B, K) targets; call it once per k.")
+  fixed = targets_lib.with_ids(fwd.target, fwd.ids)
+  cam = fullgrad_raw(tap.intercept, x, lambda o: fixed.evaluate(o)[1][:, 0], select)
+  return (cam[:, None],) * len(tap.layers)
+
+
+def fullgrad_map(activations: jax.Array, fullgrad: jax.Array, /) -> jax.Array:
+  """FullGrad's row function: the map is its need, the FullGrad sum at the input's resolution ``(B, 1, H, W)``
+  (output "input_map"); the activations are not read (FullGrad explains the whole model, not one layer).
+
+  Srinivas & Fleuret, "Full-Gradient Representation for Neural Network Visualization", arXiv 1905.00780. Matches
+  pytorch-grad-cam's ``FullGrad`` (tests/test_fullgradient.py).
+  """
+  del activations
+  return fullgrad
+
+
+@functools.partial(jax.jit, static_argnames=("module", "select", "apply_kwargs"))
+def _fullgrad_module(module, variables, x, target, *, select, apply_kwargs):
+  import flax.linen as nn
+
+  def call(xx, interceptor):
+    def route(next_fun, args, kwargs, context):
+      if context.method_name != "__call__" or not context.module.path:
+        return next_fun(*args, **kwargs)
+      return interceptor(next_fun, args, kwargs, context.module, tuple(context.module.path))
+
+    with nn.intercept_methods(route):
+      return module.apply(variables, xx, **dict(apply_kwargs))
+
+  ids, scores, _ = target.evaluate(module.apply(variables, x, **dict(apply_kwargs)))
+  if scores.shape[1] != 1:
+    raise ValueError("Expected one target class per image for FullGrad, got (B, K) targets; call it once per k.")
+  fixed = targets_lib.with_ids(target, ids)
+  return postprocess.normalize(fullgrad_raw(call, x, lambda o: fixed.evaluate(o)[1][:, 0], select))
+
+
+def fullgrad(*args: Any, **kwargs: Any) -> jax.Array:
+  """FullGrad maps ``(B, H, W, C) -> (B, H, W)`` in [0, 1] (see the module docstring): the registered row
+  ``"fullgrad"``, called like every method function, ``jaxcam.fullgrad(tap, x, target, select=...)``.
+
+  The tap names any layer (FullGrad reads the whole model; a linen tap on its last block is the usual choice) and
+  must intercept submodule calls (`jaxcam.linen_tap`). Option ``select``: which submodules count as bias layers
+  (default `is_bias_layer`, pytorch-grad-cam's rule). ``jaxcam.explain("fullgrad", ...)``, ``explain_many``, the
+  streaming runs, ``explain_model(method="fullgrad")``, the metrics' ``method=`` and ``jaxcam explain --method
+  fullgrad`` run the same row.
+
+  Deprecated form: ``fullgrad(module, variables, x, target=None, *, select=..., **apply_kwargs)`` on a linen module
+  and its variables (a `DeprecationWarning`); it gives the same maps.
+  """
+  import flax.linen as nn
+
+  if args and isinstance(args[0], nn.Module):
+    return _deprecated_fullgrad(*args, **kwargs)
+  from jaxcam._public import public_function
+  from jaxcam.methods.table import get_method
+
+  return public_function(get_method("fullgrad"))(*args, **kwargs)
+
+
+def _deprecated_fullgrad(
   module: Any,
   variables: Any,
   x: jax.Array,
@@ -118,26 +194,17 @@ def fullgrad(
   select: Callable[[Any], bool] = is_bias_layer,
   **apply_kwargs: Any,
 ) -> jax.Array:
-  """FullGrad maps ``(B, H, W, C) -> (B, H, W)`` in [0, 1] of a linen model (see the module docstring).
-
-  Args:
-    module, variables: the linen model and its variables (running BatchNorm statistics are read).
-    x: images ``(B, H, W, C)``.
-    target: as in `jaxcam.explain` (None: each image's top class), one class per image.
-    select: which submodules count as bias layers (default `is_bias_layer`, pytorch-grad-cam's rule).
-    **apply_kwargs: static keyword arguments of ``module.apply`` (e.g. ``train=False``).
-
-  Matches pytorch-grad-cam's ``FullGrad`` (tests/test_fullgradient.py, a torchvision ResNet-18 with non-trivial
-  BatchNorm statistics). Not a method-table row: it reads the whole model, not one layer.
-  """
-  import flax.linen as nn
-
+  from jaxcam._errors import warn_user
   from jaxcam.api import check_images
 
-  if not isinstance(module, nn.Module):
-    raise TypeError(f"Expected `module` to be a flax.linen.Module, got {type(module).__name__}.")
+  warn_user(
+    "jaxcam.fullgrad(module, variables, x, ...) is deprecated: FullGrad is the row 'fullgrad'; call "
+    "jaxcam.fullgrad(jaxcam.linen_tap(module, variables, layer), x, target) (any layer: FullGrad reads the whole "
+    "model) or jaxcam.explain('fullgrad', tap, x, target).",
+    DeprecationWarning,
+  )
   check_images(x)
-  maps, *_ = _fullgrad(
+  return _fullgrad_module(
     module,
     variables,
     x,
@@ -145,4 +212,3 @@ def fullgrad(
     select=select,
     apply_kwargs=tuple(sorted(apply_kwargs.items())),
   )
-  return maps

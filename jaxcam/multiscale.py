@@ -18,7 +18,7 @@ None), as there.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from typing import Any
 
@@ -30,7 +30,7 @@ from jaxcam import _checks, chunking, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam._filters import gaussian_kernel, separable_filter
 
-__all__ = ["sess", "window_starts", "default_scales", "resize_matrix", "gaussian_kernel"]
+__all__ = ["Sess", "sess", "sess_row", "window_starts", "default_scales", "resize_matrix", "gaussian_kernel"]
 
 POOLS = ("mean", "max")
 
@@ -93,20 +93,90 @@ def _patches(x: jax.Array, scales, window: int, step: int):
   return jnp.stack(patches, axis=1), where
 
 
-def _check(scales, window, h, w, num_scales, pre_filter_ratio, pool):
+def sess(*args: Any, **kwargs: Any) -> Any:
+  """``jaxcam.sess(method="gradcam", *, scales=None, ...)``: the row of `method` under SESS (see the module
+  docstring), named ``sess(<name>)``; it works wherever a method name does (`jaxcam.explain`, ``explain_many``,
+  ``explain_batches``, the streaming runs, ``explain_model(method=)``, the metrics' ``method=``, ``jaxcam explain
+  --method sess`` / ``"sess(gradcam)"``). See `sess_row` for the arguments.
+
+  Deprecated form: ``sess(tap, x, target=None, *, method="gradcam", <SESS arguments>, **options)`` returns the
+  maps as before (a `DeprecationWarning`); it is ``jaxcam.explain(jaxcam.sess(method, ...), tap, x, target,
+  **options).maps``.
+  """
+  from jaxcam.methods.table import MethodSpec
+
+  if args and not isinstance(args[0], (str, MethodSpec)):
+    return _deprecated_sess(*args, **kwargs)
+  return sess_row(*args, **kwargs)
+
+
+def sess_row(
+  method: Any = "gradcam",
+  *,
+  scales: tuple[int, ...] | None = None,
+  num_scales: int = 12,
+  scale_step_ratio: float = 2.0 / 7.0,
+  window_size: int | None = None,
+  step_size: int | None = None,
+  pre_filter_ratio: float = 0.0,
+  theta: float = 0.0,
+  pool: str = "mean",
+  smooth: bool = True,
+  use_softmax_scores: bool = True,
+  chunk_size: int = 32,
+) -> Any:
+  """The row of `method` under SESS: maps ``(B, H, W)`` in [0, 1] (see the module docstring).
+
+  Args:
+    method: the base method (a name or row); its options are passed to `jaxcam.explain` as usual.
+    scales, num_scales, scale_step_ratio, window_size, step_size: pytorch-grad-cam's patch grid (the window
+      defaults to the image's shorter side, the stride to the window).
+    pre_filter_ratio: the fraction of lowest-scoring patches left out. theta: the "mean" fusion's threshold.
+    pool: "mean" or "max". smooth: the final Gaussian blur. use_softmax_scores: score patches by probability
+      (else the raw target score, clipped at 0).
+    chunk_size: patches explained at once (memory grows with it).
+
+  Returns:
+    A `MethodSpec` named ``sess(<name>)``. One class per image; each patch is explained with the base method's
+    default post-processing (as pytorch-grad-cam), and ``normalize=False`` leaves out only the final min-max.
+
+  Cost: one forward pass per patch for the scores plus the base method per patch (the default grid of a 224x224
+  image has 122 patches).
+  """
+  from jaxcam.methods.table import get_method
+  from jaxcam.wrappers import wrapped_name
+
+  inner = get_method(method)
+  _check_static(num_scales, pre_filter_ratio, pool)
+  hook = Sess(
+    name=wrapped_name("sess", inner.name),
+    scales=None if scales is None else tuple(int(v) for v in scales),
+    num_scales=int(num_scales),
+    scale_step_ratio=float(scale_step_ratio),
+    window_size=None if window_size is None else _checks.check_positive_int("window_size", window_size),
+    step_size=None if step_size is None else _checks.check_positive_int("step_size", step_size),
+    pre_filter_ratio=float(pre_filter_ratio),
+    theta=float(theta),
+    pool=pool,
+    smooth=_checks.check_bool("smooth", smooth),
+    use_softmax_scores=_checks.check_bool("use_softmax_scores", use_softmax_scores),
+    chunk_size=chunking.check_chunk_size(chunk_size),
+    inner=inner.around,
+  )
+  return dataclasses.replace(
+    inner, name=hook.name, title=f"SESS ({inner.title or inner.name})", around=hook, aliases=()
+  )
+
+
+def _check_static(num_scales, pre_filter_ratio, pool):
   _checks.check_choice("pool", pool, POOLS)
   _checks.check_float("pre_filter_ratio", pre_filter_ratio, minimum=0.0)
   if pre_filter_ratio >= 1.0:
     raise ValueError(f"Expected `pre_filter_ratio` in [0, 1), got {pre_filter_ratio!r}.")
   _checks.check_positive_int("num_scales", num_scales)
-  if window > min(h, w):
-    raise ValueError(f"Expected `window_size` <= the image's shorter side {min(h, w)}, got {window}.")
-  small = [s for s in scales if s < window]
-  if small:
-    raise ValueError(f"Expected every scale >= the window size {window}, got {small}.")
 
 
-def sess(
+def _deprecated_sess(
   tap: Any,
   x: jax.Array,
   /,
@@ -126,83 +196,133 @@ def sess(
   chunk_size: int = 32,
   **options: Any,
 ) -> jax.Array:
-  """SESS maps ``(B, H, W, C) -> (B, H, W)`` in [0, 1] around `method` (see the module docstring).
+  from jaxcam._errors import warn_user
+  from jaxcam.api import explain
 
-  Args:
-    tap, x, target: as in `jaxcam.explain` (one class per image; None: each image's top class).
-    method: the base method (a name or row); `options` go to it.
-    scales, num_scales, scale_step_ratio, window_size, step_size: pytorch-grad-cam's patch grid (the window
-      defaults to the shorter side, the stride to the window).
-    pre_filter_ratio: the fraction of lowest-scoring patches left out. theta: the "mean" fusion's threshold.
-    pool: "mean" or "max". smooth: the final Gaussian blur. use_softmax_scores: score patches by probability
-      (else the raw target score, clipped at 0).
-    chunk_size: patches explained at once (memory grows with it).
-
-  Cost: one forward pass per patch for the scores plus the base method per kept patch (the default grid of a
-  224x224 image has 122 patches).
-  """
-  from jaxcam import _eager, api
-
-  api.check_images(x)
-  _, h, w, _ = x.shape
-  window = min(h, w) if window_size is None else _checks.check_positive_int("window_size", window_size)
-  step = window if step_size is None else _checks.check_positive_int("step_size", step_size)
-  scales = tuple(default_scales(window, num_scales, scale_step_ratio) if scales is None else scales)
-  _check(scales, window, h, w, num_scales, pre_filter_ratio, pool)
-  chunking.check_chunk_size(chunk_size)
-  smooth = _checks.check_bool("smooth", smooth)
-  use_softmax_scores = _checks.check_bool("use_softmax_scores", use_softmax_scores)
-  spec = api.get_method(method)
-  opts = api.resolve_options(spec, options)
-  traced, static = api.partition_options(opts)
-  config = (scales, window, step, float(pre_filter_ratio), float(theta), pool, smooth, use_softmax_scores)
-  return _sess_jit(
-    tap, x, _eager.prepare(tap, x, target), traced, spec=spec, static=static, config=config, chunk_size=int(chunk_size)
+  warn_user(
+    "jaxcam.sess(tap, x, ...) is deprecated: SESS is a wrapper that returns a row; call "
+    "jaxcam.explain(jaxcam.sess(method, ...), tap, x, target, **options).maps.",
+    DeprecationWarning,
   )
+  row = sess_row(
+    method,
+    scales=scales,
+    num_scales=num_scales,
+    scale_step_ratio=scale_step_ratio,
+    window_size=window_size,
+    step_size=step_size,
+    pre_filter_ratio=pre_filter_ratio,
+    theta=theta,
+    pool=pool,
+    smooth=smooth,
+    use_softmax_scores=use_softmax_scores,
+    chunk_size=chunk_size,
+  )
+  return explain(row, tap, x, target, **options).maps
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "static", "config", "chunk_size"))
-def _sess_jit(tap, x, target, traced, *, spec, static, config, chunk_size):
-  from jaxcam import api, core
+@dataclasses.dataclass(frozen=True)
+class Sess:
+  """The `around` hook of a SESS row (hashable by value: part of the static row); see `sess_row`."""
 
-  scales, window, step, ratio, theta, pool, smooth, use_softmax = config
-  b, h, w, _ = x.shape
-  clean = core.forward_only(tap, x, target)
-  if clean.scores.shape[1] != 1:
-    raise ValueError("Expected one target class per image for SESS, got (B, K) targets.")
-  patches, where = _patches(x, scales, window, step)  # (B, P, w, w, C)
-  n = patches.shape[1]
-  fixed = targets_lib.with_ids(clean.target, clean.ids)
+  name: str
+  scales: tuple[int, ...] | None
+  num_scales: int
+  scale_step_ratio: float
+  window_size: int | None
+  step_size: int | None
+  pre_filter_ratio: float
+  theta: float
+  pool: str
+  smooth: bool
+  use_softmax_scores: bool
+  chunk_size: int
+  inner: Any = None
+  expensive: bool = True
 
-  def score_one(j):  # image j // n, patch j % n
-    bi, p = j // n, j % n
-    out = tap.forward(patches[bi, p][None])
-    if use_softmax:  # pytorch-grad-cam applies the target to the softmax of the output
-      out = jax.nn.softmax(targets_lib.check_logits(out), axis=-1)
-    one = targets_lib.with_ids(fixed, None if clean.ids is None else clean.ids[bi][None])
-    return one.evaluate(out)[1][0, 0]
+  def cost(self, inner_cost: str) -> str:
+    return f"1 forward pass per patch, plus per patch: {inner_cost} (122 patches for a 224x224 image by default)"
 
-  scores = jnp.maximum(chunking.chunked_map(score_one, jnp.arange(b * n), chunk_size=chunk_size).reshape(b, n), 0.0)
-  keep = n - int(n * ratio)
+  def grid(self, h: int, w: int) -> tuple[tuple[int, ...], int, int]:
+    """``(scales, window, step)`` for an image of ``(h, w)``; clear errors for a grid that does not fit."""
+    window = min(h, w) if self.window_size is None else self.window_size
+    step = window if self.step_size is None else self.step_size
+    scales = self.scales
+    if scales is None:
+      scales = tuple(default_scales(window, self.num_scales, self.scale_step_ratio))
+    if window > min(h, w):
+      raise ValueError(f"Expected `window_size` <= the image's shorter side {min(h, w)}, got {window}.")
+    small = [v for v in scales if v < window]
+    if small:
+      raise ValueError(f"Expected every scale >= the window size {window}, got {small}.")
+    return scales, window, step
+
+  def __call__(self, run, tap, x, target, options, flags, progress):
+    from jaxcam import _spatial, core
+    from jaxcam.api import Explanation
+
+    if x.ndim != 4:
+      raise ValueError(f"SESS explains 2-D images (B, H, W, C), got x of shape {tuple(x.shape)}.")
+    b, h, w, _ = x.shape
+    scales, window, step = self.grid(h, w)
+    clean = core.forward_only(tap, x, target)
+    if clean.scores.shape[1] != 1:
+      raise ValueError("Expected one target class per image for SESS, got (B, K) targets.")
+    patches, where = _patches(x, scales, window, step)  # (B, P, w, w, C)
+    n = patches.shape[1]
+    fixed = targets_lib.with_ids(clean.target, clean.ids)
+
+    def one_target(bi):
+      return targets_lib.with_ids(fixed, None if clean.ids is None else clean.ids[bi][None])
+
+    def score_one(j):  # image j // n, patch j % n
+      bi, p = j // n, j % n
+      out = tap.forward(patches[bi, p][None])
+      if self.use_softmax_scores:  # pytorch-grad-cam applies the target to the softmax of the output
+        out = jax.nn.softmax(targets_lib.check_logits(out), axis=-1)
+      return one_target(bi).evaluate(out)[1][0, 0]
+
+    scores = chunking.chunked_map(score_one, jnp.arange(b * n), chunk_size=self.chunk_size, progress=progress)
+    weights, kept = _patch_weights(jnp.maximum(scores.reshape(b, n), 0.0), n - int(n * self.pre_filter_ratio))
+    patch_flags = dict(normalize=True, upsample=True, relu=True, fusion="mean")  # the base method's defaults
+
+    def cam_one(j):
+      bi, p = j // n, j % n
+      maps = run(tap, patches[bi, p][None], one_target(bi), options, patch_flags, None).maps
+      return maps[0, 0] if maps.ndim == 4 else maps[0]
+
+    cams = chunking.chunked_map(cam_one, jnp.arange(b * n), chunk_size=self.chunk_size, progress=progress)
+    fused = _fuse(cams.reshape(b, n, window, window), weights, kept, where, (h, w), window, self.pool, self.theta)
+    if self.smooth:
+      fused = _blur(fused)
+    maps = postprocess.normalize(fused) if flags["normalize"] else fused
+    sizes = tuple(_spatial.feature_size(a, 2) for a in clean.activations)
+    return Explanation(
+      maps=maps,
+      logits=clean.logits,
+      target=None if clean.ids is None else clean.ids[:, 0],
+      scores=clean.scores[:, 0],
+      method=self.name,
+      layer=tap.layer,
+      feature_sizes=sizes,
+    )
+
+
+def _patch_weights(scores: jax.Array, keep: int) -> tuple[jax.Array, jax.Array]:
+  """Each patch's weight (its score over the image's best) and whether it is among the `keep` best, ``(B, P)``."""
+  b, n = scores.shape
   order = jnp.argsort(scores, axis=1, stable=True)[:, n - keep :]  # (B, keep): the best `keep` patches, ascending
   best = jnp.take_along_axis(scores, order[:, -1:], axis=1)
   weights = jnp.where(best > 0, scores / jnp.where(best > 0, best, 1.0), 1.0)
   kept = jnp.zeros((b, n), bool).at[jnp.arange(b)[:, None], order].set(True)
+  return weights, kept
 
-  options = {**dict(static), **traced}
 
-  def cam_one(j):
-    bi, p = j // n, j % n
-    ids = None if clean.ids is None else clean.ids[bi][None]
-    patch = patches[bi, p][None]
-    tgt = targets_lib.with_ids(fixed, ids)
-    fwd, values = api.compute_inputs(spec, tap, patch, tgt, options)
-    ex = api.method_maps(
-      spec, tap, patch, fwd, values, options, normalize=True, upsample=True, relu=True, fusion="mean"
-    )
-    return ex.maps[0, 0] if ex.maps.ndim == 4 else ex.maps[0]
-
-  cams = chunking.chunked_map(cam_one, jnp.arange(b * n), chunk_size=chunk_size).reshape(b, n, window, window)
+def _fuse(cams, weights, kept, where, size, window, pool, theta) -> jax.Array:
+  """Paste every weighted patch map into its scale's canvas resized to `size` (two matrix products per patch) and
+  fuse: the maximum ("max") or the mean over the patches above `theta` at each pixel ("mean")."""
+  b = cams.shape[0]
+  h, w = size
   total = jnp.zeros((b, h, w), jnp.float32)
   counts = jnp.zeros((b, h, w), jnp.float32)
   mats: dict = {}
@@ -225,7 +345,6 @@ def _sess_jit(tap, x, target, traced, *, spec, static, config, chunk_size):
       mask = on & (full > theta)
       total = total + jnp.where(mask, full, 0.0)
       counts = counts + mask
-  fused = total if pool == "max" else jnp.where(counts > 0, total / jnp.where(counts > 0, counts, 1.0), 0.0)
-  if smooth:
-    fused = _blur(fused)
-  return postprocess.normalize(fused)
+  if pool == "max":
+    return total
+  return jnp.where(counts > 0, total / jnp.where(counts > 0, counts, 1.0), 0.0)

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _checks, _spatial, chunking, core, derivatives
+from jaxcam import _checks, _spatial, chunking, core, derivatives, fullgradient
 from jaxcam import targets as targets_lib
 from jaxcam._errors import UnknownNameError, check_key, unknown_name_message
 from jaxcam.methods import attention, classic, perturbation
@@ -434,6 +434,12 @@ for _p in (
     attention.attention_relevance,
     cost="1 forward pass and 1 backward pass per tapped block (each block's own score, from its attention on)",
     applies=attention.reads_attention,
+  ),
+  Provider(
+    "fullgrad",
+    fullgradient.fullgrad_provider,
+    cost="1 forward and 1 backward pass through the whole model (every bias layer's output perturbed)",
+    applies=fullgradient.can_read_biases,
   ),
   Provider(
     "position_scores",

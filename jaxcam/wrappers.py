@@ -27,6 +27,7 @@ from jaxcam.methods.table import MethodSpec, get_method, register_method
 
 __all__ = [
   "Augmentation",
+  "Augmented",
   "DEFAULT_TTA",
   "aug_smooth",
   "eigen_smooth",
@@ -141,13 +142,13 @@ def eigen_smooth(method: str | MethodSpec) -> MethodSpec:
     A `MethodSpec` named ``eigen_smooth(<name>)`` with the method's needs and options, whose output is a map.
   """
   inner = get_method(method)
-  if inner.output == "map":
+  if inner.output not in ("channel", "spatial"):
     from jaxcam.methods.table import METHODS
 
     raise ValueError(
       f"Expected `eigen_smooth=False` for {inner.name}: it returns a map, not channel or spatial weights, so there "
       "are no weighted activations to project. eigen_smooth applies to: "
-      + ", ".join(s.name for s in METHODS.values() if s.output != "map")
+      + ", ".join(s.name for s in METHODS.values() if s.output in ("channel", "spatial"))
       + "."
     )
   return dataclasses.replace(
@@ -227,15 +228,55 @@ def aug_smooth(method: str | MethodSpec, augmentations: Any = True) -> MethodSpe
   augment = resolve_augmentations(augmentations)
   if augment is None:
     raise ValueError("Expected `augmentations` to be True or a tuple of jaxcam.Augmentation, got False.")
-  if inner.augment:
+  if any(isinstance(h, Augmented) for h in around_hooks(inner)):
     raise ValueError(f"{inner.name} is augmented already; pass all the augmentations to one aug_smooth.")
   return dataclasses.replace(
     inner,
     name=wrapped_name("aug_smooth", inner.name),
     title=f"{inner.title or inner.name} (augmented)",
-    augment=augment,
+    around=Augmented(augment, inner.around),
     aliases=(),
   )
+
+
+def around_hooks(spec: MethodSpec) -> list[Any]:
+  """The row's `around` hooks, outermost first."""
+  hooks, hook = [], spec.around
+  while hook is not None:
+    hooks.append(hook)
+    hook = getattr(hook, "inner", None)
+  return hooks
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmented:
+  """The `around` hook of `aug_smooth` (hashable: part of the static row).
+
+  Test-time augmentation as pytorch-grad-cam's ``aug_smooth``: the row on every augmented copy of `x` (one batch of
+  n B images), each map mapped back by its augmentation's `invert` and averaged (not re-normalized). Class ids come
+  from the clean `x` (pytorch-grad-cam lets each augmented copy pick its own top class when no target is given;
+  with explicit targets the two agree). Logits and scores are the clean image's.
+  """
+
+  augmentations: tuple[Augmentation, ...]
+  inner: Any = None
+
+  def __call__(self, run, tap, x, target, options, flags, progress):
+    n, b = len(self.augmentations), x.shape[0]
+    clean = core.forward_only(tap, x, target)
+    fixed = targets_lib.with_ids(clean.target, None if clean.ids is None else jnp.tile(clean.ids, (n, 1)))
+    xs = jnp.concatenate([aug.apply(x) for aug in self.augmentations], axis=0)
+    if xs.shape != (n * b,) + x.shape[1:]:
+      raise ValueError(
+        f"Expected each augmentation's `apply` to keep the images' shape {tuple(x.shape)}, got "
+        f"{tuple(xs.shape[:1])} + {tuple(xs.shape[1:])} for {n} augmentations."
+      )
+    ex = run(tap, xs, fixed, options, flags, progress)
+    maps = ex.maps.reshape((n, b) + ex.maps.shape[1:])
+    maps = jnp.mean(jnp.stack([aug.invert(m) for aug, m in zip(self.augmentations, maps)]), axis=0)
+    scores = clean.scores if clean.multi else clean.scores[:, 0]
+    ids = clean.ids if clean.ids is None or clean.multi else clean.ids[:, 0]
+    return dataclasses.replace(ex, maps=maps, logits=clean.logits, target=ids, scores=scores)
 
 
 def resolve_augmentations(aug_smooth: Any) -> tuple[Augmentation, ...] | None:

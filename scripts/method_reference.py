@@ -16,7 +16,14 @@ PAGE = os.path.join(ROOT, "docs", "methods.md")
 
 
 def _options(pairs) -> str:
-  return ", ".join(f"`{k}={v!r}`" for k, v in pairs) or "—"
+  return ", ".join(f"`{k}={_value(v)}`" for k, v in pairs) or "—"
+
+
+def _value(v) -> str:
+  """A default as the page shows it: functions by their import path (a repr would print a memory address)."""
+  if callable(v) and hasattr(v, "__qualname__"):
+    return f"{v.__module__}.{v.__qualname__}"
+  return repr(v)
 
 
 def render() -> str:
@@ -24,6 +31,7 @@ def render() -> str:
   sys.path.insert(0, ROOT)
   import jaxcam
   from jaxcam import metrics, providers
+  from jaxcam.methods import table as method_table
 
   lines = [
     "# Method, provider and metric reference",
@@ -49,8 +57,29 @@ def render() -> str:
     )
   lines += [
     "",
-    "Wrappers return rows named `wrapper(inner)`: `jaxcam.smooth`, `jaxcam.aug_smooth`, `jaxcam.eigen_smooth`,",
-    "`jaxcam.finer`, `jaxcam.refine` (registered names never contain parentheses).",
+    "## Wrappers",
+    "",
+    "A wrapper takes a row (or a name) and returns a row named `wrapper(inner)`; registered names never contain",
+    "parentheses, so the two never collide, and the name is also a way to ask for the row:",
+    '`jaxcam.explain("sess(gradcam_pp)", ...)`, `jaxcam explain --method "smooth(gradcam)"`. Wrappers nest',
+    "(`aug_smooth(smooth(gradcam))`). By name, a wrapper takes its default options; a wrapper alone is its default",
+    "method wrapped. Register your own with `jaxcam.methods.table.register_wrapper`.",
+    "",
+    "| wrapper | alone means | what it changes |",
+    "|---|---|---|",
+  ]
+  for name, (wrapper, default) in method_table.wrappers().items():
+    summary = " ".join((wrapper.__doc__ or "").strip().split("\n\n")[0].split()).replace("|", "\\|")
+    alone = f"`{name}({default})`" if default else "—"
+    lines.append(f"| `{name}` | {alone} | {summary} |")
+  lines += [
+    "",
+    "## Tools beside the rows",
+    "",
+    "Not method rows, by design: `jaxcam.guided_backprop` returns input gradients `(B, H, W, C)` (pixels with",
+    "channels, not a map, so none of the map pipeline applies; `jaxcam.guided_gradcam` multiplies them by a",
+    "row's map), and `jaxcam.dff` (Deep Feature Factorization) returns concepts: `K` maps shared by the batch",
+    "with their channel factors and class scores, not one map per image and target.",
     "",
     "## Providers",
     "",

@@ -109,8 +109,8 @@ def test_every_method_on_nnx_and_function_taps(net, kind, name):
   taps, variables, x, t = net
   opts = {"fc": variables["params"]["fc"]["kernel"]} if name == "cam" and kind == "function" else {}
   opts.update(light_options(name))
-  if not jaxcam.get_method(name).applies(taps["linen"]):  # LeGrad: linen transformer blocks only
-    with pytest.raises(ValueError, match="flax.linen attention"):
+  if not jaxcam.get_method(name).applies(taps[kind]):  # LeGrad: linen transformer blocks; FullGrad: linen taps
+    with pytest.raises(ValueError, match="flax.linen attention|intercepts submodule calls"):
       jaxcam.explain(name, taps[kind], x, target=t, **opts)
     return
   expected = jaxcam.explain(name, taps["linen"], x, target=t, **light_options(name)).maps
@@ -159,6 +159,7 @@ def test_every_registered_method_has_an_independent_reference():
     "refinecam": "test_wrappers::test_refinecam_matches_both_peers",
     "smooth_gradcam_pp": "methods.test_gradient::test_smooth_gradcam_pp_intended_formula",
     "legrad": "methods.test_attention::test_legrad_matches_torchcam",  # torchcam's LeGrad on a torchvision ViT
+    "fullgrad": "test_fullgradient::test_fullgrad_against_numpy_on_a_conv_bias_net",  # and pgc's FullGrad (slow)
   }
   for where in family.values():
     check(where)
@@ -209,7 +210,8 @@ def test_common_contract(common, common_tokens, name):
   np.testing.assert_allclose(single, maps, atol=1e-5)
   # raw maps at layer resolution
   raw = fn(tap, x, target=t, normalize=False, upsample=False)
-  assert raw.shape == (x.shape[0], 6, 6)  # both taps' layers are 6x6 grids
+  # both taps' layers are 6x6 grids; an "input_map" row (FullGrad) reads the whole model at the input's size
+  assert raw.shape == (x.shape[0],) + (x.shape[1:3] if spec.output == "input_map" else (6, 6))
   # bfloat16 input: float32 maps within a tolerance of the float32 result
   maps_bf16 = fn(tap, x.astype(jnp.bfloat16), target=t)
   assert maps_bf16.dtype == jnp.float32

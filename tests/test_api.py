@@ -36,7 +36,7 @@ ENTRY = {
   "scorecam": lambda tap, x, k: jaxcam.scorecam(tap, x, target=1),
   "guided_backprop": lambda tap, x, k: jaxcam.guided_backprop(tap, x, 1),
   "guided_gradcam": lambda tap, x, k: jaxcam.guided_gradcam(tap, None, x, 1),
-  "sess": lambda tap, x, k: jaxcam.sess(tap, x, 1, scales=(12,)),
+  "sess": lambda tap, x, k: jaxcam.explain(jaxcam.sess("gradcam", scales=(12,)), tap, x, 1).maps,
 }
 
 

@@ -440,3 +440,127 @@ def test_ctrl_c_mid_run_leaves_a_run_that_resumes_to_the_same_outputs(tmp_path, 
   monkeypatch.setattr(stream, "top5", top5)
   assert cli.main(common + ["--out", str(out)]) == 0
   assert _tree(out) == _tree(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_fullgrad_and_sess_rows_from_the_command_line_and_explain_model(image_dir, tmp_path, monkeypatch):
+  """``--method fullgrad`` and ``--method sess`` (SESS around Grad-CAM) run like any row: the manifest names the
+  row, and the maps equal ``explain_model(method=...)``'s on the same images (the same row through another door)."""
+  import jaxcam
+
+  d, photos = image_dir
+  pkg = tmp_path / "pkg"
+  pkg.mkdir()
+  (pkg / "small_cnn.py").write_text(
+    "import jax\n"
+    "from tests import nets\n"
+    "def build():\n"
+    "  module = nets.ConvNet()\n"
+    "  return module, module.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))\n"
+  )
+  monkeypatch.syspath_prepend(str(pkg))
+  import small_cnn
+
+  model = small_cnn.build()
+  for method, name in (("fullgrad", "fullgrad"), ("sess", "sess(gradcam)")):
+    out = tmp_path / method
+    args = ["explain", str(d / "chelsea.png"), "--model", "small_cnn:build", "--size", "32", "--out", str(out)]
+    assert cli.main(args + ["--method", method, "--batch-size", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == name
+    with np.load(out / "shards" / "maps-00000.npz") as maps:
+      (cli_map,) = list(maps.values())
+    ex = jaxcam.explain_model(model, [photos["chelsea"]], method=method, size=32)
+    assert ex.method == name
+    np.testing.assert_allclose(cli_map, np.asarray(ex.maps)[0], atol=1e-4)
+
+
+def _tiny_model_module(tmp_path, monkeypatch) -> str:
+  """`--model tiny_cnn:build`: a small conv net (no download, compiles in a moment)."""
+  pkg = tmp_path / "pkg"
+  pkg.mkdir(exist_ok=True)
+  (pkg / "tiny_cnn.py").write_text(
+    "import jax\n"
+    "from tests import nets\n"
+    "def build():\n"
+    "  module = nets.ConvNet()\n"
+    "  return module, module.init(jax.random.key(0), jax.numpy.zeros((1, 12, 12, 3)))\n"
+  )
+  monkeypatch.syspath_prepend(str(pkg))
+  return "tiny_cnn:build"
+
+
+def _refuse_model_loading(monkeypatch):
+  from jaxcam.cli import evaluate
+
+  def load(*_):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+  monkeypatch.setattr(evaluate, "_load_model", load)
+
+
+@pytest.mark.parametrize(
+  "case,message",
+  [
+    ("option_of_wrong_type", "--option: "),
+    ("option_bad_value", "--option: Expected `convention`"),
+    ("size_0", "--size must be at least 1, got 0"),
+    ("chunk_size_0", "--chunk-size must be at least 1, got 0"),
+    ("negative_tolerance", "--tolerance must be >= 0, got -3"),
+    ("boxes_not_numbers", "--boxes: expected a list of [x0, y0, x1, y1] for 'a', got 'abc'"),
+    ("boxes_a_number", "--boxes: expected a list of [x0, y0, x1, y1] for 'a', got 5"),
+    ("boxes_three_numbers", "--boxes: expected a list of [x0, y0, x1, y1] for 'a', got [[1, 2, 3]]"),
+    ("no_methods", "--methods: expected at least one method"),
+    ("foreign_manifest", "not a shard manifest of jaxcam"),
+    ("foreign_entries", "not a shard manifest of jaxcam"),
+  ],
+)
+def test_more_user_errors_are_one_line_with_status_2_before_any_work(tmp_path, monkeypatch, capsys, case, message):
+  img = tmp_path / "a.png"
+  Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(img)
+  out = tmp_path / "out"
+  boxes = tmp_path / "boxes.json"
+  evaluate = ["evaluate", str(img), "--methods", "gradcam", "--out", str(out)]
+  if case.startswith("option") or case == "size_0":
+    model = _tiny_model_module(tmp_path, monkeypatch)
+    args = ["explain", str(img), "--model", model, "--layer", "body_2", "--size", "12", "--out", str(out)]
+    args += {
+      "option_of_wrong_type": ["--method", "kpcacam", "--option", "coef0=abc"],
+      "option_bad_value": ["--method", "scorecam", "--option", "convention=abc"],
+      "size_0": ["--size", "0"],
+    }[case]
+  elif case in ("chunk_size_0", "negative_tolerance", "no_methods") or case.startswith("boxes"):
+    _refuse_model_loading(monkeypatch)
+    args = evaluate + {
+      "chunk_size_0": ["--chunk-size", "0"],
+      "negative_tolerance": ["--tolerance", "-3"],
+      "no_methods": ["--methods", ","],
+      "boxes_not_numbers": ["--boxes", str(boxes)],
+      "boxes_a_number": ["--boxes", str(boxes)],
+      "boxes_three_numbers": ["--boxes", str(boxes)],
+    }[case]
+    entry = {"boxes_not_numbers": "abc", "boxes_a_number": 5, "boxes_three_numbers": [[1, 2, 3]]}.get(case)
+    boxes.write_text(json.dumps({"a": entry}))
+  else:
+    (out / "shards").mkdir(parents=True)
+    foreign = "5" if case == "foreign_manifest" else json.dumps({"fingerprint": "x", "entries": [1, 2]})
+    (out / "shards" / "manifest-00000.json").write_text(foreign)
+    args = ["merge-manifests", str(out)]
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("jaxcam: error: ") and message in err and "Traceback" not in err, err
+  assert err.count("\n") == 1, err
+  if case != "foreign_manifest" and case != "foreign_entries":
+    assert not out.exists()  # refused before any work: nothing written
+
+
+@pytest.mark.fast
+def test_boxes_that_are_a_fifo_are_refused_without_hanging(tmp_path, monkeypatch, capsys):
+  img = tmp_path / "a.png"
+  Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(img)
+  _refuse_model_loading(monkeypatch)
+  with fifo(tmp_path / "boxes.json") as state:
+    rc = cli.main(["evaluate", str(img), "--boxes", str(tmp_path / "boxes.json"), "--out", str(tmp_path / "out")])
+  assert not state["released"] and rc == 2
+  err = capsys.readouterr().err
+  assert "--boxes" in err and "FIFO" in err and err.count("\n") == 1, err

@@ -93,3 +93,18 @@ def test_rows_wrappers_and_metrics_from_user_code_work_everywhere(small_linen, d
   finally:
     metrics.METRICS.clear()
     metrics.METRICS.update(table)
+  # the user's wrapper by name, as the CLI's --method spells it
+  from jaxcam.methods import table as method_table
+
+  method_table.register_wrapper("negated", negated)
+  try:
+    row = jaxcam.get_method("negated(gradcam)")
+    assert row == negated("gradcam")
+    np.testing.assert_allclose(
+      jaxcam.explain("negated(gradcam)", tap, x, t, **RAW).maps,
+      -jaxcam.explain("gradcam", tap, x, t, **RAW).maps,
+      rtol=1e-5,
+      atol=1e-6,
+    )
+  finally:
+    method_table._USER_WRAPPERS.pop("negated", None)

@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
   )
   ex.add_argument("--size", type=int, default=224, help="input size for imported models that do not declare one")
   ex.add_argument("--weights", default=None, help="weights file for models without packaged weights")
-  ex.add_argument("--method", default="gradcam", help=f"one of {', '.join(jaxcam.method_names())} (gradcam++ too)")
+  ex.add_argument(
+    "--method",
+    default="gradcam",
+    help=f"one of {', '.join(jaxcam.method_names())} (gradcam++ too), or a wrapped method: "
+    f"{', '.join(f'{w}(METHOD)' for w in jaxcam.methods.table.wrappers())} (e.g. 'sess(gradcam_pp)'; 'sess' alone is "
+    "sess(gradcam))",
+  )
   ex.add_argument("--layer", default=None, help="layer path (default: the model's default layer)")
   ex.add_argument("--target", default=None, help="class id or ImageNet name (default: each image's top class)")
   ex.add_argument("--out", default="jaxcam-out", help="output directory")

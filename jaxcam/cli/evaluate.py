@@ -35,8 +35,8 @@ def _evaluation_rows(names: str) -> list[str]:
   for n in rows:
     try:
       jaxcam.get_method(n)
-    except KeyError as e:
-      raise CliError(str(e)) from None
+    except (KeyError, ValueError, TypeError) as e:
+      raise CliError(str(e).strip("'\"")) from None
   return rows
 
 
@@ -60,27 +60,52 @@ def _centres(n_out: int, n_in: int) -> np.ndarray:
   return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), n_in - 1)
 
 
+def read_boxes(boxes: str) -> dict:
+  """The ``--boxes`` file checked whole (before any model is loaded): a regular file (a FIFO would block forever),
+  a JSON object whose every value is a list of ``[x0, y0, x1, y1]`` (or one such box) of finite numbers."""
+  import json
+
+  from jaxcam._budget import regular_file_size
+
+  try:
+    regular_file_size(boxes, "--boxes")
+    with open(boxes, encoding="utf-8") as f:
+      table = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CliError(f"--boxes: cannot read {boxes!r} as JSON: {e}".splitlines()[0]) from None
+  if not isinstance(table, dict):
+    kind = type(table).__name__
+    raise CliError(f'--boxes: expected a JSON object {{"image": [[x0, y0, x1, y1], ...]}}, got a {kind}')
+  for name, entry in table.items():
+    if not _is_boxes(entry):
+      raise CliError(
+        f"--boxes: expected a list of [x0, y0, x1, y1] for {name!r}, got {entry!r:.80} (in {boxes!r}; "
+        "numbers in the original image's pixels)"
+      )
+  return table
+
+
+def _is_boxes(entry: Any) -> bool:
+  def number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+  if not isinstance(entry, list):
+    return False
+  if len(entry) == 4 and all(number(v) for v in entry):
+    return True  # one box
+  return all(isinstance(b, list) and len(b) == 4 and all(number(v) for v in b) for b in entry)
+
+
 def load_regions(boxes: str | None, masks: str | None, names: list[str], photos: dict, size: int):
   """Boolean regions (B, S, S) at the model's input size and which images have one, from ``--boxes`` (JSON:
   ``{"image": [[x0, y0, x1, y1], ...]}`` in the original image's pixels, half-open, keyed by the image's name, file
   name or stem) or ``--masks`` (a folder of ``<stem>.png`` at the image's size, nonzero = inside). A resized pixel
   is inside when its centre falls inside in the original image."""
-  import json
-
   from jaxcam import stream
 
   out = np.zeros((len(names), size, size), bool)
   present = np.zeros(len(names), bool)
-  table = None
-  if boxes:
-    try:
-      with open(boxes, encoding="utf-8") as f:
-        table = json.load(f)
-    except (OSError, ValueError) as e:
-      raise CliError(f"--boxes: cannot read {boxes!r} as JSON: {e}") from None
-    if not isinstance(table, dict):
-      kind = type(table).__name__
-      raise CliError(f'--boxes: expected a JSON object {{"image": [[x0, y0, x1, y1], ...]}}, got a {kind}')
+  table = read_boxes(boxes) if boxes else None
   for i, name in enumerate(names):
     h, w = np.asarray(photos[name]).shape[:2]
     rows, cols = _centres(size, h)[:, None], _centres(size, w)[None, :]
@@ -88,10 +113,7 @@ def load_regions(boxes: str | None, masks: str | None, names: list[str], photos:
       entry = _lookup(table, name)
       if entry is None:
         continue
-      arr = np.asarray(entry, float).reshape(-1, 4) if len(entry) else np.zeros((0, 4))
-      if arr.ndim != 2 or arr.shape[1] != 4:
-        raise CliError(f"--boxes: expected a list of [x0, y0, x1, y1] for {name!r}, got {entry!r}")
-      for x0, y0, x1, y1 in arr:
+      for x0, y0, x1, y1 in np.asarray(entry, float).reshape(-1, 4):
         out[i] |= (cols >= x0) & (cols < x1) & (rows >= y0) & (rows < y1)
       present[i] = True
     if masks:
@@ -113,44 +135,99 @@ def load_regions(boxes: str | None, masks: str | None, names: list[str], photos:
 
 
 def cmd_evaluate(args) -> int:
-  import jax
-  import jax.numpy as jnp
-
-  import jaxcam
-  from jaxcam import models, stream
-
   t0 = time.perf_counter()
+  rows, wanted = _checked_arguments(args)  # every argument, before any image or model is loaded
+  tap, x, names, regions, rows = _evaluation_inputs(args, rows)
+  table, per_image = _evaluate_rows(args, tap, x, names, regions, rows, wanted)
+  os.makedirs(args.out, exist_ok=True)
+  summary = {
+    "model": args.model,
+    "layer": tap.layer,
+    "score": args.score,
+    "steps": args.steps,
+    "images": names,
+    "metrics": wanted,
+    "methods": {
+      row: {k: _mean_std(v) for k, v in vals.items()}
+      for row, vals in table.items()
+    },
+  }  # fmt: skip
+  writers.write_json(os.path.join(args.out, "summary.json"), summary)
+  with open(os.path.join(args.out, "results.csv"), "w", encoding="utf-8") as f:
+    f.write(",".join(["method", "image", *wanted]) + "\n")
+    for r in per_image:
+      f.write(",".join([r["method"], r["image"], *(f"{r[k]:.6g}" for k in wanted)]) + "\n")
+  print(evaluation_table(summary))
+  print(f"wrote results.csv and summary.json to {args.out} in {time.perf_counter() - t0:.1f} s")
+  return 0
+
+
+def _checked_arguments(args) -> tuple[list[str], list[str]]:
+  """The rows and metrics to evaluate, every argument checked first (a user error costs no minutes of work)."""
   rows = _evaluation_rows(args.methods)
+  if not rows:
+    raise CliError(f"--methods: expected at least one method (comma-separated), got {args.methods!r}")
   regional = bool(args.boxes or args.masks)
   if args.metrics is None:
     wanted = list(DEFAULT_METRICS) + ([k for k, v in METRICS.items() if "regions" in v.needs] if regional else [])
   else:
     wanted = [m.strip() for m in args.metrics.split(",") if m.strip()]
   bad = sorted(set(wanted) - set(METRICS))
-  if bad:
-    raise CliError(f"--metrics: unknown {bad}; choose from {', '.join(METRICS)}")
+  if bad or not wanted:
+    raise CliError(f"--metrics: unknown {bad or args.metrics!r}; choose from {', '.join(METRICS)}")
   needs = [m for m in wanted if "regions" in METRICS[m].needs]
   if needs and not regional:
     raise CliError(f"--metrics {','.join(needs)} need regions: pass --boxes FILE.json or --masks FOLDER")
-  if args.steps < 1:
-    raise CliError(f"--steps must be at least 1, got {args.steps}")
+  for flag, value, least in (("--steps", args.steps, 1), ("--chunk-size", args.chunk_size, 1)):
+    if value < least:
+      raise CliError(f"{flag} must be at least {least}, got {value}")
+  if args.tolerance < 0:
+    raise CliError(f"--tolerance must be >= 0, got {args.tolerance} (pointing-game tolerance in input pixels)")
+  if args.boxes:
+    read_boxes(args.boxes)
+  if args.masks and not os.path.isdir(args.masks):
+    raise CliError(f"--masks: expected a folder of <stem>.png masks, got {args.masks!r}")
   _check_out(args.out)
+  return rows, wanted
+
+
+def _evaluation_inputs(args, rows: list[str]):
+  """(tap, preprocessed images, their names, regions or None, the rows this tap can read)."""
+  import jax.numpy as jnp
+
+  import jaxcam
+  from jaxcam import models, stream
+
   if args.inputs:
     files = collect_images(args.inputs)
-    photos = {os.path.relpath(f): stream.decode_image(f) for f in files}
+    photos = {}
+    for f in files:
+      try:
+        photos[os.path.relpath(f)] = stream.decode_image(f)
+      except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise CliError(f"cannot read image {f!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
   else:
     photos = models.sample_images()
   module, variables = _load_model(args.model, args.weights)
   names = list(photos)
   x = jnp.asarray(models.preprocess([photos[n] for n in names], args.model))
-  regions = load_regions(args.boxes, args.masks, names, photos, x.shape[1]) if regional else None
+  regions = load_regions(args.boxes, args.masks, names, photos, x.shape[1]) if args.boxes or args.masks else None
   try:
     tap = jaxcam.linen_tap(module, variables, args.layer)
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e)) from None
   if args.methods == "default":  # the rows that can read this tap (LeGrad needs transformer blocks)
     rows = [r for r in rows if jaxcam.get_method(r).applies(tap)]
-  ids = jnp.argmax(tap.forward(x), axis=-1)
+  return tap, x, names, regions, rows
+
+
+def _evaluate_rows(args, tap, x, names, regions, rows, wanted):
+  """Per row: its maps timed warm, then every metric; returns the table and the per-image records."""
+  import jax
+
+  import jaxcam
+
+  ids = jax.numpy.argmax(tap.forward(x), axis=-1)
   score = jaxcam.targets.softmax(ids) if args.score == "probability" else jaxcam.targets.logit(ids)
   key = jax.random.key(args.seed)
   settings = dict(key=key, regions=regions, steps=args.steps, chunk_size=args.chunk_size, tolerance=args.tolerance)
@@ -175,27 +252,7 @@ def cmd_evaluate(args) -> int:
       bar.update(1)
   finally:
     bar.close()
-  os.makedirs(args.out, exist_ok=True)
-  summary = {
-    "model": args.model,
-    "layer": tap.layer,
-    "score": args.score,
-    "steps": args.steps,
-    "images": names,
-    "metrics": wanted,
-    "methods": {
-      row: {k: _mean_std(v) for k, v in vals.items()}
-      for row, vals in table.items()
-    },
-  }  # fmt: skip
-  writers.write_json(os.path.join(args.out, "summary.json"), summary)
-  with open(os.path.join(args.out, "results.csv"), "w", encoding="utf-8") as f:
-    f.write(",".join(["method", "image", *wanted]) + "\n")
-    for r in per_image:
-      f.write(",".join([r["method"], r["image"], *(f"{r[k]:.6g}" for k in wanted)]) + "\n")
-  print(evaluation_table(summary))
-  print(f"wrote results.csv and summary.json to {args.out} in {time.perf_counter() - t0:.1f} s")
-  return 0
+  return table, per_image
 
 
 def _mean_std(values: list[float]) -> dict:

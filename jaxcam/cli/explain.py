@@ -26,12 +26,16 @@ def cmd_explain(args) -> int:
 
   try:
     spec = jaxcam.get_method(args.method)
-  except KeyError as e:
-    raise CliError(str(e)) from None
+  except (KeyError, ValueError, TypeError) as e:
+    raise CliError(str(e).strip("'\"")) from None
   if args.batch_size < 1:
     raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
   if args.shard_size < 0:
     raise CliError(f"--shard-size must be positive (0: one shard), got {args.shard_size}")
+  if args.size < 1:
+    raise CliError(f"--size must be at least 1, got {args.size} (the input size of an imported model, in pixels)")
+  if args.devices < 0:
+    raise CliError(f"--devices must be at least 1 (0: every local device), got {args.devices}")
   if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
     _init_distributed(args)
   args.options = method_options(spec, args.option, args.seed)
@@ -53,9 +57,35 @@ def cmd_explain(args) -> int:
       tap = jaxcam.linen_tap(module, variables, args.layer)  # the default layer: what auto-detection chooses
     except (KeyError, ValueError, TypeError) as e:
       raise CliError(str(e)) from None
+  _check_options_trace(spec, tap, size, target, args)
   os.makedirs(args.out, exist_ok=True)
   shard = args.shard_size or -(-len(files) // args.batch_size) * args.batch_size  # default: one shard, overlays
   return _explain_stream(args, spec, files, target, tap, shard, args.overlays or not args.shard_size, size, class_name)
+
+
+def _check_options_trace(spec, tap, size: int, target, args) -> None:
+  """--option values that pass the option table but not the method (a string where a number goes, a value out of
+  its choices): found by tracing the method once on an abstract batch (`jax.eval_shape`: nothing is compiled or
+  run), before anything is written."""
+  if not args.option:
+    return
+  import jax
+  import jax.numpy as jnp
+
+  import jaxcam
+
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+
+  def trace(x):
+    ex = jaxcam.explain(
+      spec, tap, x, target, progress=False, eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, **args.options
+    )
+    return ex.maps
+
+  try:
+    jax.eval_shape(trace, x)
+  except (TypeError, ValueError, KeyError) as e:
+    raise CliError(f"--option: {str(e).strip(chr(39) + chr(34))}".splitlines()[0]) from None
 
 
 def _imported_model(args, files: list[str]):
@@ -148,7 +178,7 @@ def _explain_stream(args, spec, files, target, tap, shard_size, overlays, size, 
       eigen_smooth=args.eigen_smooth,
       aug_smooth=args.aug_smooth,
     )
-  except ValueError as e:
+  except (ValueError, TypeError) as e:  # what the method refuses (an option, a layer) names itself
     raise CliError(str(e)) from None
   finally:
     bar.close()

@@ -15,34 +15,55 @@ from typing import Any
 
 import numpy as np
 
+from jaxcam import fullgradient
 from jaxcam._errors import UnknownNameError, unknown_name_message
 from jaxcam.methods import attention, classic, factorization, gradient, perturbation
 
-__all__ = ["MethodSpec", "METHODS", "OUTPUTS", "get_method", "method_names", "register_method"]
+__all__ = [
+  "MethodSpec",
+  "METHODS",
+  "OUTPUTS",
+  "get_method",
+  "method_names",
+  "register_method",
+  "register_wrapper",
+  "wrappers",
+]
 
-OUTPUTS = ("channel", "spatial", "map")
+OUTPUTS = ("channel", "spatial", "map", "input_map")
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
   """One row of the method table.
 
-  name: the method's name. fn: ``fn(A, *needs, **options)``, A ``(B, K, h, w, C)`` and one positional argument per
-  entry of `needs` (None for a need that `select` left out). output: what fn returns: "channel" weights
-  ``(B, K, C)``, "spatial" weights ``(B, K, h, w, C)`` (the map is then ``sum_k w_k A_k``) or a "map"
-  ``(B, K, h, w)``. needs: names of registered providers (`jaxcam.providers`). options: fn's keyword options with
-  defaults. controls: options read by `select` or `inputs` rather than fn (e.g. Grad-CAM++'s ``derivatives``).
-  select: ``select(options) -> needs`` actually used for these options (default: all of `needs`). inputs: a
-  wrapper hook that computes the needs in place of the plain forward pass (see `jaxcam.smooth`). per_layer:
-  ``per_layer(maps, fusion=, n_layers=)`` on each layer's normalized map at layer resolution. check:
-  ``check(explanation, options)``, run after eager calls (warnings, clear errors). class_specific: whether the map
-  depends on the target. differentiable: whether maps are meant to be differentiated (the Eigen methods are not).
-  fuse: ``fuse(maps, size=, options=, normalize=, relu=, upsample=)`` replaces the upsampling and layer fusion:
-  it gets each layer's post-processed map at layer resolution (a list of ``(B, K, h, w)``) and returns
-  ``(B, K, H, W)`` (see `jaxcam.refine`). normalize_layers: whether each layer's map is min-max normalized before
-  the layers are fused (False: raw maps are averaged, then normalized once, as LeGrad does). augment: test-time
-  augmentations (`jaxcam.Augmentation`): the row's maps are those of the augmented copies mapped back and averaged
-  (see `jaxcam.aug_smooth`).
+  What every row has:
+    name: the method's name (registered names have no parentheses; a wrapped row is ``wrapper(inner)``).
+    fn: ``fn(A, *needs, **options)``: A ``(B, K, *spatial, C)`` (two spatial axes for images, three for volumes:
+      read them from the rank) and one positional argument per entry of `needs` (None for a need that `select`
+      left out).
+    output: what fn returns: "channel" weights ``(B, K, C)`` or "spatial" weights ``(B, K, *spatial, C)`` (the
+      map is then ``sum_k w_k A_k``), a "map" ``(B, K, *spatial)`` at the layer's resolution, or an "input_map"
+      ``(B, K, H, W)`` at the input's (FullGrad: it reads the whole model, not the layer).
+    needs: names of registered providers (`jaxcam.providers`). options: fn's keyword options with defaults.
+    title, aliases: for people (tables, plots) and other spellings of the name.
+
+  Hooks (None unless the row needs one), in the order they run:
+    controls / select: options read by `select` or a hook rather than fn (e.g. Grad-CAM++'s ``derivatives``);
+      ``select(options) -> needs`` actually computed for these options (default: all of `needs`).
+    around: runs the whole row its own way, ``around(run, tap, x, target, options, flags, progress) ->
+      Explanation``, where ``run(tap, x, target, options, flags, progress)`` explains with this row without the hook
+      (augmented copies: `jaxcam.aug_smooth`; patches: `jaxcam.sess`); a wrapper keeps the previous hook as its
+      ``inner``, so hooks nest.
+    inputs: computes the needs in place of the plain forward pass (`jaxcam.smooth`, `jaxcam.finer`).
+    per_layer: ``per_layer(maps, fusion=, n_layers=)`` on each layer's normalized map at layer resolution.
+    fuse: ``fuse(maps, size=, options=, normalize=, relu=, upsample=)`` replaces the upsampling and layer fusion:
+      it gets each layer's post-processed map at layer resolution and returns ``(B, K, *size)`` (`jaxcam.refine`).
+    normalize_layers: whether each layer's map is min-max normalized before the layers are fused (False: raw maps
+      are averaged, then normalized once, as LeGrad does).
+    check: ``check(explanation, options)``, run after eager calls (warnings, clear errors).
+    class_specific: whether the map depends on the target.
+  An `inputs` or `around` hook may declare ``options`` (with defaults), ``expensive`` and ``cost(inner_cost)``.
   """
 
   name: str
@@ -56,12 +77,11 @@ class MethodSpec:
   per_layer: Callable[..., Any] | None = None
   check: Callable[[Any, Mapping[str, Any]], None] | None = None
   class_specific: bool = True
-  differentiable: bool = True
   fuse: Callable[..., Any] | None = None
   aliases: tuple[str, ...] = ()
   title: str = ""
   normalize_layers: bool = True
-  augment: tuple = ()
+  around: Any = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -89,8 +109,8 @@ class MethodSpec:
       out.update(p.options)
     out.update(self.controls)
     out.update(self.options)
-    extra = getattr(self.inputs, "options", ())
-    out.update(extra)
+    for hook in (self.inputs, self.around):
+      out.update(getattr(hook, "options", ()))
     return out
 
   def applies(self, tap: Any) -> bool:
@@ -101,7 +121,8 @@ class MethodSpec:
   def expensive(self, options: Mapping[str, Any] | None = None) -> bool:
     """Whether its cost grows with the layer's size or a sample count (explain_many runs it only if asked)."""
     opts = {**self.defaults(), **(options or {})}
-    return bool(getattr(self.inputs, "expensive", False)) or any(
+    hooks = (self.inputs, self.around)
+    return any(bool(getattr(h, "expensive", False)) for h in hooks) or any(
       p.expensive for p in self._providers(self.needs_for(opts))
     )
 
@@ -110,8 +131,10 @@ class MethodSpec:
     opts = {**self.defaults(), **(options or {})}
     parts = ["1 forward pass"] + [f"{p.name}: {p.cost}" for p in self._providers(self.needs_for(opts)) if p.cost]
     text = "; ".join(parts)
-    scale = getattr(self.inputs, "cost", None)
-    return scale(text) if scale is not None else text
+    for hook in (self.inputs, self.around):
+      scale = getattr(hook, "cost", None)
+      text = scale(text) if scale is not None else text
+    return text
 
 
 def _gradcam_pp_needs(options: Mapping[str, Any]) -> tuple[str, ...]:
@@ -213,15 +236,13 @@ for _spec in [
     "map",
     needs=(),
     class_specific=False,
-    differentiable=False,
     title="Eigen-CAM",
   ),
-  MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", differentiable=False, title="EigenGrad-CAM"),
+  MethodSpec("eigengradcam", factorization.eigengradcam_map, "map", title="EigenGrad-CAM"),
   MethodSpec(
     "segeigencam",
     factorization.segeigencam_map,
     "map",
-    differentiable=False,
     aliases=("seg_eigen_cam",),
     title="Seg-Eigen-CAM",
   ),
@@ -232,7 +253,6 @@ for _spec in [
     needs=(),
     options=(("kernel", "sigmoid"), ("gamma", None), ("coef0", 1.0), ("degree", 3)),
     class_specific=False,
-    differentiable=False,
     aliases=("kpca_cam",),
     title="KPCA-CAM",
   ),
@@ -289,6 +309,14 @@ for _spec in [
     title="LeGrad",
   ),
   MethodSpec(
+    "fullgrad",
+    fullgradient.fullgrad_map,
+    "input_map",
+    needs=("fullgrad",),
+    aliases=("full_grad",),
+    title="FullGrad",
+  ),
+  MethodSpec(
     "reciprocam",
     perturbation.reciprocam_map,
     "map",
@@ -305,16 +333,61 @@ def method_names() -> list[str]:
   return list(METHODS)
 
 
+_USER_WRAPPERS: dict[str, tuple[Callable[..., MethodSpec], str | None]] = {}
+
+
+def register_wrapper(name: str, wrapper: Callable[..., MethodSpec], *, default: str | None = None) -> None:
+  """Let ``"name(<method>)"`` (and ``"name"`` alone when `default` names a method) be looked up by name, as the
+  built-in wrappers are (``"smooth(gradcam_pp)"``, ``"sess"``): `wrapper(inner_row)` with its default options
+  must return the row. Names then work in the CLI's ``--method`` and wherever a method name does."""
+  if not isinstance(name, str) or not name.isidentifier():
+    raise ValueError(f"Expected a wrapper name that is a Python identifier, got {name!r}.")
+  if not callable(wrapper):
+    raise TypeError(f"Expected `wrapper` to be callable, got {type(wrapper).__name__}.")
+  _USER_WRAPPERS[name] = (wrapper, default)
+
+
+def wrappers() -> dict[str, tuple[Callable[..., MethodSpec], str | None]]:
+  """``{name: (wrapper, default method or None)}``: the wrappers a method name may apply, ``"sess(gradcam)"``."""
+  from jaxcam import multiscale
+  from jaxcam import wrappers as w
+
+  builtin = {
+    "smooth": (w.smooth, None),
+    "aug_smooth": (w.aug_smooth, None),
+    "eigen_smooth": (w.eigen_smooth, None),
+    "finer": (w.finer, "gradcam"),
+    "refine": (w.refine, "gradcam_pp"),
+    "sess": (multiscale.sess_row, "gradcam"),
+  }
+  return {**builtin, **_USER_WRAPPERS}
+
+
 def get_method(name: str | MethodSpec) -> MethodSpec:
-  """The table row for `name` (aliases such as "gradcam++" and dashes accepted), or a `MethodSpec` as is."""
+  """The table row for `name` (aliases such as "gradcam++" and dashes accepted), or a `MethodSpec` as is.
+
+  A wrapped name, ``"wrapper(<name>)"`` (``"smooth(gradcam_pp)"``, ``"aug_smooth(eigen_smooth(gradcam))"``), is the
+  wrapper with its default options around that row, the very name the wrapper gives it; a wrapper's name alone is
+  its default method wrapped (``"sess"`` is ``"sess(gradcam)"``, SESS's default).
+  """
   if isinstance(name, MethodSpec):
     return name
   if not isinstance(name, str):
     raise TypeError(
       f"Expected `method` to be a method name such as 'gradcam' or a jaxcam MethodSpec, got {type(name).__name__}."
     )
-  key = name.lower().replace("-", "_")
+  key = name.strip().lower().replace("-", "_")
   key = _ALIASES.get(key, _ALIASES.get(key.replace("_", ""), key))
-  if key not in METHODS:
-    raise UnknownNameError(unknown_name_message("method", name, method_names(), "a registered CAM method"))
-  return METHODS[key]
+  if key in METHODS:
+    return METHODS[key]
+  outer, paren, rest = key.partition("(")
+  known = wrappers()
+  if outer.strip() in known and (not paren or rest.endswith(")")):
+    wrapper, default = known[outer.strip()]
+    inner = rest[:-1] if paren else default
+    if inner is None:
+      raise ValueError(f"Expected a method inside {outer.strip()!r}, e.g. '{outer.strip()}(gradcam)', got {name!r}.")
+    return wrapper(get_method(inner))
+  raise UnknownNameError(
+    unknown_name_message("method", name, method_names() + [f"{w}(...)" for w in known], "a registered CAM method")
+  )

@@ -229,12 +229,13 @@ class Tap:
     return self.layers.index(tuple(path)) if tuple(path) in self.layers else None
 
   can_intercept = False
-  """Whether `intercept` works on this tap (LeGrad reads attention through it)."""
+  """Whether `intercept` works on this tap (LeGrad reads attention, FullGrad biases through it)."""
 
   def intercept(self, x: jax.Array, interceptor: Callable) -> Any:
     """Run the plain model on `x` with every submodule call routed through ``interceptor(call, args, kwargs,
-    module, path)`` (it calls ``call(*args, **kwargs)`` or returns something else); returns the model's output.
-    Backends that can name their submodules' calls implement it (linen)."""
+    module, path)`` (it calls ``call(*args, **kwargs)`` or returns something else); returns the model's output as
+    `forward` does (``output=`` applied). Backends that can name their submodules' calls implement it (linen); LeGrad
+    reads attention and FullGrad reads biases through it."""
     raise ValueError(f"A {type(self).__name__} cannot intercept its submodules' calls; use a linen_tap.")
 
   def _missing(self, run: _Run) -> list[int]:

@@ -121,7 +121,7 @@ class LinenTap(Tap):
       return interceptor(next_fun, args, kwargs, context.module, tuple(context.module.path))
 
     with nn.intercept_methods(route):
-      return self._apply(self._model_input(x))
+      return self._select(self._apply(self._model_input(x)))
 
   def _run(self, x, run: _Run):
     import flax.linen as nn
