@@ -267,12 +267,15 @@ def load_images(images: Any) -> tuple[list[np.ndarray], list[str]]:
       names.append(f"image_{i}")
   if not out:
     raise ValueError(f"No images found in {images!r} (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
-  seen: dict[str, int] = {}
+  taken: set[str] = set()
   unique = []
-  for n in names:  # distinct names: "a", "a_1", ...
-    k = seen.get(n, 0)
-    seen[n] = k + 1
-    unique.append(n if k == 0 else f"{n}_{k}")
+  for n in names:  # distinct names: "a", "a_1", ... (the first free one: a stem "a_1" of its own is not reused)
+    candidate, k = n, 0
+    while candidate in taken:
+      k += 1
+      candidate = f"{n}_{k}"
+    taken.add(candidate)
+    unique.append(candidate)
   return out, unique
 
 

@@ -212,3 +212,19 @@ def test_save_gives_every_input_its_own_file(small_linen, tmp_path):
   pngs = [p for p in odd.save(tmp_path / "odd") if p.endswith(".png")]
   assert all(os.path.dirname(os.path.abspath(p)) == str(tmp_path / "odd") for p in pngs), pngs
   assert len({os.path.basename(p).lower() for p in pngs}) == 4 and not (tmp_path / "up.png").exists()
+
+
+@pytest.mark.fast
+def test_loaded_image_names_are_distinct(tmp_path):
+  """Stems that collide across folders and suffixes, and a stem that looks like a de-duplicated one, keep distinct
+  names (a/cat.png, b/cat.jpg, c/cat_1.png were cat, cat_1, cat_1)."""
+  from PIL import Image
+
+  paths = []
+  for sub, name in (("a", "cat.png"), ("b", "cat.jpg"), ("c", "cat_1.png"), ("d", "cat.png")):
+    (tmp_path / sub).mkdir()
+    Image.fromarray(np.full((4, 4, 3), len(paths), np.uint8)).save(tmp_path / sub / name)
+    paths.append(str(tmp_path / sub / name))
+  images, names = jaxcam.autoexplain.load_images(paths)
+  assert len(set(names)) == 4 and names[0] == "cat", names
+  assert [int(im[0, 0, 0]) for im in images] == [0, 1, 2, 3]  # still in input order
