@@ -274,27 +274,47 @@ def overlay_path(out: str, rel: str) -> str:
   return os.path.join(out, "overlays", rel + ".png")
 
 
+_MERGED_KEYS = ("method", "layer", "model", "shard_size", "jaxcam", "jax", "files", "fingerprint")
+
+
+def _read_shard_manifest(path: str) -> dict[str, Any]:
+  """The shard manifest at `path`, checked: a ValueError for a file that cannot be read or is not one of jaxcam's
+  shard manifests (another program's JSON, an edited or truncated file)."""
+  try:
+    regular_file_size(path, "a shard manifest")
+    with open(path, encoding="utf-8") as f:
+      shard = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"Cannot read shard manifest {path!r} ({type(e).__name__}: {e}); rerun that shard.") from None
+  if not _is_manifest(shard):
+    got = f"a JSON {type(shard).__name__}" if not isinstance(shard, dict) else f"keys {sorted(shard)[:8]}"
+    raise ValueError(
+      f"{path!r} is not a shard manifest of jaxcam (expected a JSON object with 'fingerprint' and 'entries', got "
+      f"{got}); remove it, or rerun that shard."
+    )
+  missing = [k for k in _MERGED_KEYS if k not in shard]
+  if missing:
+    raise ValueError(
+      f"{path!r} is not a shard manifest of jaxcam (it lacks {missing}: another program's, or an older jaxcam's); "
+      "rerun that shard."
+    )
+  return shard
+
+
 def merge_manifests(out: str) -> dict[str, Any]:
-  """Merge every ``shards/manifest-*.json`` of `out` into ``manifest.json`` (sorted; no timestamps)."""
+  """Merge every ``shards/manifest-*.json`` of `out` into ``manifest.json`` (sorted; no timestamps). A file there
+  that is not a shard manifest of this run is a ValueError naming it (`RunMismatchError` for another run's)."""
   d = os.path.join(out, "shards")
   names = sorted(n for n in os.listdir(d) if n.startswith("manifest-") and n.endswith(".json"))
   if not names:
     raise FileNotFoundError(f"No shard manifests in {d!r}: nothing to merge.")
   merged: dict[str, Any] = {"entries": {}}
-  keys = ("method", "layer", "model", "shard_size", "jaxcam", "jax", "files", "fingerprint")
   for n in names:
     path = os.path.join(d, n)
-    try:
-      with open(path, encoding="utf-8") as f:
-        shard = json.load(f)
-      missing = [k for k in keys + ("entries",) if k not in shard]
-    except (OSError, ValueError) as e:
-      raise ValueError(f"Cannot read shard manifest {path!r} ({type(e).__name__}: {e}); rerun that shard.") from None
-    if missing:
-      raise ValueError(f"Shard manifest {path!r} lacks {missing}: not a manifest of this jaxcam; rerun that shard.")
+    shard = _read_shard_manifest(path)
     if merged.setdefault("fingerprint", shard["fingerprint"]) != shard["fingerprint"]:
       raise RunMismatchError(f"Shard manifest {path!r} belongs to a different run than {names[0]!r}; not merged.")
-    for key in keys:
+    for key in _MERGED_KEYS:
       merged.setdefault(key, shard[key])
     merged["entries"].update(shard["entries"])
   merged["shards"] = len(names)
