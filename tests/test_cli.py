@@ -531,14 +531,17 @@ def test_more_user_errors_are_one_line_with_status_2_before_any_work(tmp_path, m
     }[case]
   elif case in ("chunk_size_0", "negative_tolerance", "no_methods") or case.startswith("boxes"):
     _refuse_model_loading(monkeypatch)
-    args = evaluate + {
-      "chunk_size_0": ["--chunk-size", "0"],
-      "negative_tolerance": ["--tolerance", "-3"],
-      "no_methods": ["--methods", ","],
-      "boxes_not_numbers": ["--boxes", str(boxes)],
-      "boxes_a_number": ["--boxes", str(boxes)],
-      "boxes_three_numbers": ["--boxes", str(boxes)],
-    }[case]
+    args = (
+      evaluate
+      + {
+        "chunk_size_0": ["--chunk-size", "0"],
+        "negative_tolerance": ["--tolerance", "-3"],
+        "no_methods": ["--methods", ","],
+        "boxes_not_numbers": ["--boxes", str(boxes)],
+        "boxes_a_number": ["--boxes", str(boxes)],
+        "boxes_three_numbers": ["--boxes", str(boxes)],
+      }[case]
+    )
     entry = {"boxes_not_numbers": "abc", "boxes_a_number": 5, "boxes_three_numbers": [[1, 2, 3]]}.get(case)
     boxes.write_text(json.dumps({"a": entry}))
   else:
@@ -564,3 +567,21 @@ def test_boxes_that_are_a_fifo_are_refused_without_hanging(tmp_path, monkeypatch
   assert not state["released"] and rc == 2
   err = capsys.readouterr().err
   assert "--boxes" in err and "FIFO" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["explain", "a.png", "--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),
+    (["evaluate", "--chunk-size", "1.5"], "argument --chunk-size: invalid int value: '1.5'"),
+    (["explain"], "the following arguments are required: IMAGE_OR_DIR"),
+    (["explainn"], "invalid choice: 'explainn'"),
+  ],
+)
+def test_malformed_arguments_are_one_line_with_status_2(capsys, args, message):
+  with pytest.raises(SystemExit) as info:
+    cli.main(args)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and err.startswith("jaxcam") and err.count("\n") == 1, err

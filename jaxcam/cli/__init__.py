@@ -48,13 +48,27 @@ __all__ = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors: ``jaxcam explain: error: ...`` and exit status 2 (argparse's usage block is
+  left out: ``--help`` shows it)."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
   import jaxcam
 
-  parser = argparse.ArgumentParser(prog="jaxcam", description="Class activation maps for JAX/Flax models.")
+  parser = _Parser(prog="jaxcam", description="Class activation maps for JAX/Flax models.")
   parser.add_argument("--version", action="version", version=f"jaxcam {jaxcam.__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
+  for add in (_add_demo, _add_explain, _add_merge, _add_evaluate, _add_layers):
+    add(sub)
+  return parser
 
+
+def _add_demo(sub) -> None:
+  """``jaxcam demo``: every cheap method on the bundled photos."""
   demo = sub.add_parser(
     "demo", help="EfficientNet-Lite0 (real weights) on bundled photos: every method, and exact Grad-CAM++"
   )
@@ -67,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
   )
   demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods (default 0)")
   demo.set_defaults(func=cmd_demo)
+
+
+def _add_explain(sub) -> None:
+  """``jaxcam explain``: images or folders through `jaxcam.stream`."""
+  import jaxcam
 
   ex = sub.add_parser("explain", help="explain images or directories of images")
   ex.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
@@ -127,10 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
   )
   ex.set_defaults(func=cmd_explain)
 
+
+def _add_merge(sub) -> None:
+  """``jaxcam merge-manifests``: the shard manifests of a multi-host run."""
   merge = sub.add_parser("merge-manifests", help="merge the shard manifests of a (multi-host) run")
   merge.add_argument("out")
   merge.set_defaults(func=cmd_merge)
 
+
+def _add_evaluate(sub) -> None:
+  """``jaxcam evaluate``: the metrics table per method."""
   ev = sub.add_parser(
     "evaluate",
     help="faithfulness (Average Drop, Increase, deletion / insertion AUC, ROAD, ADCC, ARCC) and localization "
@@ -172,10 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
   ev.add_argument("--out", default="jaxcam-eval", help="output directory (default: jaxcam-eval)")
   ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_layers(sub) -> None:
+  """``jaxcam layers``: a model's layer paths and output shapes."""
   layers = sub.add_parser("layers", help="layer paths of a model with their output shapes")
   layers.add_argument("--model", default="efficientnet_lite0")
   layers.set_defaults(func=cmd_layers)
-  return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
