@@ -21,7 +21,6 @@ import numpy as np
 
 from jaxcam import _checks, _spatial, core, postprocess, wrappers
 from jaxcam._eager import (
-  check_flags,
   check_images,
   eager_checks,
   is_traced,
@@ -33,6 +32,7 @@ from jaxcam._eager import (
 from jaxcam._errors import check_key
 from jaxcam._public import public_function, public_functions
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
+from jaxcam.postprocess import PostOptions
 from jaxcam.providers import get_provider
 
 __all__ = ["Explanation", "explain", "explain_many", "check_images", "public_function", "public_functions", "TRACES"]
@@ -159,8 +159,9 @@ def _as_float(tree: Any) -> Any:
   return jax.tree.map(f, tree)
 
 
-def method_maps(spec: MethodSpec, tap, x, fwd, values, options, *, normalize, upsample, relu, fusion) -> Explanation:
+def method_maps(spec: MethodSpec, tap, x, fwd, values, options, post: PostOptions) -> Explanation:
   """One method's post-processed maps from computed inputs (pytorch-grad-cam's order, see `postprocess`)."""
+  normalize, upsample, relu, fusion = post.normalize, post.upsample, post.relu, post.fusion
   used = spec.needs_for(options)
   fn_options = {k: options[k] for k, _ in spec.options}
   n_spatial = _spatial.of_images(x)
@@ -224,38 +225,25 @@ TRACES: collections.Counter = collections.Counter()
 """How many times each method was traced (compiled) by `explain` / `explain_many`: a retrace shows up here."""
 
 
-def _explain_impl(
-  tap,
-  x,
-  target,
-  traced,
-  *,
-  spec,
-  static,
-  normalize,
-  upsample,
-  relu,
-  fusion,
-  progress=False,
-):
+def _explain_impl(tap, x, target, traced, *, spec, static, post, progress=False):
   TRACES[spec.name] += 1  # runs once per trace, never per call
   options = {**dict(static), **traced}
-  flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
-  return _one_row(spec, tap, x, target, options, flags, spec.name if progress else None)
+  return run_row(spec, tap, x, target, options, post, spec.name if progress else None)
 
 
-def _one_row(spec, tap, x, target, options, flags, progress=None) -> Explanation:
+def run_row(spec, tap, x, target, options, post: PostOptions, progress=None) -> Explanation:
   """One row's explanation: its inputs (the plain pass or its `inputs` hook), then its maps; a row with an `around`
   hook (`jaxcam.aug_smooth`, `jaxcam.sess`) is run by the hook, which calls back for the row without it.
-  `progress`: the label of its chunked maps' bars (None: none)."""
+  `progress`: the label of its chunked maps' bars (None: none). The one run function behind `explain` (and so
+  `explain_batches`, the streaming runs and the metrics' ``method=``) and `explain_many`; call it inside a trace."""
   if spec.around is not None:
     inner = dataclasses.replace(spec, around=getattr(spec.around, "inner", None))
-    return spec.around(functools.partial(_one_row, inner), tap, x, target, options, flags, progress)
+    return spec.around(functools.partial(run_row, inner), tap, x, target, options, post, progress)
   fwd, values = compute_inputs(spec, tap, x, target, options, progress=progress)
-  return method_maps(spec, tap, x, fwd, values, options, **flags)
+  return method_maps(spec, tap, x, fwd, values, options, post)
 
 
-def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, relu, fusion, progress=False):
+def _explain_many_impl(tap, x, target, key=None, *, specs, post, progress=False):
   label = "explain_many" if progress else None
   out = {}
   opts = {s.name: _many_options(s, key) for s in specs}
@@ -264,18 +252,17 @@ def _explain_many_impl(tap, x, target, key=None, *, specs, normalize, upsample, 
   # one forward (+ backward) pass for every plain method
   shared = core.forward(tap, x, target, grads=grads, progress=label)
   cache: dict = {}  # each need computed once per distinct option values, shared between methods
-  flags = dict(normalize=normalize, upsample=upsample, relu=relu, fusion=fusion)
   for s in specs:
     TRACES[s.name] += 1
     if s in plain:
       values = {n: _provide(n, tap, x, shared, opts[s.name], cache) for n in s.needs_for(opts[s.name])}
-      out[s.name] = method_maps(s, tap, x, shared, values, opts[s.name], **flags)
+      out[s.name] = method_maps(s, tap, x, shared, values, opts[s.name], post)
     else:
-      out[s.name] = _one_row(s, tap, x, target, opts[s.name], flags, label)
+      out[s.name] = run_row(s, tap, x, target, opts[s.name], post, label)
   return out
 
 
-_STATIC = ("normalize", "upsample", "relu", "fusion", "progress")
+_STATIC = ("post", "progress")
 _explain_many_jit = jax.jit(_explain_many_impl, static_argnames=("specs",) + _STATIC)
 _explain_jit = jax.jit(_explain_impl, static_argnames=("spec", "static") + _STATIC)
 
@@ -340,7 +327,7 @@ def explain(
   """
   spec = get_method(method)
   x, sequence = _sequence_input(tap, x)
-  normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
+  post = PostOptions.checked(normalize, upsample, relu, fusion)
   spec = check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
   spec = check_aug_smooth(spec, aug_smooth)  # the flag is jaxcam.aug_smooth(method)
   opts = resolve_options(spec, options)
@@ -356,10 +343,7 @@ def explain(
       traced,
       spec=spec,
       static=static,
-      normalize=normalize,
-      upsample=upsample,
-      relu=relu,
-      fusion=fusion,
+      post=post,
       progress=show_progress(progress, under_jit, spec.expensive(opts)),
     )
   if not under_jit and not is_traced(ex.maps):  # traced values hidden in a closure (grad, vmap) show here
@@ -420,7 +404,7 @@ def explain_many(
         + "; ".join(f"{s.name} ({s.cost()})" for s in costly)
         + ". Pass allow_expensive=True to run them, or call jaxcam.explain for each."
       )
-  normalize, upsample, relu, fusion = check_flags(normalize, upsample, relu, fusion)
+  post = PostOptions.checked(normalize, upsample, relu, fusion)
   _checks.check_bool("allow_expensive", allow_expensive)
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
@@ -440,10 +424,7 @@ def explain_many(
       target,
       key,
       specs=specs,
-      normalize=normalize,
-      upsample=upsample,
-      relu=relu,
-      fusion=fusion,
+      post=post,
       progress=show_progress(progress, under_jit, any(s.expensive() for s in specs)),
     )
   if not under_jit and not is_traced([ex.maps for ex in out.values()]):

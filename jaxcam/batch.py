@@ -16,6 +16,7 @@ shard of the inputs (``jax.process_index()`` / ``jax.process_count()`` after ``j
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import queue
 import threading
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcam import _checks, api
+from jaxcam import _checks, api, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
@@ -172,7 +173,7 @@ def explain_batches(
     progress: a progress bar per chunked map inside each batch (for expensive methods; host callbacks).
   """
   spec = _method_spec(method)
-  normalize, upsample, relu, fusion = api.check_flags(normalize, upsample, relu, fusion)
+  post = postprocess.PostOptions.checked(normalize, upsample, relu, fusion)
   spec = api.check_eigen_smooth(spec, eigen_smooth)  # the flag is jaxcam.eigen_smooth(method)
   spec = api.check_aug_smooth(spec, aug_smooth)  # the flag is jaxcam.aug_smooth(method)
   _checks.check_positive_int("batch_size", batch_size, allow_none=True)
@@ -208,7 +209,7 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  f = _jitted(spec, normalize, upsample, relu, fusion, progress, static)
+  f = _jitted(spec, post, progress, static)
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
   have = 0
 
@@ -235,22 +236,12 @@ def explain_batches(
 
 
 @functools.cache
-def _jitted(spec, normalize, upsample, relu, fusion, progress, static):
-  """One jitted explain per method and static options (its cache holds one executable per input shape)."""
+def _jitted(spec, post, progress, static):
+  """One jitted explain per method, post-processing flags and static options (its cache holds one executable per
+  input shape)."""
+  flags = dataclasses.asdict(post)
   return jax.jit(
-    lambda tap, x, t, traced: api.explain(
-      spec,
-      tap,
-      x,
-      target=t,
-      normalize=normalize,
-      upsample=upsample,
-      relu=relu,
-      fusion=fusion,
-      progress=progress,
-      **dict(static),
-      **traced,
-    )
+    lambda tap, x, t, traced: api.explain(spec, tap, x, target=t, progress=progress, **flags, **dict(static), **traced)
   )
 
 

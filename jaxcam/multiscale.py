@@ -257,7 +257,7 @@ class Sess:
       raise ValueError(f"Expected every scale >= the window size {window}, got {small}.")
     return scales, window, step
 
-  def __call__(self, run, tap, x, target, options, flags, progress):
+  def __call__(self, run, tap, x, target, options, post, progress):
     from jaxcam import _spatial, core
     from jaxcam.api import Explanation
 
@@ -284,18 +284,18 @@ class Sess:
 
     scores = chunking.chunked_map(score_one, jnp.arange(b * n), chunk_size=self.chunk_size, progress=progress)
     weights, kept = _patch_weights(jnp.maximum(scores.reshape(b, n), 0.0), n - int(n * self.pre_filter_ratio))
-    patch_flags = dict(normalize=True, upsample=True, relu=True, fusion="mean")  # the base method's defaults
+    patch_post = postprocess.PostOptions()  # each patch with the base method's defaults, as pytorch-grad-cam
 
     def cam_one(j):
       bi, p = j // n, j % n
-      maps = run(tap, patches[bi, p][None], one_target(bi), options, patch_flags, None).maps
+      maps = run(tap, patches[bi, p][None], one_target(bi), options, patch_post, None).maps
       return maps[0, 0] if maps.ndim == 4 else maps[0]
 
     cams = chunking.chunked_map(cam_one, jnp.arange(b * n), chunk_size=self.chunk_size, progress=progress)
     fused = _fuse(cams.reshape(b, n, window, window), weights, kept, where, (h, w), window, self.pool, self.theta)
     if self.smooth:
       fused = _blur(fused)
-    maps = postprocess.normalize(fused) if flags["normalize"] else fused
+    maps = postprocess.normalize(fused) if post.normalize else fused
     sizes = tuple(_spatial.feature_size(a, 2) for a in clean.activations)
     return Explanation(
       maps=maps,

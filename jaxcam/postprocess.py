@@ -7,12 +7,44 @@ averaged and min-max normalized again, at the output resolution.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _spatial
+from jaxcam import _checks, _spatial
 
-__all__ = ["combine", "broadcast_channel_weights", "normalize", "upsample", "fuse"]
+__all__ = ["PostOptions", "combine", "broadcast_channel_weights", "normalize", "upsample", "fuse"]
+
+FUSIONS = ("mean", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostOptions:
+  """The post-processing flags of one explanation, as one static value (hashable: a compiled explain is keyed on
+  it, so equal flags never recompile). `jaxcam.explain` and the other entry points take them as keyword arguments
+  and build one with `checked`.
+
+  normalize: per-map min-max to [0, 1] at layer resolution and again after fusion (pytorch-grad-cam's order).
+  upsample: resize to the input's size (False keeps the layer's). relu: clip negative evidence.
+  fusion: "mean" (pytorch-grad-cam) or "max" (torchcam) over several layers.
+  """
+
+  normalize: bool = True
+  upsample: bool = True
+  relu: bool = True
+  fusion: str = "mean"
+
+  @classmethod
+  def checked(cls, normalize=True, upsample=True, relu=True, fusion="mean") -> PostOptions:
+    """The flags, validated: ``relu=None`` or ``normalize="no"`` are errors naming the argument, not bools."""
+    return cls(
+      _checks.check_bool("normalize", normalize),
+      _checks.check_bool("upsample", upsample),
+      _checks.check_bool("relu", relu),
+      _checks.check_choice("fusion", fusion, FUSIONS),
+    )
+
 
 NORMALIZE_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image
 

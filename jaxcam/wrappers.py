@@ -261,7 +261,7 @@ class Augmented:
   augmentations: tuple[Augmentation, ...]
   inner: Any = None
 
-  def __call__(self, run, tap, x, target, options, flags, progress):
+  def __call__(self, run, tap, x, target, options, post, progress):
     n, b = len(self.augmentations), x.shape[0]
     clean = core.forward_only(tap, x, target)
     fixed = targets_lib.with_ids(clean.target, None if clean.ids is None else jnp.tile(clean.ids, (n, 1)))
@@ -271,7 +271,7 @@ class Augmented:
         f"Expected each augmentation's `apply` to keep the images' shape {tuple(x.shape)}, got "
         f"{tuple(xs.shape[:1])} + {tuple(xs.shape[1:])} for {n} augmentations."
       )
-    ex = run(tap, xs, fixed, options, flags, progress)
+    ex = run(tap, xs, fixed, options, post, progress)
     maps = ex.maps.reshape((n, b) + ex.maps.shape[1:])
     maps = jnp.mean(jnp.stack([aug.invert(m) for aug, m in zip(self.augmentations, maps)]), axis=0)
     scores = clean.scores if clean.multi else clean.scores[:, 0]

@@ -91,3 +91,16 @@ def test_a_row_function_reads_the_spatial_rank_from_its_input(strict_promotion):
   )
   with pytest.raises(ValueError, match=r"\(B, K, \*spatial, C\)"):
     gradient.gradcam_weights(None, jnp.ones((4, 4, 3)))
+
+
+@pytest.mark.fast
+def test_post_options_are_one_checked_static_value():
+  """The flags travel as one hashable value: equal flags are equal keys (no recompilation), bad ones are named."""
+  a = postprocess.PostOptions.checked(True, False, True, "max")
+  assert a == postprocess.PostOptions(normalize=True, upsample=False, relu=True, fusion="max")
+  assert hash(a) == hash(postprocess.PostOptions(True, False, True, "max"))
+  assert a != postprocess.PostOptions()
+  with pytest.raises(TypeError, match="`relu`"):
+    postprocess.PostOptions.checked(relu=None)
+  with pytest.raises(ValueError, match="`fusion`"):
+    postprocess.PostOptions.checked(fusion="sum")

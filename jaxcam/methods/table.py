@@ -51,8 +51,9 @@ class MethodSpec:
   Hooks (None unless the row needs one), in the order they run:
     controls / select: options read by `select` or a hook rather than fn (e.g. Grad-CAM++'s ``derivatives``);
       ``select(options) -> needs`` actually computed for these options (default: all of `needs`).
-    around: runs the whole row its own way, ``around(run, tap, x, target, options, flags, progress) ->
-      Explanation``, where ``run(tap, x, target, options, flags, progress)`` explains with this row without the hook
+    around: runs the whole row its own way, ``around(run, tap, x, target, options, post, progress) ->
+      Explanation`` (`post`: the `jaxcam.postprocess.PostOptions`), where ``run(tap, x, target, options, post,
+      progress)`` explains with this row without the hook
       (augmented copies: `jaxcam.aug_smooth`; patches: `jaxcam.sess`); a wrapper keeps the previous hook as its
       ``inner``, so hooks nest.
     inputs: computes the needs in place of the plain forward pass (`jaxcam.smooth`, `jaxcam.finer`).
