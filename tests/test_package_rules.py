@@ -65,3 +65,31 @@ def test_no_hidden_state_in_the_package(tmp_path):
   probe = tmp_path / "probe.py"
   probe.write_text("import contextvars\nfrom contextvars import ContextVar\n")
   assert hidden_state(probe) == ["contextvars", "contextvars.ContextVar"]
+
+
+MAX_FUNCTION_LINES = 80
+LONG_REASON = "Long on purpose:"
+
+
+def long_functions(path: pathlib.Path) -> dict[str, int]:
+  """``{name: code lines}`` of the functions in `path` longer than `MAX_FUNCTION_LINES` (the docstring not
+  counted) whose docstring does not give a reason (a sentence starting with `LONG_REASON`)."""
+  found = {}
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      doc = ast.get_docstring(node) or ""
+      first = node.body[0]
+      doc_lines = first.end_lineno - first.lineno + 1 if doc and isinstance(first, ast.Expr) else 0
+      lines = node.end_lineno - node.lineno + 1 - doc_lines
+      if lines > MAX_FUNCTION_LINES and LONG_REASON not in doc:
+        found[node.name] = lines
+  return found
+
+
+def test_no_function_is_over_80_lines_without_a_reason(tmp_path):
+  long = {str(p.relative_to(PACKAGE)): f for p in _modules() if (f := long_functions(p))}
+  assert not long, f"split these (or say why not: '{LONG_REASON} ...' in the docstring): {long}"
+  probe = tmp_path / "probe.py"
+  body = "\n".join(f"  x{i} = {i}" for i in range(81))
+  probe.write_text(f'def f():\n  """Short doc."""\n{body}\n\n\ndef g():\n  """{LONG_REASON} a table."""\n{body}\n')
+  assert long_functions(probe) == {"f": 82}

@@ -75,12 +75,6 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
   module's ``legrad_score`` method. Linen taps only (the blocks' attention must be ``nn.MultiHeadDotProductAttention``
   or ``nn.SelfAttention`` with the default ``attention_fn``).
   """
-  import flax.linen as nn
-  from flax.linen.dtypes import promote_dtype
-
-  from jaxcam import layouts as layouts_lib
-  from jaxcam.taps import format_path
-
   if not getattr(tap, "can_intercept", False) or tap.where != "output":
     raise ValueError(
       "LeGrad reads the attention probabilities of flax.linen attention modules: pass a linen_tap on the "
@@ -93,89 +87,8 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
       f"layout=jaxcam.layouts.tokens(prefix=...) (or pick(i, then=tokens(...))), got {tap.layout!r}."
     )
   selector, layout = blocks
-
   method = _score_method(tap, score)
-
-  def block_of(path: tuple[str, ...]) -> int | None:
-    """The tapped block that holds the module at `path` (an ancestor is tapped), or None."""
-    for n in range(len(path) - 1, 0, -1):
-      i = tap.layer_index(path[:n])
-      if i is not None:
-        return i
-    return None
-
-  def run(deltas):
-    probs: dict[int, Any] = {}
-    tokens: dict[int, Any] = {}
-
-    def interceptor(next_fun, args, kwargs, mdl, path):
-      tapped = tap.layer_index(path)
-      if tapped is not None:
-        out = next_fun(*args, **kwargs)
-        tokens[tapped] = out if selector is None else layouts_lib.select(out, selector)
-        return out
-      if not isinstance(mdl, nn.MultiHeadDotProductAttention):
-        return next_fun(*args, **kwargs)
-      found = block_of(path)
-      if found is None:
-        return next_fun(*args, **kwargs)
-      i = found
-      if i in probs:
-        raise ValueError(
-          f"Block {format_path(tap.layers[i])!r} holds more than one attention module; LeGrad needs one "
-          "per tapped block."
-        )
-      if mdl.attention_fn is not nn.dot_product_attention:
-        raise ValueError(
-          f"The attention module {'/'.join(path)!r} uses a custom attention_fn; LeGrad reads probabilities through "
-          "flax.linen's default dot_product_attention."
-        )
-
-      def attend(query, key, value, bias=None, mask=None, broadcast_dropout=True, dropout_rng=None,
-                 dropout_rate=0.0, deterministic=False, dtype=None, precision=None, module=None,
-                 force_fp32_for_softmax=False, einsum_dot_general=None, qk_attn_weights_einsum=None,
-                 attn_weights_value_einsum=None):  # fmt: skip
-        query, key, value = promote_dtype(query, key, value, dtype=dtype)
-        weights = nn.dot_product_attention_weights(
-          query,
-          key,
-          bias,
-          mask,
-          broadcast_dropout,
-          dropout_rng,
-          dropout_rate,
-          deterministic,
-          query.dtype,
-          precision,
-          module,
-          force_fp32_for_softmax,
-          einsum_dot_general=einsum_dot_general,
-          einsum=qk_attn_weights_einsum,
-        )
-        if deltas is not None:
-          weights = weights + deltas[i].astype(weights.dtype)
-        probs[i] = weights
-        einsum = attn_weights_value_einsum or functools.partial(
-          jnp.einsum, precision=precision, _dot_general=einsum_dot_general or jax.lax.dot_general
-        )
-        return einsum("...hqk,...khd->...qhd", weights, value)  # as flax.linen.dot_product_attention
-
-      object.__setattr__(mdl, "attention_fn", attend)  # restored below: the module is this call's bound clone
-      try:
-        return next_fun(*args, **kwargs)
-      finally:
-        object.__setattr__(mdl, "attention_fn", nn.dot_product_attention)
-
-    tap.intercept(x, interceptor)
-    missing = [format_path(tap.layers[i]) for i in range(len(tap.layers)) if i not in probs]
-    if missing:
-      raise ValueError(
-        f"No nn.MultiHeadDotProductAttention ran inside block(s) {missing}: LeGrad needs the tapped layers to be "
-        "transformer blocks holding flax.linen attention (a block whose attention calls a function directly, as "
-        "Hugging Face's Flax ViT does, cannot be read)."
-      )
-    return tuple(probs[i] for i in range(len(tap.layers))), tuple(tokens[i] for i in range(len(tap.layers)))
-
+  run = functools.partial(_read_blocks, tap, x, selector)
   shapes = jax.eval_shape(lambda: run(None)[0])
   zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
   tgt = targets_lib.with_ids(fwd.target, fwd.ids)
@@ -186,19 +99,114 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
     return tuple(tgt.evaluate(lg)[1] for lg in logits)  # each (B, K)
 
   scores, pullback = jax.vjp(block_scores, zeros)
+  return tuple(_block_relevance(pullback, scores, i, layout) for i in range(len(tap.layers)))
+
+
+def _block_relevance(pullback, scores: tuple, i: int, layout: Any) -> jax.Array:
+  """Block i's ``relu(dS_i / dP_i)`` averaged over heads and queries, laid out like its tokens: ``(B, K, h, w)``."""
   k = scores[0].shape[1]
-  out = []
-  for i in range(len(tap.layers)):
 
-    def grad_i(onehot, i=i):
-      cot = tuple(
-        jnp.broadcast_to(onehot, s.shape).astype(s.dtype) if j == i else jnp.zeros_like(s) for j, s in enumerate(scores)
+  def grad_i(onehot):
+    cot = tuple(
+      jnp.broadcast_to(onehot, s.shape).astype(s.dtype) if j == i else jnp.zeros_like(s) for j, s in enumerate(scores)
+    )
+    return pullback(cot)[0][i]  # (B, heads, Q, keys)
+
+  g = jax.vmap(grad_i, out_axes=1)(jnp.eye(k))  # (B, K, heads, Q, keys)
+  rel = jnp.mean(jax.nn.relu(g), axis=(2, 3))  # (B, K, keys)
+  b = rel.shape[0]
+  grid = layout.to_grid(rel.reshape(b * k, -1)[..., None])  # keys laid out like the block's tokens
+  return grid[..., 0].reshape((b, k) + grid.shape[1:3])
+
+
+def _block_of(tap, path: tuple[str, ...]) -> int | None:
+  """The tapped block that holds the module at `path` (an ancestor is tapped), or None."""
+  for n in range(len(path) - 1, 0, -1):
+    i = tap.layer_index(path[:n])
+    if i is not None:
+      return i
+  return None
+
+
+def _read_blocks(tap, x, selector: Any, deltas: tuple | None) -> tuple[tuple, tuple]:
+  """One run of the model through ``tap.intercept``: each tapped block's attention probabilities (plus
+  ``deltas[i]``, to differentiate through them) and output tokens, in the tap's layer order."""
+  import flax.linen as nn
+
+  from jaxcam import layouts as layouts_lib
+  from jaxcam.taps import format_path
+
+  probs: dict[int, Any] = {}
+  tokens: dict[int, Any] = {}
+
+  def interceptor(next_fun, args, kwargs, mdl, path):
+    tapped = tap.layer_index(path)
+    if tapped is not None:
+      out = next_fun(*args, **kwargs)
+      tokens[tapped] = out if selector is None else layouts_lib.select(out, selector)
+      return out
+    i = _block_of(tap, path) if isinstance(mdl, nn.MultiHeadDotProductAttention) else None
+    if i is None:
+      return next_fun(*args, **kwargs)
+    if i in probs:
+      raise ValueError(
+        f"Block {format_path(tap.layers[i])!r} holds more than one attention module; LeGrad needs one per tapped block."
       )
-      return pullback(cot)[0][i]  # (B, heads, Q, keys)
+    if mdl.attention_fn is not nn.dot_product_attention:
+      raise ValueError(
+        f"The attention module {'/'.join(path)!r} uses a custom attention_fn; LeGrad reads probabilities through "
+        "flax.linen's default dot_product_attention."
+      )
+    delta = None if deltas is None else deltas[i]
+    object.__setattr__(mdl, "attention_fn", _recording_attention(delta, i, probs))  # this call's bound clone
+    try:
+      return next_fun(*args, **kwargs)
+    finally:
+      object.__setattr__(mdl, "attention_fn", nn.dot_product_attention)
 
-    g = jax.vmap(grad_i, out_axes=1)(jnp.eye(k))  # (B, K, heads, Q, keys)
-    rel = jnp.mean(jax.nn.relu(g), axis=(2, 3))  # (B, K, keys)
-    b = rel.shape[0]
-    grid = layout.to_grid(rel.reshape(b * k, -1)[..., None])  # keys laid out like the block's tokens
-    out.append(grid[..., 0].reshape((b, k) + grid.shape[1:3]))
-  return tuple(out)
+  tap.intercept(x, interceptor)
+  missing = [format_path(tap.layers[i]) for i in range(len(tap.layers)) if i not in probs]
+  if missing:
+    raise ValueError(
+      f"No nn.MultiHeadDotProductAttention ran inside block(s) {missing}: LeGrad needs the tapped layers to be "
+      "transformer blocks holding flax.linen attention (a block whose attention calls a function directly, as "
+      "Hugging Face's Flax ViT does, cannot be read)."
+    )
+  return tuple(probs[i] for i in range(len(tap.layers))), tuple(tokens[i] for i in range(len(tap.layers)))
+
+
+def _recording_attention(delta: Any, i: int, probs: dict) -> Any:
+  """flax.linen's `dot_product_attention`, recording its probabilities (plus `delta`) as ``probs[i]``."""
+  import flax.linen as nn
+  from flax.linen.dtypes import promote_dtype
+
+  def attend(query, key, value, bias=None, mask=None, broadcast_dropout=True, dropout_rng=None,
+             dropout_rate=0.0, deterministic=False, dtype=None, precision=None, module=None,
+             force_fp32_for_softmax=False, einsum_dot_general=None, qk_attn_weights_einsum=None,
+             attn_weights_value_einsum=None):  # fmt: skip
+    query, key, value = promote_dtype(query, key, value, dtype=dtype)
+    weights = nn.dot_product_attention_weights(
+      query,
+      key,
+      bias,
+      mask,
+      broadcast_dropout,
+      dropout_rng,
+      dropout_rate,
+      deterministic,
+      query.dtype,
+      precision,
+      module,
+      force_fp32_for_softmax,
+      einsum_dot_general=einsum_dot_general,
+      einsum=qk_attn_weights_einsum,
+    )
+    if delta is not None:
+      weights = weights + delta.astype(weights.dtype)
+    probs[i] = weights
+    einsum = attn_weights_value_einsum or functools.partial(
+      jnp.einsum, precision=precision, _dot_general=einsum_dot_general or jax.lax.dot_general
+    )
+    return einsum("...hqk,...khd->...qhd", weights, value)  # as flax.linen.dot_product_attention
+
+  return attend
