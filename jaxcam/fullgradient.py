@@ -141,24 +141,14 @@ def fullgrad_map(activations: jax.Array, fullgrad: jax.Array, /) -> jax.Array:
   return fullgrad
 
 
-@functools.partial(jax.jit, static_argnames=("module", "select", "apply_kwargs"))
-def _fullgrad_module(module, variables, x, target, *, select, apply_kwargs):
-  import flax.linen as nn
-
-  def call(xx, interceptor):
-    def route(next_fun, args, kwargs, context):
-      if context.method_name != "__call__" or not context.module.path:
-        return next_fun(*args, **kwargs)
-      return interceptor(next_fun, args, kwargs, context.module, tuple(context.module.path))
-
-    with nn.intercept_methods(route):
-      return module.apply(variables, xx, **dict(apply_kwargs))
-
-  ids, scores, _ = target.evaluate(module.apply(variables, x, **dict(apply_kwargs)))
+@functools.partial(jax.jit, static_argnames=("select",))
+def _fullgrad_module(tap, x, target, *, select):
+  """The deprecated form's maps: the whole model through a layer-less linen tap (`tap.intercept` only)."""
+  ids, scores, _ = target.evaluate(tap.forward(x))
   if scores.shape[1] != 1:
     raise ValueError("Expected one target class per image for FullGrad, got (B, K) targets; call it once per k.")
   fixed = targets_lib.with_ids(target, ids)
-  return postprocess.normalize(fullgrad_raw(call, x, lambda o: fixed.evaluate(o)[1][:, 0], select))
+  return postprocess.normalize(fullgrad_raw(tap.intercept, x, lambda o: fixed.evaluate(o)[1][:, 0], select))
 
 
 def fullgrad(*args: Any, **kwargs: Any) -> jax.Array:
@@ -203,12 +193,8 @@ def _deprecated_fullgrad(
     "model) or jaxcam.explain('fullgrad', tap, x, target).",
     DeprecationWarning,
   )
+  from jaxcam.taps import LinenTap
+
   check_images(x)
-  return _fullgrad_module(
-    module,
-    variables,
-    x,
-    targets_lib.as_target(target),
-    select=select,
-    apply_kwargs=tuple(sorted(apply_kwargs.items())),
-  )
+  tap = LinenTap(module, variables, layers=(), multi=False, apply_kwargs=tuple(sorted(apply_kwargs.items())))
+  return _fullgrad_module(tap, x, targets_lib.as_target(target), select=select)

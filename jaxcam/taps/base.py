@@ -3,6 +3,7 @@ protocol every backend implements."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -76,6 +77,22 @@ def _check_input_layout(input_layout: str) -> str:
   if input_layout not in _INPUT_LAYOUTS:
     raise ValueError(f"Expected `input_layout` to be one of {_INPUT_LAYOUTS}, got {input_layout!r}.")
   return input_layout
+
+
+def tap_dataclass(*data_fields: str) -> Callable[[type], type]:
+  """Make a tap class a frozen dataclass and a pytree in one place: `data_fields` (the arrays: variables, state,
+  params) are its leaves, every other field is static metadata. Fields are declared once, on the class."""
+
+  def wrap(cls: type) -> type:
+    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [n for n in data_fields if n not in names]
+    if unknown:
+      raise TypeError(f"{cls.__name__} has no field(s) {unknown} to make its leaves.")
+    meta = [n for n in names if n not in data_fields]
+    return jax.tree_util.register_dataclass(cls, data_fields=list(data_fields), meta_fields=meta)
+
+  return wrap
 
 
 class _Run:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
-
-import jax
 
 from jaxcam.taps.base import (
   Tap,
   _check_input_layout,
   _check_output_selector,
   _Run,
+  tap_dataclass,
 )
 
 
-@functools.partial(
-  jax.tree_util.register_dataclass,
-  data_fields=["params"],
-  meta_fields=["body_fn", "head_fn", "name", "layout", "output", "input_layout"],
-)
-@dataclasses.dataclass(frozen=True, eq=False)
+@tap_dataclass("params")
 class FunctionTap(Tap):
   """A tap on a network split by hand into `body_fn` and `head_fn`; see `function_tap`."""
 

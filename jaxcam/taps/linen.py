@@ -3,8 +3,6 @@ value out of lifted transforms."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +16,7 @@ from jaxcam.taps.base import (
   _check_input_layout,
   _check_output_selector,
   _Run,
+  tap_dataclass,
 )
 from jaxcam.taps.paths import _parse_layers, format_path, linen_aliases, parse_path
 
@@ -56,12 +55,7 @@ def _param_paths(variables: Any) -> list[str]:
   return sorted(set(out))
 
 
-@functools.partial(
-  jax.tree_util.register_dataclass,
-  data_fields=["variables"],
-  meta_fields=["module", "layers", "multi", "where", "method", "apply_kwargs", "layout", "output", "input_layout"],
-)
-@dataclasses.dataclass(frozen=True, eq=False)
+@tap_dataclass("variables")
 class LinenTap(Tap):
   """A tap on a `flax.linen` module; see `linen_tap`. A pytree: the variables are its leaves."""
 

@@ -3,8 +3,6 @@ call (`nnx.split` / `nnx.merge`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Any
 
 import jax
@@ -16,6 +14,7 @@ from jaxcam.taps.base import (
   _check_input_layout,
   _check_output_selector,
   _Run,
+  tap_dataclass,
 )
 from jaxcam.taps.paths import _parse_layers, format_path, parse_path
 
@@ -43,12 +42,7 @@ def _nnx_set(node, key: str, value) -> None:
     object.__setattr__(node, key, value)  # bypass nnx's attribute checks: this copy is never split
 
 
-@functools.partial(
-  jax.tree_util.register_dataclass,
-  data_fields=["state"],
-  meta_fields=["graphdef", "layers", "multi", "where", "method", "layout", "output", "input_layout"],
-)
-@dataclasses.dataclass(frozen=True, eq=False)
+@tap_dataclass("state")
 class NnxTap(Tap):
   """A tap on a `flax.nnx` model snapshot; see `nnx_tap`. A pytree: the state is its leaves."""
 
