@@ -60,6 +60,15 @@ class Explanation:
   layer: Any
   feature_sizes: tuple[tuple[int, ...], ...] = ()
 
+  _ITEMS = {"maps": "maps", "logits": "logits", "targets": "target", "scores": "scores"}
+
+  def __getitem__(self, key: str) -> Any:
+    """``ex["maps"]``, ``ex["logits"]``, ``ex["targets"]``, ``ex["scores"]``: the dict form `explain_batches`
+    yielded before it yielded Explanations (kept, so loops written for it keep working)."""
+    if key not in self._ITEMS:
+      raise KeyError(f"Expected one of {sorted(self._ITEMS)}, got {key!r}; the fields are attributes: ex.maps, ...")
+    return getattr(self, self._ITEMS[key])
+
 
 # ------------------------------------------------------------------------------------------------ options
 

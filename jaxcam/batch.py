@@ -4,8 +4,8 @@
 jax arrays; ``(images, targets)`` tuples; ``{"images": ..., "targets": ...}`` dicts), re-batches the stream to one
 fixed global batch size (a multiple of the device count), pads only the final global batch (dropping the padding
 from the results), shards each global batch's leading axis over a mesh of `jax.local_devices()` with the tap's
-parameters replicated, and yields one dict per *input* batch, in input order, with ``"maps"`` (b, H, W),
-``"logits"`` (b, classes) and ``"targets"`` (b,). Host-to-device transfer of the next global batches runs in a
+parameters replicated, and yields one `jaxcam.Explanation` per *input* batch, in input order, with ``maps``
+(b, H, W), ``logits`` (b, classes), ``target`` (b,) and ``scores`` (b,) as numpy arrays. Host-to-device transfer of the next global batches runs in a
 background thread (`prefetch` of them) while the current one computes. JAX's SPMD partitioner does the sharding:
 no collectives are needed, since every image is independent.
 
@@ -156,8 +156,10 @@ def explain_batches(
   eigen_smooth: bool = False,
   aug_smooth: Any = False,
   **options,
-) -> Iterator[dict[str, np.ndarray]]:
-  """Explain a stream of image batches; yields ``{"maps", "logits", "targets"}`` per input batch, in order.
+) -> Iterator[api.Explanation]:
+  """Explain a stream of image batches; yields one `jaxcam.Explanation` per input batch, in order, its arrays on
+  the host (numpy): maps, logits, target (the class ids explained: given or each image's top class) and scores.
+  Item access ``out["maps"]``, ``out["logits"]``, ``out["targets"]`` (the dict form of earlier versions) works too.
 
   Args:
     method: a method name ("gradcam"), a `MethodSpec` (``jaxcam.smooth(...)`` too) or a public method function
@@ -210,10 +212,10 @@ def explain_batches(
 
   _checks.check_bool("progress", progress)
   f = _jitted(spec, post, progress, static)
-  pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "targets": []}
+  pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "target": [], "scores": []}
   have = 0
 
-  def emit():
+  def emit(template):
     nonlocal have
     while state["lengths"] and have >= state["lengths"][0]:
       n = state["lengths"].popleft()
@@ -221,18 +223,18 @@ def explain_batches(
       for k in pending:
         pending[k] = [cat[k][n:]]
       have -= n
-      yield {k: v[:n] for k, v in cat.items()}
+      yield dataclasses.replace(template, **{k: v[:n] for k, v in cat.items()})
 
   in_flight = None
   for x, t, n_valid in run_ahead(map(put, _global_batches(chain(), size, state)), prefetch):
     ex = f(tap, x, t, traced)  # dispatched asynchronously: the previous result is fetched while this one runs
     if in_flight is not None:
       have += _fetch(*in_flight, pending)
-      yield from emit()
+      yield from emit(in_flight[0])
     in_flight = (ex, n_valid)
   if in_flight is not None:
     have += _fetch(*in_flight, pending)
-    yield from emit()
+    yield from emit(in_flight[0])
 
 
 @functools.cache
@@ -251,5 +253,6 @@ def _fetch(ex, n_valid: int, pending) -> int:
   targets_lib.check_ids_in_range(targets, logits.shape[-1])  # their maps are NaN: an error, as everywhere eager
   pending["maps"].append(np.asarray(ex.maps)[:n_valid])
   pending["logits"].append(logits)
-  pending["targets"].append(targets)
+  pending["target"].append(targets)
+  pending["scores"].append(np.asarray(ex.scores)[:n_valid])
   return n_valid

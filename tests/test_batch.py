@@ -119,3 +119,22 @@ def test_batch_explanation_takes_gradient_free_and_keyed_methods(convnet_b1):
   key = jax.random.key(5)
   (one,) = jaxcam.explain_batches(spec, tap, [(xs, np.asarray(t))], key=key)
   np.testing.assert_allclose(one["maps"], jaxcam.explain(spec, tap, x, target=t, key=key).maps, atol=1e-5)
+
+
+@pytest.mark.fast
+def test_batches_are_explanations_with_explains_fields(small):
+  """Every entry point returns an Explanation: explain_batches yields them (numpy arrays, split back to the input
+  batches), with the same fields and values as `explain` on the whole set, and the dict form still reads."""
+  tap, x = small
+  t = np.arange(10) % 5
+  whole = jaxcam.explain("gradcam", tap, jnp.asarray(x), t)
+  outs = list(jaxcam.explain_batches("gradcam", tap, [(x[:4], t[:4]), (x[4:], t[4:])], batch_size=4))
+  assert all(isinstance(o, jaxcam.Explanation) for o in outs)
+  assert [o.maps.shape[0] for o in outs] == [4, 6]
+  assert {(o.method, o.layer, o.feature_sizes) for o in outs} == {(whole.method, whole.layer, whole.feature_sizes)}
+  for field in ("maps", "logits", "scores"):
+    np.testing.assert_allclose(np.concatenate([getattr(o, field) for o in outs]), getattr(whole, field), atol=1e-5)
+  np.testing.assert_array_equal(np.concatenate([o.target for o in outs]), t)
+  np.testing.assert_array_equal(outs[1]["targets"], outs[1].target)  # the dict form of earlier versions
+  with pytest.raises(KeyError, match="ex.maps"):
+    outs[0]["map"]
