@@ -33,7 +33,7 @@ from jaxcam.taps import (
 from jaxcam.wrappers import Augmentation, aug_smooth, eigen_smooth, finer, flip_multiply_tta, refine, smooth
 
 _METHOD_FUNCTIONS: dict = {}  # name -> (row, function), rebuilt when the row under a name changes
-_LAZY_MODULES = ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics", "autoexplain")
+_LAZY_MODULES = ("models", "viz", "io", "cli", "study", "writers", "stream", "metrics", "autoexplain", "compile_cache")
 _LAZY_FRONT_DOOR = ("explain_model", "find_layer", "ModelExplanation")
 
 

@@ -408,6 +408,9 @@ def explain_model(
     A `ModelExplanation`: maps at the model's input size plus ``image_maps()`` at each image's own size,
     ``overlays()``, ``save(dir)``, ``show()``, ``top5``, ``layer`` and ``layer_reason``.
   """
+  from jaxcam import compile_cache
+
+  compile_cache.enable()  # a fresh process compiles nothing it compiled before (JAXCAM_CACHE_DIR=off: no cache)
   if isinstance(normalize, (bool, np.bool_)):
     options["normalize"] = bool(normalize)
     normalize = None

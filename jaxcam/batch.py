@@ -5,9 +5,9 @@ jax arrays; ``(images, targets)`` tuples; ``{"images": ..., "targets": ...}`` di
 fixed global batch size (a multiple of the device count), pads only the final global batch (dropping the padding
 from the results), shards each global batch's leading axis over a mesh of `jax.local_devices()` with the tap's
 parameters replicated, and yields one `jaxcam.Explanation` per *input* batch, in input order, with ``maps``
-(b, H, W), ``logits`` (b, classes), ``target`` (b,) and ``scores`` (b,) as numpy arrays. Host-to-device transfer of the next global batches runs in a
-background thread (`prefetch` of them) while the current one computes. JAX's SPMD partitioner does the sharding:
-no collectives are needed, since every image is independent.
+(b, H, W), ``logits`` (b, classes), ``target`` (b,) and ``scores`` (b,) as numpy arrays. Host-to-device transfer
+of the next global batches runs in a background thread (`prefetch` of them) while the current one computes. JAX's
+SPMD partitioner does the sharding: no collectives are needed, since every image is independent.
 
 Several hosts: run one process per host; each builds its mesh over its own local devices and reads its own
 shard of the inputs (``jax.process_index()`` / ``jax.process_count()`` after ``jax.distributed.initialize()``).

@@ -19,6 +19,10 @@ from tests.seeded import seeded_state_dict
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Opt-in: JAXCAM_TEST_CACHE=DIR keeps XLA compilations across runs (.ci/run sets it); by default nothing is
 # written outside the repository.
+# the CLI and explain_model turn on jaxcam's compilation cache in the user's cache folder: the suite uses its own
+# (JAXCAM_TEST_CACHE, opt-in) or none, never the user's
+if not os.environ.get("JAXCAM_TEST_CACHE"):
+  os.environ.setdefault("JAXCAM_CACHE_DIR", "off")
 if os.environ.get("JAXCAM_TEST_CACHE"):
   jax.config.update("jax_compilation_cache_dir", os.environ["JAXCAM_TEST_CACHE"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

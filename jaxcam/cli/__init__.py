@@ -208,6 +208,9 @@ def _add_layers(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
+  from jaxcam import compile_cache
+
+  compile_cache.enable()  # before the first compilation: a second run compiles nothing again
   try:
     return args.func(args)
   except (CliError, ImportError) as e:
