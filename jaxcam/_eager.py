@@ -11,14 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import _checks
 from jaxcam import targets as targets_lib
 
 if TYPE_CHECKING:
   from jaxcam.api import Explanation
   from jaxcam.methods.table import MethodSpec
-
-_FUSIONS = ("mean", "max")
 
 
 def check_images(x: Any, *, argname: str = "x", spatial_dims: int = 2) -> None:
@@ -37,6 +34,10 @@ def check_images(x: Any, *, argname: str = "x", spatial_dims: int = 2) -> None:
         "2-D images only."
       )
     raise ValueError(f"Expected `{argname}` of rank {rank} {what}, got shape {tuple(shape)}.{hint}")
+  if 0 in tuple(shape):
+    raise ValueError(
+      f"Expected at least one image with at least one pixel in `{argname}` {what}, got shape {tuple(shape)}."
+    )
   if shape[1] in (1, 3, 4) and all(s > 4 for s in shape[2:-1]):
     raise ValueError(
       f"Expected `{argname}` channels-last {what} as in Flax, got shape {tuple(shape)}, which looks "
@@ -64,16 +65,6 @@ def show_progress(progress: Any, traced: bool, expensive: bool) -> bool:
   if progress is not None and not isinstance(progress, bool):
     raise TypeError(f"Expected `progress` to be None (automatic), True or False, got {progress!r}.")
   return (not traced and expensive) if progress is None else progress
-
-
-def check_flags(normalize: Any, upsample: Any, relu: Any, fusion: Any) -> tuple[bool, bool, bool, str]:
-  """The common post-processing flags, validated (``relu=None`` or ``normalize="no"`` are errors, not bools)."""
-  return (
-    _checks.check_bool("normalize", normalize),
-    _checks.check_bool("upsample", upsample),
-    _checks.check_bool("relu", relu),
-    _checks.check_choice("fusion", fusion, _FUSIONS),
-  )
 
 
 @contextlib.contextmanager

@@ -402,6 +402,10 @@ def explain_many(
   """
   if key is not None:
     key = check_key(key, method="explain_many")
+  if isinstance(methods, (str, MethodSpec)):
+    raise TypeError(
+      f"Expected `methods` to be a sequence of method names or rows (or None), got {methods!r}: use [{methods!r}]."
+    )
   if methods is None:
     specs = tuple(s for s in METHODS.values() if not s.expensive() and _runs_on_defaults(s, key) and s.applies(tap))
   else:

@@ -384,3 +384,16 @@ def test_eager_calls_refuse_non_finite_logits_and_scores():
     jaxcam.gradcam(fine, x, target=lambda logits: jnp.log(logits[:, 0] - logits[:, 0]))  # log(0)
   logits = jax.jit(lambda x: jaxcam.explain("gradcam", tap, x, 0).logits)(x)  # under jit: no check, NaN kept
   assert np.isnan(logits[1]).all() and np.isfinite(logits[np.array([0, 2])]).all()
+
+
+@pytest.mark.fast
+def test_an_empty_batch_and_a_method_string_for_a_list_are_named(convnet_b2):
+  """An empty batch is one clear error (not numpy's zero-size reduction), and explain_many given one name where it
+  takes a list says so (not an unknown method 'g')."""
+  _, _, tap, x = convnet_b2
+  with pytest.raises(ValueError, match="at least one image"):
+    jaxcam.gradcam(tap, x[:0])
+  with pytest.raises(ValueError, match="at least one image"):
+    jaxcam.explain_many(["gradcam"], tap, x[:0])
+  with pytest.raises(TypeError, match=r"use \['gradcam'\]"):
+    jaxcam.explain_many("gradcam", tap, x)
