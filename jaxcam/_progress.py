@@ -29,11 +29,15 @@ _BARS: dict[int, Any] = {}
 _LOCK = threading.Lock()
 
 
-def bar(total: int, desc: str, *, unit: str = "it", leave: bool = True):
-  """A tqdm bar on stderr (disabled for fewer than two steps)."""
+CHUNK_BAR_DELAY = 1.0
+"""Seconds a chunked map must have run before its bar shows: a map done sooner shows none (no bar left at 0%)."""
+
+
+def bar(total: int, desc: str, *, unit: str = "it", leave: bool = True, delay: float = 0.0):
+  """A tqdm bar on stderr (disabled for fewer than two steps; shown only after `delay` seconds)."""
   from tqdm import tqdm
 
-  return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, disable=total < 2)
+  return tqdm(total=total, desc=desc, unit=unit, leave=leave, file=sys.stderr, disable=total < 2, delay=delay)
 
 
 def _advance(phase: int, total: int, desc: str, n: int, *_: Any) -> None:
@@ -49,7 +53,7 @@ def _update(phase: int, total: int, desc: str, n: int) -> None:
     if b is None or b.n >= b.total:  # first chunk of this run of the phase (or a run that failed halfway)
       if b is not None:
         b.close()
-      b = _BARS[phase] = bar(total, desc, unit="copy", leave=False)
+      b = _BARS[phase] = bar(total, desc, unit="copy", leave=False, delay=CHUNK_BAR_DELAY)
     b.update(n)
     if b.n >= total:
       b.close()

@@ -354,14 +354,18 @@ def test_expensive_methods_are_declared_and_explain_many_asks_first(convnet_b1, 
   np.testing.assert_allclose(both["scorecam"].maps, jaxcam.scorecam(tap, x, target=t), atol=1e-6)
 
 
-def test_progress_bars_for_eager_expensive_calls_only(convnet_b1, capsys):
+def test_progress_bars_for_eager_expensive_calls_only(convnet_b1, capsys, monkeypatch):
   tap, _, x, t = convnet_b1
+  jaxcam.scorecam(tap, x, target=t, chunk_size=5)  # compiled, then quick: done before a bar would show
+  assert capsys.readouterr().err == ""  # no bar left at 0% for a map that takes less than CHUNK_BAR_DELAY
+  monkeypatch.setattr(jaxcam._progress, "CHUNK_BAR_DELAY", 0.0)  # from here on, every bar shows at once
   jaxcam.api.TRACES.clear()
   jaxcam.scorecam(tap, x, target=t, chunk_size=5)  # 3 images x 8 channels = 24 copies in 5 chunks
   err = capsys.readouterr().err
   assert "scorecam" in err and "/24" in err, err
   jaxcam.scorecam(tap, x, target=t, chunk_size=5)
-  assert "/24" in capsys.readouterr().err and jaxcam.api.TRACES["scorecam"] == 1  # a bar every call, one trace
+  assert "/24" in capsys.readouterr().err  # a bar every call
+  assert jaxcam.api.TRACES["scorecam"] == 0  # and no new trace (the program was compiled before the bars showed)
   jaxcam.scorecam(tap, x, target=t, chunk_size=5, progress=False)
   jaxcam.gradcam(tap, x, target=t)  # cheap: no bar
   jaxcam.scorecam(tap, x, target=t, chunk_size=24)  # one chunk: nothing to report
