@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,18 @@ import jax.numpy as jnp
 from jaxcam import chunking, core
 from jaxcam import targets as targets_lib
 from jaxcam._errors import check_key
-from jaxcam.methods.table import MethodSpec, get_method, register_method
+
+if TYPE_CHECKING:
+  from jaxcam.methods.table import MethodSpec
+
+
+def get_method(method: Any) -> MethodSpec:
+  """`jaxcam.methods.table.get_method`, imported when called: the table imports this module to register its
+  wrapped built-in rows (finercam, refinecam), so this module does not import the table when it loads."""
+  from jaxcam.methods.table import get_method as lookup
+
+  return lookup(method)
+
 
 __all__ = [
   "Augmentation",
@@ -401,7 +412,3 @@ def refine(method: str | MethodSpec = "gradcam_pp") -> MethodSpec:
     controls=inner.controls + (("refine_convention", "pgc"),),
     aliases=(),
   )
-
-
-register_method(finer("gradcam"))
-register_method(refine("gradcam_pp"))

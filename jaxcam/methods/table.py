@@ -329,6 +329,15 @@ for _spec in [
   register_method(_spec)
 
 
+def _register_wrapped_rows() -> None:
+  """The built-in rows that are wrappers of other rows, registered here too: this table is the one registration
+  site (wrappers.py imports this module, so it is imported once the rows above exist)."""
+  from jaxcam import wrappers
+
+  for spec in (wrappers.finer("gradcam"), wrappers.refine("gradcam_pp")):  # finercam, refinecam
+    register_method(spec)
+
+
 def method_names() -> list[str]:
   """Registered method names, in table order."""
   return list(METHODS)
@@ -392,3 +401,6 @@ def get_method(name: str | MethodSpec) -> MethodSpec:
   raise UnknownNameError(
     unknown_name_message("method", name, method_names() + [f"{w}(...)" for w in known], "a registered CAM method")
   )
+
+
+_register_wrapped_rows()  # last: it needs get_method above
