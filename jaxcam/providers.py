@@ -213,7 +213,22 @@ def input_baseline(tap, x, baseline: Any) -> jax.Array:
   return b.reshape((1,) * _spatial.of_images(x) + (-1,)) if b.ndim == 1 else b
 
 
-def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, convention, baseline) -> tuple:
+def _top_std_channels(top_n: int | None):
+  """Faster-Score-CAM's channel choice: ``(i, a) -> (B, top_n)`` the channels of layer i with the largest spatial
+  standard deviation (None: every channel)."""
+
+  def choose(i, a, x):
+    del i
+    b, c = a.shape[0], a.shape[-1]
+    _check_top_n(top_n, c)
+    if top_n is None:
+      return jnp.broadcast_to(jnp.arange(c), (b, c))
+    return jax.lax.top_k(jnp.std(a, axis=_spatial.batched_feature_axes(_spatial.of_images(x))), top_n)[1]
+
+  return choose
+
+
+def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, convention, baseline, choose=None):
   """Per layer ``(B, K, C)``: the target scores of the inputs ``b + field(s, b, k, M_bk) * (x[b] - b)``
   averaged over samples ``s < num_samples``, where M_bk is Score-CAM's mask of image b's channel k
   (`perturbation.score_mask`) and b the baseline (`input_baseline`); -inf for channels left out (``top_n``) or
@@ -223,14 +238,11 @@ def _score_masked_copies(tap, x, fwd, field, *, num_samples, chunk_size, top_n, 
   _check_convention(convention)
   size = _spatial.image_size(x)
   base = input_baseline(tap, x, baseline)
+  choose = _top_std_channels(top_n) if choose is None else choose
   out = []
-  for a in fwd.activations:
+  for i, a in enumerate(fwd.activations):
     b, c = a.shape[0], a.shape[-1]
-    _check_top_n(top_n, c)
-    if top_n is None:
-      chans = jnp.broadcast_to(jnp.arange(c), (b, c))
-    else:  # Faster-Score-CAM: the channels with the largest spatial standard deviation
-      chans = jax.lax.top_k(jnp.std(a, axis=_spatial.batched_feature_axes(_spatial.of_images(x))), top_n)[1]
+    chans = choose(i, a, x)  # (B, N): the channels scored for each image
     n = chans.shape[1]
 
     def one(j, a=a, chans=chans, n=n, b=b):
@@ -332,6 +344,30 @@ def _integrated_masked_scores(
   )
 
 
+def _gradient_masked_scores(tap, x, fwd, *, chunk_size=32, k=300, convention="pgc", baseline=0.0):
+  """gScoreCAM's inputs: Score-CAM's masked scores for the `k` channels with the largest spatial mean gradient of
+  each image (averaged over its targets), every channel when the layer has `k` or fewer."""
+  _checks.check_positive_int("k", k)
+
+  def choose(i, a, x):
+    g = fwd.grads[i]  # (B, K, *spatial, C)
+    mean = jnp.mean(_spatial.feature_mean(g, _spatial.of_rows(g), keepdims=False), axis=1)  # (B, C)
+    return jax.lax.top_k(mean, min(k, a.shape[-1]))[1]
+
+  return _score_masked_copies(
+    tap,
+    x,
+    fwd,
+    lambda s, b, ch, mask: mask,
+    num_samples=1,
+    chunk_size=chunk_size,
+    top_n=None,
+    convention=convention,
+    baseline=baseline,
+    choose=choose,
+  )
+
+
 def _ablated_scores(tap, x, fwd, *, chunk_size=32):
   chunking.check_chunk_size(chunk_size)
   a = fwd.activations[0]
@@ -403,6 +439,13 @@ for _p in (
     _masked_scores,
     expensive=True,
     cost="1 forward pass per channel (top_n channels with top_n) of a masked copy of the image",
+  ),
+  Provider(
+    "gradient_masked_scores",
+    _gradient_masked_scores,
+    grads=True,
+    expensive=True,
+    cost="1 backward pass from the layer, then 1 forward pass per chosen channel (k, default 300) of a masked copy",
   ),
   Provider(
     "noisy_masked_scores",

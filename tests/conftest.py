@@ -49,6 +49,8 @@ def light_options(name: str) -> dict:
     opts["num_samples"] = 1
   if "top_n" in defaults:
     opts["top_n"] = 2
+  if "k" in defaults:  # gScoreCAM's channel count
+    opts["k"] = 2
   return opts
 
 

@@ -161,6 +161,7 @@ def test_every_registered_method_has_an_independent_reference():
     "smooth_gradcam_pp": "methods.test_gradient::test_smooth_gradcam_pp_intended_formula",
     "legrad": "methods.test_attention::test_legrad_matches_torchcam",  # torchcam's LeGrad on a torchvision ViT
     "fullgrad": "test_fullgradient::test_fullgrad_against_numpy_on_a_conv_bias_net",  # and pgc's FullGrad (slow)
+    "gscorecam": "methods.test_perturbation::test_gscorecam_against_numpy",
   }
   for where in family.values():
     check(where)

@@ -277,6 +277,14 @@ for _spec in [
     title="Score-CAM",
   ),
   MethodSpec(
+    "gscorecam",
+    perturbation.gscorecam_weights,
+    "channel",
+    needs=("gradient_masked_scores",),
+    aliases=("g_scorecam", "gscore_cam"),
+    title="gScoreCAM",
+  ),
+  MethodSpec(
     "sscam",
     perturbation.sscam_weights,
     "channel",

@@ -142,6 +142,36 @@ def test_faster_scorecam_against_numpy(convnet_b1):
 
 
 @pytest.mark.fast
+def test_gscorecam_against_numpy(convnet_b2):
+  """gScoreCAM at body_2, whose head is GAP + Dense: the mean gradient of channel c for class t is W[c, t] / (h w)
+  in closed form, so the k channels are the k largest W[:, t]; each is scored on its masked copy by the model and
+  weighted by the softmax of those scores (the others 0). Every channel kept: Score-CAM."""
+  module, variables, tap, x = convnet_b2
+  t = np.array([1, 0, 4])
+  a = np.asarray(nets.convnet_body(variables, x), np.float64)  # (3, 6, 6, 8), by hand
+  kernel = np.asarray(variables["params"]["fc"]["kernel"], np.float64)
+  rows = cols = _corners(6, 12)
+  k = 3
+  expected = np.zeros(a.shape[:3])
+  for b in range(3):
+    chans = np.argsort(-kernel[:, t[b]], kind="stable")[:k]
+    scores = []
+    for c in chans:
+      u = rows @ a[b, :, :, c] @ cols.T
+      mask = (u - u.min()) / (u.max() - u.min() + 1e-8)
+      logits = module.apply(variables, (np.asarray(x[b]) * mask[..., None])[None].astype(np.float32))
+      scores.append(float(logits[0, int(t[b])]))
+    w = np.exp(np.array(scores) - max(scores))
+    expected[b] = np.einsum("hwc,c->hw", a[b][..., chans], w / w.sum())
+  maps = jaxcam.gscorecam(tap, x, target=t, k=k)
+  np.testing.assert_allclose(maps, ref.postprocess(expected, (12, 12)), atol=2e-4)
+  # k at least the channel count (the default, 300, here): every channel, which is Score-CAM
+  np.testing.assert_allclose(jaxcam.gscorecam(tap, x, target=t), jaxcam.scorecam(tap, x, target=t), atol=1e-6)
+  with pytest.raises(ValueError, match="`k`"):
+    jaxcam.gscorecam(tap, x, target=t, k=0)
+
+
+@pytest.mark.fast
 def test_reciprocam_against_numpy(convnet_b1):
   tap, variables, x, t = convnet_b1
   a = np.asarray(core.forward_only(tap, x, t).activations[0], np.float64)
