@@ -215,6 +215,8 @@ def as_model(model: Any, *, input_norm: Any = None, normalize: Any = None) -> Mo
     if norm is not None:
       raise ValueError(f"`{argname}` cannot be added to a tap you built: normalize inside its functions.")
     return Model(name=repr(model), make_tap=lambda layer, layout: model, default_layer=model.layer)
+  if taps.keras.is_keras_model(model):
+    return Model(**taps.keras.keras_explain_parts(model, norm))
   if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nn.Module):
     return _linen_model(model[0], model[1], norm, type(model[0]).__name__)
   if isinstance(model, nnx.Module):
@@ -228,9 +230,9 @@ def as_model(model: Any, *, input_norm: Any = None, normalize: Any = None) -> Mo
   if all(hasattr(model, a) for a in ("module", "params", "config")):
     return _hf_model(model, norm)
   raise TypeError(
-    f"Expected `model` to be a shipped model name, (linen_module, variables), an nnx module, a Hugging Face Flax "
-    f"model or a jaxcam tap, got {type(model).__name__}. A plain function has no layers to tap: build "
-    "jaxcam.function_tap(body_fn, head_fn, params) and pass it."
+    f"Expected `model` to be a shipped model name, (linen_module, variables), an nnx module, a Keras 3 model, a "
+    f"Hugging Face Flax model or a jaxcam tap, got {type(model).__name__}. A plain function has no layers to tap: "
+    "build jaxcam.function_tap(body_fn, head_fn, params) and pass it."
   )
 
 
@@ -391,7 +393,9 @@ def explain_model(
   Args:
     model: a shipped model name ("efficientnet_lite0"), ``(linen_module, variables)``, an nnx module, a Hugging
       Face Flax model object (its ``.module``, ``.params``, output ``.logits``, ``config.image_size``, label names
-      and its image processor's normalization for ViT/BEiT/ResNet/RegNet/DINOv2), or a jaxcam tap (its layer).
+      and its image processor's normalization for ViT/BEiT/ResNet/RegNet/DINOv2), a Keras 3 model on the JAX
+      backend (a ``keras.applications`` model gets its family's ``preprocess_input`` and its softmax dropped; a
+      model of your own takes pixels in [0, 1], or ``input_norm``), or a jaxcam tap (its layer).
     images: file paths, folders, PIL images, uint8 or float arrays (``(H, W, C)``, or ``(B, H, W, C)``), or a list
       mixing them, of any sizes (decoded by `jaxcam.models.to_uint8_rgb`'s rule: bit depth, float ranges, NaN).
     method: any method name (``jaxcam.method_names()``); options go to it (``**options``).
@@ -399,8 +403,8 @@ def explain_model(
       ``id2label``; closest matches on a typo), or any jaxcam target.
     layer: a layer path (or list) to use instead of the automatic choice.
     size: ``(H, W)`` (or an int) to resize to when the model's input size is unknown; default the first image's.
-    input_norm: ``(mean, std)`` applied inside the model for linen / Hugging Face models that take normalized
-      pixels (shipped models normalize themselves).
+    input_norm: ``(mean, std)`` applied inside the model for linen / Hugging Face / Keras models that take
+      normalized pixels (shipped models and ``keras.applications`` models normalize themselves).
     normalize: the map's per-image min-max to [0, 1], as in `jaxcam.explain` (True). ``normalize=(mean, std)`` is
       the deprecated spelling of `input_norm` (a DeprecationWarning; same checks).
 

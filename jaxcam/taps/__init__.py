@@ -21,8 +21,8 @@ The model's output may be any pytree (logits, a dict, a dataclass); class-id tar
 value into the ``(B, h, w, C)`` grid that methods see and back (identity by default; token sequences later).
 
 The package, one concern a module: `paths` (the path syntax), `base` (the `Tap` protocol and the one place that
-reads, replaces and perturbs a layer's value), `linen`, `nnx`, `function` (one backend each) and `discovery`
-(`list_layers` and `find_layer`).
+reads, replaces and perturbs a layer's value), `linen`, `nnx`, `function`, `keras` (one backend each) and
+`discovery` (`list_layers` and `find_layer`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from jaxcam._errors import LayerNotFoundError
 from jaxcam.taps.base import IdentityLayout, LayerInfo, Tap, spatial_dims, suggest_layout
 from jaxcam.taps.discovery import find_layer, list_layers
 from jaxcam.taps.function import FunctionTap, function_tap
+from jaxcam.taps.keras import KerasTap, keras_tap
 from jaxcam.taps.linen import LinenTap, captured_calls, linen_tap
 from jaxcam.taps.nnx import NnxTap, nnx_tap
 from jaxcam.taps.paths import format_path, linen_aliases, parse_path
@@ -41,12 +42,14 @@ __all__ = [
   "LinenTap",
   "NnxTap",
   "FunctionTap",
+  "KerasTap",
   "LayerInfo",
   "LayerNotFoundError",
   "captured_calls",
   "linen_tap",
   "nnx_tap",
   "function_tap",
+  "keras_tap",
   "list_layers",
   "find_layer",
   "suggest_layout",

@@ -17,6 +17,7 @@ from jaxcam.taps.base import (
   LayerInfo,
   suggest_layout,
 )
+from jaxcam.taps.keras import is_keras_model, list_keras_layers
 from jaxcam.taps.linen import captured_calls
 from jaxcam.taps.nnx import _nnx_get, _nnx_paths, _nnx_set
 from jaxcam.taps.paths import format_path
@@ -29,18 +30,21 @@ def _shape_of(y) -> tuple[int, ...] | None:
 def list_layers(module, variables=None, x=None, **apply_kwargs) -> list[LayerInfo]:
   """Every submodule path with its output shape, in call order, to choose a layer.
 
-  ``list_layers(module, variables, x, **apply_kwargs)`` for linen; ``list_layers(model, x)`` for nnx. Costs
-  one abstract trace (no FLOPs).
+  ``list_layers(module, variables, x, **apply_kwargs)`` for linen; ``list_layers(model, x)`` for nnx and Keras
+  models (Keras: the layers that run, named as ``model.summary()`` prints them, nested models' layers as
+  "model/layer"). Costs one abstract trace (no FLOPs).
   """
   import flax.linen as nn
   from flax import nnx
 
+  if is_keras_model(module):
+    return list_keras_layers(module, variables if x is None else x)
   if isinstance(module, nnx.Module):
     if x is None:
       x = variables
     return _list_nnx(module, x)
   if not isinstance(module, nn.Module):
-    raise TypeError(f"Expected a flax.linen.Module or an nnx.Module, got {type(module).__name__}.")
+    raise TypeError(f"Expected a flax.linen.Module, an nnx.Module or a keras.Model, got {type(module).__name__}.")
   if x is None:
     raise TypeError("`list_layers(module, variables, x)` needs an example input `x` for linen modules.")
   types: dict[str, str] = {}
