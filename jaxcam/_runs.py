@@ -134,8 +134,10 @@ def run_outputs(out: str) -> set[str]:
   shard_dir = os.path.join(out, "shards")
   for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []:
     match = _SHARD_MANIFEST.fullmatch(name)
-    shard = _read_json(os.path.join(shard_dir, name)) if match else None
-    if _is_manifest(shard) and shard.get("shard") == int(match[1]):
+    if match is None:
+      continue
+    shard = _read_json(os.path.join(shard_dir, name))
+    if shard is not None and _is_manifest(shard) and shard.get("shard") == int(match[1]):
       found.update(shard_paths(out, int(match[1])))
       manifests.append(shard)
   for m in manifests:

@@ -44,7 +44,7 @@ def enable() -> str | None:
   setting = os.environ.get("JAXCAM_CACHE_DIR")
   if setting is not None and setting.strip().lower() in OFF:
     return None
-  current = jax.config.jax_compilation_cache_dir
+  current = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
   if current:  # the user's (or the test suite's) own cache wins
     return current
   path = os.path.abspath(os.path.expanduser(setting.strip())) if setting else default_dir()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxcam import layouts as layouts_lib
 from jaxcam.taps.paths import format_path
 
+_T = TypeVar("_T")
 _COLLECTION = "jaxcam_taps"
 _WHERE = ("output", "input")
 
@@ -79,13 +80,13 @@ def _check_input_layout(input_layout: str) -> str:
   return input_layout
 
 
-def tap_dataclass(*data_fields: str) -> Callable[[type], type]:
-  """Make a tap class a frozen dataclass and a pytree in one place: `data_fields` (the arrays: variables, state,
-  params) are its leaves, every other field is static metadata. Fields are declared once, on the class."""
+def tap_dataclass(*data_fields: str) -> Callable[[type[_T]], type[_T]]:
+  """Register a tap dataclass as a pytree in one place: `data_fields` (the arrays: variables, state, params) are
+  its leaves, every other field is static metadata, read from the class's own fields (declared once, on the
+  class, under ``@dataclasses.dataclass(frozen=True, eq=False)``)."""
 
-  def wrap(cls: type) -> type:
-    cls = dataclasses.dataclass(frozen=True, eq=False)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+  def wrap(cls: type[_T]) -> type[_T]:
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [n for n in data_fields if n not in names]
     if unknown:
       raise TypeError(f"{cls.__name__} has no field(s) {unknown} to make its leaves.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from jaxcam.taps.base import (
 
 
 @tap_dataclass("params")
+@dataclasses.dataclass(frozen=True, eq=False)
 class FunctionTap(Tap):
   """A tap on a network split by hand into `body_fn` and `head_fn`; see `function_tap`."""
 

@@ -9,6 +9,7 @@ Keras reads its backend when it is first imported: set ``KERAS_BACKEND=jax`` (``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -139,6 +140,7 @@ def _without_softmax(model: Any):
 
 
 @tap_dataclass("variables")
+@dataclasses.dataclass(frozen=True, eq=False)
 class KerasTap(Tap):
   """A tap on a Keras 3 model; see `keras_tap`. A pytree: ``variables = (trainable, non_trainable)`` are its leaves."""
 

@@ -3,6 +3,7 @@ value out of lifted transforms."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ def _param_paths(variables: Any) -> list[str]:
 
 
 @tap_dataclass("variables")
+@dataclasses.dataclass(frozen=True, eq=False)
 class LinenTap(Tap):
   """A tap on a `flax.linen` module; see `linen_tap`. A pytree: the variables are its leaves."""
 

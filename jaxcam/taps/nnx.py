@@ -3,6 +3,7 @@ call (`nnx.split` / `nnx.merge`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -43,6 +44,7 @@ def _nnx_set(node, key: str, value) -> None:
 
 
 @tap_dataclass("state")
+@dataclasses.dataclass(frozen=True, eq=False)
 class NnxTap(Tap):
   """A tap on a `flax.nnx` model snapshot; see `nnx_tap`. A pytree: the state is its leaves."""
 
