@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from jaxcam import targets as targets_lib
 
-__all__ = ["legrad_map", "attention_relevance", "reads_attention"]
+__all__ = ["legrad_map", "attention_relevance", "reads_attention", "read_blocks", "token_blocks", "keys_on_grid"]
 
 
 def legrad_map(activations: jax.Array, attention_relevance: jax.Array, /) -> jax.Array:
@@ -45,6 +45,30 @@ def _token_blocks(tap: Any) -> tuple[Any, Any] | None:
   if isinstance(layout, layouts_lib.Pick):
     selector, layout = layout.selector, layouts_lib.as_layout(layout.then)
   return (selector, layout) if isinstance(layout, layouts_lib.Tokens) else None
+
+
+def token_blocks(tap: Any, method: str) -> tuple[Any, Any]:
+  """``(selector, tokens layout)`` of a tap whose attention `method` can read; a clear error otherwise."""
+  if not getattr(tap, "can_intercept", False) or tap.where != "output":
+    raise ValueError(
+      f"{method} reads the attention probabilities of flax.linen attention modules: pass a linen_tap on the "
+      f"transformer blocks' outputs (where='output'), got {type(tap).__name__}."
+    )
+  blocks = _token_blocks(tap)
+  if blocks is None:
+    raise ValueError(
+      f"{method} lays the attention keys out on the patch grid: tap the blocks with "
+      f"layout=jaxcam.layouts.tokens(prefix=...) (or pick(i, then=tokens(...))), got {tap.layout!r}."
+    )
+  return blocks
+
+
+def keys_on_grid(relevance: jax.Array, layout: Any) -> jax.Array:
+  """Relevance per key token ``(B, K, keys)`` laid out like the blocks' tokens: ``(B, K, h, w)`` (prefix keys, such
+  as CLS and registers, dropped by the tokens layout)."""
+  b, k = relevance.shape[:2]
+  grid = layout.to_grid(relevance.reshape(b * k, -1)[..., None])
+  return grid[..., 0].reshape((b, k) + grid.shape[1:3])
 
 
 def reads_attention(tap: Any) -> bool:
@@ -75,26 +99,15 @@ def attention_relevance(tap, x, fwd, *, score: Any = None) -> tuple:
   module's ``legrad_score`` method. Linen taps only (the blocks' attention must be ``nn.MultiHeadDotProductAttention``
   or ``nn.SelfAttention`` with the default ``attention_fn``).
   """
-  if not getattr(tap, "can_intercept", False) or tap.where != "output":
-    raise ValueError(
-      "LeGrad reads the attention probabilities of flax.linen attention modules: pass a linen_tap on the "
-      f"transformer blocks' outputs (where='output'), got {type(tap).__name__}."
-    )
-  blocks = _token_blocks(tap)
-  if blocks is None:
-    raise ValueError(
-      "LeGrad lays the attention keys out on the patch grid: tap the blocks with "
-      f"layout=jaxcam.layouts.tokens(prefix=...) (or pick(i, then=tokens(...))), got {tap.layout!r}."
-    )
-  selector, layout = blocks
+  selector, layout = token_blocks(tap, "LeGrad")
   method = _score_method(tap, score)
-  run = functools.partial(_read_blocks, tap, x, selector)
+  run = functools.partial(read_blocks, tap, x, selector)
   shapes = jax.eval_shape(lambda: run(None)[0])
   zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
   tgt = targets_lib.with_ids(fwd.target, fwd.ids)
 
   def block_scores(deltas):
-    _, toks = run(deltas)
+    _, toks, _ = run(deltas)
     logits = [tap.module.apply(tap.variables, t, method=method) for t in toks]
     return tuple(tgt.evaluate(lg)[1] for lg in logits)  # each (B, K)
 
@@ -113,10 +126,7 @@ def _block_relevance(pullback, scores: tuple, i: int, layout: Any) -> jax.Array:
     return pullback(cot)[0][i]  # (B, heads, Q, keys)
 
   g = jax.vmap(grad_i, out_axes=1)(jnp.eye(k))  # (B, K, heads, Q, keys)
-  rel = jnp.mean(jax.nn.relu(g), axis=(2, 3))  # (B, K, keys)
-  b = rel.shape[0]
-  grid = layout.to_grid(rel.reshape(b * k, -1)[..., None])  # keys laid out like the block's tokens
-  return grid[..., 0].reshape((b, k) + grid.shape[1:3])
+  return keys_on_grid(jnp.mean(jax.nn.relu(g), axis=(2, 3)), layout)  # (B, K, keys) on the grid
 
 
 def _block_of(tap, path: tuple[str, ...]) -> int | None:
@@ -128,9 +138,10 @@ def _block_of(tap, path: tuple[str, ...]) -> int | None:
   return None
 
 
-def _read_blocks(tap, x, selector: Any, deltas: tuple | None) -> tuple[tuple, tuple]:
-  """One run of the model through ``tap.intercept``: each tapped block's attention probabilities (plus
-  ``deltas[i]``, to differentiate through them) and output tokens, in the tap's layer order."""
+def read_blocks(tap, x, selector: Any, deltas: tuple | None) -> tuple[tuple, tuple, Any]:
+  """One run of the model through ``tap.intercept``: each tapped block's attention probabilities ``(B, heads,
+  queries, keys)`` (plus ``deltas[i]``, to differentiate through them) and output tokens, in the tap's layer
+  order, and the model's output."""
   import flax.linen as nn
 
   from jaxcam import layouts as layouts_lib
@@ -164,7 +175,7 @@ def _read_blocks(tap, x, selector: Any, deltas: tuple | None) -> tuple[tuple, tu
     finally:
       object.__setattr__(mdl, "attention_fn", nn.dot_product_attention)
 
-  tap.intercept(x, interceptor)
+  out = tap.intercept(x, interceptor)
   missing = [format_path(tap.layers[i]) for i in range(len(tap.layers)) if i not in probs]
   if missing:
     raise ValueError(
@@ -172,7 +183,8 @@ def _read_blocks(tap, x, selector: Any, deltas: tuple | None) -> tuple[tuple, tu
       "transformer blocks holding flax.linen attention (a block whose attention calls a function directly, as "
       "Hugging Face's Flax ViT does, cannot be read)."
     )
-  return tuple(probs[i] for i in range(len(tap.layers))), tuple(tokens[i] for i in range(len(tap.layers)))
+  order = range(len(tap.layers))
+  return tuple(probs[i] for i in order), tuple(tokens[i] for i in order), out
 
 
 def _recording_attention(delta: Any, i: int, probs: dict) -> Any:

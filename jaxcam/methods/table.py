@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxcam import fullgradient
 from jaxcam._errors import UnknownNameError, unknown_name_message
-from jaxcam.methods import attention, classic, factorization, gradient, perturbation
+from jaxcam.methods import attention, classic, factorization, gradient, perturbation, rollout
 
 __all__ = [
   "MethodSpec",
@@ -318,6 +318,22 @@ for _spec in [
     title="LeGrad",
   ),
   MethodSpec(
+    "attention_rollout",
+    rollout.attention_rollout_map,
+    "map",
+    needs=("attention_rollout",),
+    class_specific=False,
+    title="Attention rollout",
+  ),
+  MethodSpec(
+    "gradient_rollout",
+    rollout.gradient_rollout_map,
+    "map",
+    needs=("gradient_rollout",),
+    aliases=("chefer",),
+    title="Gradient rollout (Chefer)",
+  ),
+  MethodSpec(
     "fullgrad",
     fullgradient.fullgrad_map,
     "input_map",
@@ -370,7 +386,7 @@ def wrappers() -> dict[str, tuple[Callable[..., MethodSpec], str | None]]:
   from jaxcam import multiscale
   from jaxcam import wrappers as w
 
-  builtin = {
+  builtin: dict[str, tuple[Callable[..., MethodSpec], str | None]] = {
     "smooth": (w.smooth, None),
     "aug_smooth": (w.aug_smooth, None),
     "eigen_smooth": (w.eigen_smooth, None),
