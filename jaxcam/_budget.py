@@ -45,7 +45,12 @@ class CheckpointError(ValueError):
   """A checkpoint that is truncated, corrupt, over its byte budget, not a regular file, or of an unknown format."""
 
 
-CheckpointError.__module__ = "jaxcam.io"  # its public home
+class ImageDecodeError(OSError, ValueError):
+  """An image file that cannot be decoded (not an image, truncated, corrupt, of a mode jaxcam cannot read), named in
+  the message with the decoder's reason. Both an OSError (what PIL raises for a broken file) and a ValueError."""
+
+
+CheckpointError.__module__ = ImageDecodeError.__module__ = "jaxcam.io"  # their public home
 
 
 def default_max_bytes(file_bytes: int) -> int:

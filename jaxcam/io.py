@@ -44,6 +44,7 @@ from jaxcam._budget import (
   MAX_IMAGE_PIXELS,
   Budget,
   CheckpointError,
+  ImageDecodeError,
   default_max_bytes,
   load_safetensors,
   regular_file_size,
@@ -52,6 +53,7 @@ from jaxcam._budget import (
 __all__ = [
   "CheckpointError",
   "UnsafeCheckpointError",
+  "ImageDecodeError",
   "MAX_IMAGE_PIXELS",
   "default_max_bytes",
   "load_state_dict",
@@ -373,8 +375,10 @@ def load_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
         f"{path}: not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes {raw[:2]!r})"
       )
     return _load_legacy(raw, path, budget)
-  except (CheckpointError, UnsafeCheckpointError):
-    raise
+  except (CheckpointError, UnsafeCheckpointError) as e:  # raised where a tensor or a global is met: name the file
+    if path in str(e):
+      raise
+    raise type(e)(f"{path}: {e}") from None
   except RecursionError:
     raise CheckpointError(f"{path}: corrupt torch checkpoint (objects nested too deeply)") from None
   except Exception as e:  # any other failure while parsing means the bytes are not a valid checkpoint

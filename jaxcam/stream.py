@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from jaxcam import writers
-from jaxcam._budget import MAX_IMAGE_PIXELS, regular_file_size
+from jaxcam._budget import MAX_IMAGE_PIXELS, ImageDecodeError, regular_file_size
 from jaxcam._runs import (
   _STALE,
   RunMismatchError,
@@ -69,22 +69,31 @@ def decode_image(path: str) -> np.ndarray:
   """The image at `path` as uint8 RGB ``(h, w, 3)``, upright (its EXIF orientation applied, as PIL's
   `ImageOps.exif_transpose`: a phone photo stored sideways is explained as shown), by bit depth
   (`jaxcam.models.to_uint8_rgb`: 16-bit PNGs are scaled, not clipped). Budgets before bytes: a `path` that is not
-  a regular file (a FIFO, a device, a link to one) and a header declaring more than `jaxcam.io.MAX_IMAGE_PIXELS`
-  pixels are a ValueError before any pixel is read; otherwise raises what PIL raises for a broken file."""
+  a regular file (a FIFO, a device, a link to one) is a ValueError before it is opened, and a header declaring more
+  than `jaxcam.io.MAX_IMAGE_PIXELS` pixels an `ImageDecodeError` before any pixel is read. Every other failure (not
+  an image, truncated, corrupt, pixels jaxcam cannot read: whatever PIL raised) is a `jaxcam.io.ImageDecodeError`, an
+  OSError and a ValueError, naming the file and the decoder's reason."""
   from PIL import Image, ImageOps
 
   from jaxcam.models import to_uint8_rgb
 
+  path = os.fspath(path)
   regular_file_size(path, "an image file")  # a FIFO would block open() forever
-  with Image.open(path) as im:  # reads the header only
-    w, h = im.size
-    if w * h > MAX_IMAGE_PIXELS:
-      raise ValueError(
-        f"Cannot decode {path!r}: its header declares {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS} (8192 x "
-        "8192, jaxcam.io.MAX_IMAGE_PIXELS) jaxcam decodes; refused before decoding. Downscale the image first."
-      )
-    im.load()
-    return to_uint8_rgb(ImageOps.exif_transpose(im))
+  try:
+    with Image.open(path) as im:  # reads the header only
+      w, h = im.size
+      if w * h > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(
+          f"Cannot decode {path!r}: its header declares {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS} (8192 x "
+          "8192, jaxcam.io.MAX_IMAGE_PIXELS) jaxcam decodes; refused before decoding. Downscale the image first."
+        )
+      im.load()
+      return to_uint8_rgb(ImageOps.exif_transpose(im))
+  except (ImageDecodeError, MemoryError):
+    raise
+  except Exception as e:  # a broken file raises any type in PIL (OSError, SyntaxError, struct.error, EOFError, ...)
+    reason = " ".join(str(e).split())[:300]
+    raise ImageDecodeError(f"Cannot decode {path!r} as an image ({type(e).__name__}: {reason}).") from e
 
 
 def top5(probs: np.ndarray, class_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:

@@ -423,3 +423,79 @@ def test_fifos_devices_and_links_to_them_are_refused_before_opening(tmp_path, su
   (tmp_path / f"dir{suffix}").mkdir()
   with pytest.raises(io.CheckpointError, match="is a directory"):
     io.load_state_dict(tmp_path / f"dir{suffix}")
+
+
+# -------------------------------------------------------------- found by tests/test_fuzz.py (issue 26, item 6)
+
+
+def _legacy_with(path, obj_pickle: bytes, keys: list, storages: bytes = b"") -> None:
+  with open(path, "wb") as f:
+    for header in (io._LEGACY_MAGIC, io._LEGACY_PROTOCOL, {"protocol_version": 1001}):
+      pickle.dump(header, f, protocol=2)
+    f.write(obj_pickle + pickle.dumps(keys, protocol=2) + storages)
+
+
+@pytest.mark.fast
+def test_errors_met_inside_a_tensor_or_a_global_name_the_file(tmp_path):
+  """The fuzzer's finds: a refused global, a storage type torch does not have, a stride of another rank, a tensor
+  past its storage and a storage the legacy file never wrote were reported without the file's name."""
+  store = lambda type_name="FloatStorage": torchfiles.Storage("0", np.arange(6.0), type_name)
+  cases = {
+    "evil.pth": (b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echo\x85R.", io.UnsafeCheckpointError, "os.system"),
+    "bogus.pth": (torchfiles.dump({"w": torchfiles.Tensor(store("BogusStorage"), 0, (2,), (1,))})[0], None, "Bogus"),
+    "rank.pth": (torchfiles.dump({"w": torchfiles.Tensor(store(), 0, (2, 3), (3,))})[0], None, "geometry"),
+    "past.pth": (torchfiles.dump({"w": torchfiles.Tensor(store(), 0, (10, 10), (10, 1))})[0], None, "reads element"),
+  }
+  for name, (pkl, error, words) in cases.items():
+    with zipfile.ZipFile(tmp_path / name, "w") as zf:
+      zf.writestr("archive/data.pkl", pkl)
+      zf.writestr("archive/data/0", np.arange(6, dtype=np.float32).tobytes())
+    with pytest.raises(error or (io.CheckpointError, io.UnsafeCheckpointError), match=words) as caught:
+      io.load_state_dict(tmp_path / name)
+    assert str(caught.value).startswith(str(tmp_path / name)), caught.value
+  data, _ = torchfiles.dump({"w": torchfiles.Tensor(store(), 0, (2,), (1,))})
+  _legacy_with(tmp_path / "nodata.pth", data, keys=[])  # the storage's bytes never written
+  with pytest.raises(io.CheckpointError, match=r"nodata\.pth: corrupt checkpoint: storage '0' has no data"):
+    io.load_state_dict(tmp_path / "nodata.pth")
+  _legacy_with(tmp_path / "evil_legacy.pth", cases["evil.pth"][0], keys=[])
+  with pytest.raises(io.UnsafeCheckpointError, match=r"evil_legacy\.pth: Refusing to load global os\.system"):
+    io.load_torch(tmp_path / "evil_legacy.pth")
+
+
+def _image_bytes(fmt: str, mode: str = "RGB", cut: float | None = None) -> bytes:
+  from PIL import Image
+
+  im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 16, 3), np.uint8)).convert(mode)
+  buf = BytesIO()
+  im.save(buf, fmt)
+  raw = buf.getvalue()
+  return raw if cut is None else raw[: int(cut * len(raw))]
+
+
+@pytest.mark.fast
+def test_a_broken_image_is_one_error_naming_the_file(tmp_path):
+  """The fuzzer's finds: PIL raised ValueError('Reached EOF while reading header') for a cut PPM, OSError('could not
+  create decoder object') for a cut WEBP, OSError('broken data stream ...') / ('image file is truncated') for cut
+  PNGs and JPEGs, and to_uint8_rgb a ValueError for a TIFF of negative 32-bit values, none naming the file.
+  Now each is `io.ImageDecodeError` (an OSError and a ValueError: callers catching either still do) naming the file
+  and PIL's reason."""
+  from PIL import Image
+
+  from jaxcam import stream
+
+  files = {
+    "cut.ppm": _image_bytes("PPM", cut=0.1),
+    "cut.webp": _image_bytes("WEBP", cut=0.5),
+    "cut.png": _image_bytes("PNG", cut=0.6),
+    "cut.jpg": _image_bytes("JPEG", cut=0.5),
+    "noise.gif": b"GIF89a" + bytes(range(40)),
+  }
+  for name, raw in files.items():
+    (tmp_path / name).write_bytes(raw)
+  Image.fromarray(np.full((4, 4), -5, np.int32), "I").save(tmp_path / "negative.tif")
+  for name in [*files, "negative.tif"]:
+    with pytest.raises(io.ImageDecodeError, match=rf"Cannot decode '.*{re.escape(name)}' as an image \(\w+: ") as e:
+      stream.decode_image(str(tmp_path / name))
+    assert isinstance(e.value, OSError) and isinstance(e.value, ValueError) and "\n" not in str(e.value)
+  (tmp_path / "ok.png").write_bytes(_image_bytes("PNG", mode="LA"))  # a valid file still decodes
+  assert stream.decode_image(tmp_path / "ok.png").shape == (12, 16, 3)

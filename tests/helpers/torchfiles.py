@@ -20,12 +20,18 @@ import numpy as np
 
 from jaxcam import io as jio
 
+LEGACY_MAGIC, LEGACY_PROTOCOL = jio._LEGACY_MAGIC, jio._LEGACY_PROTOCOL
+STORAGE_TYPES = {name: np.dtype(dtype) for name, dtype in jio._STORAGE_DTYPES.items()}
+"""torch's typed storage names and their element types."""
+
 
 class Storage:
-  """A float32 storage: its key and data."""
+  """A storage: its key, data and type (``FloatStorage`` by default; a name torch does not have is stored as float32
+  bytes under that name)."""
 
-  def __init__(self, key: str, data: np.ndarray):
-    self.key, self.data = key, np.asarray(data, np.float32).ravel()
+  def __init__(self, key: str, data: np.ndarray, type_name: str = "FloatStorage"):
+    dtype = STORAGE_TYPES.get(type_name, np.dtype(np.float32))
+    self.key, self.type_name, self.data = key, type_name, np.asarray(data).astype(dtype).ravel()
 
 
 class Tensor:
@@ -36,7 +42,7 @@ class Tensor:
 
 
 @contextlib.contextmanager
-def _fake_torch():
+def _fake_torch(type_names=("FloatStorage",)):
   torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
 
   def _rebuild_tensor_v2(*args):  # never called: only its name is pickled
@@ -44,7 +50,8 @@ def _fake_torch():
 
   _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
   utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-  torch.FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+  for name in type_names:
+    setattr(torch, name, type(name, (), {"__module__": "torch"}))
   torch._utils = utils
   saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
   sys.modules.update({"torch": torch, "torch._utils": utils})
@@ -58,16 +65,34 @@ def _fake_torch():
         sys.modules[k] = v
 
 
+def _storage_type_names(obj) -> set[str]:
+  """The storage types of the tensors in `obj`, each shared object visited once (the tests pickle DAGs)."""
+  names, stack, seen = set(), [obj], set()
+  while stack:
+    o = stack.pop()
+    if id(o) in seen:
+      continue
+    seen.add(id(o))
+    if isinstance(o, Tensor):
+      names.add(o.storage.type_name)
+    elif isinstance(o, dict):
+      stack += list(o.values())
+    elif isinstance(o, (list, tuple)):
+      stack += list(o)
+  return names
+
+
 def dump(obj) -> tuple[bytes, dict[str, Storage]]:
   """(pickle bytes, {key: storage}) for an object holding `Tensor`s."""
   storages: dict[str, Storage] = {}
-  with _fake_torch() as (torch, utils):
+  type_names = {"FloatStorage"} | _storage_type_names(obj)
+  with _fake_torch(type_names) as (torch, utils):
 
     class P(pickle.Pickler):
       def persistent_id(self, o):
         if isinstance(o, Storage):
           storages[o.key] = o
-          return ("storage", torch.FloatStorage, o.key, "cpu", o.data.size)
+          return ("storage", getattr(torch, o.type_name), o.key, "cpu", o.data.size)
         return None
 
       def reducer_override(self, o):
