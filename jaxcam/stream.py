@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -79,18 +80,24 @@ def decode_image(path: str) -> np.ndarray:
 
   path = os.fspath(path)
   regular_file_size(path, "an image file")  # a FIFO would block open() forever
+  too_many = (
+    f"more than the {MAX_IMAGE_PIXELS} (8192 x 8192, jaxcam.io.MAX_IMAGE_PIXELS) jaxcam decodes; refused before "
+    "decoding. Downscale the image first."
+  )
   try:
     with Image.open(path) as im:  # reads the header only
       w, h = im.size
       if w * h > MAX_IMAGE_PIXELS:
-        raise ImageDecodeError(
-          f"Cannot decode {path!r}: its header declares {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS} (8192 x "
-          "8192, jaxcam.io.MAX_IMAGE_PIXELS) jaxcam decodes; refused before decoding. Downscale the image first."
-        )
+        raise ImageDecodeError(f"Cannot decode {path!r}: its header declares {w} x {h} pixels, {too_many}")
       im.load()
       return to_uint8_rgb(ImageOps.exif_transpose(im))
   except (ImageDecodeError, MemoryError):
     raise
+  except Image.DecompressionBombError as e:  # PIL's own limit (twice its MAX_IMAGE_PIXELS), met while opening
+    declared = re.search(r"\d+ pixels", str(e))
+    raise ImageDecodeError(
+      f"Cannot decode {path!r}: its header declares {declared.group() if declared else 'more pixels'}, {too_many}"
+    ) from e
   except Exception as e:  # a broken file raises any type in PIL (OSError, SyntaxError, struct.error, EOFError, ...)
     reason = " ".join(str(e).split())[:300]
     raise ImageDecodeError(f"Cannot decode {path!r} as an image ({type(e).__name__}: {reason}).") from e

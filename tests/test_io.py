@@ -499,3 +499,20 @@ def test_a_broken_image_is_one_error_naming_the_file(tmp_path):
     assert isinstance(e.value, OSError) and isinstance(e.value, ValueError) and "\n" not in str(e.value)
   (tmp_path / "ok.png").write_bytes(_image_bytes("PNG", mode="LA"))  # a valid file still decodes
   assert stream.decode_image(tmp_path / "ok.png").shape == (12, 16, 3)
+
+
+@pytest.mark.fast
+def test_a_header_past_pils_own_limit_is_jaxcams_budget_error(tmp_path):
+  """A PNG header of 2**31 - 1 x 1 pixels trips PIL's DecompressionBombError inside Image.open, before jaxcam's own
+  check: it is reported as jaxcam's budget (found by scripts/audit.py's png_header_2_to_the_31_wide)."""
+  import zlib
+
+  from jaxcam import stream
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+  ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 2**31 - 1, 1, 8, 2, 0, 0, 0))
+  (tmp_path / "wide.png").write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + chunk(b"IEND", b""))
+  with pytest.raises(io.ImageDecodeError, match=r"wide\.png': its header declares 2147483647 pixels.*MAX_IMAGE_PIXELS"):
+    stream.decode_image(str(tmp_path / "wide.png"))
