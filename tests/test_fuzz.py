@@ -67,11 +67,11 @@ def write_cases(folder, cases_by_family: dict[str, list[fuzzfiles.Case]]) -> dic
   return how
 
 
-def read_in_child(folder, n_files: int) -> list[dict]:
+def read_in_child(folder, n_files: int, seconds: float = SECONDS_PER_FILE) -> list[dict]:
   """fuzz_child's lines for every file; a file the child never finished (killed past the overall limit, or a crash)
   is reported as a 'hang' / 'crash' line of its own."""
   cmd = [sys.executable, "-m", "tests.helpers.fuzz_child", str(folder), "--memory-mib", str(MEMORY_MIB)]
-  cmd += ["--seconds", str(SECONDS_PER_FILE)]
+  cmd += ["--seconds", str(seconds)]
   limit = 60 + 2 * n_files
   try:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
@@ -115,5 +115,19 @@ def test_every_reader_returns_a_valid_result_or_a_documented_error_within_its_ca
 def test_every_reader_survives_a_longer_fuzz(tmp_path, family):
   """`SLOW_EXAMPLES` files of one family with a fresh seed (set JAXCAM_FUZZ_EXAMPLES for a longer run)."""
   outcomes = check_families(tmp_path, [family], SLOW_EXAMPLES, derandomize=False)
-  print(family, outcomes)
   assert sum(outcomes.values()) >= SLOW_EXAMPLES // 2, outcomes  # hypothesis drew enough distinct files
+
+
+def test_the_child_reports_a_hang_a_memory_blow_up_and_a_foreign_error(tmp_path):
+  """The harness can fail: a reader that loops, one that allocates 8 GiB under the 2 GiB cap and one that raises a
+  bare KeyError are reported as such, the next file still read (the selftest reader does what its file says)."""
+  (tmp_path / "selftest").mkdir()
+  for name in ("foreign", "hang", "memory", "ok"):
+    (tmp_path / "selftest" / name).write_bytes(name.encode())
+  lines = read_in_child(tmp_path, 4, seconds=0.5)
+  assert {line["file"]: line["outcome"] for line in lines} == {
+    "foreign": "foreign",
+    "hang": "hang",
+    "memory": "memory",
+    "ok": "result",
+  }, lines
