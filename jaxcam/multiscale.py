@@ -176,26 +176,10 @@ def _check_static(num_scales, pre_filter_ratio, pool):
   _checks.check_positive_int("num_scales", num_scales)
 
 
-def _deprecated_sess(
-  tap: Any,
-  x: jax.Array,
-  /,
-  target: Any = None,
-  *,
-  method: Any = "gradcam",
-  scales: tuple[int, ...] | None = None,
-  num_scales: int = 12,
-  scale_step_ratio: float = 2.0 / 7.0,
-  window_size: int | None = None,
-  step_size: int | None = None,
-  pre_filter_ratio: float = 0.0,
-  theta: float = 0.0,
-  pool: str = "mean",
-  smooth: bool = True,
-  use_softmax_scores: bool = True,
-  chunk_size: int = 32,
-  **options: Any,
-) -> jax.Array:
+def _deprecated_sess(tap: Any, x: jax.Array, /, target: Any = None, *, method: Any = "gradcam", **kwargs: Any):
+  """The old form: `sess_row`'s arguments among `kwargs` build the row, the rest are the base method's options."""
+  import inspect
+
   from jaxcam._errors import warn_user
   from jaxcam.api import explain
 
@@ -204,21 +188,9 @@ def _deprecated_sess(
     "jaxcam.explain(jaxcam.sess(method, ...), tap, x, target, **options).maps.",
     DeprecationWarning,
   )
-  row = sess_row(
-    method,
-    scales=scales,
-    num_scales=num_scales,
-    scale_step_ratio=scale_step_ratio,
-    window_size=window_size,
-    step_size=step_size,
-    pre_filter_ratio=pre_filter_ratio,
-    theta=theta,
-    pool=pool,
-    smooth=smooth,
-    use_softmax_scores=use_softmax_scores,
-    chunk_size=chunk_size,
-  )
-  return explain(row, tap, x, target, **options).maps
+  grid = set(inspect.signature(sess_row).parameters) - {"method"}
+  row = sess_row(method, **{k: v for k, v in kwargs.items() if k in grid})
+  return explain(row, tap, x, target, **{k: v for k, v in kwargs.items() if k not in grid}).maps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -188,8 +188,11 @@ def test_end_to_end_matches_numpy_pipeline(small_linen, name):
   np.testing.assert_allclose(maps, expected, atol=2e-4)
 
 
-@pytest.mark.parametrize(  # LeGrad's ViT compiles for ~45 s cold (op by op included): the slow tier runs it
-  "name", [pytest.param(n, marks=pytest.mark.slow) if n == "legrad" else n for n in jaxcam.method_names()]
+SLOW_CONTRACT = ("legrad", "attention_rollout", "gradient_rollout")  # the ViT's rows: 12-45 s each op by op
+
+
+@pytest.mark.parametrize(  # the ViT rows compile for long (op by op included): the slow tier runs them
+  "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CONTRACT else n for n in jaxcam.method_names()]
 )
 def test_common_contract(common, common_tokens, name):
   tap, x, t = common if jaxcam.get_method(name).applies(common[0]) else common_tokens

@@ -449,22 +449,13 @@ def test_fullgrad_and_sess_rows_from_the_command_line_and_explain_model(image_di
   import jaxcam
 
   d, photos = image_dir
-  pkg = tmp_path / "pkg"
-  pkg.mkdir()
-  (pkg / "small_cnn.py").write_text(
-    "import jax\n"
-    "from tests import nets\n"
-    "def build():\n"
-    "  module = nets.ConvNet()\n"
-    "  return module, module.init(jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3)))\n"
-  )
-  monkeypatch.syspath_prepend(str(pkg))
-  import small_cnn
+  spec = _tiny_model_module(tmp_path, monkeypatch)  # a conv net with global pooling: any input size
+  import tiny_cnn
 
-  model = small_cnn.build()
+  model = tiny_cnn.build()
   for method, name in (("fullgrad", "fullgrad"), ("sess", "sess(gradcam)")):
     out = tmp_path / method
-    args = ["explain", str(d / "chelsea.png"), "--model", "small_cnn:build", "--size", "32", "--out", str(out)]
+    args = ["explain", str(d / "chelsea.png"), "--model", spec, "--size", "32", "--out", str(out)]
     assert cli.main(args + ["--method", method, "--batch-size", "1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == name

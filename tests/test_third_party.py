@@ -19,6 +19,7 @@ def _hf():
   return pytest.importorskip("transformers", reason="optional: pip install transformers==4.49 (Flax models)")
 
 
+@pytest.mark.slow  # 18 s, for the default suite's budget: the slow tier checks the HF models
 def test_hugging_face_flax_vit_tokens_and_tuple_layers():
   tf = _hf()
   cfg = tf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -41,6 +42,7 @@ def test_hugging_face_flax_vit_tokens_and_tuple_layers():
   assert np.isfinite(np.asarray(jaxcam.gradcam_pp(picked, x, ids))).all()
 
 
+@pytest.mark.slow  # 26 s
 def test_hugging_face_flax_resnet_and_beit():
   """The taps' logits are the Hugging Face models' own (their public NCHW entry point); the maps (each image's top
   class) are the numpy formulas on A and dS/dA read by `_value_and_grad_at` (capture_intermediates + an

@@ -24,6 +24,7 @@ def tv_vit():
   return module, variables, data
 
 
+@pytest.mark.slow  # 24 s: a torchvision ViT's worth of compilation; the slow tier keeps the parity
 def test_legrad_matches_torchcam(tv_vit):
   module, variables, data = tv_vit
   x, ids = jnp.asarray(data["x"]), data["ids"]

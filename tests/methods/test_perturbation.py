@@ -211,6 +211,7 @@ def test_ablationcam_against_numpy_through_the_head(convnet_b1):
   np.testing.assert_allclose(raw, ref.channel_map(w, a.astype(np.float64)), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # 15 s of noisy copies op by op
 def test_sscam_draws_the_documented_noise_from_its_key(convnet_b1):
   """numpy SS-CAM with noise drawn per (sample, channel) as documented: fold_in(fold_in(key, s), k)."""
   tap, variables, x, t = convnet_b1
