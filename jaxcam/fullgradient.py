@@ -77,12 +77,13 @@ def _collect(call, x, deltas, select):
 
 
 def _channel_minmax(v: jax.Array) -> jax.Array:
-  """Per (image, channel) min-max over the spatial axes of ``(B, h, w, C)``, as ``scale_cam_image`` per channel."""
-  return jnp.moveaxis(postprocess.normalize(jnp.moveaxis(v, -1, 1)), 1, -1)
+  """Per (image, channel) min-max over the spatial axes of ``(B, *spatial, C)`` (images or volumes), as
+  ``scale_cam_image`` per channel."""
+  return jnp.moveaxis(postprocess.normalize(jnp.moveaxis(v, -1, 1), spatial_dims=v.ndim - 2), 1, -1)
 
 
 def fullgrad_raw(call: Callable, x: jax.Array, score: Callable, select: Callable[[Any], bool]) -> jax.Array:
-  """The FullGrad sum ``(B, H, W)`` before its final min-max: ``|dS/dx * x|`` plus every selected bias layer's
+  """The FullGrad sum ``(B, *size)`` before its final min-max: ``|dS/dx * x|`` plus every selected bias layer's
   ``|b * dS/dy|`` (each channel min-max normalized, summed over channels, upsampled to the input). `call` runs the
   model with an interceptor (`jaxcam.Tap.intercept`), `score(output) -> (B,)` is the target score. One forward and
   one backward pass."""
@@ -100,7 +101,7 @@ def fullgrad_raw(call: Callable, x: jax.Array, score: Callable, select: Callable
     return jnp.sum(score(o)), [b for b, _ in found]
 
   (gx, gds), biases = jax.grad(total, argnums=(0, 1), has_aux=True)(x, deltas)
-  size = x.shape[1:3]
+  size = x.shape[1:-1]  # (H, W), or (D, H, W) for volumes
   cam = jnp.sum(_channel_minmax(jnp.abs(gx * x)), axis=-1)
   for bias, g in zip(biases, gds):
     b = jnp.reshape(bias, (1,) * (g.ndim - 1) + (-1,)).astype(g.dtype)
