@@ -5,7 +5,7 @@ Importing jaxcam changes no global state (no XLA flags, no JAX config). One publ
 row registered later (`jaxcam.register_method`) is ``jaxcam.<its name>`` at once.
 """
 
-from jaxcam import chunking, core, derivatives, guided, layouts, postprocess, providers, targets
+from jaxcam import chunking, core, derivatives, guided, layouts, lrp, postprocess, providers, targets
 from jaxcam._errors import LayerNotFoundError, UnknownNameError
 from jaxcam._version import __version__
 from jaxcam.api import Explanation, check_images, explain, explain_many, public_function
@@ -15,6 +15,7 @@ from jaxcam.chunking import chunked_map, chunked_sum
 from jaxcam.concepts import Concepts, dff
 from jaxcam.fullgradient import fullgrad
 from jaxcam.guided import guided_backprop, guided_gradcam
+from jaxcam.methods.opticam import trajectory as opticam_trajectory
 from jaxcam.methods.table import METHODS, MethodSpec, get_method, method_names, register_method
 from jaxcam.multiscale import sess
 from jaxcam.providers import Provider, register_provider
@@ -102,8 +103,10 @@ __all__ = [
   "linen_tap",
   "list_layers",
   "local_mesh",
+  "lrp",
   "method_names",
   "nnx_tap",
+  "opticam_trajectory",
   "postprocess",
   "providers",
   "refine",

@@ -21,7 +21,8 @@ from typing import Any
 
 from jaxcam import _copies, derivatives, fullgradient
 from jaxcam._errors import UnknownNameError, unknown_name_message
-from jaxcam.methods import attention, classic, rollout
+from jaxcam.lrp import rows as lrp_rows
+from jaxcam.methods import attention, classic, opticam, rollout
 
 __all__ = ["Provider", "PROVIDERS", "register_provider", "get_provider"]
 
@@ -230,6 +231,17 @@ for _p in (
     single_layer=True,
     expensive=True,
     cost="1 pass through the head (from the layer on) per position h*w",
+  ),
+  Provider(
+    "optimized_weights",
+    opticam.optimized_weights,
+    expensive=True,
+    cost="steps (default 50) forward and backward passes through the whole model of a masked copy (Adam, Opti-CAM)",
+  ),
+  Provider(
+    "lrp",
+    lrp_rows.lrp_provider,
+    cost="1 forward and 1 modified backward pass through the whole model (relevance rules per primitive)",
   ),
 ):
   register_provider(_p)

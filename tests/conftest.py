@@ -51,6 +51,8 @@ def light_options(name: str) -> dict:
     opts["top_n"] = 2
   if "k" in defaults:  # gScoreCAM's channel count
     opts["k"] = 2
+  if "steps" in defaults:  # Opti-CAM's optimisation steps
+    opts["steps"] = 3
   return opts
 
 

@@ -162,6 +162,9 @@ def test_every_registered_method_has_an_independent_reference():
     "legrad": "methods.test_attention::test_legrad_matches_torchcam",  # torchcam's LeGrad on a torchvision ViT
     "fullgrad": "test_fullgradient::test_fullgrad_against_numpy_on_a_conv_bias_net",  # and pgc's FullGrad (slow)
     "gscorecam": "methods.test_perturbation::test_gscorecam_against_numpy",
+    "opticam": "methods.test_opticam::test_steps_equal_a_hand_written_optax_loop",
+    "attnlrp": "test_lrp::test_attnlrp_matches_lxt_explicit_on_a_small_vit",
+    "lrp_cam": "test_lrp::test_rows_through_explain_are_lrp0_gradient_x_input_on_a_relu_convnet",
     "attention_rollout": "methods.test_rollout::test_attention_rollout_against_numpy",
     "gradient_rollout": "methods.test_rollout::test_gradient_rollout_against_the_hand_vit",  # hand-written ViT
   }

@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxcam import fullgradient
 from jaxcam._errors import UnknownNameError, unknown_name_message
-from jaxcam.methods import attention, classic, factorization, gradient, perturbation, rollout
+from jaxcam.lrp import rows as _lrp_rows
+from jaxcam.methods import attention, classic, factorization, gradient, opticam, perturbation, rollout
 
 __all__ = [
   "MethodSpec",
@@ -348,6 +349,13 @@ for _spec in [
     needs=("position_scores",),
     aliases=("recipro_cam",),
     title="Recipro-CAM",
+  ),
+  MethodSpec(
+    "attnlrp", _lrp_rows.attnlrp_map, "input_map", needs=("lrp",), aliases=("attn_lrp",), title="AttnLRP"
+  ),
+  MethodSpec("lrp_cam", _lrp_rows.lrp_cam_map, "map", needs=("lrp",), aliases=("lrpcam",), title="LRP-CAM"),
+  MethodSpec(
+    "opticam", opticam.opticam_weights, "channel", needs=("optimized_weights",), aliases=("opti_cam",), title="Opti-CAM"
   ),
 ]:
   register_method(_spec)
