@@ -1,4 +1,4 @@
-"""The `jaxcam` command: ``demo``, ``explain``, ``evaluate``, ``layers``, ``merge-manifests``.
+"""The `jaxcam` command: ``demo``, ``explain``, ``evaluate``, ``layers``, ``merge-manifests``, ``report``.
 
 Outputs are deterministic (no timestamps), so reruns give byte-identical files. ``explain`` always runs through
 `jaxcam.stream`: one shard with overlays by default, shards of ``--shard-size`` files for large runs.
@@ -24,6 +24,7 @@ from jaxcam.cli.demo import cmd_demo
 from jaxcam.cli.evaluate import DEFAULT_EVAL_METRICS, EVAL_METRICS, cmd_evaluate, evaluation_table, load_regions
 from jaxcam.cli.explain import cmd_explain, cmd_merge
 from jaxcam.cli.layers import cmd_layers
+from jaxcam.cli.report import cmd_report, report_after
 
 __all__ = [
   "CliError",
@@ -39,6 +40,7 @@ __all__ = [
   "cmd_explain",
   "cmd_layers",
   "cmd_merge",
+  "cmd_report",
   "collect_images",
   "demo_methods",
   "evaluation_table",
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="jaxcam", description="Class activation maps for JAX/Flax models.")
   parser.add_argument("--version", action="version", version=f"jaxcam {jaxcam.__version__}")
   sub = parser.add_subparsers(dest="command", required=True)
-  for add in (_add_demo, _add_explain, _add_merge, _add_evaluate, _add_layers):
+  for add in (_add_demo, _add_explain, _add_merge, _add_evaluate, _add_layers, _add_report):
     add(sub)
   return parser
 
@@ -80,7 +82,15 @@ def _add_demo(sub) -> None:
     "Ablation-CAM, Recipro-CAM, Smooth Grad-CAM++): minutes instead of seconds",
   )
   demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods (default 0)")
+  demo.add_argument("--report", action="store_true", help=_REPORT_HELP)
   demo.set_defaults(func=cmd_demo)
+
+
+_MODEL_HELP = (
+  "a shipped model (default efficientnet_lite0), or package.module:attribute naming a model object (or a function of "
+  "no arguments returning one: (linen module, variables), an nnx module, a Keras 3 model, a Hugging Face Flax model); "
+  "its layer is found automatically unless --layer is given"
+)
 
 
 def _add_explain(sub) -> None:
@@ -89,13 +99,7 @@ def _add_explain(sub) -> None:
 
   ex = sub.add_parser("explain", help="explain images or directories of images")
   ex.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-  ex.add_argument(
-    "--model",
-    default="efficientnet_lite0",
-    help="a shipped model (default efficientnet_lite0), or package.module:attribute naming a model object (or a "
-    "function returning one: (linen module, variables), an nnx module, a Hugging Face Flax model); its layer is "
-    "found automatically unless --layer is given",
-  )
+  ex.add_argument("--model", default="efficientnet_lite0", help=_MODEL_HELP)
   ex.add_argument("--size", type=int, default=224, help="input size for imported models that do not declare one")
   ex.add_argument("--weights", default=None, help="weights file for models without packaged weights")
   ex.add_argument(
@@ -144,6 +148,7 @@ def _add_explain(sub) -> None:
   ex.add_argument(
     "--overlays", action="store_true", help="streaming mode: also write overlay PNGs (default mode always does)"
   )
+  ex.add_argument("--report", action="store_true", help=_REPORT_HELP)
   ex.set_defaults(func=cmd_explain)
 
 
@@ -162,7 +167,8 @@ def _add_evaluate(sub) -> None:
     "(pointing game, energy, AUROC, IoU) metrics for a set of methods",
   )
   ev.add_argument("inputs", nargs="*", help="images or folders (default: the bundled photos)")
-  ev.add_argument("--model", default="efficientnet_lite0")
+  ev.add_argument("--model", default="efficientnet_lite0", help=_MODEL_HELP)
+  ev.add_argument("--size", type=int, default=224, help="input size for imported models that do not declare one")
   ev.add_argument("--weights", default=None, help="a checkpoint for models without packaged weights")
   ev.add_argument("--layer", default=None, help="layer path (default: the model's default layer)")
   ev.add_argument(
@@ -195,13 +201,32 @@ def _add_evaluate(sub) -> None:
   ev.add_argument("--chunk-size", type=int, default=32, help="perturbed copies per forward pass (default 32)")
   ev.add_argument("--seed", type=int, default=0, help="PRNG seed of the keyed methods and of ROAD's noise")
   ev.add_argument("--out", default="jaxcam-eval", help="output directory (default: jaxcam-eval)")
+  ev.add_argument("--report", action="store_true", help=_REPORT_HELP)
   ev.set_defaults(func=cmd_evaluate)
+
+
+_REPORT_HELP = (
+  "also write OUT/report.html, one page of the run to open in a browser: the overlays per image and method, the top "
+  "classes, the metrics, the settings and versions"
+)
+
+
+def _add_report(sub) -> None:
+  """``jaxcam report``: OUT/report.html from the run(s) in OUT."""
+  report = sub.add_parser(
+    "report",
+    help="write OUT/report.html from a finished run (explain, demo, evaluate), or from a folder of runs (one "
+    "explain --out per method: one column each)",
+  )
+  report.add_argument("out", help="the --out folder of a run, or a folder of such folders")
+  report.set_defaults(func=cmd_report)
 
 
 def _add_layers(sub) -> None:
   """``jaxcam layers``: a model's layer paths and output shapes."""
   layers = sub.add_parser("layers", help="layer paths of a model with their output shapes")
-  layers.add_argument("--model", default="efficientnet_lite0")
+  layers.add_argument("--model", default="efficientnet_lite0", help=_MODEL_HELP)
+  layers.add_argument("--size", type=int, default=224, help="input size for imported models that do not declare one")
   layers.set_defaults(func=cmd_layers)
 
 
@@ -212,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   compile_cache.enable()  # before the first compilation: a second run compiles nothing again
   try:
-    return args.func(args)
+    rc = args.func(args)
+    return report_after(args, rc) if getattr(args, "report", False) and rc in (0, EXIT_PARTIAL) else rc
   except (CliError, ImportError) as e:
     print(f"jaxcam: error: {e}", file=sys.stderr)
     return 2
