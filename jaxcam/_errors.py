@@ -12,14 +12,36 @@ from typing import Any
 
 
 class UnknownNameError(KeyError, ValueError):
-  """An unknown name (method, layer, model, class): a `KeyError` that prints its message as is."""
+  """An unknown name (method, layer, model, class): a `KeyError` that prints its message as is.
+
+  Also a `ValueError`, so ``except KeyError`` and ``except ValueError`` both catch it.
+
+  Args:
+    message: the whole message (what was asked for, the closest names, the available ones).
+
+  >>> import jaxcam
+  >>> try:
+  ...   jaxcam.get_method("gradcamm")
+  ... except jaxcam.UnknownNameError as e:
+  ...   print(isinstance(e, KeyError) and isinstance(e, ValueError), "gradcam" in str(e))
+  True True
+  """
 
   def __str__(self) -> str:  # KeyError would print the repr of the message.
     return str(self.args[0]) if self.args else ""
 
 
 class LayerNotFoundError(UnknownNameError):
-  """A layer path that names no submodule of the model."""
+  """A layer path that names no submodule of the model (an `UnknownNameError`).
+
+  Args:
+    message: the whole message: the path given, the closest paths and the available ones.
+
+  >>> import jaxcam
+  >>> err = jaxcam.LayerNotFoundError("Expected `layer` to name a submodule, got 'layer9'. Closest: 'layer4'.")
+  >>> isinstance(err, KeyError), str(err).endswith("'layer4'.")  # printed as is, not as a KeyError repr
+  (True, True)
+  """
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxcam import _checks, _spatial, core, postprocess, wrappers
 from jaxcam._eager import (
@@ -30,6 +29,8 @@ from jaxcam._eager import (
   under_trace,
 )
 from jaxcam._errors import check_key
+from jaxcam._options import has_array as _has_array
+from jaxcam._options import partition_options, resolve_options
 from jaxcam._public import public_function, public_functions
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 from jaxcam.postprocess import PostOptions
@@ -47,9 +48,22 @@ __all__ = ["Explanation", "explain", "explain_many", "check_images", "public_fun
 class Explanation:
   """The result of `explain` (a pytree; `method` and `layer` are static).
 
-  maps: ``(B, H, W)`` float32 in [0, 1] by default (``(B, K, H, W)`` for K classes per image; layer resolution
-  with ``upsample=False``). logits: ``(B, classes)``. target: class ids ``(B,)`` / ``(B, K)``, None for a custom
-  score. scores: the target scores S, ``(B,)`` / ``(B, K)``. feature_sizes: each tapped layer's spatial size.
+  Args:
+    maps: ``(B, H, W)`` float32 in [0, 1] by default (``(B, K, H, W)`` for K classes per image; layer resolution
+      with ``upsample=False``).
+    logits: the model's output ``(B, classes)``.
+    target: the class ids explained, ``(B,)`` / ``(B, K)``; None for a custom score.
+    scores: the target scores S, ``(B,)`` / ``(B, K)``.
+    method: the method row's name (static).
+    layer: the tapped layer(s) (static).
+    feature_sizes: each tapped layer's spatial size.
+
+  Item access ``ex["maps"]``, ``ex["logits"]``, ``ex["targets"]``, ``ex["scores"]`` works too.
+
+  >>> import jax.numpy as jnp, jaxcam
+  >>> ex = jaxcam.Explanation(jnp.zeros((1, 4, 4)), jnp.zeros((1, 3)), jnp.array([2]), jnp.zeros(1), "gradcam", "conv")
+  >>> ex.maps.shape, ex["targets"].tolist(), ex.method
+  ((1, 4, 4), [2], 'gradcam')
   """
 
   maps: jax.Array
@@ -68,48 +82,6 @@ class Explanation:
     if key not in self._ITEMS:
       raise KeyError(f"Expected one of {sorted(self._ITEMS)}, got {key!r}; the fields are attributes: ex.maps, ...")
     return getattr(self, self._ITEMS[key])
-
-
-# ------------------------------------------------------------------------------------------------ options
-
-
-def _has_array(value: Any) -> bool:
-  return any(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in jax.tree_util.tree_leaves(value))
-
-
-def resolve_options(spec: MethodSpec, given: dict[str, Any]) -> dict[str, Any]:
-  """Every option of `spec` with the given values over its defaults; `TypeError` for an unknown name."""
-  defaults = spec.defaults()
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise TypeError(
-      f"{spec.name} got unexpected option(s) {unknown}; its options are {sorted(defaults) or 'none'}. Common "
-      "options: target, normalize, upsample, relu, fusion, progress."
-    )
-  for name, value in given.items():
-    _checks.check_option(name, value)
-  return {**defaults, **given}
-
-
-def partition_options(options: dict[str, Any]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
-  """(traced, static): options holding arrays (a PRNG key, a kernel, a mask) are traced, the rest static.
-
-  As `equinox.filter_jit` splits its arguments: a new key or kernel never recompiles, a new Python value does.
-  """
-  traced = {k: v for k, v in options.items() if _has_array(v)}
-  static = []
-  for k, v in sorted(options.items()):
-    if k in traced:
-      continue
-    try:
-      hash(v)
-    except TypeError:
-      raise TypeError(
-        f"Expected option `{k}` to be an array (traced) or a hashable Python value (static), got "
-        f"{type(v).__name__} {v!r}. Pass a tuple instead of a list, or an array."
-      ) from None
-    static.append((k, v))
-  return traced, tuple(static)
 
 
 # ------------------------------------------------------------------------------------ inputs and maps
@@ -331,8 +303,25 @@ def explain(
       methods). Options holding arrays (a PRNG key, a Dense kernel, a mask) are traced: new values never
       recompile and they may be tracers under your `jax.jit`; other options are static.
 
-  Class ids out of range raise `ValueError` when the ids are concrete; under `jax.jit` those images' maps are
-  NaN.
+  Returns:
+    An `Explanation`: ``maps`` ``(B, H, W)`` (``(B, K, H, W)`` for ``(B, K)`` targets), ``logits``, ``target``
+    (the class ids explained), ``scores``, ``method``, ``layer`` and ``feature_sizes``.
+
+  Raises:
+    UnknownNameError: an unknown method name (the message lists the closest names).
+    TypeError: an unknown option, or an argument of the wrong type.
+    ValueError: bad images or targets (class ids out of range raise when the ids are concrete; under `jax.jit`
+      those images' maps are NaN), or a tap the method cannot read.
+
+  >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxcam
+  >>> net = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda a: a.mean(axis=(1, 2)), nn.Dense(3)])
+  >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  >>> tap = jaxcam.linen_tap(net, net.init(jax.random.key(1), x), "layers_0")  # the conv's output
+  >>> ex = jaxcam.explain("gradcam", tap, x, target=jnp.array([0, 2]))
+  >>> ex.maps.shape, ex.logits.shape, ex.target.tolist(), ex.feature_sizes
+  ((2, 8, 8), (2, 3), [0, 2], ((8, 8),))
+  >>> bool(jnp.all((ex.maps >= 0) & (ex.maps <= 1)))
+  True
   """
   spec = get_method(method)
   x, sequence = _sequence_input(tap, x)
@@ -391,14 +380,36 @@ def explain_many(
 ) -> dict[str, Explanation]:
   """Several methods from ONE shared pass: ``{name: Explanation}`` (default options each).
 
-  `methods`: names or `MethodSpec` rows, or None for every registered method that is not expensive and can read
-  this tap (`MethodSpec.applies`: CAM needs a declared ``fc_layer``, LeGrad transformer blocks). Methods are
-  grouped by what they need: the forward pass, the backward pass and every other need (`jaxcam.providers`) are
-  computed once and shared, and each method is then a small function of them. A method whose cost grows with the
-  layer's size or a sample count (exact derivatives, masked forwards, smoothing) is refused unless
-  ``allow_expensive=True``; None leaves such methods out. `progress` as in `explain`. `key`: the PRNG key given to
-  every method that draws one (Random-CAM, smoothed rows); without it such methods are refused (None leaves them
-  out).
+  Methods are grouped by what they need: the forward pass, the backward pass and every other need
+  (`jaxcam.providers`) are computed once and shared, and each method is then a small function of them.
+
+  Args:
+    methods: names or `MethodSpec` rows, or None for every registered method that is not expensive and can read
+      this tap (`MethodSpec.applies`: CAM needs a declared ``fc_layer``, LeGrad transformer blocks).
+    tap: a tap, as in `explain`.
+    x: images ``(B, H, W, C)``, float.
+    target: as in `explain`.
+    normalize, upsample, relu, fusion, progress: as in `explain`.
+    allow_expensive: run methods whose cost grows with the layer's size or a sample count (exact derivatives,
+      masked forwards, smoothing); False refuses them (``methods=None`` leaves them out).
+    key: the PRNG key given to every method that draws one (Random-CAM, smoothed rows); without it such methods
+      are refused (``methods=None`` leaves them out).
+
+  Returns:
+    ``{name: Explanation}``, one per method, each with the method's default options.
+
+  Raises:
+    TypeError: `methods` is a single name or row (pass a list).
+    ValueError: an expensive method without ``allow_expensive=True``, repeated methods, a method that needs
+      options (a key) not given, or bad images / targets (as `explain`).
+
+  >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxcam
+  >>> net = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu, lambda a: a.mean(axis=(1, 2)), nn.Dense(3)])
+  >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  >>> tap = jaxcam.linen_tap(net, net.init(jax.random.key(1), x), "layers_0")  # the conv's output
+  >>> many = jaxcam.explain_many(["gradcam", "hirescam"], tap, x)  # one forward and backward pass for both
+  >>> sorted(many), many["hirescam"].maps.shape
+  (['gradcam', 'hirescam'], (2, 8, 8))
   """
   if key is not None:
     key = check_key(key, method="explain_many")

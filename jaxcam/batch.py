@@ -38,7 +38,19 @@ _AXIS = "batch"
 
 
 def local_mesh(devices=None) -> Mesh:
-  """A 1-D mesh named "batch" over `devices` (default: all local devices of this process)."""
+  """A 1-D mesh named "batch" over `devices` (default: all local devices of this process).
+
+  Args:
+    devices: the devices to shard image batches over; None: ``jax.local_devices()``.
+
+  Returns:
+    A `jax.sharding.Mesh` with one axis, "batch" (the one `explain_batches` shards over).
+
+  >>> import jax, jaxcam
+  >>> mesh = jaxcam.local_mesh()
+  >>> mesh.axis_names, mesh.devices.size == len(jax.local_devices())
+  (('batch',), True)
+  """
   devices = list(jax.local_devices() if devices is None else devices)
   return Mesh(np.asarray(devices), (_AXIS,))
 
@@ -173,6 +185,24 @@ def explain_batches(
     prefetch: global batches transferred ahead in a background thread.
     normalize, upsample, relu, fusion, eigen_smooth, aug_smooth, **options: as in `jaxcam.explain`.
     progress: a progress bar per chunked map inside each batch (for expensive methods; host callbacks).
+
+  Returns:
+    An iterator of `jaxcam.Explanation`, one per input batch (its own size: padding is dropped), numpy arrays.
+
+  Raises:
+    ValueError: a bad `batch_size` or `prefetch`, an empty first batch, or bad images/targets (as `explain`).
+    TypeError: an unknown option.
+
+  >>> import jax, numpy as np, flax.linen as nn, jaxcam
+  >>> class Net(nn.Module):
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
+  ...     return nn.Dense(3)(a.mean(axis=(1, 2)))
+  >>> x = np.random.default_rng(0).uniform(size=(5, 8, 8, 3)).astype(np.float32)
+  >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(0), x), "features")
+  >>> [ex.maps.shape for ex in jaxcam.explain_batches("gradcam", tap, [x[:3], x[3:]])]  # one compile
+  [(3, 8, 8), (2, 8, 8)]
   """
   spec = _method_spec(method)
   post = postprocess.PostOptions.checked(normalize, upsample, relu, fusion)

@@ -49,9 +49,19 @@ def chunked_map(
 ) -> Any:
   """``fn`` over the leading axis of `xs` (a pytree), `chunk_size` elements at a time.
 
-  ``vectorized=True``: `fn` already takes a whole chunk (a leading axis of up to `chunk_size`), e.g. to mix
-  sequential and batched work inside it; otherwise it takes one element and is `jax.vmap`-ed. `progress`: a label
-  to show a progress bar under on stderr, one tick per chunk (host callbacks); None shows none.
+  Args:
+    fn: ``fn(element) -> pytree`` (one element of `xs`), or ``fn(chunk) -> pytree`` with ``vectorized=True``.
+    xs: a pytree of arrays sharing a leading axis (the elements).
+    chunk_size: elements evaluated at once (>= 1); peak memory grows with it, not with ``len(xs)``.
+    vectorized: `fn` already takes a whole chunk (a leading axis of up to `chunk_size`), e.g. to mix sequential
+      and batched work inside it; otherwise it takes one element and is `jax.vmap`-ed.
+    progress: a label to show a progress bar under on stderr, one tick per chunk (host callbacks); None: none.
+
+  Returns:
+    ``fn``'s outputs stacked along a new leading axis, as ``jnp.stack([fn(x) for x in xs])``.
+
+  Raises:
+    ValueError: `chunk_size` is not a positive int.
 
   >>> import jax.numpy as jnp
   >>> chunked_map(lambda v: v * 2, jnp.arange(5.0), chunk_size=2)
@@ -85,6 +95,18 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, progress:
   as in `chunked_map`).
 
   A last, shorter chunk is evaluated on its own (no padding, no wasted work).
+
+  Args:
+    fn: ``fn(element) -> pytree`` of one element of `xs` (it is `jax.vmap`-ed over each chunk).
+    xs: a pytree of arrays sharing a leading axis (the elements).
+    chunk_size: elements evaluated at once (>= 1).
+    progress: a label for a progress bar on stderr (see `chunked_map`); None: none.
+
+  Returns:
+    The pytree sum of ``fn(x)`` over the elements (the shapes of one ``fn(x)``).
+
+  Raises:
+    ValueError: `chunk_size` is not a positive int.
 
   >>> import jax.numpy as jnp
   >>> chunked_sum(lambda v: v ** 2, jnp.arange(5.0), chunk_size=2)

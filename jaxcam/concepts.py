@@ -37,11 +37,18 @@ _EPS = 1e-10
 )
 @dataclasses.dataclass(frozen=True)
 class Concepts:
-  """The result of `dff`.
+  """The result of `dff` (a pytree).
 
-  maps: ``(B, K, H, W)`` concept maps in [0, 1] (``(B, K, h, w)`` with ``upsample=False``). concepts: ``(C, K)``
-  concept embeddings (channel offsets added back). scores: ``(K, classes)`` the head's output for each concept
-  (None without a head). error: the relative reconstruction error ``|V - W H| / |V|``.
+  Args:
+    maps: ``(B, K, H, W)`` concept maps in [0, 1] (``(B, K, h, w)`` with ``upsample=False``).
+    concepts: ``(C, K)`` concept embeddings (channel offsets added back).
+    scores: ``(K, classes)`` the head's output for each concept (None without a head).
+    error: the relative reconstruction error ``|V - W H| / |V|``.
+
+  >>> import jax.numpy as jnp, jaxcam
+  >>> c = jaxcam.Concepts(jnp.zeros((2, 3, 8, 8)), jnp.zeros((4, 3)), None, jnp.array(0.1))
+  >>> c.maps.shape, c.concepts.shape, c.scores
+  ((2, 3, 8, 8), (4, 3), None)
   """
 
   maps: jax.Array
@@ -117,7 +124,8 @@ def dff(
   """Deep Feature Factorization of the tapped layer over the batch `x` (see the module docstring).
 
   Args:
-    tap: a one-layer tap; x: images ``(B, H, W, C)``.
+    tap: a one-layer tap.
+    x: images ``(B, H, W, C)``.
     n_components: K, the number of concepts (1 <= K <= the layer's channels).
     key: the PRNG key of the NMF initialization (default ``jax.random.key(0)``: deterministic, as
       pytorch-grad-cam's ``random_state=0``).
@@ -129,6 +137,24 @@ def dff(
   Returns:
     `Concepts` (maps ``(B, K, H, W)``, concepts ``(C, K)``, scores ``(K, classes)`` or None, error). Draw them
     with `jaxcam.viz.concept_overlay` / `jaxcam.viz.show_concepts`.
+
+  Raises:
+    ValueError: bad images, `n_components` or `iterations` not a positive int, more components than channels,
+      or a multi-layer tap.
+    TypeError: a bad `head`.
+
+  >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxcam
+  >>> class Net(nn.Module):
+  ...   fc_layer = "fc"  # the Dense layer that scores the concepts
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
+  ...     return nn.Dense(3, name="fc")(a.mean(axis=(1, 2)))
+  >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(1), x), "features")
+  >>> c = jaxcam.dff(tap, x, n_components=2, iterations=20)
+  >>> c.maps.shape, c.concepts.shape, c.scores.shape, bool(0 <= c.error < 1)
+  ((2, 2, 8, 8), (4, 2), (2, 3), True)
   """
   from jaxcam import api
   from jaxcam import taps as taps_lib

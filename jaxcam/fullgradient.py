@@ -164,6 +164,30 @@ def fullgrad(*args: Any, **kwargs: Any) -> jax.Array:
 
   Deprecated form: ``fullgrad(module, variables, x, target=None, *, select=..., **apply_kwargs)`` on a linen module
   and its variables (a `DeprecationWarning`); it gives the same maps.
+
+  Args:
+    *args: ``tap, x`` and optionally ``target``, as every method function (``jaxcam.gradcam``).
+    **kwargs: ``target``, `jaxcam.explain`'s post-processing arguments (``normalize``, ``upsample``, ...) and
+      ``select`` (``select(module) -> bool``, default `is_bias_layer`).
+
+  Returns:
+    The maps ``(B, H, W)`` (``(B, K, H, W)`` for ``(B, K)`` targets), float32, in [0, 1] by default.
+
+  Raises:
+    ValueError: a tap that cannot intercept submodule calls, or bad images / targets (as `jaxcam.explain`).
+    TypeError: an unknown option.
+
+  >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxcam
+  >>> class Net(nn.Module):  # conv features -> global average pooling -> dense
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
+  ...     return nn.Dense(3)(a.mean(axis=(1, 2)))
+  >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(1), x), "features")
+  >>> maps = jaxcam.fullgrad(tap, x, jnp.array([0, 2]))
+  >>> maps.shape, bool(jnp.all((maps >= 0) & (maps <= 1)))
+  ((2, 8, 8), True)
   """
   import flax.linen as nn
 

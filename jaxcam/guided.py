@@ -157,6 +157,17 @@ def guided_backprop(
     The raw gradient ``(B, H, W, C)`` (``(B, K, H, W, C)`` for ``(B, K)`` targets), float32 or wider. Batched:
     each image's gradient depends on that image only (pytorch-grad-cam's ``GuidedBackpropReLUModel`` takes one
     image at a time). Draw it with `jaxcam.viz.deprocess_gradient`.
+
+  Raises:
+    ValueError: bad images or targets, or an unknown `rule`.
+    TypeError: `relu6` not a bool.
+
+  >>> import jax, jax.numpy as jnp, jaxcam
+  >>> def f(x):  # two "classes": the sum of relu(x), and the sum of x
+  ...   return jnp.stack([jax.nn.relu(x).sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3))], axis=-1)
+  >>> g = jaxcam.guided_backprop(f, jnp.array([[[[-1.0], [2.0]]]]), target=0)  # (1, 1, 2, 1)
+  >>> g.shape, g[0, 0, :, 0].tolist()  # the ReLU passes the gradient where x > 0 only
+  ((1, 1, 2, 1), [0.0, 1.0])
   """
   _check_x(x)
   fn, arg = split_model(model_fn)
@@ -183,10 +194,34 @@ def _guided_jit(fn, arg, x, target):
 def guided_gradcam(tap: Any, model_fn: Any, x: jax.Array, /, target: Any = None, **options) -> jax.Array:
   """Guided Grad-CAM: the Grad-CAM map ``(B, H, W)`` times the guided-backprop gradient ``(B, H, W, C)``.
 
-  `model_fn` as in `guided_backprop` (None: the tap's own forward pass); `options` go to `jaxcam.explain`
-  (``method="gradcam"`` by default, e.g. ``method="gradcam_pp"``), plus ``rule`` and ``relu6``. The class is fixed
-  once (the top class of the clean image when `target` is None), so both factors explain the same class.
-  Selvaraju et al., "Grad-CAM", arXiv 1610.02391; pytorch-grad-cam's examples multiply the same two arrays.
+  The class is fixed once (the top class of the clean image when `target` is None), so both factors explain the
+  same class. Selvaraju et al., "Grad-CAM", arXiv 1610.02391; pytorch-grad-cam's examples multiply the same two
+  arrays.
+
+  Args:
+    tap: the tap of the CAM factor (as in `jaxcam.explain`).
+    model_fn: the model of the guided-backprop factor, as in `guided_backprop`; None: the tap's own forward pass.
+    x: images ``(B, H, W, C)``.
+    target: as in `jaxcam.explain`.
+    **options: ``method`` (default "gradcam", e.g. "gradcam_pp"), ``rule`` and ``relu6`` (as in
+      `guided_backprop`); the rest go to `jaxcam.explain` (``normalize``, the method's options, ...).
+
+  Returns:
+    ``(B, H, W, C)`` (``(B, K, H, W, C)`` for ``(B, K)`` targets): the map times the gradient, per channel.
+
+  Raises:
+    ValueError, TypeError: as `jaxcam.explain` and `guided_backprop`.
+
+  >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxcam
+  >>> class Net(nn.Module):  # conv features -> global average pooling -> dense
+  ...   @nn.compact
+  ...   def __call__(self, x):
+  ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
+  ...     return nn.Dense(3)(a.mean(axis=(1, 2)))
+  >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+  >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(1), x), "features")
+  >>> jaxcam.guided_gradcam(tap, None, x, jnp.array([0, 2])).shape
+  (2, 8, 8, 3)
   """
   from jaxcam import api
 

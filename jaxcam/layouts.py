@@ -69,7 +69,13 @@ def _check_array(value: Any, where: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-  """The layer's value is the ``(B, h, w, C)`` grid."""
+  """The layer's value is the ``(B, h, w, C)`` grid (the default layout; ``jaxcam.IdentityLayout``).
+
+  >>> import jax.numpy as jnp
+  >>> layout, a = Identity(), jnp.zeros((1, 2, 2, 3))
+  >>> layout.to_grid(a).shape, layout.from_grid(a + 1, a).shape
+  ((1, 2, 2, 3), (1, 2, 2, 3))
+  """
 
   def to_grid(self, value: Any) -> Any:
     _check_array(value, "the tapped layer's output")

@@ -102,6 +102,24 @@ def sess(*args: Any, **kwargs: Any) -> Any:
   Deprecated form: ``sess(tap, x, target=None, *, method="gradcam", <SESS arguments>, **options)`` returns the
   maps as before (a `DeprecationWarning`); it is ``jaxcam.explain(jaxcam.sess(method, ...), tap, x, target,
   **options).maps``.
+
+  Args:
+    *args: the base method (a name or row; default "gradcam").
+    **kwargs: SESS's arguments (`sess_row`): ``scales``, ``num_scales``, ``scale_step_ratio``, ``window_size``,
+      ``step_size``, ``pre_filter_ratio``, ``theta``, ``pool``, ``smooth``, ``use_softmax_scores``,
+      ``chunk_size``.
+
+  Returns:
+    A `MethodSpec` named ``sess(<name>)`` (the deprecated form: the maps).
+
+  Raises:
+    UnknownNameError: an unknown method name.
+    ValueError: a bad SESS argument (the message names it).
+
+  >>> import jaxcam
+  >>> row = jaxcam.sess("gradcam", window_size=4, num_scales=2)  # explain(row, tap, x) explains 4x4 patches
+  >>> row.name, row.title
+  ('sess(gradcam)', 'SESS (Grad-CAM)')
   """
   from jaxcam.methods.table import MethodSpec
 

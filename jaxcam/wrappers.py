@@ -113,6 +113,15 @@ def smooth(method: str | MethodSpec, *, num_samples: int = 8, std: float = 0.3, 
   Returns:
     A `MethodSpec` named ``smooth(<name>)`` (no registered name has parentheses, so it never collides with one:
     ``smooth("gradcam_pp")`` is not the registered ``smooth_gradcam_pp``), with the same options plus ``key``.
+
+  Raises:
+    UnknownNameError: an unknown method name.
+    ValueError: `num_samples` not a positive int, `std` negative, or a bad `chunk_size`.
+
+  >>> import jaxcam
+  >>> row = jaxcam.smooth("gradcam", num_samples=8, std=0.3)  # explain(row, tap, x, key=jax.random.key(0))
+  >>> row.name, row.defaults()
+  ('smooth(gradcam)', {'key': None})
   """
   inner = get_method(method)
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -149,8 +158,21 @@ def eigen_smooth(method: str | MethodSpec) -> MethodSpec:
   (`jaxcam.methods.factorization.first_component_projection`). For rows that weight channels or positions; the
   ``eigen_smooth=True`` flag of `jaxcam.explain` is this wrapper.
 
+  Args:
+    method: a method name or row whose output is "channel" or "spatial" weights.
+
   Returns:
     A `MethodSpec` named ``eigen_smooth(<name>)`` with the method's needs and options, whose output is a map.
+
+  Raises:
+    UnknownNameError: an unknown method name.
+    ValueError: a method that returns a map (no weighted activations to project); the message lists those that
+      apply.
+
+  >>> import jaxcam
+  >>> row = jaxcam.eigen_smooth("gradcam")
+  >>> row.name, row.output
+  ('eigen_smooth(gradcam)', 'map')
   """
   inner = get_method(method)
   if inner.output not in ("channel", "spatial"):
@@ -173,9 +195,19 @@ def eigen_smooth(method: str | MethodSpec) -> MethodSpec:
 
 
 class Augmentation(NamedTuple):
-  """A test-time augmentation for ``aug_smooth=``: `apply` maps images ``(B, H, W, C)``, `invert` maps the maps of
-  the augmented images ``(B, [K,] H, W)`` back onto the original pixels. Both are traceable functions; define them
-  once (they are static: a new function object recompiles)."""
+  """A test-time augmentation for ``aug_smooth=``.
+
+  Both functions are traceable; define them once (they are static: a new function object recompiles).
+
+  Args:
+    apply: maps images ``(B, H, W, C)`` to the augmented images (same shape).
+    invert: maps the maps of the augmented images ``(B, [K,] H, W)`` back onto the original pixels.
+
+  >>> import jax.numpy as jnp, jaxcam
+  >>> flip = jaxcam.Augmentation(lambda x: x[:, :, ::-1], lambda m: m[..., ::-1])  # explain(..., aug_smooth=(flip,))
+  >>> flip.invert(flip.apply(jnp.arange(3.0).reshape(1, 1, 3, 1))[..., 0]).tolist()
+  [[[0.0, 1.0, 2.0]]]
+  """
 
   apply: Callable[[jax.Array], jax.Array]
   invert: Callable[[jax.Array], jax.Array]
@@ -210,6 +242,20 @@ def flip_multiply_tta(factors: tuple[float, ...] = (0.9, 1.0, 1.1)) -> tuple[Aug
   Six augmentations by default, in ttach's order (no flip with each factor, then flipped). The multiplier acts on
   the `x` you pass (jaxcam's models take [0, 1] and normalize inside; pytorch-grad-cam multiplies the normalized
   tensor).
+
+  Args:
+    factors: the brightness multipliers (at least one).
+
+  Returns:
+    A tuple of ``2 * len(factors)`` `Augmentation` (``aug_smooth=`` of `jaxcam.explain` takes it).
+
+  Raises:
+    ValueError: no factors.
+
+  >>> import jax.numpy as jnp, jaxcam
+  >>> augs = jaxcam.flip_multiply_tta((1.0, 2.0))
+  >>> len(augs), augs[3].apply(jnp.arange(3.0).reshape(1, 1, 3, 1))[0, 0, :, 0].tolist()  # flipped, times 2
+  (4, [4.0, 2.0, 0.0])
   """
   factors = tuple(float(f) for f in factors)
   if not factors:
@@ -234,6 +280,15 @@ def aug_smooth(method: str | MethodSpec, augmentations: Any = True) -> MethodSpe
 
   Returns:
     A `MethodSpec` named ``aug_smooth(<name>)``.
+
+  Raises:
+    UnknownNameError: an unknown method name.
+    ValueError: `augmentations` False, or a method that is augmented already.
+    TypeError: `augmentations` neither True nor a tuple of `jaxcam.Augmentation`.
+
+  >>> import jaxcam
+  >>> jaxcam.aug_smooth("gradcam").name  # explain("gradcam", ..., aug_smooth=True) runs this row
+  'aug_smooth(gradcam)'
   """
   inner = get_method(method)
   augment = resolve_augmentations(augmentations)
@@ -352,6 +407,21 @@ def finer(method: str | MethodSpec = "gradcam") -> MethodSpec:
 
   Ziyi Zhang et al., "Finer-CAM: Spotting the Difference Reveals Finer Details for Visual Explanation",
   arXiv 2501.11309.
+
+  Args:
+    method: a class-specific method name or row (default "gradcam").
+
+  Returns:
+    A `MethodSpec` named ``finer(<name>)`` (``finercam`` for Grad-CAM) with the options above added.
+
+  Raises:
+    UnknownNameError: an unknown method name.
+    ValueError: a method that ignores the target (class-agnostic).
+
+  >>> import jaxcam
+  >>> row = jaxcam.finer("hirescam")
+  >>> row.name, row.defaults()
+  ('finer(hirescam)', {'finer_convention': 'pgc', 'alpha': None, 'references': None})
   """
   inner = get_method(method)
   if not inner.class_specific:
@@ -401,6 +471,20 @@ def refine(method: str | MethodSpec = "gradcam_pp") -> MethodSpec:
   "torchcam" (see `refine_fuse`). A single-layer tap gives the base method's map.
 
   "How to Evaluate and Refine your CAM", arXiv 2605.14641; pytorch-grad-cam's and torchcam's ``RefineCAM``.
+
+  Args:
+    method: a method name or row (default "gradcam_pp").
+
+  Returns:
+    A `MethodSpec` named ``refine(<name>)`` (``refinecam`` for Grad-CAM++) with the ``refine_convention`` option.
+
+  Raises:
+    UnknownNameError: an unknown method name.
+
+  >>> import jaxcam
+  >>> row = jaxcam.refine("gradcam")
+  >>> row.name, row.defaults()
+  ('refine(gradcam)', {'refine_convention': 'pgc'})
   """
   inner = get_method(method)
   name = "refinecam" if inner.name == "gradcam_pp" else wrapped_name("refine", inner.name)
