@@ -21,8 +21,9 @@ _WHERE = ("output", "input")
 
 class LayerInfo(NamedTuple):
   """One entry of `list_layers`: the path, the output shape, the module type, the layout a tap on it would use (see
-  `suggest_layout`) and how many times it runs in one forward pass (a layer called more than once, e.g. inside
-  ``nn.scan``, cannot be tapped)."""
+  `suggest_layout`) and how many times it runs in one forward pass (a layer called more than once, e.g. a shared
+  module, cannot be tapped; a layer inside ``nn.scan`` / ``nnx.scan`` over stacked parameters is listed once per
+  iteration, as "blocks/3/norm1")."""
 
   path: str
   shape: tuple[int, ...] | None
@@ -175,8 +176,9 @@ class Tap:
     if i in run.record:
       raise ValueError(
         f"Layer {format_path(self.layers[i])!r} is called more than once in one forward pass (a shared module "
-        "or a module inside nn.scan), so it has no single output to explain. Tap a module that runs once, e.g. "
-        "one of its callers."
+        "or a module inside a scan whose parameters are not stacked), so it has no single output to explain. Tap a "
+        "module that runs once, e.g. one of its callers; a layer of a stack scanned over stacked parameters is "
+        "spelled with its iteration, e.g. 'blocks/3/norm1'."
       )
     layout = layouts_lib.as_layout(
       layouts_lib.Sequence() if self.layout is None and self.input_layout == "NLC" else self.layout
@@ -200,6 +202,29 @@ class Tap:
     if self.where == "output":
       return downstream
     return call(downstream, *args[1:], **kwargs)
+
+  def _substitute_step(self, i: int, run: _Run, call: Callable, args: tuple, kwargs: dict, step: Any, k: int):
+    """`_substitute` for a layer inside a scanned or vmapped stack (``nn.scan``, ``nnx.scan``, ``nn.vmap``, ...):
+    the body is traced once for every iteration, `step` is the traced iteration index and only iteration `k` is
+    replaced / perturbed (``jnp.where(step == k, ...)``). Returns ``(value for downstream, grid)``: the caller
+    carries the per-iteration grids out of the loop (stacked on axis 0) and reads row `k`."""
+    layout = layouts_lib.as_layout(
+      layouts_lib.Sequence() if self.layout is None and self.input_layout == "NLC" else self.layout
+    )
+    if self.where == "input" and not args:
+      raise ValueError(f"`where='input'` needs layer {format_path(self.layers[i])!r} to take its input positionally.")
+    value = call(*args, **kwargs) if self.where == "output" else args[0]
+    grid = layout.to_grid(value)
+    here = step == k
+    down = grid
+    if run.replacements is not None:
+      down = jnp.where(here, run.replacements[i].astype(grid.dtype), grid)
+    if run.deltas is not None:
+      down = down + jnp.where(here, run.deltas[i], jnp.zeros_like(run.deltas[i]))
+    downstream = value if run.deltas is None and run.replacements is None else layout.from_grid(down, value)
+    if self.where == "output":
+      return downstream, grid
+    return call(downstream, *args[1:], **kwargs), grid
 
   def __call__(self, x: jax.Array, delta: Any = None) -> tuple[Any, Any]:
     """`(output, A)`; with `delta`, the layer's output becomes `A + delta` downstream."""

@@ -15,12 +15,12 @@ from jaxcam import targets as targets_lib
 from jaxcam._errors import abbreviate
 from jaxcam.taps.base import (
   LayerInfo,
-  suggest_layout,
 )
 from jaxcam.taps.keras import is_keras_model, list_keras_layers
 from jaxcam.taps.linen import captured_calls
-from jaxcam.taps.nnx import _nnx_get, _nnx_paths, _nnx_set
+from jaxcam.taps.nnx import _nnx_paths
 from jaxcam.taps.paths import format_path
+from jaxcam.taps.stacked import _sliced_length, expand_stacks
 
 
 def _shape_of(y) -> tuple[int, ...] | None:
@@ -42,73 +42,64 @@ def list_layers(module, variables=None, x=None, **apply_kwargs) -> list[LayerInf
   if isinstance(module, nnx.Module):
     if x is None:
       x = variables
-    return _list_nnx(module, x)
+    return _list_nnx(module, x, **apply_kwargs)
   if not isinstance(module, nn.Module):
     raise TypeError(f"Expected a flax.linen.Module, an nnx.Module or a keras.Model, got {type(module).__name__}.")
   if x is None:
     raise TypeError("`list_layers(module, variables, x)` needs an example input `x` for linen modules.")
   types: dict[str, str] = {}
+  inside: dict[str, tuple] = {}  # calls inside a stack's body (nn.scan / nn.vmap): (shape, (stack, length))
+  active: list[tuple[str, int]] = []
 
   def interceptor(next_fun, args, kwargs, context):  # call order (parents first) and module types
-    if context.method_name == "__call__" and context.module.path:
-      types.setdefault(format_path(context.module.path), type(context.module).__name__)
-    return next_fun(*args, **kwargs)
+    if context.method_name != "__call__" or not context.module.path:
+      return next_fun(*args, **kwargs)
+    path = format_path(context.module.path)
+    types.setdefault(path, type(context.module).__name__)
+    length = None if active else _sliced_length(context.module, variables["params"], tuple(context.module.path))
+    if length is not None:  # the first call whose parameters the transform slices: the body of a stack
+      active.append((path, length))
+    try:
+      y = next_fun(*args, **kwargs)
+    finally:
+      stack = active[-1] if active else None
+      if length is not None:
+        active.pop()
+    if stack is not None:
+      inside.setdefault(path, (_shape_of(y), stack))
+    return y
 
   with nn.intercept_methods(interceptor):
     calls = captured_calls(module, variables, x, True, **apply_kwargs)  # Flax's own capture_intermediates
-  out = []
+  entries: list[tuple] = []
   for p, t in types.items():
+    if p in inside:
+      entries.append((p, inside[p][0], t, inside[p][1]))
+      continue
     shapes = calls.get(p, (None,))
     shape = shapes[0] if isinstance(shapes[0], tuple) and all(isinstance(d, int) for d in shapes[0]) else None
-    out.append(LayerInfo(p, shape, t, suggest_layout(shape), len(shapes)))
-  return out
+    entries.append((p, shape, t, None, len(shapes)))
+  return expand_stacks(entries)
 
 
-def _list_nnx(model, x) -> list[LayerInfo]:
+def _list_nnx(model, x, method: str | None = None, **call_kwargs) -> list[LayerInfo]:
   from flax import nnx
 
   model = nnx.clone(model)
   model.eval()
   paths = _nnx_paths(model)
-  found: dict[str, LayerInfo] = {}
-  order: dict[str, int] = {}
-
-  class Rec:
-    def __init__(self, inner, name):
-      self.inner, self.name = inner, name
-
-    def __call__(self, *a, **k):
-      order.setdefault(self.name, len(order))
-      y = self.inner(*a, **k)
-      found.setdefault(self.name, LayerInfo(self.name, _shape_of(y), type(self.inner).__name__))
-      return y
-
-    # containers (nnx.List, nnx.Sequential, nnx.Dict) are iterated, indexed and read by the model's own code
-    def __getattr__(self, name):
-      return getattr(self.inner, name)
-
-    def __iter__(self):
-      return iter(self.inner)
-
-    def __len__(self):
-      return len(self.inner)
-
-    def __getitem__(self, key):
-      return self.inner[key]
+  from jaxcam.taps import nnx_stacks
 
   graphdef, state = nnx.split(model)
 
   def run(state, x):
-    m = nnx.merge(graphdef, state)
-    for path in sorted(paths, key=len, reverse=True):  # children first, so parents wrap patched children
-      parent = m
-      for key in path[:-1]:
-        parent = _nnx_get(parent, key)
-      _nnx_set(parent, path[-1], Rec(_nnx_get(parent, path[-1]), format_path(path)))
-    return m(x)
+    m = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))  # variables of this trace (see nnx._fresh)
+    calls = lambda m: (m if method is None else getattr(m, method))(x, **call_kwargs)
+    found.extend(nnx_stacks.list_calls(m, paths, calls))  # probes are nnx modules: nnx.scan / nnx.vmap carry them
 
+  found: list = []
   jax.eval_shape(run, state, x)
-  return sorted(found.values(), key=lambda info: order[info.path])
+  return expand_stacks(found)
 
 
 # ---------------------------------------------------------------------------------------- choosing a layer
@@ -126,14 +117,17 @@ def token_prefix(n: int) -> int | None:
   return None
 
 
-def _grid_like(shape: tuple[int, ...], image: tuple[int, int]) -> bool:
-  _, h, w, _ = shape
-  if h * w <= 1 or h > image[0] or w > image[1]:
+def _grid_like(shape: tuple[int, ...], image: tuple[int, ...]) -> bool:
+  """A layer output ``(B, *s, C)`` on a grid of the input's ``image`` spatial shape: several positions, none past
+  the input's, the same stride along every axis (within 1.5x)."""
+  s = shape[1:-1]
+  if len(s) != len(image) or math.prod(s) <= 1 or any(a > b for a, b in zip(s, image)):
     return False
-  return abs(math.log((image[0] / h) / (image[1] / w))) <= math.log(1.5)
+  strides = [math.log(b / a) for a, b in zip(s, image)]
+  return max(strides) - min(strides) <= math.log(1.5)
 
 
-def _candidates(infos: list, image: tuple[int, int]) -> list[tuple[str, Any]]:
+def _candidates(infos: list, image: tuple[int, ...]) -> list[tuple[str, Any]]:
   """(path, layout) of the layers that may be explained, in the order their outputs are produced."""
   kinds = {i.path: i.type for i in infos}
   start = {i.path: k for k, i in enumerate(infos)}
@@ -145,9 +139,9 @@ def _candidates(infos: list, image: tuple[int, int]) -> list[tuple[str, Any]]:
     ancestors = [info.path[:k] for k in range(len(info.path)) if info.path[k] == "/"]
     if any("Attention" in kinds.get(a, "") for a in ancestors):
       continue
-    if len(shape) == 4 and _grid_like(shape, image):
+    if len(shape) == len(image) + 2 and _grid_like(shape, image):
       out.append((info.path, None))
-    elif len(shape) == 3 and (prefix := token_prefix(shape[1])) is not None:
+    elif len(image) == 2 and len(shape) == 3 and (prefix := token_prefix(shape[1])) is not None:
       out.append((info.path, layouts.tokens(prefix=prefix)))
 
   def ends_before(p: str, q: str) -> int:  # post-order: a module's output comes after its submodules'
@@ -187,7 +181,7 @@ def find_layer(model: Any, x: Any, target: Any = None) -> tuple[str, Any, str]:
     raise ValueError(f"{m.name} cannot list its layers: pass `layer=`.")
   x = jnp.asarray(x)
   infos = m.list_layers(x)
-  found = _candidates(infos, tuple(x.shape[1:3]))
+  found = _candidates(infos, tuple(x.shape[1:-1]))  # x: (B, *spatial, C), one to three spatial axes
   if not found:
     listed = abbreviate([f"{i.path} {i.shape}" for i in infos])
     raise ValueError(
@@ -197,8 +191,9 @@ def find_layer(model: Any, x: Any, target: Any = None) -> tuple[str, Any, str]:
   checked = found[-MAX_CANDIDATES:]
   paths = [p for p, _ in checked]
   tap = m.make_tap(paths, None)
-  shapes = tap.activation_shape(x)
-  grads = _target_grads(tap, x, targets_lib.as_target(target))
+  xt = x[:, :, None, :] if getattr(tap, "input_layout", "NHWC") == "NLC" else x  # 1-D travels as (B, L, 1, C)
+  shapes = tap.activation_shape(xt)
+  grads = _target_grads(tap, xt, targets_lib.as_target(target))
   norms = []
   for (_, layout), g in zip(checked, grads):
     g = g[:, layout.prefix :] if layout is not None else g

@@ -19,7 +19,8 @@ from jaxcam.taps.base import (
   _Run,
   tap_dataclass,
 )
-from jaxcam.taps.paths import _parse_layers, format_path, linen_aliases, parse_path
+from jaxcam.taps.paths import _linen_module_path, _parse_layers, format_path, linen_aliases, parse_path
+from jaxcam.taps.stacked import _Calls, _find_stack, _with_steps
 
 
 def _freeze_kwargs(kwargs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -75,11 +76,14 @@ class LinenTap(Tap):
   def __repr__(self) -> str:
     return f"LinenTap({type(self.module).__name__}, layer={self.layer!r}, where={self.where!r})"
 
-  def _apply(self, x, **extra):
+  def _apply_kwargs(self) -> dict[str, Any]:
     kwargs = dict(self.apply_kwargs)
     if self.method is not None:
       kwargs["method"] = self.method
-    return self.module.apply(self.variables, x, **kwargs, **extra)
+    return kwargs
+
+  def _apply(self, x, **extra):
+    return self.module.apply(self.variables, x, **self._apply_kwargs(), **extra)
 
   def _plain(self, x):
     return self._apply(x)
@@ -122,35 +126,32 @@ class LinenTap(Tap):
   def _run(self, x, run: _Run):
     import flax.linen as nn
 
-    seen: list[str] = []
-
-    def interceptor(next_fun, args, kwargs, context):
-      if context.method_name != "__call__" or not context.module.path:
-        return next_fun(*args, **kwargs)
-      i = self.layer_index(context.module.path)
-      if i is None:
-        seen.append("/".join(context.module.path))
-        return next_fun(*args, **kwargs)
-      # sow, not a closure: the value must survive lifted transforms (nn.remat) around the layer
-      record = lambda _, grid: context.module.sow(_COLLECTION, "a", grid)
-      return self._substitute(i, run, next_fun, args, kwargs, record)
-
-    with nn.intercept_methods(interceptor):
-      out, state = self._apply(x, mutable=[_COLLECTION])
-
+    stacks = tuple(_find_stack(self.variables["params"], p) for p in self.layers)
+    calls = _Calls(self, run, stacks)
+    with nn.intercept_methods(calls.interceptor):
+      if any(stacks):  # the iterations' values leave the scan as (stacked) variables of the scanned collection
+        out, state = self.module.apply(
+          _with_steps(self.variables, stacks), x, mutable=[_COLLECTION, "params"], **self._apply_kwargs()
+        )
+      else:
+        out, state = self._apply(x, mutable=[_COLLECTION])
+    calls.collect(state)
     missing = self._missing(run)
     if missing:
       given = format_path(self.layers[missing[0]])
       raise LayerNotFoundError(
         unknown_name_message(
-          "layer", given, list(dict.fromkeys(seen)), f"a submodule called by {type(self.module).__name__}"
+          "layer", given, list(dict.fromkeys(calls.seen)), f"a submodule called by {type(self.module).__name__}"
         )
-        + " Lists become 'name_i' in linen; 'name/i' is accepted too."
+        + " Lists become 'name_i' in linen; 'name/i' is accepted too; a layer inside nn.scan is 'scanned/i/layer'."
       )
     if run.replacements is not None:
       return out, tuple(run.replacements)
     acts = []
-    for path in self.layers:
+    for i, path in enumerate(self.layers):
+      if stacks[i] is not None:
+        acts.append(run.record[i])
+        continue
       try:
         node = state[_COLLECTION]
         # linen stores the sown value under the module's own path (possibly 'blocks_6' for 'blocks/6').
@@ -162,29 +163,10 @@ class LinenTap(Tap):
           f"Layer {format_path(path)!r} ran, but its value did not come out of the forward pass: it is inside a "
           f"lifted transform (nn.vmap, nn.scan, nn.jit, ...) that does not carry the {_COLLECTION!r} collection "
           "out (even the transformed module itself runs inside it). Tap a layer outside the transform: its "
-          "caller, or the layer just before or after it; nn.remat passes the value through."
+          "caller, or the layer just before or after it; nn.remat passes the value through; a layer of a stack "
+          "scanned over stacked parameters is spelled with its iteration, e.g. 'blocks/3/norm1'."
         ) from None
     return out, tuple(acts)
-
-
-def _linen_module_path(tree, parts: tuple[str, ...]) -> list[str]:
-  """Keys leading to the sown value for a requested path, resolving 'blocks/6' vs 'blocks_6'."""
-  keys: list[str] = []
-  node = tree
-  i = 0
-  while i < len(parts):
-    p = parts[i]
-    if p in node:
-      keys.append(p)
-      node = node[p]
-      i += 1
-    elif i + 1 < len(parts) and f"{p}_{parts[i + 1]}" in node:
-      keys.append(f"{p}_{parts[i + 1]}")
-      node = node[keys[-1]]
-      i += 2
-    else:
-      raise LayerNotFoundError(f"No submodule {format_path(parts)!r} (stopped at {p!r}).")
-  return keys
 
 
 def captured_calls(module, variables, x, filter: Any = True, **apply_kwargs) -> dict[str, tuple]:
@@ -198,7 +180,9 @@ def captured_calls(module, variables, x, filter: Any = True, **apply_kwargs) -> 
       if isinstance(value, tuple):
         if prefix:
           name = "/".join(prefix) + ("" if key == "__call__" else f".{key}")
-          found[name] = tuple(jax.tree.map(lambda v: v.shape, value, is_leaf=lambda v: hasattr(v, "shape")))
+          # per call: an array's shape, any other output as it is (rebuilding a frozen output object around
+          # shapes fails: Hugging Face 4.57's ModelOutput refuses it)
+          found[name] = tuple(v.shape if hasattr(v, "shape") else v for v in value)
       else:
         walk(value, prefix + (key,))
 

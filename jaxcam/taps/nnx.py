@@ -20,14 +20,11 @@ from jaxcam.taps.base import (
 from jaxcam.taps.paths import _parse_layers, format_path, parse_path
 
 
-class _Probe:
-  """Stands in for an nnx submodule on a throwaway copy of the model, inside one traced call."""
-
-  def __init__(self, tap, inner, index, run):
-    self.tap, self.inner, self.index, self.run = tap, inner, index, run
-
-  def __call__(self, *args, **kwargs):
-    return self.tap._substitute(self.index, self.run, self.inner, args, kwargs)
+def _fresh(state: Any) -> Any:
+  """`state` with its variables rebuilt in the current trace: ``nnx.merge`` reuses the variable objects, and nnx
+  transforms inside the model (``nnx.scan``) refuse variables made in an outer trace (e.g. under ``jax.grad`` of a
+  perturbation, inside the ``jax.jit`` that traced the tap)."""
+  return jax.tree.map(lambda a: a, state)
 
 
 def _nnx_get(node, key: str):
@@ -57,18 +54,19 @@ class NnxTap(Tap):
   layout: Any = None
   output: Any = None
   input_layout: str = "NHWC"
+  call_kwargs: tuple[tuple[str, Any], ...] = ()  # static keyword arguments of the call (explain_model's model_kwargs)
 
   def __repr__(self) -> str:
     return f"NnxTap(layer={self.layer!r}, where={self.where!r})"
 
   def _call(self, model, x):
     fn = model if self.method is None else getattr(model, self.method)
-    return fn(x)
+    return fn(x, **dict(self.call_kwargs))
 
   def _plain(self, x):
     from flax import nnx
 
-    return self._call(nnx.merge(self.graphdef, self.state), x)
+    return self._call(nnx.merge(self.graphdef, _fresh(self.state)), x)
 
   def dense(self, path: Any = None) -> tuple[jax.Array, jax.Array | None]:
     import jax.numpy as jnp
@@ -84,13 +82,12 @@ class NnxTap(Tap):
   def _run(self, x, run: _Run):
     from flax import nnx
 
-    model = nnx.merge(self.graphdef, self.state)
-    for i, path in enumerate(self.layers):
-      parent = model
-      for key in path[:-1]:
-        parent = _nnx_get(parent, key)
-      _nnx_set(parent, path[-1], _Probe(self, _nnx_get(parent, path[-1]), i, run))
+    from jaxcam.taps import nnx_stacks
+
+    model = nnx.merge(self.graphdef, _fresh(self.state))
+    collect = nnx_stacks.install(self, model, run)  # probes are nnx modules: nnx.scan / nnx.vmap carry them
     out = self._call(model, x)
+    collect()
     missing = self._missing(run)
     if missing:
       raise ValueError(
@@ -153,10 +150,16 @@ def nnx_tap(
         f"`layer` is None and {type(model).__name__} declares no `default_layer`. Pass `layer=`; submodules: "
         f"{abbreviate([format_path(p) for p in available])}."
       )
+  from jaxcam.taps import nnx_stacks
+
   layers, multi = _parse_layers(layer)
   names = [format_path(p) for p in available]
   for p in layers:
-    if p not in available:
+    s = nnx_stacks.find_stack(model, p)  # "blocks/3/norm1": iteration 3 of a stack (checks the index's range)
+    if (p if s is None else s.prefix + s.rest) not in available:
+      if s is not None:  # spell the stack's layers with the iteration asked for
+        n = len(s.prefix)
+        names = [format_path(q[:n] + (str(s.k),) + q[n:]) if q[:n] == s.prefix else format_path(q) for q in available]
       raise LayerNotFoundError(
         unknown_name_message("layer", format_path(p), names, f"a submodule of {type(model).__name__}")
       )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from jaxcam._errors import LayerNotFoundError
+
 
 def parse_path(layer: Any, *, argname: str = "layer") -> tuple[str, ...]:
   """Canonical tuple-of-strings form of one layer path ("a/b/0" or ("a", "b", 0))."""
@@ -50,3 +52,23 @@ def linen_aliases(parts: tuple[str, ...]) -> set[str]:
     else:
       merged.append(p)
   return {"/".join(parts), "/".join(merged)}
+
+
+def _linen_module_path(tree, parts: tuple[str, ...]) -> list[str]:
+  """Keys leading to the sown value for a requested path, resolving 'blocks/6' vs 'blocks_6'."""
+  keys: list[str] = []
+  node = tree
+  i = 0
+  while i < len(parts):
+    p = parts[i]
+    if p in node:
+      keys.append(p)
+      node = node[p]
+      i += 1
+    elif i + 1 < len(parts) and f"{p}_{parts[i + 1]}" in node:
+      keys.append(f"{p}_{parts[i + 1]}")
+      node = node[keys[-1]]
+      i += 2
+    else:
+      raise LayerNotFoundError(f"No submodule {format_path(parts)!r} (stopped at {p!r}).")
+  return keys
