@@ -20,14 +20,39 @@ if TYPE_CHECKING:
 
 def check_images(x: Any, *, argname: str = "x", spatial_dims: int = 2) -> None:
   """Raise a clear error unless `x` is a float batch of channels-last images ``(B, H, W, C)`` (volumes
-  ``(B, D, H, W, C)`` with ``spatial_dims=3``; `jaxcam.taps.spatial_dims` reads a tap's)."""
+  ``(B, D, H, W, C)`` with ``spatial_dims=3``; `jaxcam.taps.spatial_dims` reads a tap's).
+
+  Args:
+    x: the array to check. argname: its name in the message. spatial_dims: 1 (sequences), 2 or 3.
+
+  Returns:
+    None.
+
+  Raises:
+    ValueError: a wrong rank (with the fix: a batch axis, ``input_layout='NLC'`` for sequences), an empty batch, a
+      channels-first layout. TypeError: not an array, or integer pixels.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> jaxcam.check_images(jnp.zeros((2, 8, 8, 3)))
+    >>> try:
+    ...   jaxcam.check_images(jnp.zeros((2, 3, 8, 8)))
+    ... except ValueError as e:
+    ...   print(str(e).split(". ")[-1])
+    Use jnp.moveaxis(x, 1, -1).
+  """
   shape = getattr(x, "shape", None)
   rank = spatial_dims + 2
-  what = "(B, H, W, C)" if rank == 4 else "(B, D, H, W, C)"
+  what = {3: "(B, L, C)", 4: "(B, H, W, C)"}.get(rank, "(B, D, H, W, C)")
   if shape is None:
     raise TypeError(f"Expected `{argname}` to be an array of images {what}, got {type(x).__name__}.")
   if len(shape) != rank:
     hint = " Add a batch axis: x[None]." if len(shape) == rank - 1 else ""
+    if rank == 4 and len(shape) == 3:  # one image, or a batch of sequences
+      hint = (
+        " One image (H, W, C)? Add a batch axis: x[None]. A batch of sequences (B, L, C) needs a tap with "
+        "input_layout='NLC' (explain_model: spatial_dims=1)."
+      )
     if rank == 4 and len(shape) == 5:
       hint = (
         " Volumes need a tap with input_layout='NDHWC' (or 'NCDHW'); SESS, FullGrad and the batch streamers take "

@@ -38,6 +38,15 @@ class Provider:
   layer's size (channels, positions) or a sample count rather than being a fixed number of passes. cost: what it
   costs per image, in words. applies: ``applies(tap) -> bool``, whether it can read this tap at all (``explain_many``
   with ``methods=None`` leaves its rows out otherwise); None: every tap.
+
+  Args:
+    name, fn, options, grads, single_layer, expensive, cost, applies: the fields above.
+
+  Examples:
+    >>> from jaxcam.providers import get_provider
+    >>> p = get_provider("grads")
+    >>> p.grads, p.expensive
+    (True, False)
   """
 
   name: str
@@ -64,7 +73,25 @@ PROVIDERS: dict[str, Provider] = {}
 
 
 def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
-  """Add `provider` to the registry under its name (`replace=True` to redefine an existing need)."""
+  """Add `provider` to the registry under its name (`replace=True` to redefine an existing need).
+
+  Args:
+    provider: the `Provider`. replace: redefine an existing need of that name.
+
+  Returns:
+    `provider`; rows whose `needs` name it now compute it.
+
+  Raises:
+    ValueError: another provider already has that name (without `replace`). TypeError: not a `Provider`.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> def channel_means(tap, x, fwd):  # one value per tapped layer
+    ...   return tuple(jnp.mean(a, axis=tuple(range(1, a.ndim - 1))) for a in fwd.activations)
+    >>> jaxcam.register_provider(jaxcam.Provider("channel_means", channel_means), replace=True).name
+    'channel_means'
+    >>> _ = jaxcam.providers.PROVIDERS.pop("channel_means")  # leave the registry as it was
+  """
   if not isinstance(provider, Provider):
     raise TypeError(f"Expected a jaxcam.providers.Provider, got {type(provider).__name__}.")
   if provider.name in PROVIDERS and not replace and PROVIDERS[provider.name] != provider:
@@ -106,8 +133,12 @@ def _class_ids(tap, x, fwd):
 
 
 def _fc_kernel(tap, x, fwd, *, fc=None):
-  kernel = classic.resolve_fc_kernel(tap, fc)
   a = fwd.activations[0]
+  if fc is None and not classic.declares_fc(tap) and getattr(fwd.logits, "ndim", None) == 2:
+    head = lambda act: tap.head(x, act)
+    classic.check_gap_dense_head(head, a, layer=str(tap.layer))  # a clear error for any other head
+    return (classic.head_kernel(head, a),)  # read from the head: no fc_layer declared (Hugging Face ResNet)
+  kernel = classic.resolve_fc_kernel(tap, fc)
   if getattr(fwd.logits, "ndim", None) != 2:
     from jaxcam.layouts import describe
 

@@ -53,7 +53,7 @@ def test_auto_detection_on_linen_nnx_and_vit_models(small_linen):
 
 @pytest.mark.slow  # two Hugging Face models compiled (~37 s cold)
 def test_auto_detection_on_hugging_face_resnet_and_vit():
-  tf = pytest.importorskip("transformers", reason="optional: pip install transformers==4.49 (Flax models)")
+  tf = pytest.importorskip("transformers", reason="optional: pip install 'transformers>=4.49,<5' (Flax models)")
   cfg = tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5)
   resnet = tf.FlaxResNetForImageClassification(cfg, seed=0, input_shape=(1, 32, 32, 3))
   images = [np.asarray(jax.random.uniform(jax.random.key(i), (40 + 8 * i, 36, 3))) for i in range(2)]

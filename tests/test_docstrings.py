@@ -26,15 +26,6 @@ ALLOWED = {  # name -> why its docstring may still lack Args / Returns / an exam
   "nnx_tap": _PENDING,
   "list_layers": _PENDING,
   "find_layer": _PENDING,
-  "ModelExplanation": _PENDING,
-  "explain_model": _PENDING,
-  "MethodSpec": _PENDING,
-  "get_method": _PENDING,
-  "method_names": _PENDING,
-  "register_method": _PENDING,
-  "Provider": _PENDING,
-  "register_provider": _PENDING,
-  "check_images": _PENDING,
 }
 
 

@@ -65,6 +65,21 @@ def _walk(jaxpr, dep_in, events) -> list[bool]:
   return _jaxpr.flags(jaxpr.outvars, dep)
 
 
+def _global_window_sum(eqn) -> bool:
+  """A ``reduce_window_sum`` over the whole grid (``avg_pool`` with the map's size, as Hugging Face ResNet's
+  pooler): global pooling, linear. Every axis but the batch and the channels (last, or second: channels-first)
+  is pooled whole."""
+  if eqn.primitive.name != "reduce_window_sum" or any(p != (0, 0) for p in eqn.params["padding"]):
+    return False
+  shape, window = eqn.invars[0].aval.shape, eqn.params["window_dimensions"]
+  n = len(shape)
+  for channel in (n - 1, 1):
+    spatial = [i for i in range(1, n) if i != channel]
+    if window[0] == window[channel] == 1 and spatial and all(window[i] == shape[i] for i in spatial):
+      return True
+  return False
+
+
 def check_gap_dense_head(head_fn, activations: jax.Array, *, layer: str = "layer") -> None:
   """Raise `ValueError` unless ``head_fn(A)`` is global average pooling followed by one Dense layer.
 
@@ -78,7 +93,7 @@ def check_gap_dense_head(head_fn, activations: jax.Array, *, layer: str = "layer
   problems = []
   if not dep_out:
     problems.append("the logits do not depend on the layer")
-  bad = sorted({name for name, _, _ in events if name not in _LINEAR})
+  bad = sorted({name for name, eqn, _ in events if name not in _LINEAR and not _global_window_sum(eqn)})
   if bad:
     problems.append("operations between the layer and the logits are not pooling + Dense: " + ", ".join(bad))
   dots = [(eqn, din) for name, eqn, din in events if name == "dot_general"]
@@ -118,6 +133,18 @@ def resolve_fc(tap, fc: Any) -> tuple[jax.Array, jax.Array | None]:
   if dense is None:  # a tap of your own that does not subclass jaxcam.Tap
     raise ValueError(f"CAM needs `fc=` as a (C, classes) kernel array for a {type(tap).__name__}.")
   return dense(fc)
+
+
+def head_kernel(head_fn, activations: jax.Array) -> jax.Array:
+  """The Dense kernel ``(C, classes)`` of a global-average-pooling + Dense head, read from the head itself (for
+  models that declare no ``fc_layer``, e.g. Hugging Face ResNet/RegNet): the head is affine in A, so its derivative
+  along channel c held constant over the positions is row c of the kernel (the pooling's 1/(h*w), h*w times).
+  One forward-mode pass per channel, batched; call `check_gap_dense_head` first."""
+
+  def along(e):
+    return jax.jvp(head_fn, (activations,), (jnp.broadcast_to(e, activations.shape),))[1][0]
+
+  return jax.vmap(along)(jnp.eye(activations.shape[-1], dtype=activations.dtype))
 
 
 def declares_fc(tap) -> bool:

@@ -38,6 +38,15 @@ OUTPUTS = ("channel", "spatial", "map", "input_map")
 class MethodSpec:
   """One row of the method table.
 
+  Args:
+    name, fn, output, needs, options, title, aliases and the hooks: the fields below.
+
+  Examples:
+    >>> import jaxcam
+    >>> row = jaxcam.get_method("gradcam")
+    >>> row.output, row.needs, row.class_specific
+    ('channel', ('grads',), True)
+
   What every row has:
     name: the method's name (registered names have no parentheses; a wrapped row is ``wrapper(inner)``).
     fn: ``fn(A, *needs, **options)``: A ``(B, K, *spatial, C)`` (two spatial axes for images, three for volumes:
@@ -170,7 +179,27 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
-  """Add a row to the table (its name then works everywhere a method name does: explain, the CLI, ...)."""
+  """Add a row to the table (its name then works everywhere a method name does: explain, the CLI, ...).
+
+  Args:
+    spec: the `MethodSpec` row. replace: redefine a row of the same name.
+
+  Returns:
+    `spec`; ``jaxcam.<spec.name>`` is its public function from now on.
+
+  Raises:
+    ValueError: a name already registered (without `replace`) or with parentheses (wrapped names are reserved).
+    TypeError: `spec` is not a `MethodSpec`.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> def mean_grad_weights(activations, grads):  # Grad-CAM by another name
+    ...   return jnp.mean(grads, axis=tuple(range(2, grads.ndim - 1)))
+    >>> row = jaxcam.register_method(jaxcam.MethodSpec("my_gradcam", mean_grad_weights, "channel"), replace=True)
+    >>> row.needs, "my_gradcam" in jaxcam.method_names()
+    (('grads',), True)
+    >>> _ = jaxcam.methods.table.METHODS.pop("my_gradcam")  # leave the table as it was
+  """
   if not isinstance(spec, MethodSpec):
     raise TypeError(f"Expected a jaxcam MethodSpec, got {type(spec).__name__}.")
   if any(c in spec.name for c in "()"):
@@ -350,9 +379,7 @@ for _spec in [
     aliases=("recipro_cam",),
     title="Recipro-CAM",
   ),
-  MethodSpec(
-    "attnlrp", _lrp_rows.attnlrp_map, "input_map", needs=("lrp",), aliases=("attn_lrp",), title="AttnLRP"
-  ),
+  MethodSpec("attnlrp", _lrp_rows.attnlrp_map, "input_map", needs=("lrp",), aliases=("attn_lrp",), title="AttnLRP"),
   MethodSpec("lrp_cam", _lrp_rows.lrp_cam_map, "map", needs=("lrp",), aliases=("lrpcam",), title="LRP-CAM"),
   MethodSpec(
     "opticam", opticam.opticam_weights, "channel", needs=("optimized_weights",), aliases=("opti_cam",), title="Opti-CAM"
@@ -371,7 +398,16 @@ def _register_wrapped_rows() -> None:
 
 
 def method_names() -> list[str]:
-  """Registered method names, in table order."""
+  """Registered method names, in table order.
+
+  Returns:
+    A list of names, one per row of `METHODS`.
+
+  Examples:
+    >>> import jaxcam
+    >>> jaxcam.method_names()[:3]
+    ['cam', 'gradcam', 'gradcam_pp']
+  """
   return list(METHODS)
 
 
@@ -411,6 +447,20 @@ def get_method(name: str | MethodSpec) -> MethodSpec:
   A wrapped name, ``"wrapper(<name>)"`` (``"smooth(gradcam_pp)"``, ``"aug_smooth(eigen_smooth(gradcam))"``), is the
   wrapper with its default options around that row, the very name the wrapper gives it; a wrapper's name alone is
   its default method wrapped (``"sess"`` is ``"sess(gradcam)"``, SESS's default).
+
+  Args:
+    name: a registered name or alias, a wrapped name, or a `MethodSpec` (returned as is).
+
+  Returns:
+    The `MethodSpec` row.
+
+  Raises:
+    UnknownNameError: an unknown name (the message lists the closest names). TypeError: neither a string nor a row.
+
+  Examples:
+    >>> import jaxcam
+    >>> jaxcam.get_method("gradcam++").name, jaxcam.get_method("smooth(gradcam)").name
+    ('gradcam_pp', 'smooth(gradcam)')
   """
   if isinstance(name, MethodSpec):
     return name
