@@ -148,3 +148,64 @@ def _init_distributed(args) -> None:
   jax.distributed.initialize(
     coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
   )
+
+
+# ---------------------------------------------------------------------------------------------- imported models
+
+
+def is_imported(model: str) -> bool:
+  """Whether ``--model`` names an object to import (``package.module:attribute``) rather than a shipped model."""
+  return ":" in model
+
+
+def _is_model_object(obj) -> bool:
+  import flax.linen as nn
+  from flax import nnx
+
+  import jaxcam
+  from jaxcam.taps import keras as keras_taps
+
+  return (
+    isinstance(obj, (nn.Module, nnx.Module, jaxcam.Tap))
+    or keras_taps.is_keras_model(obj)
+    or all(hasattr(obj, a) for a in ("module", "params"))
+  )
+
+
+def import_model(spec: str, weights: str | None):
+  """The `jaxcam.autoexplain.Model` for ``--model package.module:attribute``: the attribute is a model (anything
+  `jaxcam.explain_model` takes) or a function of no arguments returning one."""
+  import importlib
+
+  from jaxcam import adapters
+
+  if weights is not None:
+    raise CliError("--weights is for shipped models; an imported model loads its own weights")
+  mod_name, _, attr = spec.partition(":")
+  try:
+    obj = getattr(importlib.import_module(mod_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise CliError(f"cannot import --model {spec!r}: {e}") from None
+  if callable(obj) and not _is_model_object(obj):
+    obj = obj()
+  try:
+    return adapters.as_model(obj)
+  except (KeyError, ValueError, TypeError) as e:
+    raise CliError(f"--model {spec}: {e}") from None
+
+
+def imported_tap(m, x, layer: str | None, target=None):
+  """A tap on the imported model `m` at `layer`, or at the layer `jaxcam.find_layer` chooses for `x` (said on
+  stderr)."""
+  import sys
+
+  from jaxcam.taps.discovery import find_layer
+
+  layout = None
+  try:
+    if layer is None and m.default_layer is None:
+      layer, layout, reason = find_layer(m, x, target)
+      print(f"jaxcam: layer {layer!r}: {reason}", file=sys.stderr)
+    return m.make_tap(layer or m.default_layer, layout)
+  except (KeyError, ValueError, TypeError) as e:
+    raise CliError(str(e)) from None

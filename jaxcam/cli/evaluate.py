@@ -17,6 +17,9 @@ from jaxcam.cli._common import (
   _load_model,
   collect_images,
   demo_methods,
+  import_model,
+  imported_tap,
+  is_imported,
 )
 from jaxcam.metrics.table import DEFAULT_METRICS, METRICS, get_metric
 
@@ -181,6 +184,8 @@ def _checked_arguments(args) -> tuple[list[str], list[str]]:
   for flag, value, least in (("--steps", args.steps, 1), ("--chunk-size", args.chunk_size, 1)):
     if value < least:
       raise CliError(f"{flag} must be at least {least}, got {value}")
+  if args.size < 1:
+    raise CliError(f"--size must be at least 1, got {args.size} (the input size of an imported model, in pixels)")
   if args.tolerance < 0:
     raise CliError(f"--tolerance must be >= 0, got {args.tolerance} (pointing-game tolerance in input pixels)")
   if args.boxes:
@@ -208,14 +213,20 @@ def _evaluation_inputs(args, rows: list[str]):
         raise CliError(f"cannot read image {f!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
   else:
     photos = models.sample_images()
-  module, variables = _load_model(args.model, args.weights)
   names = list(photos)
-  x = jnp.asarray(models.preprocess([photos[n] for n in names], args.model))
+  if is_imported(args.model):  # pixels in [0, 1] at the model's input size: the model normalizes inside
+    m = import_model(args.model, args.weights)
+    size = m.input_size[0] if m.input_size else args.size
+    x = jnp.asarray(np.stack([models.resize_uint8(photos[n], size) for n in names]).astype(np.float32) / 255.0)
+    tap = imported_tap(m, x, args.layer)
+  else:
+    module, variables = _load_model(args.model, args.weights)
+    x = jnp.asarray(models.preprocess([photos[n] for n in names], args.model))
+    try:
+      tap = jaxcam.linen_tap(module, variables, args.layer)
+    except (KeyError, ValueError, TypeError) as e:
+      raise CliError(str(e)) from None
   regions = load_regions(args.boxes, args.masks, names, photos, x.shape[1]) if args.boxes or args.masks else None
-  try:
-    tap = jaxcam.linen_tap(module, variables, args.layer)
-  except (KeyError, ValueError, TypeError) as e:
-    raise CliError(str(e)) from None
   if args.methods == "default":  # the rows that can read this tap (LeGrad needs transformer blocks)
     rows = [r for r in rows if jaxcam.get_method(r).applies(tap)]
   return tap, x, names, regions, rows

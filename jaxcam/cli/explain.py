@@ -17,6 +17,9 @@ from jaxcam.cli._common import (
   _load_model,
   _resolve_target,
   collect_images,
+  import_model,
+  imported_tap,
+  is_imported,
   method_options,
 )
 
@@ -47,7 +50,7 @@ def cmd_explain(args) -> int:
   files = collect_images(args.inputs)
   from jaxcam import models
 
-  if ":" in args.model:  # module:attribute of a model object (or a function returning one): auto-detection
+  if is_imported(args.model):  # module:attribute of a model object (or a function returning one): auto-detection
     tap, size, class_name, target = _imported_model(args, files)
   else:
     target = _resolve_target(args.target)
@@ -89,47 +92,24 @@ def _check_options_trace(spec, tap, size: int, target, args) -> None:
 
 
 def _imported_model(args, files: list[str]):
-  """(tap, input size, class_name, target) for ``--model package.module:attribute``: the attribute is a model
-  (anything `jaxcam.explain_model` takes) or a function of no arguments returning one; the layer is --layer or
-  found by `jaxcam.find_layer` on the first image."""
-  import importlib
-
+  """(tap, input size, class_name, target) for ``--model package.module:attribute`` (`import_model`); the layer is
+  --layer or found by `jaxcam.find_layer` on the first image."""
   import jax.numpy as jnp
 
   from jaxcam import autoexplain, models, stream
 
-  if args.weights is not None:
-    raise CliError("--weights is for shipped models; an imported model loads its own weights")
-  mod_name, _, attr = args.model.partition(":")
+  m = import_model(args.model, args.weights)
+  size = m.input_size[0] if m.input_size else args.size
+  target: object = None
   try:
-    obj = getattr(importlib.import_module(mod_name), attr)
-  except (ImportError, AttributeError) as e:
-    raise CliError(f"cannot import --model {args.model!r}: {e}") from None
-  if callable(obj) and not _is_model_object(obj):
-    obj = obj()
-  try:
-    m = autoexplain.as_model(obj)
-    size = m.input_size[0] if m.input_size else args.size
-    target: object = None
     if args.target is not None:
       target = int(args.target) if args.target.strip().isdigit() else autoexplain._resolve_target(args.target, m, 1)
-    layer, layout = args.layer, None
-    if layer is None and m.default_layer is None:
-      x = models.resize_uint8(stream.decode_image(files[0]), size).astype(np.float32)[None] / 255.0
-      layer, layout, reason = autoexplain.find_layer(m, jnp.asarray(x), target)
-      print(f"jaxcam: layer {layer!r}: {reason}", file=sys.stderr)
-    return m.make_tap(layer or m.default_layer, layout), size, m.class_name, target
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e)) from None
-
-
-def _is_model_object(obj) -> bool:
-  import flax.linen as nn
-  from flax import nnx
-
-  import jaxcam
-
-  return isinstance(obj, (nn.Module, nnx.Module, jaxcam.Tap)) or all(hasattr(obj, a) for a in ("module", "params"))
+  x = None
+  if args.layer is None and m.default_layer is None:
+    x = jnp.asarray(models.resize_uint8(stream.decode_image(files[0]), size).astype(np.float32)[None] / 255.0)
+  return imported_tap(m, x, args.layer, target), size, m.class_name, target
 
 
 def _explain_stream(args, spec, files, target, tap, shard_size, overlays, size, class_name) -> int:
