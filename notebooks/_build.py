@@ -445,6 +445,280 @@ viz.show(viz.grid(list(cat.test[bad][:4]), {"mask": masks[:4].astype(np.float32)
 NOTEBOOKS = {"quickstart": QUICKSTART, "derivative_study": DERIVATIVE_STUDY, "vit": VIT, "anomaly_cutpaste": ANOMALY}
 
 
+TRANSFORMERS = [
+  md("""
+# Transformer rows side by side: LeGrad, attention rollout, gradient rollout, AttnLRP
+
+The tiny ViT of `vit.ipynb` (linen, `nn.MultiHeadDotProductAttention`, CLS token, 3 blocks), trained briefly (600
+Adam steps) on a task whose evidence is known: the class is the *colour* of an 8x8 square on a noisy 32x32 image, so the
+only pixels that tell the classes apart are the square's. (`vit.ipynb` asks *which quadrant* holds the square; a
+model can answer that from where the square is not, and its maps need not point at the square.) The four rows
+explain the same model, the same images and each image's top class; they are scored against the squares
+(localization), by perturbing the images (`jaxcam.metrics.evaluate`: the rows of `jaxcam evaluate`) and by their
+cost. Set `JAXCAM_NOTEBOOK_SMALL=1` for fewer training steps and images (the test suite does).
+"""),
+  code("""
+import os, time
+import numpy as np, jax, jax.numpy as jnp, flax.linen as nn, optax
+import jaxcam
+
+SMALL = os.environ.get("JAXCAM_NOTEBOOK_SMALL") == "1"
+
+class Block(nn.Module):
+    dim: int = 32
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm()(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=4)(y, y)
+        return x + nn.Dense(self.dim)(nn.gelu(nn.Dense(2 * self.dim)(nn.LayerNorm()(x))))
+
+class ViT(nn.Module):
+    def setup(self):
+        self.embed = nn.Conv(32, (4, 4), strides=4)
+        self.cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, 32))
+        self.pos = self.param("pos", nn.initializers.normal(0.02), (1, 65, 32))
+        self.blocks = [Block() for _ in range(3)]
+        self.norm = nn.LayerNorm()
+        self.head = nn.Dense(4)
+    def __call__(self, x):
+        t = self.embed(x).reshape(x.shape[0], 64, 32)
+        t = jnp.concatenate([jnp.broadcast_to(self.cls, (x.shape[0], 1, 32)), t], axis=1) + self.pos
+        for b in self.blocks:
+            t = b(t)
+        return self.head(self.norm(t)[:, 0])        # the head reads the CLS token
+    def legrad_score(self, tokens):                  # LeGrad's per-block score (torchcam's heads(ln(mean)))
+        return self.head(self.norm(tokens.mean(axis=1)))
+
+COLOURS = jnp.array([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1]])  # red green blue yellow
+
+def make(key, n):
+    k1, k2, k3 = jax.random.split(key, 3)
+    corner = jax.random.randint(k1, (n, 2), 0, 24)                       # top-left of an 8x8 square
+    ys, xs = jnp.arange(32)[None, :, None], jnp.arange(32)[None, None, :]
+    inside = ((ys >= corner[:, :1, None]) & (ys < corner[:, :1, None] + 8)
+              & (xs >= corner[:, 1:, None]) & (xs < corner[:, 1:, None] + 8))
+    label = jax.random.randint(k3, (n,), 0, 4)                           # the square's colour
+    x = 0.4 * jax.random.uniform(k2, (n, 32, 32, 3)) + 0.6 * inside[..., None] * COLOURS[label][:, None, None]
+    return x, label, inside
+
+model = ViT()
+x_train, y_train, _ = make(jax.random.key(0), 2048)
+variables = model.init(jax.random.key(1), x_train[:1])
+opt = optax.adam(2e-3)
+state = opt.init(variables)
+
+@jax.jit
+def step(variables, state, x, y):
+    loss, g = jax.value_and_grad(
+        lambda v: optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x), y).mean())(variables)
+    updates, state = opt.update(g, state)
+    return optax.apply_updates(variables, updates), state, loss
+
+steps = 150 if SMALL else 600
+for i in range(steps):
+    j = (i * 64) % 2048
+    variables, state, loss = step(variables, state, x_train[j:j + 64], y_train[j:j + 64])
+x, y, inside = make(jax.random.key(2), 32 if SMALL else 64)
+ids = model.apply(variables, x).argmax(-1)          # each image's top class (what `jaxcam evaluate` explains)
+print(f"loss {float(loss):.3f}, held-out accuracy {float((ids == y).mean()):.2f} (chance 0.25)")
+"""),
+  md("""
+## One tap, four rows
+
+The rollouts read every block's attention, in block order: one linen tap of all three blocks with
+`layouts.tokens(prefix=1)` (CLS dropped, the 64 patches on their 8x8 grid). LeGrad reads the same blocks (each
+block's own score through `legrad_score`); AttnLRP explains the whole model down to the pixels whatever layer the
+tap names. Each row is timed warm (the second call, as `jaxcam evaluate` does).
+"""),
+  code("""
+tap = jaxcam.linen_tap(model, variables, ["blocks_0", "blocks_1", "blocks_2"], layout=jaxcam.layouts.tokens(prefix=1))
+ROWS = {"legrad": "LeGrad", "attention_rollout": "attention rollout", "gradient_rollout": "gradient rollout",
+        "attnlrp": "AttnLRP"}
+maps, cost = {}, {}
+for row in ROWS:
+    for _ in range(2):                               # the first call compiles
+        start = time.perf_counter()
+        maps[row] = jax.block_until_ready(jaxcam.explain(row, tap, x, ids).maps)
+    cost[row] = (time.perf_counter() - start) / len(x)
+    print(f"{row:18s} {maps[row].shape}  {1e3 * cost[row]:.2f} ms/image  ({jaxcam.get_method(row).cost()})")
+"""),
+  code("""
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+
+def side_by_side(columns):
+    fig, axes = plt.subplots(len(ROWS) + 1, len(columns), figsize=(1.6 * len(columns), 1.6 * (len(ROWS) + 1)))
+    for c, i in enumerate(columns):
+        r0, c0 = np.argwhere(np.asarray(inside[i]))[0]
+        for r, (name, img) in enumerate([("image", x[i])] + [(ROWS[m], maps[m][i]) for m in ROWS]):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(img), cmap=None if r == 0 else "jet", vmin=0, vmax=1)
+            if r:                                    # the square, on every map
+                ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), 8, 8, fill=False, edgecolor="white", lw=1.2))
+            ax.set_xticks([]); ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+side_by_side(range(6));
+"""),
+  md("""
+## Scores against the squares, faithfulness and cost
+
+Localization (`jaxcam.metrics.pointing_game` with `tolerance=0`: the map's peak inside the square; the energy share
+inside it; `jaxcam.metrics.localization`'s pixel AUROC and best IoU over thresholds) and the faithfulness rows of
+`jaxcam evaluate` (`jaxcam.metrics.evaluate`, defaults: scores = the top class's probability, deletion/insertion
+with 20 steps to black, ROAD). Random-CAM (random weights on the tapped tokens) is the floor; it is not blind to the
+square (the square's tokens stand out in any mix of channels). A square covers 6% of an image: a flat map's energy is
+0.0625. Mean (± std) over the held-out images.
+"""),
+  code("""
+maps["randomcam"] = jaxcam.explain("randomcam", tap, x, ids, key=jax.random.key(0)).maps
+faith = {}
+print(f"{'row':18s} {'pointing':>8s} {'energy':>7s} {'AUROC':>6s} {'IoU':>6s} {'ms/img':>7s}")
+for row, m in maps.items():
+    p = jaxcam.metrics.pointing_game(m, inside, tolerance=0)
+    loc = jaxcam.metrics.localization(m, inside)
+    ms = f"{1e3 * cost[row]:7.2f}" if row in cost else "      -"
+    print(f"{row:18s} {float(p.hits.mean()):8.2f} {float(p.energy.mean()):7.3f} {float(loc.auroc.mean()):6.3f} "
+          f"{float(loc.best_iou.mean()):6.3f} {ms}")
+    faith[row] = jaxcam.metrics.evaluate(tap, x, row, jaxcam.targets.softmax(ids), maps=m,
+                                         method_options={"key": jax.random.key(0)} if row == "randomcam" else None)
+names = list(faith["legrad"])
+print()
+print(f"{'row':18s}" + "".join(f"{n + (' ↑' if jaxcam.metrics.get_metric(n).better == 'higher' else ' ↓'):>18s}"
+                                  for n in names))
+for row, values in faith.items():
+    print(f"{row:18s}" + "".join(f"{np.mean(v):9.3f} ± {np.std(v):5.3f}" for v in values.values()))
+"""),
+  md("""
+How to read them (the committed run: 600 steps, 64 images). The two rollouts put a compact peak on the square
+(the highest pixel AUROC and IoU); LeGrad finds it about as often (pointing game) but spreads over the background
+(low energy). AttnLRP's map is pixel-level and sparse: most of its mass lies inside the square (the highest energy)
+and deleting its top pixels first removes the colour fastest (the lowest deletion), but many of the square's pixels
+get no relevance, which lowers its AUROC and IoU. The faint blue squares are where the rows disagree. avg_drop and
+insertion hardly separate the rows here: any map that keeps the square keeps the colour.
+"""),
+  md("""
+## AttnLRP's conservation on this model
+
+The input relevance of the target logit (`jaxcam.lrp.relevance`, AttnLRP's default rules) against the logit itself.
+LRP-ε is conservative only without biases; AttnLRP's softmax rule also drops its bias term
+([docs/lrp.md](../docs/lrp.md)), so the residual measures how much relevance the biases, the position embeddings,
+the CLS token and the softmax absorb on this model.
+"""),
+  code("""
+from jaxcam import lrp
+logits = model.apply(variables, x)
+(relevance,) = lrp.relevance(lambda v: model.apply(variables, v), x, seed=jax.nn.one_hot(ids, 4))
+total = np.asarray(relevance.sum(axis=(1, 2, 3)))
+score = np.asarray(logits[jnp.arange(len(x)), ids])
+print("target logit  ", np.round(score[:6], 3))
+print("sum relevance ", np.round(total[:6], 3))
+print(f"over {len(x)} images: mean logit {score.mean():.3f}, mean sum {total.mean():.3f}, "
+      f"mean |logit - sum| / |logit| {np.mean(np.abs(score - total) / np.abs(score)):.3f}, "
+      f"correlation {np.corrcoef(score, total)[0, 1]:.3f}")
+"""),
+]
+
+NOTEBOOKS["transformers"] = TRANSFORMERS
+
+MODEL_ZOO = [
+  md("""
+# Models we did not write: a Keras 3 ConvNeXt and a scanned nnx ViT
+
+Where JAX users' vision models live in 2026: **Keras 3 on the JAX backend** (`keras.applications`, KerasHub) and
+Flax code whose transformer blocks are **stacked and scanned** (`nnx.vmap` to build them, `nnx.scan` to run them).
+`jaxcam.explain_model` takes both as they are. The weights here are random (`weights=None`, no downloads), so the
+maps show the machinery, not what a trained model looks at. Set `JAXCAM_NOTEBOOK_SMALL=1` for a quicker run.
+"""),
+  code("""
+import os, time
+os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported
+import numpy as np, jax, keras, jaxcam
+from flax import nnx
+from jaxcam import models, viz
+
+small = os.environ.get("JAXCAM_NOTEBOOK_SMALL") == "1"
+photos = models.sample_images(["chelsea", "coffee"] if small else ["chelsea", "coffee", "astronaut", "rocket"])
+names, images = list(photos), list(photos.values())
+size = 64 if small else 128
+"""),
+  md("""
+## Keras 3: ConvNeXt-Tiny
+
+`explain_model` finds the layer (the last spatial layer whose target gradient is non-zero), applies the family's own
+`preprocess_input` and drops the output softmax, so targets read logits. Layer names are the ones
+`model.summary()` prints.
+"""),
+  code("""
+convnext = keras.applications.ConvNeXtTiny(weights=None, input_shape=(size, size, 3), classes=10)
+t0 = time.perf_counter()
+ex = jaxcam.explain_model(convnext, images, method="gradcam")
+print(f"first call {time.perf_counter() - t0:.1f} s; layer {ex.layer!r}: {ex.layer_reason}")
+tap = jaxcam.keras_tap(convnext, ex.layer, preprocess=jaxcam.taps.keras.keras_preprocessing("convnext"), logits=True)
+x = np.stack([models.resize_uint8(im, size) for im in images]).astype(np.float32) / 255.0
+many = jaxcam.explain_many(["gradcam", "gradcam_pp", "layercam", "eigencam"], tap, x)
+viz.show(viz.grid(ex.images, {k: list(np.asarray(v.maps)) for k, v in many.items()}, names))
+"""),
+  md("""
+## A scanned nnx ViT
+
+The blocks' parameters are stacked on axis 0 and run by `nnx.scan`; a layer inside the stack is spelled with its
+iteration: `"blocks/3/norm1"` ([docs/scan.md](../docs/scan.md)). `list_layers` lists every iteration.
+"""),
+  code("""
+DIM, DEPTH = 32, 4
+
+class Block(nnx.Module):
+  def __init__(self, rngs):
+    self.norm1 = nnx.LayerNorm(DIM, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(2, DIM, decode=False, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(DIM, rngs=rngs)
+    self.mlp = nnx.Linear(DIM, DIM, rngs=rngs)
+
+  def __call__(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.mlp(nnx.gelu(self.norm2(x)))
+
+class ViT(nnx.Module):
+  def __init__(self, rngs):
+    self.embed = nnx.Conv(3, DIM, (8, 8), strides=8, rngs=rngs)
+
+    @nnx.split_rngs(splits=DEPTH)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def blocks(rngs):
+      return Block(rngs)
+
+    self.blocks = blocks(rngs)
+    self.head = nnx.Linear(DIM, 10, rngs=rngs)
+
+  def __call__(self, x):
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def run(tokens, block):
+      return block(tokens)
+
+    return self.head(run(self.embed(x).reshape(x.shape[0], -1, DIM), self.blocks).mean(axis=1))
+
+vit = ViT(nnx.Rngs(0))
+x = np.stack([models.resize_uint8(im, 64) for im in images]).astype(np.float32) / 255.0
+for info in jaxcam.list_layers(vit, x)[:8]:
+  print(info)
+"""),
+  code("""
+maps = {}
+for i in range(DEPTH):
+  t0 = time.perf_counter()
+  ex = jaxcam.explain_model(vit, images, layer=f"blocks/{i}/norm1", size=64)  # the model declares no input size
+  maps[f"blocks/{i}/norm1"] = list(np.asarray(ex.maps))
+  print(f"blocks/{i}/norm1: {time.perf_counter() - t0:.2f} s, tokens {ex.feature_sizes}")
+viz.show(viz.grid(ex.images, maps, names))
+"""),
+]
+NOTEBOOKS["model_zoo"] = MODEL_ZOO
+
+
 def build(name: str, execute: bool = True) -> str:
   nb = nbformat.v4.new_notebook()
   nb.cells = NOTEBOOKS[name]

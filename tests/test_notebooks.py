@@ -9,8 +9,16 @@ import pytest
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), os.pardir, "notebooks", "*.ipynb")))
 # derivative_study trains small networks (~100 s on 2 cores); quickstart compiles the real Lite0 a dozen times
-# (~75 s); vit and anomaly_cutpaste train small networks: .ci/run's slow tier runs them
-SLOW = {"derivative_study.ipynb", "quickstart.ipynb", "vit.ipynb", "anomaly_cutpaste.ipynb"}
+# (~75 s); vit, anomaly_cutpaste and transformers train small networks; model_zoo compiles a Keras ConvNeXt:
+# .ci/run's slow tier runs them
+SLOW = {
+  "derivative_study.ipynb",
+  "quickstart.ipynb",
+  "vit.ipynb",
+  "anomaly_cutpaste.ipynb",
+  "transformers.ipynb",
+  "model_zoo.ipynb",
+}
 
 
 @pytest.mark.parametrize(
