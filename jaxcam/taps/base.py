@@ -23,7 +23,17 @@ class LayerInfo(NamedTuple):
   """One entry of `list_layers`: the path, the output shape, the module type, the layout a tap on it would use (see
   `suggest_layout`) and how many times it runs in one forward pass (a layer called more than once, e.g. a shared
   module, cannot be tapped; a layer inside ``nn.scan`` / ``nnx.scan`` over stacked parameters is listed once per
-  iteration, as "blocks/3/norm1")."""
+  iteration, as "blocks/3/norm1").
+
+  Args:
+    path, shape, type, layout, calls: the fields.
+
+  Examples:
+    >>> import jaxcam
+    >>> info = jaxcam.LayerInfo("layer4", (1, 7, 7, 512), "Bottleneck")
+    >>> info.path, info.calls
+    ('layer4', 1)
+  """
 
   path: str
   shape: tuple[int, ...] | None
@@ -110,6 +120,15 @@ class Tap:
 
   Subclasses call the model and route the tapped layer's call through `_substitute` (the one place that reads,
   replaces and perturbs a layer's value); they implement `_run(x, run) -> (output, grids)` and `_plain(x)`.
+
+  Args:
+    layers: the tapped paths. multi: several layers. where, layout, output, input_layout: as for `linen_tap`.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.sum((1, 2)), ())
+    >>> isinstance(tap, jaxcam.Tap), tap.forward(jnp.ones((1, 2, 2, 3))).tolist()
+    (True, [[4.0, 4.0, 4.0]])
   """
 
   layers: tuple[tuple[str, ...], ...]

@@ -33,6 +33,28 @@ def list_layers(module, variables=None, x=None, **apply_kwargs) -> list[LayerInf
   ``list_layers(module, variables, x, **apply_kwargs)`` for linen; ``list_layers(model, x)`` for nnx and Keras
   models (Keras: the layers that run, named as ``model.summary()`` prints them, nested models' layers as
   "model/layer"). Costs one abstract trace (no FLOPs).
+
+  Args:
+    module: a linen module, an nnx module or a Keras model. variables: linen's variables (nnx / Keras: the input).
+    x: an example input (an array or ``jax.ShapeDtypeStruct``). **apply_kwargs: the call's keyword arguments.
+
+  Returns:
+    A list of `LayerInfo` (path, output shape, type, the layout a tap would need, calls per forward pass).
+
+  Raises:
+    TypeError: a model of another kind, or no example input for linen.
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxcam
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     a = nn.relu(nn.Conv(4, (3, 3), strides=2, name="conv")(x))
+    ...     return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net, x = Net(), jnp.ones((2, 8, 8, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> [(i.path, i.shape) for i in jaxcam.list_layers(net, variables, x)]
+    [('conv', (2, 4, 4, 4)), ('head', (2, 3))]
   """
   import flax.linen as nn
   from flax import nnx
@@ -173,7 +195,30 @@ def find_layer(model: Any, x: Any, target: Any = None) -> tuple[str, Any, str]:
   """``(layer, layout, reason)``: the layer `explain_model` explains for `x` (channels-last, in [0, 1]) and
   `target`: among layers that run once with a grid output (several positions, the input's aspect) or square tokens
   after a prefix, outside attention modules, the last (in output order, of the last `MAX_CANDIDATES`) whose target
-  gradient is non-zero. One forward and one backward pass. `model`: anything `jaxcam.explain_model` takes."""
+  gradient is non-zero. One forward and one backward pass. `model`: anything `jaxcam.explain_model` takes.
+
+  Args:
+    model: anything `jaxcam.explain_model` takes. x: images ``(B, H, W, C)`` in [0, 1] (or the model's 1-D / 3-D
+      inputs). target: as for `jaxcam.explain` (None: each image's top class).
+
+  Returns:
+    ``(layer path, layout or None, the reason in words)``.
+
+  Raises:
+    ValueError: no layer with a spatial output, or every candidate's gradient is zero (pass ``layer=``).
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxcam
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     a = nn.relu(nn.Conv(4, (3, 3), strides=2, name="conv")(x))
+    ...     return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net, x = Net(), jnp.ones((2, 8, 8, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> jaxcam.find_layer((net, variables), x)[0]
+    'conv'
+  """
   from jaxcam.autoexplain import as_model
 
   m = as_model(model)

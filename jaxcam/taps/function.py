@@ -18,7 +18,17 @@ from jaxcam.taps.base import (
 @tap_dataclass("params")
 @dataclasses.dataclass(frozen=True, eq=False)
 class FunctionTap(Tap):
-  """A tap on a network split by hand into `body_fn` and `head_fn`; see `function_tap`."""
+  """A tap on a network split by hand into `body_fn` and `head_fn`; see `function_tap`.
+
+  Args:
+    body_fn, head_fn, params, name, layout, output, input_layout: as `function_tap` takes them.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x * p, lambda p, x, a: a.sum((1, 2)), jnp.float32(2.0))
+    >>> isinstance(tap, jaxcam.FunctionTap), tap.layer
+    (True, 'A')
+  """
 
   body_fn: Callable
   head_fn: Callable
@@ -61,6 +71,25 @@ def function_tap(
 
   `params` are the tap's leaves, so gradients reach them and a training loop that passes new params never
   retraces. `body_fn` and `head_fn` are static (hashable; define them once, not per step).
+
+  Args:
+    body_fn: ``(params, x) -> A``, the input to the layer to explain (channels-last grid, or any value `layout` maps).
+    head_fn: ``(params, x, A) -> output``, the rest of the network.
+    params: the pytree both read (its arrays are the tap's leaves).
+    name: the layer's name (what `tap.layer` reports). layout, output, input_layout: as for `linen_tap`.
+
+  Returns:
+    A `FunctionTap`.
+
+  Raises:
+    TypeError: `body_fn` or `head_fn` is not callable.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxcam
+    >>> params = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
+    >>> tap = jaxcam.function_tap(lambda p, x: jax.nn.relu(x @ p["w"]), lambda p, x, a: a.mean((1, 2)) @ p["v"], params)
+    >>> jaxcam.gradcam(tap, jnp.ones((1, 4, 4, 3))).shape
+    (1, 4, 4)
   """
   if not callable(body_fn) or not callable(head_fn):
     raise TypeError(

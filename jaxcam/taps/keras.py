@@ -142,7 +142,18 @@ def _without_softmax(model: Any):
 @tap_dataclass("variables")
 @dataclasses.dataclass(frozen=True, eq=False)
 class KerasTap(Tap):
-  """A tap on a Keras 3 model; see `keras_tap`. A pytree: ``variables = (trainable, non_trainable)`` are its leaves."""
+  """A tap on a Keras 3 model; see `keras_tap`. A pytree: ``variables = (trainable, non_trainable)`` are its leaves.
+
+  Args:
+    model, variables, layers, ...: as `keras_tap` builds them (build it with `keras_tap`).
+
+  Examples:
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import keras, jaxcam
+    >>> model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1, name="conv")])
+    >>> isinstance(jaxcam.keras_tap(model, "conv"), jaxcam.KerasTap)
+    True
+  """
 
   model: Any
   variables: Any
@@ -234,6 +245,21 @@ def keras_tap(
       with ``classifier_activation=None``), so that targets read logits; the tap's output is then the logits, not
       ``model(x)``. Models that do not end in a softmax are unchanged.
     layout, output, input_layout: as for `linen_tap`.
+
+  Returns:
+    A `KerasTap` (a pytree: the model's variables are its leaves).
+
+  Raises:
+    TypeError: not a Keras 3 model, or Keras not on the JAX backend. LayerNotFoundError: an unknown layer name
+      (the closest names listed).
+
+  Examples:
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import jax.numpy as jnp, keras, jaxcam
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> jaxcam.gradcam(jaxcam.keras_tap(model, "conv"), jnp.ones((1, 8, 8, 3))).shape
+    (1, 8, 8)
   """
   _check_model(model)
   if where not in _WHERE:

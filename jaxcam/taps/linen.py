@@ -60,7 +60,18 @@ def _param_paths(variables: Any) -> list[str]:
 @tap_dataclass("variables")
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinenTap(Tap):
-  """A tap on a `flax.linen` module; see `linen_tap`. A pytree: the variables are its leaves."""
+  """A tap on a `flax.linen` module; see `linen_tap`. A pytree: the variables are its leaves.
+
+  Args:
+    module, variables, layers, ...: as `linen_tap` builds them (build it with `linen_tap`).
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxcam
+    >>> net = nn.Sequential([nn.Dense(4), nn.Dense(2)])
+    >>> tap = jaxcam.linen_tap(net, net.init(jax.random.key(0), jnp.ones((1, 3))), "layers_0")
+    >>> isinstance(tap, jaxcam.LinenTap), len(jax.tree_util.tree_leaves(tap))  # the variables are its leaves
+    (True, 4)
+  """
 
   module: Any
   variables: Any
@@ -275,6 +286,24 @@ def linen_tap(
     ``tap.activation_shape(x)``. The model's output may be any pytree.
     An unknown layer raises `LayerNotFoundError` when first called (the path is checked against the
     submodules that actually run), listing the available paths and the closest matches.
+
+  Raises:
+    TypeError: `module` is not an unbound linen module, `variables` lack a 'params' collection. ValueError: no
+      layer and no ``default_layer``, a bad `where` / `output` / `input_layout`.
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, jaxcam
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     a = nn.relu(nn.Conv(4, (3, 3), strides=2, name="conv")(x))
+    ...     return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net, x = Net(), jnp.ones((2, 8, 8, 3))
+    >>> variables = net.init(jax.random.key(0), x)
+    >>> tap = jaxcam.linen_tap(net, variables, "conv")
+    >>> logits, a = tap(x)
+    >>> logits.shape, a.shape, jaxcam.gradcam(tap, x).shape
+    ((2, 3), (2, 4, 4, 4), (2, 8, 8))
   """
   import flax.linen as nn
 

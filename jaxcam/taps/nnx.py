@@ -43,7 +43,18 @@ def _nnx_set(node, key: str, value) -> None:
 @tap_dataclass("state")
 @dataclasses.dataclass(frozen=True, eq=False)
 class NnxTap(Tap):
-  """A tap on a `flax.nnx` model snapshot; see `nnx_tap`. A pytree: the state is its leaves."""
+  """A tap on a `flax.nnx` model snapshot; see `nnx_tap`. A pytree: the state is its leaves.
+
+  Args:
+    graphdef, state, layers, ...: as `nnx_tap` builds them (build it with `nnx_tap`).
+
+  Examples:
+    >>> import jaxcam
+    >>> from flax import nnx
+    >>> net = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    >>> isinstance(jaxcam.nnx_tap(net, "layers/0"), jaxcam.NnxTap)
+    True
+  """
 
   graphdef: Any
   state: Any
@@ -129,6 +140,25 @@ def nnx_tap(
     method: name of the method to call instead of ``__call__``.
     eval_mode: call ``.eval()`` on the clone (BatchNorm running statistics, no dropout).
     layout, output, input_layout: as for `linen_tap`.
+
+  Returns:
+    An `NnxTap` (a pytree: the state is its leaves), with the methods of `linen_tap`'s taps.
+
+  Raises:
+    LayerNotFoundError: an unknown layer (the closest paths listed). TypeError: not an nnx module. ValueError: no
+      layer and no ``default_layer``.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from flax import nnx
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.conv, self.head = nnx.Conv(3, 4, (3, 3), rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.head(nnx.relu(self.conv(x)).mean(axis=(1, 2)))
+    >>> tap = jaxcam.nnx_tap(Net(nnx.Rngs(0)), "conv")
+    >>> jaxcam.layercam(tap, jnp.ones((1, 6, 6, 3))).shape
+    (1, 6, 6)
   """
   from flax import nnx
 
