@@ -315,3 +315,21 @@ def test_layers_returning_strict_output_objects_are_listed(photos):
   assert paths == ["encoder", "encoder/conv", "head"], paths
   ex = jaxcam.explain_model((module, variables), photos)
   assert ex.layer == "encoder/conv"
+
+
+def test_a_1d_taps_forward_and_metrics_take_sequences_as_the_user_has_them():
+  module = Seq()
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 20, 3)), jnp.float32)
+  variables = _init(module, x)
+  tap = jaxcam.linen_tap(module, variables, "conv2", input_layout="NLC")
+  logits = module.apply(variables, x)
+  np.testing.assert_allclose(np.asarray(tap.forward(x)), np.asarray(logits), rtol=1e-5, atol=1e-6)
+  maps = jaxcam.gradcam(tap, x)
+  out = jaxcam.metrics.evaluate(tap, x, "gradcam", metrics=["avg_drop", "deletion", "road"], maps=maps)
+  ids = np.argmax(np.asarray(logits), axis=1)
+  y = np.asarray(logits)[[0, 1], ids]
+  o = np.asarray(module.apply(variables, x * maps[..., None]))[[0, 1], ids]  # the score of the map-masked input
+  np.testing.assert_allclose(out["avg_drop"], 100 * np.maximum(y - o, 0) / (y + 1e-7), rtol=1e-4, atol=1e-4)
+  assert out["deletion"].shape == (2,) and np.isfinite(out["road"]).all()
+  with pytest.raises(ValueError, match="re-run the method"):
+    jaxcam.metrics.evaluate(tap, x, "gradcam", metrics=["adcc"], maps=maps)

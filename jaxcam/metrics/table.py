@@ -216,5 +216,10 @@ def evaluate(
     options["key"] = key
   if maps is None:
     maps = explain(spec, tap, x, target, **options).maps
+  if getattr(tap, "input_layout", "NHWC") == "NLC" and np.ndim(x) == 3:  # 1-D: the metrics see (B, L, 1, C) grids
+    rerun = [s.name for s in specs if "method" in s.needs]
+    if rerun:
+      raise ValueError(f"Metrics {rerun} re-run the method on masked inputs; for 1-D taps use the others.")
+    x, maps = jax.numpy.asarray(x)[:, :, None, :], jax.numpy.asarray(maps)[..., None]
   ctx = MetricContext(tap, x, maps, target, spec, dict(options), key, regions, steps, chunk_size, tolerance)
   return {s.name: np.asarray(s.fn(ctx)) for s in specs}

@@ -147,7 +147,7 @@ class Tap:
     if self.input_layout in ("NCHW", "NCDHW"):
       return jnp.moveaxis(x, -1, 1)
     if self.input_layout == "NLC":
-      return x[:, :, 0, :]
+      return x[:, :, 0, :] if x.ndim == 4 else x  # (B, L, 1, C) inside jaxcam, or (B, L, C) as the user has it
     return x
 
   def _select(self, out):
