@@ -92,12 +92,34 @@ def _masked_mean(v: jax.Array, valid: jax.Array) -> jax.Array:
 )
 @dataclasses.dataclass(frozen=True)
 class ConfidenceChange:
-  """change: ``o - y`` per image (pytorch-grad-cam's ``CamMultImageConfidenceChange``; its ``DropInConfidence`` is
-  ``max(y - o, 0)``). drop: ``relu(y - o) / (y + 1e-7)`` per image. increased: ``o > y`` per image. avg_drop,
-  increase: their means over the valid images, in **percent** (the Grad-CAM++ paper's Average Drop and Increase in
-  Confidence; torchcam's ``ClassificationMetric`` reports the same two as fractions). valid: the images whose map
-  has no NaN; nan_count: how many do. score ``y``, masked_score ``o``: the target score of ``x`` and of
-  ``maps * x``."""
+  """What `confidence_change` returns: the target score of ``maps * x`` (``o``) against that of ``x`` (``y``).
+
+  A registered pytree (it passes through `jax.jit`); per-image fields are ``(B,)``, the means scalars.
+
+  Args:
+    change: ``o - y`` per image (pytorch-grad-cam's ``CamMultImageConfidenceChange``; its ``DropInConfidence`` is
+      ``max(y - o, 0)``); NaN for an image whose map holds a NaN.
+    drop: ``relu(y - o) / (y + 1e-7)`` per image (a fraction; NaN for an invalid image).
+    increased: ``o > y`` per image (False for an invalid image).
+    avg_drop: the mean of `drop` over the valid images, in **percent** (the Grad-CAM++ paper's Average Drop;
+      torchcam's ``ClassificationMetric`` reports it as a fraction).
+    increase: the share of valid images with ``o > y``, in **percent** (the paper's Increase in Confidence).
+    valid: ``(B,)`` bool, the images whose map has no NaN.
+    nan_count: how many images are not valid.
+    score: ``y``, the target score of ``x``.
+    masked_score: ``o``, the target score of ``maps * x``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))  # logits: the channel means
+    >>> x, maps = jnp.ones((2, 4, 4, 3)), jnp.stack([jnp.ones((4, 4)), jnp.zeros((4, 4))])
+    >>> cc = metrics.confidence_change(model, x, maps, target=0)
+    >>> cc.masked_score.tolist(), cc.change.tolist(), cc.increased.tolist()
+    ([1.0, 0.0], [0.0, -1.0], [False, False])
+    >>> round(float(cc.avg_drop), 3), int(cc.nan_count)
+    (50.0, 0)
+  """
 
   change: jax.Array
   drop: jax.Array
@@ -134,14 +156,35 @@ def _confidence_change(fn, arg, x, maps, target):
 def confidence_change(model_fn: Any, x: jax.Array, maps: Any, /, target: Any = None) -> ConfidenceChange:
   """The target score of ``maps * x`` against that of ``x`` (the map multiplies every channel).
 
+  Chattopadhay et al., "Grad-CAM++", arXiv 1710.11063, Sec. 5.1: Average Drop and Increase in Confidence.
+
   Args:
     model_fn: a function ``x -> logits`` or a jaxcam tap.
-    x: images ``(B, H, W, C)``; maps: ``(B, H, W)`` in [0, 1].
+    x: images ``(B, H, W, C)``, float.
+    maps: ``(B, H, W)`` in [0, 1], at the input's size (an image whose map holds a NaN is left out of the means).
     target: class ids / None (logits) or a `jaxcam.targets` score (``softmax(ids)`` for probabilities, as the
       Grad-CAM++ paper); the class is fixed on ``x``.
 
   Returns:
-    `ConfidenceChange`. Chattopadhay et al., "Grad-CAM++", arXiv 1710.11063, Sec. 5.1.
+    `ConfidenceChange`: per-image ``change``, ``drop``, ``increased``, the scores, and ``avg_drop`` / ``increase``
+    in percent over the valid images.
+
+  Raises:
+    ValueError: `x` is not a batch of images ``(B, H, W, C)``, `maps` is not ``(B, H, W)`` at the input's size, or
+      the target gives several classes per image.
+    TypeError: integer `x` or non-float `maps`, or a `model_fn` that is neither a function nor a tap.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))  # logits: the channel means
+    >>> x = jnp.ones((1, 4, 4, 3))
+    >>> maps = jnp.zeros((1, 4, 4)).at[:, :2].set(1.0)  # keeps the top half of the image
+    >>> cc = metrics.confidence_change(model, x, maps, target=0)
+    >>> cc.score.tolist(), cc.masked_score.tolist(), cc.change.tolist()
+    ([1.0], [0.5], [-0.5])
+    >>> round(float(cc.avg_drop), 3), float(cc.increase)  # percent
+    (50.0, 0.0)
   """
   maps = _check_maps(x, maps)
   fn, arg = split_model(model_fn)
@@ -158,9 +201,29 @@ def confidence_change(model_fn: Any, x: jax.Array, maps: Any, /, target: Any = N
 )
 @dataclasses.dataclass(frozen=True)
 class Curve:
-  """curve: ``(B, P)`` target scores at each perturbed fraction; fractions: ``(P,)`` the fractions of pixels
-  removed (deletion) or restored (insertion); auc: ``(B,)`` trapezoid area over the fractions; mean_auc: its mean
-  over the valid images; valid, nan_count: as in `ConfidenceChange` (invalid images' curves are NaN)."""
+  """What `deletion` and `insertion` return: the target score along the perturbation and the area under it.
+
+  A registered pytree (it passes through `jax.jit`).
+
+  Args:
+    curve: ``(B, P)`` target scores at each perturbed fraction (NaN rows for invalid images).
+    fractions: ``(P,)`` the fractions of pixels removed (deletion) or restored (insertion), from 0 to 1.
+    auc: ``(B,)`` the trapezoid area under `curve` over `fractions` (NaN for invalid images).
+    mean_auc: the mean of `auc` over the valid images.
+    valid: ``(B,)`` bool, the images whose map has no NaN (as in `ConfidenceChange`).
+    nan_count: how many images are not valid.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))
+    >>> x = jnp.ones((1, 4, 4, 3))
+    >>> c = metrics.deletion(model, x, jnp.zeros((1, 4, 4)).at[:, 0].set(1.0), steps=4)
+    >>> c.fractions.tolist(), c.curve.tolist()
+    ([0.0, 0.25, 0.5, 0.75, 1.0], [[1.0, 0.75, 0.5, 0.25, 0.0]])
+    >>> c.auc.tolist(), c.mean_auc.tolist(), c.valid.tolist()
+    ([0.5], 0.5, [True])
+  """
 
   curve: jax.Array
   fractions: jax.Array
@@ -171,13 +234,51 @@ class Curve:
 
 
 def step_counts(n: int, steps: int) -> list[int]:
-  """torchcam's perturbation counts: every ``ceil(n / steps)`` positions from 0, then all ``n``."""
+  """torchcam's perturbation counts: every ``ceil(n / steps)`` positions from 0, then all ``n``.
+
+  The pixel counts at which `deletion` and `insertion` evaluate the model (``n = H * W``).
+
+  Args:
+    n: the number of positions (pixels), a non-negative int.
+    steps: the number of blocks, a positive int.
+
+  Returns:
+    A list of ints from 0 to `n`: ``steps + 1`` counts when `steps` divides `n`, fewer otherwise.
+
+  Examples:
+    >>> from jaxcam import metrics
+    >>> metrics.step_counts(16, 4)
+    [0, 4, 8, 12, 16]
+    >>> metrics.step_counts(16, 3)  # blocks of ceil(16 / 3) = 6
+    [0, 6, 12, 16]
+  """
   size = -(-n // steps)
   return [*range(0, n, size), n]
 
 
 def blur_baseline(x: jax.Array, *, size: int = 11, sigma: float = 5.0) -> jax.Array:
-  """RISE's insertion baseline: each image blurred by a separable Gaussian (reflected borders)."""
+  """RISE's insertion baseline: each image blurred by a separable Gaussian (reflected borders).
+
+  What ``baseline="blur"`` in `deletion` and `insertion` uses.
+
+  Args:
+    x: images ``(B, H, W, C)``, float.
+    size: the Gaussian window's width in pixels.
+    sigma: the Gaussian's standard deviation in pixels.
+
+  Returns:
+    The blurred images, ``(B, H, W, C)`` like `x`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> x = jnp.zeros((1, 9, 9, 3)).at[:, 4, 4].set(1.0)  # one bright pixel
+    >>> b = metrics.blur_baseline(x, size=5, sigma=1.0)
+    >>> b.shape, bool(b[0, 4, 4, 0] < 1), bool(b[0, 4, 5, 0] > 0)  # spread onto its neighbours
+    ((1, 9, 9, 3), True, True)
+    >>> round(float(b[0, ..., 0].sum()), 4)  # away from the borders the mass is kept
+    1.0
+  """
   return separable_filter(x, gaussian_kernel(size, sigma), axes=(1, 2), mode="reflect")
 
 
@@ -254,10 +355,39 @@ def deletion(
   ``ceil(HW / steps)`` block at a time (lower AUC: a more faithful map).
 
   torchcam's ``DeletionInsertionMetric`` semantics: pixels ranked by map value (stable: ties by row-major
-  position), the mask shared over channels, points at 0, s, 2s, ... and all pixels, AUC by the trapezoid over the
-  actual fractions. `baseline`: None / "zeros" (default), "blur" (`blur_baseline`), an array broadcastable to `x`,
-  or a function ``x -> baseline``. ``(steps + 1) B`` forwards, `chunk_size` at a time in one compiled program.
+  position), the mask shared over channels, points at 0, s, 2s, ... and all pixels (`step_counts`), AUC by the
+  trapezoid over the actual fractions. ``(steps + 1) B`` forwards, `chunk_size` at a time in one compiled program.
   Petsiuk et al., "RISE", arXiv 1806.07421.
+
+  Args:
+    model_fn: a function ``x -> logits`` or a jaxcam tap.
+    x: images ``(B, H, W, C)``, float.
+    maps: ``(B, H, W)`` at the input's size (an image whose map holds a NaN is left out of the means).
+    target: as for `confidence_change`: class ids / None (logits) or a `jaxcam.targets` score; the class is
+      fixed on ``x``.
+    steps: the number of blocks the ``H * W`` pixels are removed in.
+    baseline: what a removed pixel becomes: None / "zeros" (default), "blur" (`blur_baseline`), an array
+      broadcastable to `x`, or a function ``x -> baseline``.
+    chunk_size: perturbed copies evaluated per forward pass.
+
+  Returns:
+    `Curve`: ``curve`` ``(B, steps + 1)`` (fewer points when `steps` does not divide ``H * W``), ``fractions``,
+    ``auc`` ``(B,)`` and ``mean_auc``.
+
+  Raises:
+    ValueError: `x` or `maps` of the wrong shape, `steps` or `chunk_size` not a positive int, an unknown
+      `baseline` name, or a `baseline` array that does not broadcast to `x`.
+    TypeError: integer `x` or non-float `maps`, a non-int `steps`, or a `model_fn` that is neither a function nor a tap.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))
+    >>> x = jnp.zeros((1, 4, 4, 3)).at[:, :2].set(1.0)  # the evidence: the bright top half
+    >>> maps = x[..., 0]  # a map pointing at it
+    >>> d = metrics.deletion(model, x, maps, steps=2)
+    >>> d.fractions.tolist(), d.curve.tolist(), d.auc.tolist()
+    ([0.0, 0.5, 1.0], [[0.5, 0.0, 0.0]], [0.125])
   """
   return _run_curve(model_fn, x, maps, target, steps, baseline, chunk_size, insert=False)
 
@@ -274,7 +404,35 @@ def insertion(
   chunk_size: int = 32,
 ) -> Curve:
   """The insertion curve: the target score as the highest-ranked pixels are restored onto the baseline (higher
-  AUC: a more faithful map). Everything else as `deletion`; RISE uses ``baseline="blur"``."""
+  AUC: a more faithful map). Everything else as `deletion`; RISE uses ``baseline="blur"``.
+
+  Args:
+    model_fn: a function ``x -> logits`` or a jaxcam tap.
+    x: images ``(B, H, W, C)``, float.
+    maps: ``(B, H, W)`` at the input's size (an image whose map holds a NaN is left out of the means).
+    target: as for `confidence_change`; the class is fixed on ``x``.
+    steps: the number of blocks the ``H * W`` pixels are restored in.
+    baseline: the image the pixels are restored onto: None / "zeros" (default), "blur" (`blur_baseline`), an
+      array broadcastable to `x`, or a function ``x -> baseline``.
+    chunk_size: perturbed copies evaluated per forward pass.
+
+  Returns:
+    `Curve`, as for `deletion` (the fractions are those restored).
+
+  Raises:
+    ValueError: as for `deletion`.
+    TypeError: as for `deletion`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))
+    >>> x = jnp.zeros((1, 4, 4, 3)).at[:, :2].set(1.0)  # the evidence: the bright top half
+    >>> maps = x[..., 0]  # a map pointing at it
+    >>> i = metrics.insertion(model, x, maps, steps=2)
+    >>> i.curve.tolist(), i.auc.tolist()
+    ([[0.0, 0.5, 0.5]], [0.375])
+  """
   return _run_curve(model_fn, x, maps, target, steps, baseline, chunk_size, insert=True)
 
 
@@ -291,11 +449,30 @@ ROAD_ORDERS = ("morf", "lerf", "combined")
 )
 @dataclasses.dataclass(frozen=True)
 class Road:
-  """change: ``(B, P)`` target score after removal and imputation minus before, per percentile (for
-  ``order="combined"``: ``(LeRF - MoRF) / 2``); percentiles: ``(P,)``; score: ``(B,)`` the mean over the
-  percentiles (pytorch-grad-cam's ``ROAD*Average`` / ``ROADCombined``); mean_score: its mean over the valid images;
-  valid, nan_count: as in `ConfidenceChange`; order: "morf", "lerf" or "combined". MoRF: lower is more faithful;
-  LeRF and combined: higher."""
+  """What `road` returns. MoRF: lower is more faithful; LeRF and combined: higher.
+
+  A registered pytree (it passes through `jax.jit`; `order` is static).
+
+  Args:
+    change: ``(B, P)`` target score after removal and imputation minus before, per percentile (for
+      ``order="combined"``: ``(LeRF - MoRF) / 2``); NaN rows for invalid images.
+    percentiles: ``(P,)`` the percentiles evaluated.
+    score: ``(B,)`` the mean of `change` over the percentiles (pytorch-grad-cam's ``ROAD*Average`` /
+      ``ROADCombined``).
+    mean_score: the mean of `score` over the valid images.
+    valid: ``(B,)`` bool, the images whose map has no NaN (as in `ConfidenceChange`).
+    nan_count: how many images are not valid.
+    order: "morf", "lerf" or "combined".
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))
+    >>> x = jnp.zeros((1, 4, 4, 3)).at[:, :2].set(1.0)  # the evidence: the bright top half
+    >>> r = metrics.road(model, x, x[..., 0], percentiles=(50,), noise=0.0)  # MoRF: remove the top half
+    >>> r.order, r.percentiles.tolist(), r.change.shape, r.score.tolist(), int(r.nan_count)
+    ('morf', [50.0], (1, 1), [-0.5], 0)
+  """
 
   change: jax.Array
   percentiles: jax.Array
@@ -382,8 +559,36 @@ def road(
   noise's scale differs (pgc's 0.01 in normalized units is ``0.01 * std`` here). Rong et al., "A Consistent and
   Efficient Evaluation Strategy for Attribution Methods", arXiv 2202.00449.
 
+  Args:
+    model_fn: a function ``x -> logits`` or a jaxcam tap.
+    x: images ``(B, H, W, C)``, float.
+    maps: ``(B, H, W)`` at the input's size (an image whose map holds a NaN is left out of the means).
+    target: as for `confidence_change`; the class is fixed on ``x``.
+    percentiles: the percentiles p in [0, 100] (a number or a sequence); default 10, 20, ..., 90.
+    order: "morf" (most relevant first), "lerf" (least relevant first) or "combined".
+    noise: the standard deviation of the imputation's Gaussian noise, in the units of `x`; 0 turns it off.
+    key: the noise's PRNG key (None: ``jax.random.key(0)``).
+    chunk_size: imputed images evaluated per forward pass.
+    tol: the imputation's relative residual at which CG stops (> 0).
+    max_iter: the most CG iterations per imputation.
+
   Returns:
     `Road`: ``change`` (B, P), ``score`` (B,) its mean over the percentiles, ``mean_score`` over valid images.
+
+  Raises:
+    ValueError: `x` or `maps` of the wrong shape, an unknown `order`, a percentile outside [0, 100], a negative
+      `noise`, a non-positive `tol`, `max_iter` or `chunk_size`.
+    TypeError: integer `x` or non-float `maps`, a non-number `noise` / `tol`, or a non-int `max_iter`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> model = lambda x: x.mean(axis=(1, 2))
+    >>> x = jnp.zeros((1, 4, 4, 3)).at[:, :2].set(1.0)  # the evidence: the bright top half
+    >>> maps = x[..., 0]  # a map pointing at it
+    >>> r = metrics.road(model, x, maps, percentiles=(50,), order="combined", noise=0.0)
+    >>> r.change.shape, round(float(r.score[0]), 3)  # (LeRF: +0.5 - MoRF: -0.5) / 2
+    ((1, 1), 0.5)
   """
   maps, pct, noise, tol, max_iter = _check_road(x, maps, percentiles, order, noise, chunk_size, tol, max_iter)
   fn, arg = split_model(model_fn)
@@ -426,7 +631,38 @@ def remove_and_impute(
   max_iter: int = 200,
 ) -> tuple[jax.Array, jax.Array]:
   """The images `road` scores at one percentile (to look at them): ``(imputed (B, H, W, C), kept (B, H, W))``.
-  `order` "morf" or "lerf"; the noise of image i is drawn from ``fold_in(key, i)``."""
+  `order` "morf" or "lerf"; the noise of image i is drawn from ``fold_in(key, i)``.
+
+  Args:
+    x: images ``(B, H, W, C)``, float.
+    maps: ``(B, H, W)`` at the input's size.
+    percentile: one percentile p in [0, 100]: the pixels whose map value is below the map's p-th percentile are
+      kept (on ``1 - map`` for LeRF), the others imputed.
+    order: "morf" or "lerf".
+    noise: the standard deviation of the imputation's Gaussian noise, in the units of `x`; 0 turns it off.
+    key: the noise's PRNG key (None: ``jax.random.key(0)``).
+    tol: the imputation's relative residual at which CG stops (> 0).
+    max_iter: the most CG iterations per image.
+
+  Returns:
+    ``(imputed, kept)``: the images with the removed pixels imputed ``(B, H, W, C)``, and the boolean mask of the
+    kept pixels ``(B, H, W)``.
+
+  Raises:
+    ValueError: `x` or `maps` of the wrong shape, a percentile outside [0, 100] or more than one, order
+      "combined" or unknown, a negative `noise`, a non-positive `tol` or `max_iter`.
+    TypeError: integer `x` or non-float `maps`, a non-number `noise` / `tol`, or a non-int `max_iter`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> x = jnp.zeros((1, 4, 4, 3)).at[:, :2].set(1.0)  # a bright top half
+    >>> imputed, kept = metrics.remove_and_impute(x, x[..., 0], 50, noise=0.0)  # MoRF: remove the top half
+    >>> imputed.shape, kept[0, :, 0].tolist()
+    ((1, 4, 4, 3), [False, False, True, True])
+    >>> float(imputed.max())  # filled from the dark bottom half
+    0.0
+  """
   maps, pct, noise, tol, max_iter = _check_road(x, maps, percentile, order, noise, 1, tol, max_iter)
   if order == "combined" or len(pct) != 1:
     raise ValueError(f"Expected one percentile and order 'morf' or 'lerf', got {percentile!r} and {order!r}.")

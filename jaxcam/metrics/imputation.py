@@ -185,6 +185,20 @@ def noisy_linear_imputation(
   Returns:
     The imputed image (H, W, C) (and the iteration count). Compiled once per shape; `jax.vmap` / `jax.lax.map` it
     over images and masks (`lax.map` is faster on CPU: one image's solve stays in cache).
+
+  Raises:
+    ValueError: `x` not one image ``(H, W, C)``, or `keep` not of shape ``(H, W)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> x = jnp.array([[[0.0], [9.0]], [[3.0], [6.0]]])  # (2, 2, 1): the 9 is removed
+    >>> keep = jnp.array([[True, False], [True, True]])
+    >>> out = metrics.noisy_linear_imputation(x, keep, noise=0.0)
+    >>> round(float(out[0, 1, 0]), 4)  # (0 / 6 + 3 / 12 + 6 / 6) / (1 / 6 + 1 / 12 + 1 / 6)
+    3.0
+    >>> out[:, 0, 0].tolist(), out[1, 1, 0].tolist()  # kept pixels stay
+    ([0.0, 3.0], 6.0)
   """
   x = jnp.asarray(x)
   keep = jnp.asarray(keep)

@@ -23,7 +23,22 @@ __all__ = ["Randomization", "randomization_check", "spearman", "ssim"]
 
 
 def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Spearman rank correlation of maps ``(..., H, W)`` pair by pair (average ranks for ties; 0 for a constant map)."""
+  """Spearman rank correlation of maps ``(..., H, W)`` pair by pair (average ranks for ties; 0 for a constant map).
+
+  Args:
+    a: maps ``(..., H, W)``, an array.
+    b: maps of the same shape (or one that broadcasts against `a` after flattening ``H, W``).
+
+  Returns:
+    ``(...)`` the rank correlation of each pair, in [-1, 1].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> a = jnp.arange(4.0).reshape(1, 2, 2)
+    >>> metrics.spearman(a, a**3).tolist(), metrics.spearman(a, -a).tolist(), metrics.spearman(a, 0 * a).tolist()
+    ([1.0], [-1.0], [0.0])
+  """
   ra = average_ranks(a.reshape(a.shape[:-2] + (-1,)))
   rb = average_ranks(b.reshape(b.shape[:-2] + (-1,)))
   ra = ra - jnp.mean(ra, axis=-1, keepdims=True)
@@ -40,7 +55,26 @@ def _filter(m: jax.Array) -> jax.Array:
 def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0) -> jax.Array:
   """Mean structural similarity of maps ``(B, H, W)`` (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01,
   K2 0.03, population covariances, the mean over the window positions that fit), as scikit-image's
-  ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)`` away from its border crop."""
+  ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)`` away from its border crop.
+
+  Args:
+    a: maps ``(B, H, W)`` (any leading axes), at least 11 x 11.
+    b: maps of the same shape.
+    data_range: the range of the map values (1 for maps in [0, 1]); sets the constants ``(K * data_range)^2``.
+
+  Returns:
+    ``(B,)`` the mean SSIM of each pair (1 for identical maps).
+
+  Raises:
+    ValueError: maps smaller than 11 x 11 (the Gaussian window).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> a = jnp.linspace(0.0, 1.0, 144).reshape(1, 12, 12)
+    >>> [round(v, 4) for v in metrics.ssim(a, a).tolist()], bool(metrics.ssim(a, 1 - a)[0] < 0)
+    ([1.0], True)
+  """
   if min(a.shape[-2:]) < 11:
     raise ValueError(f"Expected maps of at least 11x11 for SSIM's window, got {tuple(a.shape[-2:])}.")
   c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
@@ -59,10 +93,33 @@ def ssim(a: jax.Array, b: jax.Array, *, data_range: float = 1.0) -> jax.Array:
 )
 @dataclasses.dataclass(frozen=True)
 class Randomization:
-  """stages: the submodules randomized cumulatively (stage s randomizes ``stages[:s + 1]``); maps: ``(S + 1, B, H,
-  W)``, the original first; spearman / spearman_abs / ssim: ``(S, B)`` similarity of each stage's maps to the
-  original (rank correlation of the normalized maps and of the raw maps' absolute values; SSIM of the normalized
-  maps)."""
+  """What `randomization_check` returns. A registered pytree (`stages` and `method` are static).
+
+  Args:
+    maps: ``(S + 1, B, H, W)`` the normalized maps, the original model's first, then one per stage.
+    spearman: ``(S, B)`` the rank correlation of each stage's normalized maps with the original's.
+    spearman_abs: ``(S, B)`` the same for the raw (unnormalized) maps' absolute values.
+    ssim: ``(S, B)`` the SSIM of each stage's normalized maps with the original's (NaN for maps smaller than
+      11 x 11).
+    stages: the submodules randomized cumulatively (stage s randomizes ``stages[:s + 1]``), top layer first.
+    method: the method's name.
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...     return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net, x = Net(), jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> r = metrics.randomization_check(net, variables, x, "gradcam", layer="conv", stages=1)
+    >>> r.stages, r.method, r.maps.shape, r.spearman_abs.shape
+    (('head',), 'gradcam', (2, 2, 4, 4), (1, 2))
+    >>> bool(jnp.isnan(r.ssim).all())  # 4 x 4 maps: too small for SSIM's window
+    True
+  """
 
   maps: jax.Array
   spearman: jax.Array
@@ -112,14 +169,38 @@ def randomization_check(
   """Cascading parameter randomization of a linen model, top layer first (see the module docstring).
 
   Args:
-    module, variables: the linen model; x: images ``(B, H, W, C)``.
-    method: the method (a name or row); `options` go to it. layer: the tapped layer (None: the model's default).
+    module: the linen module.
+    variables: its variables (``{"params": ...}``, plus e.g. ``batch_stats``, which stay as they are).
+    x: images ``(B, H, W, C)``, float.
+    method: the method (a name or `MethodSpec` row); `options` go to it.
+    layer: the tapped layer (None: the model's ``default_layer``).
     target: as in `jaxcam.explain`; None fixes each image's top class on the original model for every stage.
     key: the PRNG key of the re-drawn parameters (default ``jax.random.key(0)``).
     stages: how many submodules to randomize (default: all of them, top down).
+    **options: the method's options and `jaxcam.explain`'s flags.
 
   Returns:
-    `Randomization`; draw it with `jaxcam.viz.randomization_plot`.
+    `Randomization`: the maps of every stage and their similarity to the original; draw it with
+    `jaxcam.viz.randomization_plot`.
+
+  Raises:
+    ValueError: `x` not a batch of images ``(B, H, W, C)``, or `stages` not a positive int.
+    TypeError: integer `x`, a non-int `stages`, or a `key` that is not a PRNG key.
+    KeyError: an unknown method name (`jaxcam.UnknownNameError`, also a `ValueError`).
+
+  Examples:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     a = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...     return nn.Dense(3, name="head")(a.mean(axis=(1, 2)))
+    >>> net, x = Net(), jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+    >>> variables = net.init(jax.random.key(1), x)
+    >>> r = metrics.randomization_check(net, variables, x, "gradcam", layer="conv", stages=1)
+    >>> r.stages, r.maps.shape, r.spearman.shape  # the classifier re-drawn
+    (('head',), (2, 2, 4, 4), (1, 2))
   """
   from jaxcam import _checks, api, taps
   from jaxcam._errors import check_key

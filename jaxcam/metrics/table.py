@@ -29,10 +29,31 @@ or the method itself (composite metrics re-run it)."""
 
 @dataclasses.dataclass(frozen=True)
 class MetricContext:
-  """What every metric function sees. tap, x: the model and images ``(B, H, W, C)``. maps: ``(B, H, W)``.
-  target: the score the maps explain. method, options: the row that made the maps and its options. key: a PRNG key
-  (ROAD's noise). regions: ``(masks (B, H, W) bool, present (B,) bool)`` or None. steps, chunk_size, tolerance:
-  deletion / insertion steps, perturbed copies per pass, the pointing game's tolerance in pixels."""
+  """What every metric function sees: `evaluate` builds one and hands it to each `MetricSpec`'s ``fn``.
+
+  Args:
+    tap: the model (a jaxcam tap).
+    x: images ``(B, H, W, C)``.
+    maps: ``(B, H, W)`` the maps to evaluate, at the input's size.
+    target: the score the maps explain (as for `jaxcam.explain`).
+    method: the `MethodSpec` row that made the maps (composite metrics re-run it).
+    options: the method's options, as used for the maps.
+    key: a PRNG key (ROAD's noise).
+    regions: ``(masks (B, H, W) bool, present (B,) bool)`` or None: each image's ground-truth region and whether
+      it has one.
+    steps: deletion / insertion steps.
+    chunk_size: perturbed copies per forward pass.
+    tolerance: the pointing game's tolerance in pixels.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> maps = jnp.zeros((2, 4, 4)).at[:, 0, 0].set(1.0)
+    >>> masks = jnp.zeros((2, 4, 4), bool).at[:, :2, :2].set(True)
+    >>> ctx = metrics.MetricContext(None, jnp.ones((2, 4, 4, 3)), maps, regions=(masks, jnp.array([True, False])))
+    >>> metrics.get_metric("pointing").fn(ctx).tolist()  # the second image has no region
+    [1.0, nan]
+  """
 
   tap: Any
   x: Any
@@ -49,8 +70,29 @@ class MetricContext:
 
 @dataclasses.dataclass(frozen=True)
 class MetricSpec:
-  """One row of the metric table. fn: ``fn(ctx) -> (B,)`` per-image values (NaN where undefined, e.g. no region).
-  better: "higher" or "lower". needs: a subset of `NEEDS`. title: the column name (default the name)."""
+  """One row of the metric table (`METRICS`); `register_metric` adds it, `evaluate` runs it.
+
+  Args:
+    name: the metric's name in `evaluate` and ``jaxcam evaluate --metrics``, a non-empty string.
+    fn: ``fn(ctx) -> (B,)`` per-image values (NaN where undefined, e.g. no region), given a `MetricContext`.
+    better: "higher" or "lower".
+    needs: a subset of `NEEDS`: ``"regions"`` (ground-truth masks) and / or ``"method"`` (it re-runs the method).
+    title: the column name (default the name).
+
+  Raises:
+    ValueError: an empty `name`, `better` not "higher" / "lower", or `needs` not a tuple from `NEEDS`.
+    TypeError: `fn` not callable.
+
+  Examples:
+    >>> import numpy as np, jax.numpy as jnp
+    >>> from jaxcam import metrics
+    >>> def mean_saliency(ctx):  # per-image values, (B,)
+    ...   return np.asarray(ctx.maps).mean(axis=(1, 2))
+    >>> spec = metrics.MetricSpec("mean_saliency", mean_saliency, better="lower", title="Mean saliency")
+    >>> ctx = metrics.MetricContext(None, jnp.ones((2, 4, 4, 3)), jnp.full((2, 4, 4), 0.25))
+    >>> spec.fn(ctx).tolist(), spec.arrow
+    ([0.25, 0.25], '↓')
+  """
 
   name: str
   fn: Callable[[MetricContext], Any]
@@ -70,6 +112,16 @@ class MetricSpec:
 
   @property
   def arrow(self) -> str:
+    """The arrow a table shows beside the metric's title: "↑" when higher is better, "↓" when lower.
+
+    Returns:
+      "↑" or "↓".
+
+    Examples:
+      >>> from jaxcam import metrics
+      >>> metrics.get_metric("insertion").arrow, metrics.get_metric("deletion").arrow
+      ('↑', '↓')
+    """
     return "↑" if self.better == "higher" else "↓"
 
 
@@ -77,7 +129,27 @@ METRICS: dict[str, MetricSpec] = {}
 
 
 def register_metric(spec: MetricSpec, *, replace: bool = False) -> MetricSpec:
-  """Add a row to the metric table (its name then works in `evaluate` and ``jaxcam evaluate --metrics``)."""
+  """Add a row to the metric table (its name then works in `evaluate` and ``jaxcam evaluate --metrics``).
+
+  Args:
+    spec: the `MetricSpec` row.
+    replace: redefine a metric already registered under the same name.
+
+  Returns:
+    `spec`, as given.
+
+  Raises:
+    TypeError: `spec` not a `MetricSpec`.
+    ValueError: a metric of that name is already registered and `replace` is False.
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam import metrics
+    >>> spec = metrics.MetricSpec("peak", lambda ctx: np.asarray(ctx.maps).max(axis=(1, 2)))
+    >>> metrics.register_metric(spec) is metrics.get_metric("peak")
+    True
+    >>> del metrics.METRICS["peak"]  # the table is global: leave it as it was
+  """
   if not isinstance(spec, MetricSpec):
     raise TypeError(f"Expected a jaxcam MetricSpec, got {type(spec).__name__}.")
   if spec.name in METRICS and not replace:
@@ -87,7 +159,25 @@ def register_metric(spec: MetricSpec, *, replace: bool = False) -> MetricSpec:
 
 
 def get_metric(name: str | MetricSpec) -> MetricSpec:
-  """The table row for `name`, or a `MetricSpec` as is."""
+  """The table row for `name`, or a `MetricSpec` as is.
+
+  Args:
+    name: a registered metric name (`METRICS`), or a `MetricSpec` (returned as is).
+
+  Returns:
+    The `MetricSpec` row.
+
+  Raises:
+    KeyError: an unknown name (`jaxcam.UnknownNameError`, also a `ValueError`), with the closest names.
+
+  Examples:
+    >>> from jaxcam import metrics
+    >>> spec = metrics.get_metric("deletion")
+    >>> spec.title, spec.better, spec.needs
+    ('Deletion AUC', 'lower', ())
+    >>> metrics.get_metric(spec) is spec
+    True
+  """
   if isinstance(name, MetricSpec):
     return name
   if name not in METRICS:
@@ -197,7 +287,41 @@ def evaluate(
   unless `maps` is given). `regions`: ``(masks (B, H, W), present (B,))`` for the region metrics; `key`: ROAD's
   and keyed methods' PRNG key (default ``jax.random.key(0)``); `steps`, `chunk_size`, `tolerance`: the metrics'
   own settings; `method_options`: the method's options and `jaxcam.explain`'s flags (e.g. ``{"chunk_size": 8}``
-  for Score-CAM, ``{"relu": False}``)."""
+  for Score-CAM, ``{"relu": False}``).
+
+  Args:
+    tap: the model, a jaxcam tap (1-D taps: the metrics see ``(B, L, 1, C)`` grids).
+    x: images ``(B, H, W, C)`` (or ``(B, L, C)`` sequences for a 1-D tap).
+    method: the method: a name (``jaxcam.method_names()``) or a `MethodSpec` row.
+    target: as for `jaxcam.explain` (None: each image's top class).
+    metrics: metric names from `METRICS` or `MetricSpec` rows (default `DEFAULT_METRICS`).
+    maps: precomputed maps ``(B, H, W)`` at the input's size; None explains `x` with `method`.
+    regions: ``(masks (B, H, W) bool, present (B,) bool)``, needed by the region metrics (pointing, energy, auroc,
+      iou); an image without a region scores NaN there.
+    key: ROAD's and keyed methods' PRNG key (default ``jax.random.key(0)``).
+    steps: deletion / insertion steps.
+    chunk_size: perturbed copies per forward pass.
+    tolerance: the pointing game's tolerance in pixels.
+    method_options: the method's options and `jaxcam.explain`'s flags.
+
+  Returns:
+    ``{name: (B,) numpy array}`` per metric, in the order of `metrics` (Average Drop and Increase in percent).
+
+  Raises:
+    TypeError: `metrics` given as a single string.
+    ValueError: a region metric without `regions`, or a metric that re-runs the method (ADCC, ARCC) on a 1-D tap.
+    KeyError: an unknown metric or method name (`jaxcam.UnknownNameError`, also a `ValueError`).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxcam
+    >>> from jaxcam import metrics
+    >>> params = {"w": jnp.ones((3, 2)), "v": jnp.eye(2)}
+    >>> tap = jaxcam.function_tap(lambda p, x: jax.nn.relu(x @ p["w"]), lambda p, x, a: a.mean((1, 2)) @ p["v"], params)
+    >>> x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 3))
+    >>> values = metrics.evaluate(tap, x, "gradcam", metrics=["avg_drop", "deletion"], steps=2)
+    >>> {name: v.shape for name, v in values.items()}
+    {'avg_drop': (2,), 'deletion': (2,)}
+  """
   import jax
 
   from jaxcam.api import explain
