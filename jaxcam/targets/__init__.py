@@ -75,7 +75,15 @@ from jaxcam.targets.outputs import (
 
 
 def check_ids_in_range(classes: Any, n: int) -> None:
-  """Raise for concrete class ids outside [0, n) (under jit they give NaN maps instead)."""
+  """Raise for concrete class ids outside [0, n) (under jit they give NaN maps instead).
+
+  Args:
+    classes: concrete class ids (any shape).
+    n: the model's number of classes.
+
+  Raises:
+    ValueError: some ids lie outside [0, n) (the message lists up to ten of them).
+  """
   ids = np.asarray(classes)
   bad = ids[(ids < 0) | (ids >= n)]
   if bad.size:
@@ -91,7 +99,32 @@ targets: any pytree with that method (its array fields are traced: new values ne
 
 
 def as_target(target: Any) -> Target:
-  """Normalize `target` (None, ids, a score object or a callable) to a score object."""
+  """Normalize `target` (None, ids, a score object or a callable) to a score object.
+
+  Args:
+    target: None (each image's top class), class ids (an int, ``(B,)`` or ``(B, K)`` ints, a list of them), an
+      ImageNet class name or a list of names ("Egyptian cat"), a score object (anything with an ``evaluate``
+      method, returned as it is) or a callable ``output -> (B,)`` / ``(B, K)``.
+
+  Returns:
+    A score object: ids and names become `logit` scores, a callable a `ScoreFn`.
+
+  Raises:
+    TypeError: class ids that are not ints.
+    ValueError: class ids of rank > 2.
+    KeyError: an unknown ImageNet class name (the error lists the closest names; it is a `ValueError` too).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> logits = jnp.array([[1.0, 3.0, 2.0], [4.0, 0.0, 1.0]])
+    >>> targets.as_target(None)
+    jaxcam.targets.logit(None)
+    >>> targets.as_target([2, 0])(logits).tolist()
+    [2.0, 4.0]
+    >>> targets.as_target(lambda out: out[:, 0])(logits).tolist()
+    [1.0, 4.0]
+  """
   if target is None:
     return ClassScore("logit", None)
   if callable(getattr(target, "evaluate", None)) and not isinstance(target, type):
@@ -114,6 +147,22 @@ def with_ids(target: Target, ids: jax.Array | None) -> Target:
 
   Used wherever the input moves (a derivative direction, a noisy or masked copy): the class chosen on the clean
   input must not move with it.
+
+  Args:
+    target: a score object, as `as_target` returns it.
+    ids: class ids ``(B, K)`` int, as the target's ``evaluate`` returned them on the clean input; or None.
+
+  Returns:
+    For a `ClassScore` or `FinerScore`: a copy whose class ids are `ids` (``(B,)`` unless the target asked for K
+    classes per image); any other target (which has no class ids) unchanged.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> top = targets.softmax()  # each image's top class: it could change on a noisy copy
+    >>> ids, _, _ = top.evaluate(jnp.array([[1.0, 3.0], [4.0, 0.0]]))
+    >>> targets.with_ids(top, ids).classes.tolist()  # fixed to the clean input's classes
+    [1, 0]
   """
   if isinstance(target, (ClassScore, FinerScore)) and ids is not None:
     return dataclasses.replace(target, classes=ids if target.multi else ids[:, 0])

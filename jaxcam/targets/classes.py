@@ -33,7 +33,23 @@ def _check_ids(classes: Any) -> Any:
 
 
 def check_logits(logits: Any) -> jax.Array:
-  """`logits` if it is a ``(B, classes)`` array; class ids need one, other targets take any model output."""
+  """`logits` if it is a ``(B, classes)`` array; class ids need one, other targets take any model output.
+
+  Args:
+    logits: the model's output; class-id targets need an array ``(B, classes)``.
+
+  Returns:
+    `logits`, unchanged.
+
+  Raises:
+    ValueError: `logits` is not an array of rank 2 (a dict, a tuple, a ``(B, H, W, K)`` map, ...).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> targets.check_logits(jnp.zeros((2, 10))).shape
+    (2, 10)
+  """
   if not hasattr(logits, "ndim") or logits.ndim != 2:
     desc = getattr(logits, "shape", type(logits).__name__)
     raise ValueError(
@@ -49,7 +65,30 @@ def check_logits(logits: Any) -> jax.Array:
 class ClassScore:
   """Score S = f(logits)[b, c] for class ids c (None: each image's argmax); f is `kind`.
 
-  Build it with `logit`, `softmax`, `log_softmax` or `as_target` (they validate the ids).
+  Build it with `logit`, `softmax`, `log_softmax` or `as_target` (they validate the ids). Calling it on logits
+  ``(B, classes)`` gives the scores ``(B,)`` (``(B, K)`` for ``(B, K)`` ids).
+
+  Args:
+    kind: the function f of the logits: "logit", "softmax", "log_softmax" or "rest" (static).
+    classes: class ids, a scalar, ``(B,)`` or ``(B, K)`` ints (traced: new ids never recompile); None: each
+      image's top class.
+
+  Raises:
+    ValueError: `kind` is not one of the four.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> logits = jnp.array([[1.0, 3.0, 2.0], [4.0, 0.0, 1.0]])
+    >>> target = targets.ClassScore("logit", jnp.array([2, 0]))
+    >>> target(logits).tolist()
+    [2.0, 4.0]
+    >>> ids = target.class_ids(logits)
+    >>> ids.tolist(), target.scores(logits, ids).tolist()
+    ([[2], [0]], [[2.0], [4.0]])
+    >>> ids, scores, multi = targets.logit().evaluate(logits)  # None: the top classes
+    >>> ids.tolist(), scores.tolist(), multi
+    ([[1], [0]], [[3.0], [4.0]], False)
   """
 
   kind: str
@@ -68,7 +107,17 @@ class ClassScore:
     return self.classes is not None and np.ndim(self.classes) == 2
 
   def class_ids(self, logits: jax.Array) -> jax.Array:
-    """Class ids as ``(B, K)`` int32 (K = 1 unless ``(B, K)`` ids were given)."""
+    """Class ids as ``(B, K)`` int32 (K = 1 unless ``(B, K)`` ids were given).
+
+    Args:
+      logits: the model's logits ``(B, classes)`` (None ids: their argmax, without gradient).
+
+    Returns:
+      The ids ``(B, K)`` int32: a scalar id broadcast to every image, ``(B,)`` ids as one column.
+
+    Raises:
+      ValueError: `logits` is not ``(B, classes)``, or the ids have a different number of rows than the batch.
+    """
     logits = check_logits(logits)
     b = logits.shape[0]
     if self.classes is None:
@@ -83,7 +132,18 @@ class ClassScore:
     return c[:, None] if c.ndim == 1 else c
 
   def scores(self, logits: jax.Array, ids: jax.Array) -> jax.Array:
-    """``(B, K)`` scores; NaN where an id is out of range (see the module docstring)."""
+    """``(B, K)`` scores; NaN where an id is out of range (see the module docstring).
+
+    Args:
+      logits: the model's logits ``(B, classes)``.
+      ids: class ids ``(B, K)`` int32, as `class_ids` returns them.
+
+    Returns:
+      ``f(logits)`` at the ids, ``(B, K)`` in the logits' dtype.
+
+    Raises:
+      ValueError: `logits` is not ``(B, classes)``.
+    """
     logits = check_logits(logits)
     if self.kind == "softmax":
       values = jax.nn.softmax(logits, axis=-1)
@@ -96,7 +156,17 @@ class ClassScore:
     return jnp.take_along_axis(values, ids, axis=-1, mode="fill", fill_value=jnp.nan)
 
   def evaluate(self, logits: jax.Array) -> tuple[jax.Array, jax.Array, bool]:
-    """``(ids (B, K), scores (B, K), multi)``."""
+    """The class ids, their scores and whether K classes per image were asked for.
+
+    Args:
+      logits: the model's logits ``(B, classes)``.
+
+    Returns:
+      ``(ids (B, K) int32, scores (B, K), multi)``; `multi` is the `multi` property (maps gain a K axis).
+
+    Raises:
+      ValueError: as `class_ids`.
+    """
     ids = self.class_ids(logits)
     return ids, self.scores(logits, ids), self.multi
 
@@ -110,7 +180,19 @@ class ClassScore:
 class ScoreFn:
   """A user callable ``output -> (B,)`` or ``(B, K)`` (static: hashable, defined once).
 
-  The model's output may be any pytree (a dict, a dataclass, a tuple); the callable picks the score.
+  The model's output may be any pytree (a dict, a dataclass, a tuple); the callable picks the score. `as_target`
+  wraps any callable target in one; calling it runs the callable and checks what it returns.
+
+  Args:
+    fn: the score function ``output -> (B,)`` or ``(B, K)`` floats (static: a new function recompiles).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> target = targets.ScoreFn(lambda out: out["logits"][:, 1])
+    >>> ids, scores, multi = target.evaluate({"logits": jnp.array([[1.0, 3.0], [4.0, 0.0]])})
+    >>> ids, scores.tolist(), multi
+    (None, [[3.0], [0.0]], False)
   """
 
   fn: Callable[[Any], jax.Array]
@@ -119,7 +201,18 @@ class ScoreFn:
     return f"ScoreFn({getattr(self.fn, '__name__', self.fn)!r})"
 
   def evaluate(self, output: Any) -> tuple[None, jax.Array, bool]:
-    """``(None, scores (B, K), multi)``: multi when the callable returns (B, K)."""
+    """``(None, scores (B, K), multi)``: multi when the callable returns (B, K).
+
+    Args:
+      output: the model's output, any pytree whose leaves lead with the batch axis B.
+
+    Returns:
+      ``(None, scores (B, K), multi)``: no class ids; ``(B,)`` scores come back as one column ``(B, 1)``.
+
+    Raises:
+      ValueError: the callable returns something other than an array ``(B,)`` or ``(B, K)``.
+      TypeError: the callable returns non-float scores (e.g. class ids from an argmax).
+    """
     s = self._call_checked(output)
     return None, (s[:, None] if s.ndim == 1 else s), s.ndim == 2
 
@@ -160,7 +253,25 @@ class FinerScore:
   logits, rank 0 being c itself), ``p = softmax(z)`` inside the differentiated graph, alpha 1.
   convention "torchcam" (torchcam's ``FinerCAM``): ``S = z_c - alpha mean_i z_i`` over the `references` (default
   3) closest other classes, alpha 0.6. The comparison classes are chosen on the logits without gradient; c is
-  the target class (None: the top class). Build it with `finer`.
+  the target class (None: the top class). Build it with `finer`; calling it on logits ``(B, N)`` gives the scores
+  ``(B,)`` (``(B, K)`` for ``(B, K)`` ids).
+
+  Args:
+    classes: class ids as for `logit` (None: each image's top class; traced).
+    convention: "pgc" or "torchcam" (static).
+    alpha: the comparison strength (static).
+    references: "pgc": a tuple of similarity ranks; "torchcam": how many closest classes (static).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> logits = jnp.array([[5.0, 4.0, 0.0]])  # class 1 is class 0's closest rival
+    >>> ids, scores, multi = targets.FinerScore(None, "torchcam", 0.5, 1).evaluate(logits)  # 5 - 0.5 * 4
+    >>> ids.tolist(), scores.tolist(), multi
+    ([[0]], [[3.0]], False)
+    >>> pgc = targets.FinerScore(jnp.array([0]), "pgc", 1.0, (1,))
+    >>> jax.jit(pgc)(logits).tolist()  # 5 - 4 (a pytree: jit traces its class ids; one compile, not one per op)
+    [1.0]
   """
 
   classes: Any = None
@@ -173,10 +284,21 @@ class FinerScore:
 
   @property
   def multi(self) -> bool:
+    """Whether K classes per image were asked for (``(B, K)`` ids: maps gain a K axis)."""
     return self.classes is not None and np.ndim(self.classes) == 2
 
   def evaluate(self, logits: jax.Array) -> tuple[jax.Array, jax.Array, bool]:
-    """``(ids (B, K), contrastive scores (B, K), multi)``."""
+    """``(ids (B, K), contrastive scores (B, K), multi)``.
+
+    Args:
+      logits: the model's logits ``(B, N)``.
+
+    Returns:
+      ``(ids (B, K) int32, contrastive scores (B, K), multi)``; NaN scores where an id is out of range.
+
+    Raises:
+      ValueError: `logits` is not ``(B, N)``, or the ids have a different number of rows than the batch.
+    """
     logits = check_logits(logits)
     ids = ClassScore("logit", self.classes).class_ids(logits)  # (B, K)
     n = logits.shape[-1]
@@ -213,6 +335,23 @@ def finer(
     alpha: comparison strength; None gives the convention's default (1.0 for "pgc", torchcam's gamma 0.6).
     references: "pgc": the similarity ranks compared with (default (1, 2, 3)); "torchcam": how many closest
       classes are averaged (default 3).
+
+  Returns:
+    A `FinerScore`.
+
+  Raises:
+    ValueError: an unknown `convention`, a negative or non-finite `alpha`, "pgc" `references` that are not a
+      non-empty tuple of ints >= 1, "torchcam" `references` < 1, or `classes` of rank > 2.
+    TypeError: `alpha` is not a number, "torchcam" `references` is not an int, or `classes` are not ints.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> logits = jnp.array([[5.0, 4.0, 0.0]])
+    >>> targets.finer(0, convention="torchcam", alpha=0.5, references=1)(logits).tolist()  # z_0 - 0.5 z_1
+    [3.0]
+    >>> jax.jit(targets.finer(0, references=(1,)))(logits).tolist()  # z_0 - z_1 (pgc, alpha 1)
+    [1.0]
   """
   if convention not in FINER_CONVENTIONS:
     raise ValueError(f"Expected `convention` to be one of {FINER_CONVENTIONS}, got {convention!r}.")
@@ -238,21 +377,100 @@ def finer(
 
 
 def logit(classes: Any = None) -> ClassScore:
-  """S = logits[c]: the raw class score (Grad-CAM's default)."""
+  """S = logits[c]: the raw class score (Grad-CAM's default).
+
+  Args:
+    classes: class ids: an int (every image), ``(B,)`` (one per image) or ``(B, K)`` (K per image: maps
+      ``(B, K, H, W)``); None: each image's top class.
+
+  Returns:
+    A `ClassScore` of kind "logit".
+
+  Raises:
+    TypeError: `classes` are not ints (bools and floats included).
+    ValueError: `classes` of rank > 2.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> logits = jnp.array([[1.0, 3.0, 2.0], [4.0, 0.0, 1.0]])
+    >>> targets.logit(jnp.array([2, 0]))(logits).tolist()
+    [2.0, 4.0]
+    >>> targets.logit(jnp.array([[0, 1], [2, 0]]))(logits).tolist()  # two classes per image
+    [[1.0, 3.0], [1.0, 4.0]]
+  """
   return ClassScore("logit", _check_ids(classes))
 
 
 def softmax(classes: Any = None) -> ClassScore:
-  """S = softmax(logits)[c]: the class probability."""
+  """S = softmax(logits)[c]: the class probability.
+
+  Args:
+    classes: class ids: an int (every image), ``(B,)`` (one per image) or ``(B, K)`` (K per image: maps
+      ``(B, K, H, W)``); None: each image's top class.
+
+  Returns:
+    A `ClassScore` of kind "softmax".
+
+  Raises:
+    TypeError: `classes` are not ints (bools and floats included).
+    ValueError: `classes` of rank > 2.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> targets.softmax(1)(jnp.zeros((1, 4))).tolist()
+    [0.25]
+  """
   return ClassScore("softmax", _check_ids(classes))
 
 
 def log_softmax(classes: Any = None) -> ClassScore:
-  """S = log_softmax(logits)[c]: the log-probability (exp(S) is the probability, see Grad-CAM++)."""
+  """S = log_softmax(logits)[c]: the log-probability (exp(S) is the probability, see Grad-CAM++).
+
+  Args:
+    classes: class ids: an int (every image), ``(B,)`` (one per image) or ``(B, K)`` (K per image: maps
+      ``(B, K, H, W)``); None: each image's top class.
+
+  Returns:
+    A `ClassScore` of kind "log_softmax".
+
+  Raises:
+    TypeError: `classes` are not ints (bools and floats included).
+    ValueError: `classes` of rank > 2.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> score = targets.log_softmax(1)(jnp.zeros((1, 4)))
+    >>> bool(jnp.allclose(score, jnp.log(0.25)))
+    True
+  """
   return ClassScore("log_softmax", _check_ids(classes))
 
 
 def rest(classes: Any = None) -> ClassScore:
   """S = logits[c] - cross_entropy(logits, c) = z_c + log_softmax(z)_c: pytorch-grad-cam's
-  ``ClassifierOutputReST`` (used with Shapley-CAM)."""
+  ``ClassifierOutputReST`` (used with Shapley-CAM).
+
+  Args:
+    classes: class ids: an int (every image), ``(B,)`` (one per image) or ``(B, K)`` (K per image: maps
+      ``(B, K, H, W)``); None: each image's top class.
+
+  Returns:
+    A `ClassScore` of kind "rest".
+
+  Raises:
+    TypeError: `classes` are not ints (bools and floats included).
+    ValueError: `classes` of rank > 2.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam import targets
+    >>> import jax
+    >>> logits = jnp.array([[2.0, 0.0, 0.0, 0.0]])
+    >>> score = targets.rest(0)(logits)  # the logit minus the cross-entropy
+    >>> bool(jnp.allclose(score, logits[:, 0] + jax.nn.log_softmax(logits)[:, 0]))
+    True
+  """
   return ClassScore("rest", _check_ids(classes))
