@@ -22,7 +22,27 @@ __all__ = ["chunked_map", "chunked_sum", "check_chunk_size"]
 
 
 def check_chunk_size(chunk_size: Any, *, argname: str = "chunk_size") -> int:
-  """`chunk_size` as a positive int, or a clear error naming the argument."""
+  """`chunk_size` as a positive int, or a clear error naming the argument.
+
+  Args:
+    chunk_size: the value to check (a bool is refused, though Python counts it as an int).
+    argname: the argument's name in the error message.
+
+  Returns:
+    `chunk_size`, unchanged.
+
+  Raises:
+    ValueError: not an int, a bool, or less than 1.
+
+  Examples:
+    >>> from jaxcam.chunking import check_chunk_size
+    >>> check_chunk_size(4)
+    4
+    >>> check_chunk_size(0, argname="batch_size")
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected `batch_size` to be a positive int (copies evaluated at once), got 0.
+  """
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"Expected `{argname}` to be a positive int (copies evaluated at once), got {chunk_size!r}.")
   return chunk_size
@@ -63,9 +83,11 @@ def chunked_map(
   Raises:
     ValueError: `chunk_size` is not a positive int.
 
-  >>> import jax.numpy as jnp
-  >>> chunked_map(lambda v: v * 2, jnp.arange(5.0), chunk_size=2)
-  Array([0., 2., 4., 6., 8.], dtype=float32)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.chunking import chunked_map
+    >>> chunked_map(lambda v: v * 2, jnp.arange(5.0), chunk_size=2)  # chunks of 2, 2 and 1
+    Array([0., 2., 4., 6., 8.], dtype=float32)
   """
   chunk_size = check_chunk_size(chunk_size)
   n = _length(xs)
@@ -108,9 +130,11 @@ def chunked_sum(fn: Callable[[Any], Any], xs: Any, *, chunk_size: int, progress:
   Raises:
     ValueError: `chunk_size` is not a positive int.
 
-  >>> import jax.numpy as jnp
-  >>> chunked_sum(lambda v: v ** 2, jnp.arange(5.0), chunk_size=2)
-  Array(30., dtype=float32)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.chunking import chunked_sum
+    >>> chunked_sum(lambda v: v ** 2, jnp.arange(5.0), chunk_size=2)  # 0 + 1 + 4 + 9 + 16
+    Array(30., dtype=float32)
   """
   chunk_size = check_chunk_size(chunk_size)
   n = _length(xs)

@@ -29,12 +29,28 @@ __all__ = ["Forward", "forward", "forward_only", "forward_and_grads", "check_act
 class Forward:
   """What one forward (+ backward) pass yields; activations/grads are tuples with one entry per layer.
 
-  logits: the model's output (``(B, classes)`` logits for class-id targets, any pytree otherwise);
-  activations[i]: ``(B, h, w, C)``; grads[i]: ``(B, K, h, w, C)`` = dS_k/dA (None without backward);
-  ids: ``(B, K)`` class ids (None for a custom score callable); scores: ``(B, K)``; target: the score object;
-  multi: whether the target asked for K classes per image (static); progress: the label under which the chunked
-  maps computed from this pass (masked copies, derivative directions) report progress, None for no report (static:
-  a program either always reports or never does, see `jaxcam._progress`).
+  A pytree (`jax.jit` returns it); `multi` and `progress` are static.
+
+  Args:
+    logits: the model's output (``(B, classes)`` logits for class-id targets, any pytree otherwise).
+    activations: one ``(B, h, w, C)`` array per tapped layer (``(B, d, h, w, C)`` for volumes).
+    grads: one ``(B, K, h, w, C)`` array per layer, dS_k/dA; None without the backward pass.
+    ids: ``(B, K)`` class ids (None for a custom score callable).
+    scores: ``(B, K)`` target scores.
+    multi: whether the target asked for K classes per image (static).
+    target: the score object (`jaxcam.targets`) the scores come from.
+    progress: the label under which the chunked maps computed from this pass (masked copies, derivative
+      directions) report progress, None for no report (static: a program either always reports or never does,
+      see `jaxcam._progress`).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from jaxcam.core import forward_only
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # logits (B, C)
+    >>> x = jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0])  # channel 0 holds 1, channel 1 holds 2
+    >>> fwd = forward_only(tap, x, None)  # None: each image's top class
+    >>> fwd.logits.tolist(), fwd.ids.tolist(), fwd.scores.tolist(), fwd.activations[0].shape, fwd.grads
+    ([[1.0, 4.0]], [[1]], [[4.0]], (1, 2, 2, 2), None)
   """
 
   logits: Any
@@ -56,7 +72,31 @@ _FEATURES = {4: "(B, h, w, C)", 5: "(B, d, h, w, C)"}
 
 def check_activations(tap, acts: tuple, x: jax.Array) -> None:
   """Raise a clear error if a tapped layer's output is not a feature map ``(B, *spatial, C)`` of the input's
-  spatial rank."""
+  spatial rank.
+
+  Args:
+    tap: the tap whose layers produced `acts` (its `layer` names them in the message).
+    acts: one activation per tapped layer (a tuple, also for a single-layer tap).
+    x: the input images ``(B, *spatial, C)``; each activation must have its rank and batch size.
+
+  Returns:
+    None; the activations are fine.
+
+  Raises:
+    ValueError: an activation of another rank or batch size (with a hint: token outputs ``(B, N, D)`` need a
+      layout, a layer after global pooling is not spatial).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from jaxcam.core import check_activations
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)), None)
+    >>> x = jnp.ones((1, 2, 2, 3))
+    >>> check_activations(tap, (x,), x)  # a (B, h, w, C) feature map: no error
+    >>> check_activations(tap, (jnp.ones((1, 3)),), x)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected the output of layer 'A' to be a feature map (B, h, w, C) with B=1, got (1, 3). ...
+  """
   for name, a in zip(_as_tuple(tap.layer) if tap.multi else (tap.layer,), acts):
     if getattr(a, "ndim", None) != x.ndim or a.shape[0] != x.shape[0]:
       hint = (
@@ -73,7 +113,28 @@ def check_activations(tap, acts: tuple, x: jax.Array) -> None:
 
 
 def forward_only(tap, x: jax.Array, target: Any, *, progress: str | None = None) -> Forward:
-  """One forward pass: output, activations and target scores, no gradients (`progress`: see `Forward`)."""
+  """One forward pass: output, activations and target scores, no gradients.
+
+  Args:
+    tap: a jaxcam tap (`jaxcam.linen_tap`, `jaxcam.nnx_tap`, `jaxcam.function_tap`, ...).
+    x: images ``(B, H, W, C)`` (``(B, D, H, W, C)`` for volumes).
+    target: as in `jaxcam.explain` (None: each image's top class; ids ``(B,)`` or ``(B, K)``; a score).
+    progress: the label later chunked maps report progress under (see `Forward`); None: no report.
+
+  Returns:
+    A `Forward` with ``grads=None``.
+
+  Raises:
+    ValueError: a tapped layer's output is not a feature map (`check_activations`).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from jaxcam.core import forward_only
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # logits (B, C)
+    >>> fwd = forward_only(tap, jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0]), jnp.array([0]))
+    >>> fwd.ids.tolist(), fwd.scores.tolist(), fwd.grads is None
+    ([[0]], [[1.0]], True)
+  """
   tgt = targets_lib.as_target(target)
   logits, acts = tap(x)
   acts = _as_tuple(acts) if tap.multi else (acts,)
@@ -86,7 +147,28 @@ def forward_and_grads(tap, x: jax.Array, target: Any, *, progress: str | None = 
   """One forward pass and K backward passes from the layer: dS_k/dA for each target k.
 
   Each image's score depends only on that image (inference-mode models), so the gradient of the batch sum of
-  scores is the per-image gradient. Returns a `Forward` with ``grads[i]`` of shape ``(B, K, h, w, C)``.
+  scores is the per-image gradient.
+
+  Args:
+    tap: a jaxcam tap.
+    x: images ``(B, H, W, C)`` (``(B, D, H, W, C)`` for volumes).
+    target: as in `jaxcam.explain` (None: each image's top class; ids ``(B,)`` or ``(B, K)``; a score).
+    progress: the label later chunked maps report progress under (see `Forward`); None: no report.
+
+  Returns:
+    A `Forward` with ``grads[i]`` of shape ``(B, K, h, w, C)`` (K = 1 for one class per image).
+
+  Raises:
+    ValueError: a tapped layer's output is not a feature map (`check_activations`).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from jaxcam.core import forward_and_grads
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # S_c = mean(A_c^2)
+    >>> fwd = forward_and_grads(tap, jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0]), None)  # top class: 1
+    >>> g = fwd.grads[0]  # dS_1/dA = 2 A_1 / (h w) = 1 in channel 1, 0 in channel 0
+    >>> g.shape, g[0, 0, 0, 0].tolist()
+    ((1, 1, 2, 2, 2), [0.0, 1.0])
   """
   tgt = targets_lib.as_target(target)
   shapes = tap.activation_shape(x)
@@ -121,7 +203,32 @@ def forward_and_grads(tap, x: jax.Array, target: Any, *, progress: str | None = 
 
 
 def forward(tap, x: jax.Array, target: Any, *, grads: bool, progress: str | None = None) -> Forward:
-  """`forward_and_grads` when `grads`, else `forward_only`."""
+  """`forward_and_grads` when `grads`, else `forward_only`.
+
+  Args:
+    tap: a jaxcam tap.
+    x: images ``(B, H, W, C)`` (``(B, D, H, W, C)`` for volumes).
+    target: as in `jaxcam.explain` (None: each image's top class; ids ``(B,)`` or ``(B, K)``; a score).
+    grads: whether to run the backward pass from the layer (keyword-only, required).
+    progress: the label later chunked maps report progress under (see `Forward`); None: no report.
+
+  Returns:
+    A `Forward`; ``grads`` holds ``(B, K, h, w, C)`` per layer when `grads`, else None.
+
+  Raises:
+    ValueError: a tapped layer's output is not a feature map (`check_activations`).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from jaxcam.core import forward
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # S_c = mean(A_c^2)
+    >>> x = jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0])
+    >>> fwd = forward(tap, x, jnp.array([[0, 1]]), grads=True)  # K = 2 classes for the one image
+    >>> fwd.multi, fwd.grads[0].shape, fwd.grads[0][0, :, 0, 0].tolist()  # dS_k/dA = A_k / 2 in channel k
+    (True, (1, 2, 2, 2, 2), [[0.5, 0.0], [0.0, 1.0]])
+    >>> forward(tap, x, None, grads=False).grads is None
+    True
+  """
   if grads:
     return forward_and_grads(tap, x, target, progress=progress)
   return forward_only(tap, x, target, progress=progress)

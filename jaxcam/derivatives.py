@@ -48,7 +48,26 @@ class Diagonals:
   """``(grads, second, third)``: g = dS/dA, diag d^2S/dA^2, diag d^3S/dA^3, each shaped like A ``(B, h, w, C)``
   (``(B, K, h, w, C)`` for (B, K) targets). Unpacks as ``g, d2, d3``; also carries ``strategy`` (the one used,
   static) and ``check`` (the largest relative mismatch of the structured strategy against generic at a few random
-  positions; 0 for generic)."""
+  positions; 0 for generic).
+
+  A pytree (`jax.jit` returns it); `diagonals` builds it.
+
+  Args:
+    grads: dS/dA, shaped like A.
+    second: the diagonal of d^2S/dA^2, shaped like A.
+    third: the diagonal of d^3S/dA^3, shaped like A.
+    check: a scalar, the structured strategy's largest relative mismatch against generic (0 for generic).
+    strategy: "structured" or "generic", the strategy used (static).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # A = x: m = 1 over n = 4 positions
+    >>> d = jax.jit(jaxcam.derivatives.diagonals)(tap, x)  # a pytree: jit returns it
+    >>> g, d2, d3 = d  # 3 m^2 / n, 6 m / n^2, 6 / n^3 at every position
+    >>> d.strategy, g[0, 0, 0].tolist(), d2[0, 0, 0].tolist(), d3[0, 0, 0].tolist()
+    ('structured', [0.75], [0.375], [0.09375])
+  """
 
   grads: jax.Array
   second: jax.Array
@@ -67,7 +86,24 @@ class Diagonals:
 
 
 def score_vector_fn(tap, x: jax.Array, target: Any):
-  """``F(A) -> (B, K)`` scores of the network whose tapped layer outputs A (one column per target)."""
+  """``F(A) -> (B, K)`` scores of the network whose tapped layer outputs A (one column per target).
+
+  Args:
+    tap: a single-layer jaxcam tap (its ``head(x, A)`` runs the network from the layer on).
+    x: images ``(B, H, W, C)`` (the head may read them too).
+    target: as in `jaxcam.explain`; None: each image's top class of the logits at the A given to ``F``.
+
+  Returns:
+    ``F(A) -> (B, K)``, the target scores as a function of the layer's output ``A`` ``(B, h, w, C)``.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # A = x: m = 1 over n = 4 positions
+    >>> f = jaxcam.derivatives.score_vector_fn(tap, x, jnp.array([0]))
+    >>> f(2 * x).tolist()  # m = 2: S = 8
+    [[8.0]]
+  """
   tgt = targets_lib.as_target(target)
   ids = None
 
@@ -81,7 +117,24 @@ def score_vector_fn(tap, x: jax.Array, target: Any):
 
 
 def taylor3(f, a: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Second and third derivatives of ``t -> f(a + t v)`` at 0, by nested forward mode (exact, no jet)."""
+  """Second and third derivatives of ``t -> f(a + t v)`` at 0, by nested forward mode (exact, no jet).
+
+  Args:
+    f: a function of one array (its output any pytree of arrays).
+    a: the point, an array of `f`'s input shape.
+    v: the direction, shaped like `a`.
+
+  Returns:
+    ``(d2, d3)``, each shaped like ``f(a)``: the second and the third directional derivatives of `f` at `a` along
+      `v`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.derivatives import taylor3
+    >>> d2, d3 = taylor3(lambda a: a ** 3, jnp.float32(2.0), jnp.float32(1.0))  # 6 a and 6
+    >>> float(d2), float(d3)
+    (12.0, 6.0)
+  """
 
   def d1(p):
     return jax.jvp(f, (p,), (v,))[1]
@@ -119,7 +172,24 @@ def enters_only_through_spatial_sum(head_fn, a: jax.Array) -> bool:
   """Whether ``head_fn(A)`` reads A only through sums over its spatial axes, found on the jaxpr: a channels-last
   or transposed (channels-first) sum or mean, a full-window ``avg_pool`` (``reduce_window_sum``), a sum over
   tokens after reshaping the grid to a sequence (with a CLS token concatenated), through jit / remat /
-  custom_jvp calls."""
+  custom_jvp calls.
+
+  Args:
+    head_fn: ``head_fn(A) -> output``, the network from the layer on (one abstract trace, no FLOPs).
+    a: the layer's output ``(B, *spatial, C)`` (an array or ``jax.ShapeDtypeStruct``).
+
+  Returns:
+    True when every use of A is such a spatial sum (then the structured strategy of `diagonals` applies).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.derivatives import enters_only_through_spatial_sum
+    >>> a, w = jnp.ones((1, 2, 2, 3)), jnp.ones((3, 5))
+    >>> enters_only_through_spatial_sum(lambda t: t.mean((1, 2)) @ w, a)  # global average pooling, then dense
+    True
+    >>> enters_only_through_spatial_sum(lambda t: (t ** 2).mean((1, 2)) @ w, a)  # an element-wise op first
+    False
+  """
   closed = jax.make_jaxpr(head_fn)(a)
   return _only_spatial_sums(closed.jaxpr, [_spatial.batched_feature_axes(a.ndim - 2)])[0]
 
@@ -208,13 +278,42 @@ def diagonals(
       and the pooling (BatchNorm, ReLU6 on A) are *refused*, not folded: tap the layer after them. It is used
       when the model declares ``head_structure = "gap"``/``"gap_dense"`` for its default layer or the jaxpr
       shows A entering only through spatial sums, and is always cross-checked against the generic strategy
-      at a few random positions (``Diagonals.check``; eager callers get a ValueError on mismatch).
+      at a few random positions (``Diagonals.check``; a mismatch above 1e-3 makes the second and third
+      diagonals NaN, never silently wrong; eager `jaxcam.gradcam_pp` calls raise a ValueError on it).
     auto: structured where it applies; else generic up to `max_generic_directions` (default 8192), beyond
       which it raises instead of running for minutes. Ask for "generic" explicitly to lift the limit.
 
   Shapes: like A, ``(B, h, w, C)`` each (``(B, K, h, w, C)`` for (B, K) targets). Single-layer taps only.
   Nested forward mode, not `jax.experimental.jet` (jet raised UnexpectedTracerError under jit after a ReLU,
   JAX issue #30352).
+
+  Args:
+    tap: a single-layer jaxcam tap.
+    x: images ``(B, H, W, C)`` (``(B, D, H, W, C)`` for volumes).
+    target: as in `jaxcam.explain` (None: each image's top class; ids ``(B,)`` or ``(B, K)``; a score).
+    strategy: "auto" (the default), "generic" or "structured" (above).
+    chunk_size: directions evaluated at once (`jax.vmap`); peak memory grows with it.
+    max_generic_directions: the most directions "auto" runs the generic strategy with.
+    fwd: a `jaxcam.core.Forward` with gradients of this tap, x and target, to reuse (None: one is computed).
+
+  Returns:
+    A `Diagonals` ``(grads, second, third)``, each ``(B, h, w, C)`` (``(B, K, h, w, C)`` for (B, K) targets),
+      computed at full float32 matmul precision.
+
+  Raises:
+    ValueError: an unknown `strategy`, a multi-layer tap, "structured" for a head that transforms A before
+      pooling, "auto" needing more than `max_generic_directions` generic directions, or concrete class ids out of
+      range.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # A = x: m = 1 over n = 4 positions
+    >>> d = jaxcam.derivatives.diagonals(tap, x)  # the head pools A first: C = 1 direction
+    >>> d.strategy, d.second.shape, d.second[0, :, :, 0].tolist()  # 6 m / n^2 = 0.375
+    ('structured', (1, 2, 2, 1), [[0.375, 0.375], [0.375, 0.375]])
+    >>> jaxcam.derivatives.diagonals(tap, x, strategy="generic").third[0, :, :, 0].tolist()  # 6 / n^3
+    [[0.09375, 0.09375], [0.09375, 0.09375]]
   """
   classes = getattr(targets_lib.as_target(target), "classes", None)
   if classes is not None and not isinstance(classes, jax.core.Tracer) and not isinstance(x, jax.core.Tracer):
@@ -242,7 +341,26 @@ def diagonals_k(
   max_generic_directions=DEFAULT_MAX_GENERIC_DIRECTIONS,
   fwd=None,
 ) -> Diagonals:
-  """`diagonals` with the target axis always present: ``(B, K, h, w, C)`` each."""
+  """`diagonals` with the target axis always present: ``(B, K, h, w, C)`` each.
+
+  Args:
+    tap, x, target, strategy, chunk_size, max_generic_directions, fwd: as in `diagonals`.
+
+  Returns:
+    A `Diagonals` whose arrays are ``(B, K, h, w, C)`` (K = 1 for one class per image).
+
+  Raises:
+    ValueError: an unknown `strategy`, a multi-layer tap, or a strategy that does not apply (as in `diagonals`;
+      class ids are not range-checked here).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # A = x: m = 1 over n = 4 positions
+    >>> d = jaxcam.derivatives.diagonals_k(tap, x)
+    >>> d.grads.shape, d.second.shape, d.third.shape
+    ((1, 1, 2, 2, 1), (1, 1, 2, 2, 1), (1, 1, 2, 2, 1))
+  """
   if strategy not in STRATEGIES:
     raise ValueError(f"Expected `strategy` to be one of {STRATEGIES}, got {strategy!r}.")
   if tap.multi:
@@ -311,6 +429,25 @@ def hvp(tap, x: jax.Array, target: Any, activations: jax.Array, vector: jax.Arra
 
   Forward-over-reverse (`jax.jvp` of `jax.grad`). Each image's score depends only on its own A, so the Hessian
   of the batch sum is block diagonal and one product serves the whole batch.
+
+  Args:
+    tap: a single-layer jaxcam tap.
+    x: images ``(B, H, W, C)``.
+    target: as in `jaxcam.explain` (None: each image's top class, of the logits at `activations`).
+    activations: the layer's output A ``(B, h, w, C)``, the point where the Hessian is taken.
+    vector: the vector v, shaped like `activations`.
+    ids: ``(B, K)`` class ids that fix the target's classes (e.g. ``Forward.ids``); None: as `target` gives them.
+
+  Returns:
+    ``(B, K, h, w, C)``: one Hessian-vector product per image and target.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # A = x: m = 1 over n = 4 positions
+    >>> hv = jaxcam.derivatives.hvp(tap, x, None, x, jnp.ones_like(x))  # every entry of H is 6 m / n^2 = 0.375
+    >>> hv.shape, hv[0, 0, :, :, 0].tolist()  # 4 * 0.375
+    ((1, 1, 2, 2, 1), [[1.5, 1.5], [1.5, 1.5]])
   """
   tgt = targets_lib.with_ids(targets_lib.as_target(target), ids)
   f = score_vector_fn(tap, x, tgt)

@@ -110,7 +110,25 @@ def _eval(jaxpr, consts, args, rule: str | None, relu6: bool):
 
 @dataclasses.dataclass(frozen=True)
 class GuidedFunction:
-  """`fn` with every ReLU's derivative replaced by `rule` (same values); hashable, so `jax.jit` caches it."""
+  """`fn` with every ReLU's derivative replaced by `rule` (same values); hashable, so `jax.jit` caches it.
+
+  Build it with `guided_function` (which checks the arguments). Calling it traces `fn` to a jaxpr and evaluates
+  that jaxpr with the guided ReLU; ``GuidedFunction(fn)(x, *args)`` returns what ``fn(x, *args)`` returns.
+
+  Args:
+    fn: the function whose ReLUs get the rule, ``fn(x, *args) -> any pytree``.
+    rule: "guided" (the default) or "deconvnet" (see the module docstring).
+    relu6: apply the rule to ReLU6 too (default); False leaves it plain.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam.guided import GuidedFunction
+    >>> f = GuidedFunction(lambda v: jax.nn.relu(v).sum(), rule="deconvnet")
+    >>> f(jnp.array([-1.0, 2.0])).tolist(), jax.grad(f)(jnp.array([-1.0, 2.0])).tolist()  # relu(g) everywhere
+    (2.0, [1.0, 1.0])
+    >>> f == GuidedFunction(f.fn, rule="deconvnet")  # equal functions: one jit cache entry
+    True
+  """
 
   fn: Callable[[jax.Array], Any]
   rule: str = "guided"
@@ -126,6 +144,27 @@ def guided_function(fn: Callable[[jax.Array], Any], *, rule: str = "guided", rel
   """`fn` with every ReLU's derivative replaced by `rule` (see the module docstring); its output may be any pytree.
 
   `fn` is traced to a jaxpr on each call (inside `jax.jit`: once per shape).
+
+  Args:
+    fn: any JAX function ``fn(x, *args) -> pytree`` (no model edits; its ReLUs are found on the jaxpr).
+    rule: "guided" (the default: the gradient passes where the ReLU's input and the gradient are positive) or
+      "deconvnet" (``relu(gradient)`` whatever the input).
+    relu6: apply the rule to ReLU6 too (default); False leaves ReLU6 plain, as pytorch-grad-cam.
+
+  Returns:
+    A `GuidedFunction`: the same values as `fn`, the modified derivative under `jax.grad` / `jax.vjp`.
+
+  Raises:
+    ValueError: `rule` is not one of `RULES`.
+    TypeError: `relu6` is not a bool.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam.guided import guided_function
+    >>> f = lambda v: -jax.nn.relu(v).sum()  # a negative gradient where v > 0
+    >>> v = jnp.array([-1.0, 2.0])
+    >>> jax.grad(f)(v).tolist(), jax.grad(guided_function(f))(v).tolist()  # guided: negative gradients stop
+    ([0.0, -1.0], [0.0, 0.0])
   """
   if rule not in RULES:
     raise ValueError(f"Expected `rule` to be one of {RULES}, got {rule!r}.")
@@ -155,19 +194,20 @@ def guided_backprop(
 
   Returns:
     The raw gradient ``(B, H, W, C)`` (``(B, K, H, W, C)`` for ``(B, K)`` targets), float32 or wider. Batched:
-    each image's gradient depends on that image only (pytorch-grad-cam's ``GuidedBackpropReLUModel`` takes one
-    image at a time). Draw it with `jaxcam.viz.deprocess_gradient`.
+      each image's gradient depends on that image only (pytorch-grad-cam's ``GuidedBackpropReLUModel`` takes one
+      image at a time). Draw it with `jaxcam.viz.deprocess_gradient`.
 
   Raises:
     ValueError: bad images or targets, or an unknown `rule`.
     TypeError: `relu6` not a bool.
 
-  >>> import jax, jax.numpy as jnp, jaxcam
-  >>> def f(x):  # two "classes": the sum of relu(x), and the sum of x
-  ...   return jnp.stack([jax.nn.relu(x).sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3))], axis=-1)
-  >>> g = jaxcam.guided_backprop(f, jnp.array([[[[-1.0], [2.0]]]]), target=0)  # (1, 1, 2, 1)
-  >>> g.shape, g[0, 0, :, 0].tolist()  # the ReLU passes the gradient where x > 0 only
-  ((1, 1, 2, 1), [0.0, 1.0])
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxcam
+    >>> def f(x):  # two "classes": the sum of relu(x), and the sum of x
+    ...   return jnp.stack([jax.nn.relu(x).sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3))], axis=-1)
+    >>> g = jaxcam.guided_backprop(f, jnp.array([[[[-1.0], [2.0]]]]), target=0)  # (1, 1, 2, 1)
+    >>> g.shape, g[0, 0, :, 0].tolist()  # the ReLU passes the gradient where x > 0 only
+    ((1, 1, 2, 1), [0.0, 1.0])
   """
   _check_x(x)
   fn, arg = split_model(model_fn)
@@ -212,16 +252,16 @@ def guided_gradcam(tap: Any, model_fn: Any, x: jax.Array, /, target: Any = None,
   Raises:
     ValueError, TypeError: as `jaxcam.explain` and `guided_backprop`.
 
-  >>> import jax, jax.numpy as jnp, flax.linen as nn, jaxcam
-  >>> class Net(nn.Module):  # conv features -> global average pooling -> dense
-  ...   @nn.compact
-  ...   def __call__(self, x):
-  ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
-  ...     return nn.Dense(3)(a.mean(axis=(1, 2)))
-  >>> x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
-  >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(1), x), "features")
-  >>> jaxcam.guided_gradcam(tap, None, x, jnp.array([0, 2])).shape
-  (2, 8, 8, 3)
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxcam
+    >>> params = {"w": jnp.array([[1.0, -1.0], [-1.0, 1.0]]), "v": jnp.eye(2)}  # 1x1 conv + ReLU, GAP, dense
+    >>> tap = jaxcam.function_tap(lambda p, x: jax.nn.relu(x @ p["w"]), lambda p, x, a: a.mean((1, 2)) @ p["v"], params)
+    >>> x, ids = jax.random.uniform(jax.random.key(0), (2, 4, 4, 2)), jnp.array([0, 1])
+    >>> g = jaxcam.guided_gradcam(tap, None, x, ids)
+    >>> g.shape
+    (2, 4, 4, 2)
+    >>> bool(jnp.allclose(g, jaxcam.gradcam(tap, x, ids)[..., None] * jaxcam.guided_backprop(tap, x, ids)))
+    True
   """
   from jaxcam import api
 

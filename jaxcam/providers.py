@@ -101,7 +101,29 @@ def register_provider(provider: Provider, *, replace: bool = False) -> Provider:
 
 
 def get_provider(need: str, *, method: str = "a method") -> Provider:
-  """The provider of `need`; `KeyError` listing the registered needs."""
+  """The provider of `need`; `KeyError` listing the registered needs.
+
+  Args:
+    need: a need's name, as a method row lists it in ``needs`` (``"grads"``, ``"hvp"``, ...).
+    method: what asks for it, for the error message (e.g. "gradcam").
+
+  Returns:
+    The registered `Provider`.
+
+  Raises:
+    UnknownNameError: no provider of that name (a `KeyError`, also a `ValueError`); the message lists the
+      registered needs.
+
+  Examples:
+    >>> from jaxcam.providers import get_provider
+    >>> p = get_provider("hvp")
+    >>> p.name, p.grads, p.single_layer
+    ('hvp', False, True)
+    >>> get_provider("no_such_need")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    jaxcam._errors.UnknownNameError: Expected `need of a method` to name a registered provider, got 'no_such_need'. ...
+  """
   if need not in PROVIDERS:
     raise UnknownNameError(
       unknown_name_message(f"need of {method}", need, sorted(PROVIDERS), "a registered provider")

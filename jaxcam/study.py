@@ -47,6 +47,33 @@ class DerivativeReport:
   weights_rel_err: relative L2 of alpha and of the channel weights; map_rel_l2, map_one_minus_cos,
   map_spearman: exact vs approximate normalized maps (Spearman on ranks without tie averaging);
   argmax_moved: whether the maps' maximum moved. A 0/0 relative error (both exact) counts as 0.
+
+  A pytree (`compare_derivatives` builds it under `jax.jit`); `convention`, `strategy` and `layer` are static.
+
+  Args:
+    second_rel_err: ``(B,)``, the approximate vs the exact second-derivative term (above).
+    third_rel_err: ``(B,)``, the same for the third-derivative term.
+    alpha_rel_err: ``(B,)``, relative L2 of Grad-CAM++'s alpha over the feature map.
+    weights_rel_err: ``(B,)``, relative L2 of the channel weights.
+    map_rel_l2: ``(B,)``, relative L2 of the approximate map against the exact one.
+    map_one_minus_cos: ``(B,)``, one minus the cosine similarity of the two maps.
+    map_spearman: ``(B,)``, the Spearman rank correlation of the two maps.
+    argmax_moved: ``(B,)`` bool, whether the maps' maximum moved.
+    maps_exact: ``(B, H, W)``, Grad-CAM++ with the exact derivatives (normalized, input-sized).
+    maps_approx: ``(B, H, W)``, Grad-CAM++ with ``g^2``, ``g^3`` (h = t = 0).
+    convention: "exp" or "literal" (as in `compare_derivatives`).
+    strategy: the strategy `jaxcam.derivatives.diagonals` used ("structured" or "generic").
+    layer: the tap's layer.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # m = 1 over n = 4 positions: g = 3/4, h = 6/16
+    >>> report = jaxcam.study.compare_derivatives(tap, x, convention="literal")  # Y = S: the approximation is 0
+    >>> report.strategy, report.second_rel_err.shape, report.maps_exact.shape
+    ('structured', (1,), (1, 2, 2))
+    >>> report.summary()["median_second_rel_err"]  # |0 - h| / |h|
+    1.0
   """
 
   second_rel_err: jax.Array
@@ -64,7 +91,13 @@ class DerivativeReport:
   layer: Any
 
   def summary(self) -> dict[str, float]:
-    """Medians (and the worst map error) over images, as Python floats."""
+    """Medians (and the worst map error) over images, as Python floats.
+
+    Returns:
+      ``{"median_<field>": ...}`` for each per-image error field, ``"worst_map_rel_l2"`` (the largest
+        `map_rel_l2`) and ``"argmax_moved_fraction"`` (the fraction of images whose maximum moved). The example of
+        `DerivativeReport` calls it.
+    """
     out = {f"median_{f}": float(np.median(np.asarray(getattr(self, f)))) for f in _PER_IMAGE}
     out["worst_map_rel_l2"] = float(np.max(np.asarray(self.map_rel_l2)))
     out["argmax_moved_fraction"] = float(np.mean(np.asarray(self.argmax_moved)))
@@ -72,7 +105,23 @@ class DerivativeReport:
 
 
 def relative_l2(approx: jax.Array, exact: jax.Array, axes) -> jax.Array:
-  """``||approx - exact|| / ||exact||`` over `axes`; 0 where both are zero."""
+  """``||approx - exact|| / ||exact||`` over `axes`; 0 where both are zero.
+
+  Args:
+    approx: the approximation.
+    exact: the reference, broadcastable with `approx`.
+    axes: the axes (an int or a tuple) the norms run over.
+
+  Returns:
+    The relative error with `axes` reduced: 0 where both are zero, ``inf`` where only `exact` is zero.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.study import relative_l2
+    >>> exact = jnp.array([[0.0, 4.0], [0.0, 0.0], [0.0, 0.0]])
+    >>> relative_l2(jnp.array([[0.0, 5.0], [0.0, 0.0], [1.0, 0.0]]), exact, -1).tolist()
+    [0.25, 0.0, inf]
+  """
   num = jnp.sqrt(jnp.sum((approx - exact) ** 2, axis=axes))
   den = jnp.sqrt(jnp.sum(exact**2, axis=axes))
   return gradient.safe_divide(num, den) + jnp.where((den == 0) & (num > 0), jnp.inf, 0.0)
@@ -80,7 +129,23 @@ def relative_l2(approx: jax.Array, exact: jax.Array, axes) -> jax.Array:
 
 def spearman(a: jax.Array, b: jax.Array, *, spatial_dims: int = 2) -> jax.Array:
   """Spearman rank correlation of maps ``(..., *spatial)`` over their last `spatial_dims` axes, flattened (ranks by
-  argsort; ties not averaged)."""
+  argsort; ties not averaged).
+
+  Args:
+    a: maps ``(..., *spatial)``, e.g. ``(B, H, W)``.
+    b: maps of the same shape.
+    spatial_dims: how many trailing axes are spatial (2 for images, 3 for volumes).
+
+  Returns:
+    ``(...)``: the correlation in [-1, 1] per map (NaN for a constant map: its ranks are not defined).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.study import spearman
+    >>> m = jnp.arange(4.0).reshape(1, 2, 2)
+    >>> spearman(m, m ** 2).tolist(), spearman(m, -m).tolist()  # same order, reversed order
+    ([1.0], [-1.0])
+  """
   fa, fb = _spatial.flatten_map(a, spatial_dims), _spatial.flatten_map(b, spatial_dims)
   ra = jnp.argsort(jnp.argsort(fa, axis=-1), axis=-1).astype(jnp.float32)
   rb = jnp.argsort(jnp.argsort(fb, axis=-1), axis=-1).astype(jnp.float32)
@@ -148,6 +213,30 @@ def compare_derivatives(
 
   The target is the score S (``jaxcam.targets.logit`` / ``log_softmax`` / ``softmax`` / ids / callable).
   Under ``convention="exp"`` (Y = exp(S)), ``target=log_softmax(c)`` studies Grad-CAM++ of the probability.
+
+  Args:
+    tap: a single-layer jaxcam tap.
+    x: images ``(B, H, W, C)`` (``(B, D, H, W, C)`` for volumes).
+    target: as in `jaxcam.explain` (None: each image's top class; ids ``(B,)`` or ``(B, K)``; a score).
+    convention: "exp" (the paper's Y = exp(S): exact terms ``g^2 + h``, ``g^3 + 3 g h + t``) or "literal"
+      (Y = S: exact terms ``h``, ``t``); the approximation sets h = t = 0 in both.
+    strategy: how the exact diagonals are computed, as in `jaxcam.derivatives.diagonals`.
+    chunk_size: derivative directions evaluated at once, as in `jaxcam.derivatives.diagonals`.
+    eps: Grad-CAM++'s alpha stabiliser, as in `jaxcam.gradcam_pp`.
+
+  Returns:
+    A `DerivativeReport`: per-image errors ``(B,)`` (``(B, K)`` for (B, K) targets) and both maps.
+
+  Raises:
+    ValueError: an unknown `convention`, or a `strategy` that does not apply (as `jaxcam.derivatives.diagonals`).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.mean((1, 2)) ** 3, None)  # S = m^3, m = mean(A)
+    >>> x = jnp.ones((1, 2, 2, 1))  # m = 1 over n = 4 positions: g = 3/4, h = 6/16
+    >>> report = jaxcam.study.compare_derivatives(tap, x)  # exp: |g^2 - (g^2 + h)| / |g^2 + h| = h / (g^2 + h)
+    >>> round(float(report.second_rel_err[0]), 4)  # 0.375 / 0.9375
+    0.4
   """
   if convention not in ("exp", "literal"):
     raise ValueError(f"Expected `convention` to be 'exp' or 'literal', got {convention!r}.")

@@ -131,7 +131,29 @@ def _check_composite(composite: Any) -> R.Composite:
 def modified_vjp(fn: Callable, *primals: Any, composite: R.Composite | None = None) -> tuple[Any, Callable]:
   """``(fn(*primals), grad_fn)``, as `jax.vjp` but with every primitive's VJP replaced by its rule: ``grad_fn(seed)``
   is the modified gradient ``g`` of each primal (same pytree); the relevance of a value ``v`` is ``v * g``
-  (`lrp_vjp` multiplies for you). A primitive without a rule falls back to its own VJP, reported once per trace."""
+  (`lrp_vjp` multiplies for you). A primitive without a rule falls back to its own VJP, reported once per trace.
+
+  Args:
+    fn: any JAX function of array pytrees (a model's apply, a tap's forward, an Equinox module).
+    *primals: its arguments (arrays, Python numbers or pytrees of them); every floating leaf gets a gradient,
+      integer leaves get zeros.
+    composite: the rules (`jaxcam.lrp.Composite`); None: AttnLRP's (`jaxcam.lrp.attnlrp()`).
+
+  Returns:
+    ``(output, grad_fn)``: ``fn(*primals)`` and ``grad_fn(seed) -> tuple`` of the modified gradients, one per primal
+      (the pytree of `primals`), where `seed` has the structure of the output.
+
+  Raises:
+    TypeError: `composite` is not a `Composite` (or None), or a primal leaf is not an array or number.
+    ValueError: (from ``grad_fn``) a seed with another number of arrays than the output.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import modified_vjp
+    >>> out, grad_fn = modified_vjp(lambda v: v ** 2, jnp.array([1.0, 2.0]))  # AttnLRP: Identity on x ** 2
+    >>> out.tolist(), grad_fn(jnp.ones(2))[0].tolist()  # g = y / x, so that x * g = y
+    ([1.0, 4.0], [1.0, 2.0])
+  """
   comp = _check_composite(composite)
   leaves, tree = jax.tree_util.tree_flatten(primals)
   for leaf in leaves:
@@ -173,9 +195,22 @@ def lrp_vjp(fn: Callable, *primals: Any, composite: R.Composite | None = None) -
     fn: any JAX function of array pytrees (a model's apply, a tap's forward, an Equinox module).
     *primals: its arguments; every floating leaf receives relevance.
     composite: the rules (`jaxcam.lrp.Composite`); None: AttnLRP's (`jaxcam.lrp.attnlrp()`).
+
   Returns:
-    ``(output, relevance_fn)``. A primitive without a rule falls back to gradient x input, reported once per trace
-    (a warning naming it).
+    ``(output, relevance_fn)``; ``relevance_fn(seed)`` returns a tuple with one relevance per primal (the pytree of
+      `primals`). A primitive without a rule falls back to gradient x input, reported once per trace (a warning
+      naming it).
+
+  Raises:
+    TypeError: `composite` is not a `Composite` (or None), or a primal leaf is not an array or number.
+    ValueError: (from ``relevance_fn``) a seed with another number of arrays than the output.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import lrp_vjp
+    >>> out, relevance_fn = lrp_vjp(lambda v: v ** 2, jnp.array([1.0, 2.0]))
+    >>> relevance_fn(jnp.array([1.0, 0.0]))[0].tolist()  # explain output 0 only: R = y_0 on x_0
+    [1.0, 0.0]
   """
   out, grad_fn = modified_vjp(fn, *primals, composite=composite)
 
@@ -190,11 +225,26 @@ def relevance(fn: Callable, *primals: Any, composite: R.Composite | None = None,
   score's relevance, summed). For a batch of images and a model returning (B, classes) logits, a one-hot seed per
   image explains each image's class score.
 
-  >>> import jax.numpy as jnp
-  >>> W = jnp.array([[1.0, -2.0], [0.5, 1.0]])
-  >>> r = relevance(lambda x: jnp.maximum(x @ W, 0.0), jnp.array([1.0, 2.0]), seed=jnp.array([1.0, 0.0]))
-  >>> [round(float(v), 4) for v in r[0]], round(float(r[0].sum()), 4)  # sums to the score relu(1 + 1) = 2
-  ([1.0, 1.0], 2.0)
+  Args:
+    fn: any JAX function of array pytrees (a model's apply, a tap's forward, an Equinox module).
+    *primals: its arguments; every floating leaf receives relevance.
+    composite: the rules (`jaxcam.lrp.Composite`); None: AttnLRP's (`jaxcam.lrp.attnlrp()`).
+    seed: the output's weights, shaped like ``fn(*primals)``; None: all ones.
+
+  Returns:
+    A tuple with one relevance per primal, each shaped like it (``relevance(f, x)[0]`` for one argument).
+
+  Raises:
+    TypeError: `composite` is not a `Composite` (or None), or a primal leaf is not an array or number.
+    ValueError: a seed with another number of arrays than the output.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import relevance
+    >>> W = jnp.array([[1.0, -2.0], [0.5, 1.0]])
+    >>> r = relevance(lambda x: jnp.maximum(x @ W, 0.0), jnp.array([1.0, 2.0]), seed=jnp.array([1.0, 0.0]))
+    >>> [round(float(v), 4) for v in r[0]], round(float(r[0].sum()), 4)  # sums to the score relu(1 + 1) = 2
+    ([1.0, 1.0], 2.0)
   """
   out, fn_r = lrp_vjp(fn, *primals, composite=composite)
   if seed is None:

@@ -25,7 +25,27 @@ def lrp_provider(tap, x, fwd, *, composite: R.Composite | None = None) -> tuple:
   each summed over channels, for the target's class ids fixed by the shared pass. One forward and one modified
   backward pass (K seeds batched with `jax.vmap`).
 
-  `composite`: the rules (`jaxcam.lrp.Composite`, hashable); None: AttnLRP's (`jaxcam.lrp.attnlrp()`).
+  Args:
+    tap: a jaxcam tap (its forward pass ``tap(x, delta)`` is the function explained).
+    x: images ``(B, H, W, C)`` (``(B, *size, C)``).
+    fwd: the shared `jaxcam.core.Forward` (its activations, target and class ids).
+    composite: the rules (`jaxcam.lrp.Composite`, hashable); None: AttnLRP's (`jaxcam.lrp.attnlrp()`).
+
+  Returns:
+    A tuple with one ``(input relevance (B, K, *size), layer relevance (B, K, *spatial))`` pair per tapped layer.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxcam
+    >>> from jaxcam.core import forward_only
+    >>> from jaxcam.lrp.rows import lrp_provider
+    >>> w = jnp.array([[1.0, 0.0], [0.0, 2.0]])  # layer A = x @ w, logits = the spatial sum of A
+    >>> tap = jaxcam.function_tap(lambda p, x: x @ p, lambda p, x, a: a.sum((1, 2)), w)
+    >>> x = jnp.ones((1, 2, 2, 2))
+    >>> ((input_map, layer_map),) = lrp_provider(tap, x, forward_only(tap, x, jnp.array([1])))  # one layer
+    >>> input_map.shape, layer_map.shape  # class 1's score 8 = 2 per position, at the pixels and at the layer
+    ((1, 1, 2, 2), (1, 1, 2, 2))
+    >>> bool(jnp.allclose(input_map, 2.0, atol=1e-4)), bool(jnp.allclose(layer_map, 2.0, atol=1e-4))
+    (True, True)
   """
   fixed = targets_lib.with_ids(fwd.target, fwd.ids)
   deltas = tuple(jnp.zeros(a.shape, a.dtype) for a in fwd.activations)
@@ -50,6 +70,20 @@ def attnlrp_map(activations: jax.Array, lrp: tuple, /) -> jax.Array:
   Achtibat et al., "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers", ICML 2024, arXiv
   2402.05602; LRP-ε on linear layers (Bach et al. 2015). Matches lxt 2.1's explicit AttnLRP on a small ViT and
   zennit 1.0's ε composite on a small convnet (tests/test_lrp.py).
+
+  Args:
+    activations: the tapped layer's output (unused).
+    lrp: one layer's pair from the ``lrp`` need (`lrp_provider`).
+
+  Returns:
+    ``(B, K, H, W)``: the input's relevance summed over channels.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp.rows import attnlrp_map
+    >>> input_map, layer_map = jnp.ones((1, 1, 4, 4)), jnp.ones((1, 1, 2, 2))
+    >>> attnlrp_map(jnp.ones((1, 2, 2, 3)), (input_map, layer_map)).shape
+    (1, 1, 4, 4)
   """
   del activations
   return lrp[0]
@@ -57,6 +91,21 @@ def attnlrp_map(activations: jax.Array, lrp: tuple, /) -> jax.Array:
 
 def lrp_cam_map(activations: jax.Array, lrp: tuple, /) -> jax.Array:
   """LRP-CAM's row function: the tapped layer's relevance ``A * g`` summed over channels ``(B, K, *spatial)``
-  (output "map"), with the same rules as ``"attnlrp"``."""
+  (output "map"), with the same rules as ``"attnlrp"``.
+
+  Args:
+    activations: the tapped layer's output (unused).
+    lrp: one layer's pair from the ``lrp`` need (`lrp_provider`).
+
+  Returns:
+    ``(B, K, h, w)``: the layer's relevance summed over channels.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp.rows import lrp_cam_map
+    >>> input_map, layer_map = jnp.ones((1, 1, 4, 4)), jnp.ones((1, 1, 2, 2))
+    >>> lrp_cam_map(jnp.ones((1, 2, 2, 3)), (input_map, layer_map)).shape
+    (1, 1, 2, 2)
+  """
   del activations
   return lrp[1]

@@ -40,12 +40,35 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Gradient:
-  """The primitive's own VJP (gradient x input)."""
+  """The primitive's own VJP (gradient x input).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import Composite, Gradient, relevance
+    >>> x = jnp.array([1.0, 2.0])
+    >>> relevance(lambda v: v ** 2, x, composite=Composite(rules={"integer_pow": Gradient()}))[0].tolist()  # x * 2x
+    [2.0, 8.0]
+  """
 
 
 @dataclasses.dataclass(frozen=True)
 class Epsilon:
-  """LRP-ε: the gradient scaled by ``z / (z + eps sign z)`` at the layer's output ``z`` (bias included)."""
+  """LRP-ε: the gradient scaled by ``z / (z + eps sign z)`` at the layer's output ``z`` (bias included).
+
+  Args:
+    eps: the stabiliser ε >= 0; it absorbs relevance (more for larger ε); 0: gradient x input.
+
+  Raises:
+    ValueError: `eps` is not a number >= 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import Composite, Epsilon, relevance
+    >>> w = jnp.ones((2, 1))  # z = x1 + x2 = 2 for x = (1, 1)
+    >>> comp = Composite(rules={"linear": Epsilon(2.0)})  # scale z / (z + eps) = 1/2
+    >>> relevance(lambda v: v @ w, jnp.ones(2), composite=comp)[0].tolist()
+    [0.5, 0.5]
+  """
 
   eps: float = 1e-6
 
@@ -56,17 +79,42 @@ class Epsilon:
 
 @dataclasses.dataclass(frozen=True)
 class Uniform:
-  """AttnLRP's uniform rule: each relevant operand of a product gets an equal share (gradient / n)."""
+  """AttnLRP's uniform rule: each relevant operand of a product gets an equal share (gradient / n).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import Composite, Uniform, relevance
+    >>> comp = Composite(rules={"bilinear": Uniform()})  # the default already
+    >>> ra, rb = relevance(lambda a, b: a * b, jnp.float32(2.0), jnp.float32(3.0), composite=comp)
+    >>> float(ra), float(rb)  # half of a * b = 6 each
+    (3.0, 3.0)
+  """
 
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-  """Relevance passes an element-wise function unchanged."""
+  """Relevance passes an element-wise function unchanged.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import Composite, Identity, relevance
+    >>> x = jnp.array([1.0, 2.0])
+    >>> relevance(lambda v: v ** 2, x, composite=Composite(rules={"integer_pow": Identity()}))[0].tolist()  # R_x = y
+    [1.0, 4.0]
+  """
 
 
 @dataclasses.dataclass(frozen=True)
 class Constant:
-  """The output is a constant: no relevance reaches the inputs."""
+  """The output is a constant: no relevance reaches the inputs.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.lrp import Composite, Constant, relevance
+    >>> x = jnp.array([1.0, 2.0])
+    >>> relevance(lambda v: v ** 2, x, composite=Composite(rules={"integer_pow": Constant()}))[0].tolist()
+    [0.0, 0.0]
+  """
 
 
 Rule = Gradient | Epsilon | Uniform | Identity | Constant
@@ -107,7 +155,23 @@ CONSTANT = frozenset({"stop_gradient"})
 
 
 def as_rule(rule: Any, *, where: str = "rule") -> Rule:
-  """A rule from a rule object or its name (``"epsilon"``, ``"gradient"``, ...)."""
+  """A rule from a rule object or its name (``"epsilon"``, ``"gradient"``, ...).
+
+  Args:
+    rule: a rule object, or a rule's name in any case (``"epsilon"`` is ``Epsilon()``, with its default ε).
+    where: what the rule was given as, for the error message.
+
+  Returns:
+    The rule object.
+
+  Raises:
+    ValueError: neither a rule nor a known name.
+
+  Examples:
+    >>> from jaxcam.lrp.rules import as_rule
+    >>> as_rule("Uniform"), as_rule("epsilon")
+    (Uniform(), Epsilon(eps=1e-06))
+  """
   if isinstance(rule, (Gradient, Epsilon, Uniform, Identity, Constant)):
     return rule
   if isinstance(rule, str) and rule.lower() in _BY_NAME:
@@ -148,6 +212,26 @@ class Composite:
      beats its kind.
   3. The defaults (AttnLRP): linear Epsilon(eps), bilinear Uniform, softmax Gradient, norm Constant, elementwise
      Identity, structural Gradient, unknown Gradient (reported once per trace as a warning).
+
+  Args:
+    rules: ``{primitive name or kind: rule}`` (a mapping or ``(key, rule)`` pairs); a rule is a rule object or its
+      name (``"epsilon"``, ``"gradient"``, ...). Stored as a tuple of pairs.
+    layers: ``{layer path pattern: rule or {primitive name or kind: rule}}``; stored as a tuple of pairs.
+    eps: ε of the default `Epsilon` rule on linear maps (>= 0).
+
+  Raises:
+    TypeError: a key of `rules` or `layers` is not a non-empty string.
+    ValueError: an unknown rule, or `eps` < 0.
+
+  Examples:
+    >>> from jaxcam.lrp import Composite, Epsilon
+    >>> comp = Composite(rules={"tanh": "gradient"}, layers={"block*/Dense_0": Epsilon(0.5)})
+    >>> comp.rules  # names became rule objects, the mapping a hashable tuple
+    (('tanh', Gradient()),)
+    >>> comp.resolve("dot_general", "linear", "net/block1/Dense_0")  # the layer pattern wins
+    (Epsilon(eps=0.5), True)
+    >>> comp.resolve("exp", "elementwise", "net/head")  # nothing set: AttnLRP's default
+    (Identity(), False)
   """
 
   rules: Any = ()
@@ -160,7 +244,22 @@ class Composite:
     Epsilon(self.eps)  # validates
 
   def resolve(self, name: str, kind: str, path: str) -> tuple[Rule, bool]:
-    """``(rule, explicit)`` for a primitive `name` of `kind` under name stack `path`; `explicit`: set by the user."""
+    """``(rule, explicit)`` for a primitive `name` of `kind` under name stack `path`; `explicit`: set by the user.
+
+    Args:
+      name: the primitive's name (``"dot_general"``, ``"tanh"``, ...).
+      kind: its kind, one of `KINDS` (or ``"constant"``).
+      path: the name stack it runs under, ``"/"``-separated module path (``""``: none).
+
+    Returns:
+      ``(rule, explicit)``: the rule the lookup order above gives, and whether `layers` or `rules` set it (False:
+        the default of `kind`).
+
+    Examples:
+      >>> from jaxcam.lrp import Composite
+      >>> Composite(rules={"tanh": "gradient"}).resolve("tanh", "elementwise", "")
+      (Gradient(), True)
+    """
     parts = [p for p in path.split("/") if p]
     best = None
     for pattern, value in self.layers:
@@ -182,6 +281,21 @@ class Composite:
     return self.default(kind), False
 
   def default(self, kind: str) -> Rule:
+    """The rule a primitive of `kind` gets when neither `layers` nor `rules` names it (AttnLRP's defaults).
+
+    Args:
+      kind: one of `KINDS` (or ``"constant"``, a ``stop_gradient``); anything else gets `Gradient`.
+
+    Returns:
+      ``Epsilon(self.eps)`` for "linear", `Uniform` for "bilinear", `Constant` for "norm" and "constant",
+        `Identity` for "elementwise", `Gradient` otherwise ("softmax", "structural", "unknown").
+
+    Examples:
+      >>> from jaxcam.lrp import Composite
+      >>> comp = Composite(eps=0.1)
+      >>> comp.default("linear"), comp.default("norm"), comp.default("softmax")
+      (Epsilon(eps=0.1), Constant(), Gradient())
+    """
     if kind == "linear":
       return Epsilon(self.eps)
     table: dict[str, Rule] = {
@@ -209,5 +323,21 @@ def _matches(pattern: list[str], parts: list[str]) -> bool:
 
 
 def attnlrp(eps: float = 1e-6) -> Composite:
-  """The default composite: AttnLRP's rules (Achtibat et al., arXiv 2402.05602) with LRP-ε on linear layers."""
+  """The default composite: AttnLRP's rules (Achtibat et al., arXiv 2402.05602) with LRP-ε on linear layers.
+
+  Args:
+    eps: ε of the `Epsilon` rule on linear maps (>= 0).
+
+  Returns:
+    ``Composite(eps=eps)``: no per-primitive or per-layer rules, every kind its default (see `Composite`).
+
+  Raises:
+    ValueError: `eps` < 0.
+
+  Examples:
+    >>> from jaxcam.lrp import attnlrp
+    >>> comp = attnlrp(0.1)
+    >>> comp.default("linear"), comp.default("bilinear")
+    (Epsilon(eps=0.1), Uniform())
+  """
   return Composite(eps=eps)

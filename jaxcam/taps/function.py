@@ -40,10 +40,24 @@ class FunctionTap(Tap):
 
   @property
   def layers(self) -> tuple[tuple[str, ...], ...]:  # type: ignore[override]
+    """``((name,),)``: the one tapped layer's path, as a tuple of path components (read-only).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxcam
+      >>> jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.sum((1, 2)), None, name="features").layers
+      (('features',),)
+    """
     return ((self.name,),)
 
   @property
   def multi(self) -> bool:  # type: ignore[override]
+    """Always False: a function tap taps one layer, so activations and gradients come as one array each.
+
+    Examples:
+      >>> import jaxcam
+      >>> jaxcam.function_tap(lambda p, x: x, lambda p, x, a: a.sum((1, 2)), None).multi
+      False
+    """
     return False
 
   def __repr__(self) -> str:
@@ -88,7 +102,7 @@ def function_tap(
     >>> import jax, jax.numpy as jnp, jaxcam
     >>> params = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}
     >>> tap = jaxcam.function_tap(lambda p, x: jax.nn.relu(x @ p["w"]), lambda p, x, a: a.mean((1, 2)) @ p["v"], params)
-    >>> jaxcam.gradcam(tap, jnp.ones((1, 4, 4, 3))).shape
+    >>> jaxcam.gradcam(tap, jnp.arange(48.0).reshape(1, 4, 4, 3)).shape
     (1, 4, 4)
   """
   if not callable(body_fn) or not callable(head_fn):
