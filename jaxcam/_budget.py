@@ -42,12 +42,51 @@ _CHUNK = 2**20  # zip members are inflated at most this many bytes at a time
 
 
 class CheckpointError(ValueError):
-  """A checkpoint that is truncated, corrupt, over its byte budget, not a regular file, or of an unknown format."""
+  """A checkpoint that is truncated, corrupt, over its byte budget, not a regular file, or of an unknown format.
+
+  A `ValueError`; every loader of `jaxcam.io` raises it with the file's path first in the message.
+
+  Args:
+    message: the file's path and what is wrong with it.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from jaxcam import io
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, "notes.pth")
+    ...   with open(path, "w") as f:
+    ...     _ = f.write("not a checkpoint")
+    ...   try:
+    ...     io.load_state_dict(path)
+    ...   except io.CheckpointError as e:
+    ...     print(str(e).split(": ", 1)[1])
+    not a torch checkpoint (neither a zip archive nor a pickle stream; first bytes b'no')
+  """
 
 
 class ImageDecodeError(OSError, ValueError):
   """An image file that cannot be decoded (not an image, truncated, corrupt, of a mode jaxcam cannot read), named in
-  the message with the decoder's reason. Both an OSError (what PIL raises for a broken file) and a ValueError."""
+  the message with the decoder's reason. Both an OSError (what PIL raises for a broken file) and a ValueError.
+
+  Raised by `jaxcam.stream.decode_image` (and so by ``jaxcam explain`` on files), also for an image whose header
+  declares more than `MAX_IMAGE_PIXELS` pixels.
+
+  Args:
+    message: the file and the decoder's reason.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from jaxcam import io, stream
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, "cat.png")
+    ...   with open(path, "wb") as f:
+    ...     _ = f.write(b"not an image")
+    ...   try:
+    ...     stream.decode_image(path)
+    ...   except io.ImageDecodeError as e:
+    ...     print(isinstance(e, OSError), isinstance(e, ValueError), str(e).startswith("Cannot decode"))
+    True True True
+  """
 
 
 CheckpointError.__module__ = ImageDecodeError.__module__ = "jaxcam.io"  # their public home
@@ -70,6 +109,17 @@ def default_max_bytes(file_bytes: int) -> int:
   - ``.npz``: each member's declared size, and each ``.npy`` header's shape against the member's bytes.
 
   Images have their own budget, `MAX_IMAGE_PIXELS`.
+
+  Args:
+    file_bytes: the checkpoint's size in bytes.
+
+  Returns:
+    The default ``max_bytes``: the most bytes of arrays the file may produce.
+
+  Examples:
+    >>> from jaxcam import io
+    >>> io.default_max_bytes(0), io.default_max_bytes(1000)  # 16 MiB, then 4 bytes more per byte of file
+    (16777216, 16781216)
   """
   return 4 * int(file_bytes) + SLACK_BYTES
 
@@ -177,7 +227,41 @@ def _safetensors_entry(path: str, name: str, info: Any) -> tuple[np.dtype, tuple
 def load_safetensors(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
   """A ``.safetensors`` file as ``{name: array}`` (header parsed and validated here; no code, no pickles).
 
-  `max_bytes`: the most bytes of arrays the file may produce (default `default_max_bytes` of its size)."""
+  `max_bytes`: the most bytes of arrays the file may produce (default `default_max_bytes` of its size).
+
+  Args:
+    path: the ``.safetensors`` file: an 8-byte little-endian header length, a JSON header (dtype, shape and
+      byte offsets per tensor, optional ``__metadata__``), the raw little-endian bytes.
+    max_bytes: the most bytes of arrays the file may produce; None: `default_max_bytes` of its size.
+
+  Returns:
+    ``{name: numpy array}`` in the header's order, each array a copy (bfloat16 as ``ml_dtypes.bfloat16``).
+
+  Raises:
+    CheckpointError: a file that is truncated, has a corrupt header or an unsupported dtype, is over `max_bytes`
+      or is not a regular file (the file named).
+    ValueError: `max_bytes` is not None or a non-negative int.
+    FileNotFoundError: `path` does not exist.
+
+  Examples:
+    >>> import json, os, struct, tempfile
+    >>> import numpy as np
+    >>> from jaxcam import io
+    >>> w = np.arange(6, dtype="<f4").reshape(2, 3)
+    >>> header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, w.nbytes]}}).encode()
+    >>> d = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(d.name, "w.safetensors")
+    >>> with open(path, "wb") as f:
+    ...   _ = f.write(struct.pack("<Q", len(header)) + header + w.tobytes())
+    >>> io.load_safetensors(path)["w"].tolist()
+    [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    >>> io.load_safetensors(path, max_bytes=16)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    jaxcam.io.CheckpointError: ...: tensor 'w' of shape [2, 3] would take the arrays built from this file past
+    16 bytes ...
+    >>> d.cleanup()
+  """
   path = os.fspath(path)
   size = regular_file_size(path, "a safetensors file", CheckpointError)
   budget = make_budget(path, max_bytes, size)

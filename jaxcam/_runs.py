@@ -26,7 +26,29 @@ _CHUNK = 1 << 20
 
 
 class RunMismatchError(ValueError):
-  """`out` holds the outputs of a different run (other inputs, method, options, ...)."""
+  """`out` holds the outputs of a different run (other inputs, method, options, ...).
+
+  A `ValueError`, raised by `jaxcam.stream.explain_files` (the message names what changed, and suggests a fresh
+  ``--out`` or ``--overwrite``) and by `merge_manifests` (shard manifests of different runs).
+
+  Args:
+    message: the folder or file, what does not match, and what to do.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> from jaxcam import stream
+    >>> header = dict.fromkeys(["method", "layer", "model", "shard_size", "jaxcam", "jax", "files"], "x")
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   os.makedirs(os.path.join(out, "shards"))
+    ...   for k, run in enumerate(["run-a", "run-b"]):  # two shards written by two different runs
+    ...     with open(stream.shard_paths(out, k)[1], "w") as f:
+    ...       json.dump({**header, "fingerprint": run, "entries": {}}, f)
+    ...   try:
+    ...     stream.merge_manifests(out)
+    ...   except stream.RunMismatchError as e:
+    ...     print("belongs to a different run" in str(e))
+    True
+  """
 
 
 def _describe(value: Any) -> Any:
@@ -61,7 +83,30 @@ def file_digest(path: str) -> str | None:
 
 def run_fingerprint(files: Sequence[str], root: str, settings: dict[str, Any]) -> dict[str, Any]:
   """What a run's outputs depend on: its inputs (relative path, size, mtime, blake2b of the bytes) and settings,
-  with a sha256."""
+  with a sha256.
+
+  Args:
+    files: the input paths.
+    root: the folder the inputs are named relative to.
+    settings: ``{name: value}`` of everything else the outputs depend on (method, options, layer, model, ...);
+      arrays and PRNG keys are described by shape, dtype and a sha256 of their bytes, other objects by repr.
+
+  Returns:
+    ``{"sha256": ..., "inputs": [[relative path, size, mtime_ns, blake2b], ...], **settings}`` (JSON-able; an
+      input that cannot be read has None for size, mtime and hash); the sha256 covers everything else.
+
+  Examples:
+    >>> import os, tempfile
+    >>> from jaxcam import stream
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...   path = os.path.join(root, "cat.png")
+    ...   with open(path, "wb") as f:
+    ...     _ = f.write(b"abc")
+    ...   run = stream.run_fingerprint([path], root, {"method": "gradcam"})
+    ...   other = stream.run_fingerprint([path], root, {"method": "layercam"})
+    >>> run["inputs"][0][:2], run["method"], run["sha256"] != other["sha256"]
+    (['cat.png', 3], 'gradcam', True)
+  """
   inputs = []
   for f in files:
     try:
@@ -114,7 +159,25 @@ _SHARD_MANIFEST = re.compile(r"manifest-(\d{5})\.json")
 
 def run_outputs(out: str) -> set[str]:
   """The files in `out` that jaxcam's own ``run.json`` and manifests list as a run's outputs (absolute paths, some
-  perhaps not written yet): all that ``--overwrite`` removes, and what a folder scan leaves out of the inputs."""
+  perhaps not written yet): all that ``--overwrite`` removes, and what a folder scan leaves out of the inputs.
+
+  Args:
+    out: a run's output folder (it may not exist, or hold no run).
+
+  Returns:
+    A set of absolute, normalized paths: ``run.json``, ``manifest.json``, the shard files and the overlays that
+      the run's own files name, limited to those places in `out`; empty when `out` holds no jaxcam run.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> from jaxcam import stream
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   run = stream.run_fingerprint([os.path.join(out, "in", "cat.png")], os.path.join(out, "in"), {"shard_size": 4})
+    ...   with open(os.path.join(out, "run.json"), "w") as f:
+    ...     json.dump(run, f)
+    ...   sorted(os.path.relpath(p, out) for p in stream.run_outputs(out))
+    ['overlays/cat.png.png', 'run.json', 'shards/manifest-00000.json', 'shards/maps-00000.npz']
+  """
   out = os.path.abspath(out)
   found: set[str] = set()
   manifests = []
@@ -266,13 +329,40 @@ def shard_complete(out: str, k: int, fingerprint: str, overlays: bool) -> bool:
 
 
 def shard_paths(out: str, k: int) -> tuple[str, str]:
+  """The maps file and the manifest of shard `k` of the run in `out` (the shard number zero-padded to 5 digits).
+
+  Args:
+    out: the run's output folder.
+    k: the shard number (shard k holds inputs ``k * shard_size`` to ``(k + 1) * shard_size - 1``).
+
+  Returns:
+    ``(out/shards/maps-<k>.npz, out/shards/manifest-<k>.json)``.
+
+  Examples:
+    >>> from jaxcam import stream
+    >>> stream.shard_paths("out", 3)
+    ('out/shards/maps-00003.npz', 'out/shards/manifest-00003.json')
+  """
   d = os.path.join(out, "shards")
   return os.path.join(d, f"maps-{k:05d}.npz"), os.path.join(d, f"manifest-{k:05d}.json")
 
 
 def overlay_path(out: str, rel: str) -> str:
   """Where the overlay of input `rel` (relative to the run's root) goes: the input tree mirrored, the file name
-  kept whole (``x/cat.jpg`` -> ``overlays/x/cat.jpg.png``), so distinct inputs never share an overlay."""
+  kept whole (``x/cat.jpg`` -> ``overlays/x/cat.jpg.png``), so distinct inputs never share an overlay.
+
+  Args:
+    out: the run's output folder.
+    rel: the input's path relative to the run's root.
+
+  Returns:
+    ``out/overlays/<rel>.png``.
+
+  Examples:
+    >>> from jaxcam import stream
+    >>> stream.overlay_path("out", "x/cat.jpg")
+    'out/overlays/x/cat.jpg.png'
+  """
   return os.path.join(out, "overlays", rel + ".png")
 
 
@@ -305,7 +395,39 @@ def _read_shard_manifest(path: str) -> dict[str, Any]:
 
 def merge_manifests(out: str) -> dict[str, Any]:
   """Merge every ``shards/manifest-*.json`` of `out` into ``manifest.json`` (sorted; no timestamps). A file there
-  that is not a shard manifest of this run is a ValueError naming it (`RunMismatchError` for another run's)."""
+  that is not a shard manifest of this run is a ValueError naming it (`RunMismatchError` for another run's).
+
+  What ``jaxcam merge-manifests OUT`` runs once every process of a multi-host run is done.
+
+  Args:
+    out: the run's output folder.
+
+  Returns:
+    The merged manifest, also written to ``out/manifest.json``: the run's header (method, layer, model,
+      shard size, versions, file count, fingerprint), ``"entries"`` of every shard, ``"shards"`` (how many were
+      merged) and ``"skipped"`` (the sorted paths that could not be explained).
+
+  Raises:
+    FileNotFoundError: no shard manifest in ``out/shards`` (or no such folder).
+    ValueError: a ``manifest-*.json`` there that cannot be read or is not a shard manifest of jaxcam.
+    RunMismatchError: shard manifests of different runs.
+
+  Examples:
+    >>> import json, os, tempfile
+    >>> from jaxcam import stream
+    >>> header = dict.fromkeys(["method", "layer", "model", "shard_size", "jaxcam", "jax", "files"], "x")
+    >>> shards = [{"cat.png": {"shard": 0, "index": "000000"}}, {"notes.png": {"shard": 1, "skipped": "not an image"}}]
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   os.makedirs(os.path.join(out, "shards"))
+    ...   for k, entries in enumerate(shards):  # as two processes wrote them
+    ...     with open(stream.shard_paths(out, k)[1], "w") as f:
+    ...       json.dump({**header, "fingerprint": "run-a", "entries": entries}, f)
+    ...   merged = stream.merge_manifests(out)
+    ...   os.path.exists(os.path.join(out, "manifest.json"))
+    True
+    >>> merged["shards"], sorted(merged["entries"]), merged["skipped"]
+    (2, ['cat.png', 'notes.png'], ['notes.png'])
+  """
   d = os.path.join(out, "shards")
   names = sorted(n for n in os.listdir(d) if n.startswith("manifest-") and n.endswith(".json"))
   if not names:

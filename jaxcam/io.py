@@ -91,7 +91,27 @@ _TORCH_DTYPES = {
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-  """A pickle that asks for a global a plain state dict never needs; nothing was executed."""
+  """A pickle that asks for a global a plain state dict never needs; nothing was executed.
+
+  A `pickle.UnpicklingError`, not a `CheckpointError`: the file may be malicious, not merely broken. The message
+  names the file and the global (``builtins.eval``, ``posix.system``, a class of the training code, ...).
+
+  Args:
+    message: the file, the refused global and what to do if the file is trusted.
+
+  Examples:
+    >>> import os, pickle, tempfile, zipfile
+    >>> from jaxcam import io
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, "evil.pth")
+    ...   with zipfile.ZipFile(path, "w") as zf:  # a torch zip whose pickle names builtins.eval
+    ...     zf.writestr("evil/data.pkl", pickle.dumps(eval))
+    ...   try:
+    ...     io.load_torch(path)
+    ...   except io.UnsafeCheckpointError as e:
+    ...     print("builtins.eval" in str(e), "nothing in the file was executed" in str(e))
+    True True
+  """
 
 
 # ---------------------------------------------------------------------------------------------- stand-ins
@@ -359,9 +379,41 @@ def _load_zip(path: str, budget: Budget) -> Any:
 
 
 def load_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
-  """The object in a torch checkpoint (legacy or zip format), tensors as numpy arrays, without torch.
+  r"""The object in a torch checkpoint (legacy or zip format), tensors as numpy arrays, without torch.
 
-  `max_bytes`: the most bytes of arrays the file may produce (default `default_max_bytes` of its size)."""
+  `max_bytes`: the most bytes of arrays the file may produce (default `default_max_bytes` of its size).
+
+  Args:
+    path: a file written by ``torch.save`` (.pt/.pth/.bin), either format.
+    max_bytes: the most bytes of arrays the file may produce; None: `default_max_bytes` of its size.
+
+  Returns:
+    The pickled object as saved (a state dict, or a training checkpoint such as ``{"epoch": ..., "model": ...}``)
+      with every tensor a C-contiguous numpy array that owns its memory (bfloat16 as ``ml_dtypes.bfloat16``).
+
+  Raises:
+    CheckpointError: a file that is truncated, corrupt, over `max_bytes`, not a regular file, or not a torch
+      checkpoint (the file named).
+    UnsafeCheckpointError: a pickle that asks for a global a plain state dict never needs (nothing is run).
+    ValueError: `max_bytes` is not None or a non-negative int.
+    FileNotFoundError: `path` does not exist.
+
+  Examples:
+    >>> import os, tempfile, zipfile
+    >>> import numpy as np
+    >>> from jaxcam import io
+    >>> # the pickle torch.save writes for {"w": torch.arange(3.0)}: a rebuild call on storage "0" (3 float32),
+    >>> # offset 0, size (3,), stride (1,), requires_grad False
+    >>> pkl = (b"(dVw\nctorch._utils\n_rebuild_tensor_v2\n((Vstorage\nctorch\nFloatStorage\nV0\nVcpu\nI3\ntQ"
+    ...        b"I0\n(I3\nt(I1\ntI00\ntRs.")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, "w.pth")
+    ...   with zipfile.ZipFile(path, "w") as zf:  # torch >= 1.6: <archive>/data.pkl and one file per storage
+    ...     zf.writestr("w/data.pkl", pkl)
+    ...     zf.writestr("w/data/0", np.arange(3.0, dtype="<f4").tobytes())
+    ...   io.load_torch(path)
+    {'w': array([0., 1., 2.], dtype=float32)}
+  """
   path = os.fspath(path)
   size = regular_file_size(path, "a torch checkpoint", CheckpointError)
   budget = _budget.make_budget(path, max_bytes, size)
@@ -388,9 +440,38 @@ def load_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> Any:
 def load_state_dict(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
   """``{name: numpy array}`` from a torch checkpoint (.pt/.pth/.bin, either format), .safetensors or .npz.
 
-  Torch checkpoints holding ``{"state_dict": ...}`` or ``{"model": ...}`` are unwrapped. No code from the file
-  is executed, nothing that is not a regular file is opened, and the file may produce at most `max_bytes` of
-  arrays (default `default_max_bytes`; see the module docstring).
+  Torch checkpoints holding ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"model_state_dict": ...}`` are
+  unwrapped. No code from the file is executed, nothing that is not a regular file is opened, and the file may
+  produce at most `max_bytes` of arrays (default `default_max_bytes`; see the module docstring).
+
+  Args:
+    path: the weights file; the format is chosen by its name: ``.safetensors``, ``.npz``, anything else a torch
+      checkpoint (either format).
+    max_bytes: the most bytes of arrays the file may produce; None: `default_max_bytes` of its size.
+
+  Returns:
+    ``{name: numpy array}`` in the file's order.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    CheckpointError: a file that cannot be read (truncated, corrupt, over `max_bytes`, not a regular file), or a
+      torch checkpoint that is not a dict of tensors.
+    UnsafeCheckpointError: a torch pickle that asks for a global a plain state dict never needs (nothing is run).
+    ValueError: `max_bytes` is not None or a non-negative int.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from jaxcam import io
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, "head.npz")
+    ...   np.savez(path, **{"fc.weight": np.ones((2, 3), np.float32), "fc.bias": np.zeros(2, np.float32)})
+    ...   {name: a.shape for name, a in io.load_state_dict(path).items()}
+    {'fc.weight': (2, 3), 'fc.bias': (2,)}
+    >>> io.load_state_dict("no/such/resnet18.pth")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Expected `path` to name a weights file, got 'no/such/resnet18.pth', which does not exist.
   """
   path = os.fspath(path)
   if not os.path.exists(path):

