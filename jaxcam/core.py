@@ -47,7 +47,7 @@ class Forward:
     >>> import jax.numpy as jnp, jaxcam
     >>> from jaxcam.core import forward_only
     >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # logits (B, C)
-    >>> x = jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0])  # channel 0 holds 1, channel 1 holds 2
+    >>> x = jnp.broadcast_to(jnp.array([1.0, 2.0]), (1, 2, 2, 2))  # channel 0 holds 1, channel 1 holds 2
     >>> fwd = forward_only(tap, x, None)  # None: each image's top class
     >>> fwd.logits.tolist(), fwd.ids.tolist(), fwd.scores.tolist(), fwd.activations[0].shape, fwd.grads
     ([[1.0, 4.0]], [[1]], [[4.0]], (1, 2, 2, 2), None)
@@ -131,7 +131,7 @@ def forward_only(tap, x: jax.Array, target: Any, *, progress: str | None = None)
     >>> import jax.numpy as jnp, jaxcam
     >>> from jaxcam.core import forward_only
     >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # logits (B, C)
-    >>> fwd = forward_only(tap, jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0]), jnp.array([0]))
+    >>> fwd = forward_only(tap, jnp.broadcast_to(jnp.array([1.0, 2.0]), (1, 2, 2, 2)), jnp.array([0]))
     >>> fwd.ids.tolist(), fwd.scores.tolist(), fwd.grads is None
     ([[0]], [[1.0]], True)
   """
@@ -165,7 +165,7 @@ def forward_and_grads(tap, x: jax.Array, target: Any, *, progress: str | None = 
     >>> import jax.numpy as jnp, jaxcam
     >>> from jaxcam.core import forward_and_grads
     >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # S_c = mean(A_c^2)
-    >>> fwd = forward_and_grads(tap, jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0]), None)  # top class: 1
+    >>> fwd = forward_and_grads(tap, jnp.broadcast_to(jnp.array([1.0, 2.0]), (1, 2, 2, 2)), None)  # top class: 1
     >>> g = fwd.grads[0]  # dS_1/dA = 2 A_1 / (h w) = 1 in channel 1, 0 in channel 0
     >>> g.shape, g[0, 0, 0, 0].tolist()
     ((1, 1, 2, 2, 2), [0.0, 1.0])
@@ -222,7 +222,7 @@ def forward(tap, x: jax.Array, target: Any, *, grads: bool, progress: str | None
     >>> import jax.numpy as jnp, jaxcam
     >>> from jaxcam.core import forward
     >>> tap = jaxcam.function_tap(lambda p, x: x, lambda p, x, a: (a ** 2).mean((1, 2)), None)  # S_c = mean(A_c^2)
-    >>> x = jnp.ones((1, 2, 2, 2)) * jnp.array([1.0, 2.0])
+    >>> x = jnp.broadcast_to(jnp.array([1.0, 2.0]), (1, 2, 2, 2))
     >>> fwd = forward(tap, x, jnp.array([[0, 1]]), grads=True)  # K = 2 classes for the one image
     >>> fwd.multi, fwd.grads[0].shape, fwd.grads[0][0, :, 0, 0].tolist()  # dS_k/dA = A_k / 2 in channel k
     (True, (1, 2, 2, 2, 2), [[0.5, 0.0], [0.0, 1.0]])

@@ -7,17 +7,15 @@ from jaxcam.metrics.composite import Adcc, Arcc, adcc, arcc, coherency, complexi
 from jaxcam.metrics.faithfulness import (
   ConfidenceChange,
   Curve,
-  Road,
   blur_baseline,
   confidence_change,
   deletion,
   insertion,
-  remove_and_impute,
-  road,
   step_counts,
 )
 from jaxcam.metrics.imputation import noisy_linear_imputation
 from jaxcam.metrics.localization import Localization, Pointing, auroc, boxes_to_masks, localization, pointing_game
+from jaxcam.metrics.removal import Road, remove_and_impute, road
 from jaxcam.metrics.sanity import Randomization, randomization_check, spearman, ssim
 from jaxcam.metrics.table import (
   DEFAULT_METRICS,

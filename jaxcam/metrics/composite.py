@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcam import targets as targets_lib
-from jaxcam.metrics.faithfulness import _check_maps, _masked_mean, confidence_change, road
+from jaxcam.metrics.faithfulness import _check_maps, _masked_mean, confidence_change
+from jaxcam.metrics.removal import road
 
 __all__ = ["Adcc", "Arcc", "adcc", "arcc", "coherency", "complexity", "pearson"]
 

@@ -208,7 +208,7 @@ def _curve(which: str) -> Callable[[MetricContext], Any]:
 
 
 def _road(ctx: MetricContext):
-  from jaxcam.metrics.faithfulness import road
+  from jaxcam.metrics.removal import road
 
   kw = dict(target=ctx.target, order="combined", key=ctx.key, chunk_size=ctx.chunk_size)
   return np.asarray(road(ctx.tap, ctx.x, ctx.maps, **kw).score)

