@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcam import layouts, taps
+from jaxcam import compile_cache, layouts, taps
 from jaxcam._constants import IMAGENET_MEAN, IMAGENET_STD
 from jaxcam._errors import UnknownNameError, closest, warn_user
 
@@ -49,8 +49,10 @@ class Model:
   make_tap: ``(layer, layout) -> tap``. list_layers: ``x -> [LayerInfo]`` for channels-last `x` in [0, 1] (None:
   the layer must be given). forward: ``x -> output``, the plain forward pass (None: unknown until a tap runs).
   input_size: ``(H, W)`` the model takes, if known. class_name / class_id: label lookups, if the model has labels.
-  default_layer: the tap's own layer (a tap given as the model). notes: how the model is called, for people
-  (flags set automatically).
+  default_layer: the layer to use when none is given (a tap's own layer; a shipped model's default layer), and
+  default_reason why. output_struct: ``x -> jax.ShapeDtypeStruct`` of the output when it is known without tracing
+  the model (None: `jax.eval_shape` of `forward`). notes: how the model is called, for people (flags set
+  automatically).
   """
 
   name: str
@@ -62,6 +64,8 @@ class Model:
   default_layer: Any = None
   forward: Callable[[Any], Any] | None = None
   notes: tuple[str, ...] = ()
+  default_reason: str = "the tap's own layer"
+  output_struct: Callable[[Any], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +214,17 @@ def _linen_model(module, variables, norm, name, model_method=None, model_kwargs=
     out = module.apply(variables, x, **given)
     return out if output is None else output(out) if callable(output) else layouts.select(out, output)
 
+  plain = shipped and method is None and output is None  # a shipped model called as it is: its layer is known
+
+  def output_struct(x):  # (B, classes), read from jaxcam's cache when it is on (tracing costs a fresh process ~0.5 s)
+    def trace():
+      out = jax.eval_shape(forward, x)
+      return [list(out.shape), str(out.dtype)]
+
+    key = ["output", type(module).__qualname__, repr(module), list(x.shape), str(x.dtype)]
+    shape, dtype = compile_cache.cached_json("shapes", key, trace)
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+
   return Model(
     name=name,
     make_tap=lambda layer, layout: taps.linen_tap(
@@ -221,6 +236,9 @@ def _linen_model(module, variables, norm, name, model_method=None, model_kwargs=
     class_id=lookups[1],
     forward=forward,
     notes=notes,
+    default_layer=module.default_layer if plain else None,
+    default_reason=f"{type(module).__name__}'s default layer (the one find_layer picks for it; layer= overrides)",
+    output_struct=output_struct if plain else None,
   )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcam import _checks, _spatial, core, postprocess, wrappers
+from jaxcam import _checks, _spatial, compile_cache, core, postprocess, wrappers
 from jaxcam._eager import (
   check_images,
   eager_checks,
@@ -32,7 +32,7 @@ from jaxcam._errors import check_key
 from jaxcam._options import has_array as _has_array
 from jaxcam._options import partition_options, resolve_options
 from jaxcam._public import public_function, public_functions
-from jaxcam.methods.table import METHODS, MethodSpec, get_method
+from jaxcam.methods.table import BUILTIN_ROWS, METHODS, MethodSpec, get_method
 from jaxcam.postprocess import PostOptions
 from jaxcam.providers import get_provider
 
@@ -333,20 +333,29 @@ def explain(
   spec.needs_for(opts)  # validates controls (e.g. derivatives=) before tracing
   traced, static = partition_options(opts)
   under_jit = under_trace((tap, x, target, traced))
+  statics = dict(spec=spec, static=static, post=post, progress=show_progress(progress, under_jit, spec.expensive(opts)))
   with model_errors(x):
-    ex = _explain_jit(
-      tap,
-      x,
-      target,
-      traced,
-      spec=spec,
-      static=static,
-      post=post,
-      progress=show_progress(progress, under_jit, spec.expensive(opts)),
-    )
+    ex = compile_cache.cached_call(_explain_jit, (tap, x, target, traced), statics, program_token(tap, target, statics))
   if not under_jit and not is_traced(ex.maps):  # traced values hidden in a closure (grad, vmap) show here
     eager_checks(spec, target, ex, opts)
   return _sequence_maps(ex) if sequence else ex
+
+
+def program_token(tap, target: Any, statics: dict[str, Any]) -> Any:
+  """What names an explain program besides its arguments' structure and shapes (`jaxcam.compile_cache`): the
+  tap's description, a built-in row, a `jaxcam.targets` score and plain static options and flags; None when any part
+  is the user's code (a custom row, a score function, a callable option, a model of your own) or a progress bar
+  (host callbacks)."""
+  specs = statics["specs"] if "specs" in statics else (statics["spec"],)
+  if statics.get("progress") or any(BUILTIN_ROWS.get(s.name) is not s for s in specs):
+    return None
+  if not compile_cache.plain_static(target):  # a score function of yours
+    return None
+  described = {k: v for k, v in statics.items() if k not in ("spec", "specs")}
+  tap_token = tap.program_token() if hasattr(tap, "program_token") else None
+  if tap_token is None or not compile_cache.plain(described):
+    return None
+  return [[s.name for s in specs], tap_token, repr(described)]
 
 
 def _sequence_input(tap: Any, x: Any) -> tuple[Any, bool]:
@@ -441,16 +450,10 @@ def explain_many(
   x, sequence = _sequence_input(tap, x)
   target = prepare(tap, x, target)
   under_jit = under_trace((tap, x, target, key))
+  statics = dict(specs=specs, post=post, progress=show_progress(progress, under_jit, any(s.expensive() for s in specs)))
   with model_errors(x):
-    out = _explain_many_jit(
-      tap,
-      x,
-      target,
-      key,
-      specs=specs,
-      post=post,
-      progress=show_progress(progress, under_jit, any(s.expensive() for s in specs)),
-    )
+    token = program_token(tap, target, statics)
+    out = compile_cache.cached_call(_explain_many_jit, (tap, x, target, key), statics, token and ["many", token])
   if not under_jit and not is_traced([ex.maps for ex in out.values()]):
     for s in specs:
       eager_checks(s, target, out[s.name], s.defaults())

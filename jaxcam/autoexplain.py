@@ -291,7 +291,7 @@ def _skip_output_layers(m: Model, out: Any) -> Model:
 
 def _choose_layer(m: Model, x, tgt, layer, out) -> tuple[Any, Any, str]:
   if layer is None and m.default_layer is not None:
-    return m.default_layer, None, "the tap's own layer"
+    return m.default_layer, None, m.default_reason
   if layer is None:
     found = _skip_output_layers(m, out) if out is not None else m
     return find_layer(found, x, tgt)
@@ -391,7 +391,7 @@ def explain_model(
     model_kwargs=model_kwargs, input_layout=input_layout,
   ) if (output, model_method, model_kwargs, input_layout) != (None, None, None, None) else probe  # fmt: skip
   tgt = _resolve_target(target, m, len(names))
-  out = jax.eval_shape(m.forward, x) if m.forward is not None else None
+  out = m.output_struct(x) if m.output_struct is not None else jax.eval_shape(m.forward, x) if m.forward else None
   if out is not None:
     _check_output(m, out, tgt, x)
   layer, layout, reason = _choose_layer(m, x, tgt, layer, out)

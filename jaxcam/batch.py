@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcam import _checks, api, postprocess
+from jaxcam import _checks, api, compile_cache, postprocess
 from jaxcam import targets as targets_lib
 from jaxcam.methods.table import METHODS, MethodSpec, get_method
 
@@ -46,10 +46,11 @@ def local_mesh(devices=None) -> Mesh:
   Returns:
     A `jax.sharding.Mesh` with one axis, "batch" (the one `explain_batches` shards over).
 
-  >>> import jax, jaxcam
-  >>> mesh = jaxcam.local_mesh()
-  >>> mesh.axis_names, mesh.devices.size == len(jax.local_devices())
-  (('batch',), True)
+  Examples:
+    >>> import jax, jaxcam
+    >>> mesh = jaxcam.local_mesh()
+    >>> mesh.axis_names, mesh.devices.size == len(jax.local_devices())
+    (('batch',), True)
   """
   devices = list(jax.local_devices() if devices is None else devices)
   return Mesh(np.asarray(devices), (_AXIS,))
@@ -130,7 +131,23 @@ def _global_batches(items: Iterable[Any], size: int, state: dict) -> Iterator[tu
 
 
 def run_ahead(it: Iterator, depth: int) -> Iterator:
-  """Consume `it` in a background thread, at most `depth` items ahead; exceptions re-raise in the consumer."""
+  """Consume `it` in a background thread, at most `depth` items ahead; exceptions re-raise in the consumer.
+
+  Args:
+    it: any iterator (decoding images, transferring batches to the device: work that overlaps the consumer's).
+    depth: how many items the thread may hold ready (at least 1).
+
+  Returns:
+    An iterator of `it`'s items, in order.
+
+  Raises:
+    Exception: whatever `it` raises, re-raised when the consumer reaches that point.
+
+  Examples:
+    >>> from jaxcam.batch import run_ahead
+    >>> list(run_ahead(iter(range(5)), depth=2))
+    [0, 1, 2, 3, 4]
+  """
   q: queue.Queue = queue.Queue(maxsize=max(1, depth))
   done = object()
 
@@ -193,16 +210,17 @@ def explain_batches(
     ValueError: a bad `batch_size` or `prefetch`, an empty first batch, or bad images/targets (as `explain`).
     TypeError: an unknown option.
 
-  >>> import jax, numpy as np, flax.linen as nn, jaxcam
-  >>> class Net(nn.Module):
-  ...   @nn.compact
-  ...   def __call__(self, x):
-  ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
-  ...     return nn.Dense(3)(a.mean(axis=(1, 2)))
-  >>> x = np.random.default_rng(0).uniform(size=(5, 8, 8, 3)).astype(np.float32)
-  >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(0), x), "features")
-  >>> [ex.maps.shape for ex in jaxcam.explain_batches("gradcam", tap, [x[:3], x[3:]])]  # one compile
-  [(3, 8, 8), (2, 8, 8)]
+  Examples:
+    >>> import jax, numpy as np, flax.linen as nn, jaxcam
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     a = nn.Sequential([nn.Conv(4, (3, 3)), nn.relu], name="features")(x)
+    ...     return nn.Dense(3)(a.mean(axis=(1, 2)))
+    >>> x = np.random.default_rng(0).uniform(size=(5, 8, 8, 3)).astype(np.float32)
+    >>> tap = jaxcam.linen_tap(Net(), Net().init(jax.random.key(0), x), "features")
+    >>> [ex.maps.shape for ex in jaxcam.explain_batches("gradcam", tap, [x[:3], x[3:]])]  # one compile
+    [(3, 8, 8), (2, 8, 8)]
   """
   spec = _method_spec(method)
   post = postprocess.PostOptions.checked(normalize, upsample, relu, fusion)
@@ -241,7 +259,8 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  f = _jitted(spec, post, progress, static)
+  run = functools.partial(_run, _jitted(spec, post, progress, static), tap, traced, (spec, static, post, progress))
+
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "target": [], "scores": []}
   have = 0
 
@@ -257,7 +276,7 @@ def explain_batches(
 
   in_flight = None
   for x, t, n_valid in run_ahead(map(put, _global_batches(chain(), size, state)), prefetch):
-    ex = f(tap, x, t, traced)  # dispatched asynchronously: the previous result is fetched while this one runs
+    ex = run(x, t)  # dispatched asynchronously: the previous result is fetched while this one runs
     if in_flight is not None:
       have += _fetch(*in_flight, pending)
       yield from emit(in_flight[0])
@@ -265,6 +284,12 @@ def explain_batches(
   if in_flight is not None:
     have += _fetch(*in_flight, pending)
     yield from emit(in_flight[0])
+
+
+def _run(f, tap, traced, statics: tuple, x, t):
+  """``f(tap, x, t, traced)``, through a program kept on disk when `jaxcam.compile_cache` is on and can name it."""
+  token = api.program_token(tap, t, dict(zip(("spec", "static", "post", "progress"), statics)))
+  return compile_cache.cached_call(f, (tap, x, t, traced), {}, None if token is None else ["batch", token])
 
 
 @functools.cache

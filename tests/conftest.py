@@ -19,10 +19,9 @@ from tests.seeded import seeded_state_dict
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Opt-in: JAXCAM_TEST_CACHE=DIR keeps XLA compilations across runs (.ci/run sets it); by default nothing is
 # written outside the repository.
-# the CLI and explain_model turn on jaxcam's compilation cache in the user's cache folder: the suite uses its own
-# (JAXCAM_TEST_CACHE, opt-in) or none, never the user's
-if not os.environ.get("JAXCAM_TEST_CACHE"):
-  os.environ.setdefault("JAXCAM_CACHE_DIR", "off")
+# the CLI and explain_model turn on jaxcam's caches in the user's cache folder: the suite never uses them (XLA's
+# cache is JAXCAM_TEST_CACHE's, set below; tests/test_compile_cache.py turns jaxcam's on in temporary folders)
+os.environ.setdefault("JAXCAM_CACHE_DIR", "off")
 if os.environ.get("JAXCAM_TEST_CACHE"):
   jax.config.update("jax_compilation_cache_dir", os.environ["JAXCAM_TEST_CACHE"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

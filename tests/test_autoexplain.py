@@ -123,6 +123,11 @@ def test_explain_model_by_shipped_name_on_real_photos():
   photos = shipped.sample_images(["chelsea", "coffee"])
   ex = jaxcam.explain_model("efficientnet_lite0", list(photos.values()))
   assert ex.layer == "head" and [t[0]["name"] for t in ex.top5] == ["Egyptian cat", "espresso"]
+  assert "default layer" in ex.layer_reason  # declared, no detection pass; and the detection agrees:
+  assert (
+    jaxcam.find_layer(shipped.efficientnet_lite0(pretrained=True), shipped.preprocess(list(photos.values())))[0]
+    == "head"
+  )
   assert [m.shape for m in ex.image_maps()] == [p.shape[:2] for p in photos.values()]
   tap = jaxcam.linen_tap(*shipped.efficientnet_lite0(pretrained=True))
   np.testing.assert_allclose(ex.maps, jaxcam.gradcam(tap, shipped.preprocess(list(photos.values()))), atol=1e-5)

@@ -112,7 +112,12 @@ def _add_explain(sub) -> None:
   ex.add_argument("--layer", default=None, help="layer path (default: the model's default layer)")
   ex.add_argument("--target", default=None, help="class id or ImageNet name (default: each image's top class)")
   ex.add_argument("--out", default="jaxcam-out", help="output directory")
-  ex.add_argument("--batch-size", type=int, default=8)
+  ex.add_argument(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="images per compiled batch (default: 8, or the number of images when fewer and --shard-size is not given)",
+  )
   ex.add_argument(
     "--shard-size",
     type=int,

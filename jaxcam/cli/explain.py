@@ -31,7 +31,7 @@ def cmd_explain(args) -> int:
     spec = jaxcam.get_method(args.method)
   except (KeyError, ValueError, TypeError) as e:
     raise CliError(str(e).strip("'\"")) from None
-  if args.batch_size < 1:
+  if args.batch_size is not None and args.batch_size < 1:
     raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
   if args.shard_size < 0:
     raise CliError(f"--shard-size must be positive (0: one shard), got {args.shard_size}")
@@ -48,6 +48,8 @@ def cmd_explain(args) -> int:
     raise CliError(str(e).replace("`eigen_smooth=False`", "no --eigen-smooth")) from None
   _check_out(args.out)
   files = collect_images(args.inputs)
+  if args.batch_size is None:
+    args.batch_size = _default_batch_size(len(files), args)
   from jaxcam import models
 
   if is_imported(args.model):  # module:attribute of a model object (or a function returning one): auto-detection
@@ -64,6 +66,17 @@ def cmd_explain(args) -> int:
   os.makedirs(args.out, exist_ok=True)
   shard = args.shard_size or -(-len(files) // args.batch_size) * args.batch_size  # default: one shard, overlays
   return _explain_stream(args, spec, files, target, tap, shard, args.overlays or not args.shard_size, size, class_name)
+
+
+def _default_batch_size(n_files: int, args) -> int:
+  """8, or fewer when one shard holds every image (no --shard-size): a few images run as one batch of their own size
+  (rounded up to the device count), not padded to 8."""
+  import jax
+
+  if args.shard_size:
+    return 8
+  n_dev = args.devices or len(jax.local_devices())
+  return min(8, -(-n_files // n_dev) * n_dev) if n_dev <= 8 else n_dev
 
 
 def _check_options_trace(spec, tap, size: int, target, args) -> None:

@@ -486,3 +486,6 @@ def get_method(name: str | MethodSpec) -> MethodSpec:
 
 
 _register_wrapped_rows()  # last: it needs get_method above
+BUILTIN_ROWS: dict[str, MethodSpec] = dict(METHODS)
+"""The rows jaxcam defines (before any `register_method` of yours): `jaxcam.compile_cache` stores only their
+programs, whose code is jaxcam's own."""

@@ -39,8 +39,7 @@ def convert_state_dict(
   Every torch key (except those ending in `ignore`) must be mapped, every Flax variable filled, and shapes
   must agree after the layout change; anything else raises `ValueError` naming the keys.
   """
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32)))
-  flat_target = {(coll,) + tuple(path): leaf for coll, tree in shapes.items() for path, leaf in _flatten(tree)}
+  flat_target = _variable_shapes(module, input_shape)
   used = [k for k in state_dict if not k.endswith(ignore)]
   unmapped = [k for k in used if k not in mapping]
   if unmapped:
@@ -71,6 +70,24 @@ def convert_state_dict(
       node = node.setdefault(p, {})
     node[full[-1]] = jnp.asarray(value)
   return variables
+
+
+def _variable_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+  """``{(collection, *path): ShapeDtypeStruct}`` of `module`'s variables, found by tracing its ``init`` (no FLOPs),
+  or read from `jaxcam.compile_cache` for a shipped model when the caches are on (tracing costs a fresh process
+  about half a second)."""
+  from jaxcam import compile_cache
+
+  def trace():
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32)))
+    return [[[coll, *path], list(leaf.shape), str(leaf.dtype)] for coll, tree in shapes.items() for path, leaf in
+            _flatten(tree)]  # fmt: skip
+
+  key = None
+  if compile_cache.shipped_module(module):
+    key = [type(module).__module__, type(module).__qualname__, repr(module), list(input_shape)]
+  table = compile_cache.cached_json("shapes", key, trace)
+  return {tuple(path): jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype)) for path, shape, dtype in table}
 
 
 def _flatten(tree, prefix=()):

@@ -290,6 +290,12 @@ class Tap:
     accepted (linen's ``blocks_6`` for ``blocks/6``)."""
     return self.layers.index(tuple(path)) if tuple(path) in self.layers else None
 
+  def program_token(self) -> Any:
+    """Plain data that, with the structure and shapes of its leaves, names everything this tap computes, or None
+    when it cannot (the default: the model is the user's code). `jaxcam.compile_cache` keeps a traced program on
+    disk only for taps that name themselves."""
+    return None
+
   can_intercept = False
   """Whether `intercept` works on this tap (LeGrad reads attention, FullGrad biases through it)."""
 

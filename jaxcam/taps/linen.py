@@ -87,6 +87,20 @@ class LinenTap(Tap):
   def __repr__(self) -> str:
     return f"LinenTap({type(self.module).__name__}, layer={self.layer!r}, where={self.where!r})"
 
+  def program_token(self) -> Any:
+    """A shipped model's description (its class is jaxcam's, so jaxcam's source digest covers its code) and the
+    tap's settings; None for anything else (see `Tap.program_token`)."""
+    from jaxcam import compile_cache
+
+    if not compile_cache.shipped_module(self.module):
+      return None
+    settings = {
+      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("module", "variables")
+    }
+    if not compile_cache.plain(settings):
+      return None
+    return ["LinenTap", type(self.module).__module__, type(self.module).__qualname__, repr(self.module), repr(settings)]
+
   def _apply_kwargs(self) -> dict[str, Any]:
     kwargs = dict(self.apply_kwargs)
     if self.method is not None:
