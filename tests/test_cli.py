@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -295,10 +296,11 @@ def test_explain_an_imported_model_with_auto_detected_layer(image_dir, tmp_path,
   )
   monkeypatch.syspath_prepend(str(pkg))
   out = tmp_path / "imported"
-  rc = cli.main(["explain", str(d), "--model", "my_cnn:build", "--size", "32", "--out", str(out), "--batch-size", "3"])
+  rc = cli.main(["explain", str(d), "--model", "my_cnn:build", "--size", "32", "--out", str(out)])  # no --batch-size
   assert rc == 0
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["layer"] == "body_2" and manifest["model"] == "my_cnn:build"
+  assert manifest["shard_size"] == 3  # three images: one batch of three, not padded to 8
   assert "layer 'body_2': the last layer whose output is a spatial grid" in capsys.readouterr().err
   entry = manifest["entries"]["chelsea.png"]
   assert entry["size"] == list(photos["chelsea"].shape[:2]) and entry["top5"][0]["name"] is None
@@ -583,3 +585,19 @@ def test_malformed_arguments_are_one_line_with_status_2(capsys, args, message):
   assert info.value.code == 2
   err = capsys.readouterr().err
   assert message in err and err.startswith("jaxcam") and err.count("\n") == 1, err
+
+
+@pytest.mark.fast
+def test_default_batch_size_is_eight_or_the_images_rounded_up_to_the_devices():
+  from jaxcam.cli.explain import _default_batch_size
+
+  def args(shard_size=0, devices=0):
+    return cli.build_parser().parse_args(
+      ["explain", "x.png", "--shard-size", str(shard_size), "--devices", str(devices)]
+    )
+
+  n_dev = len(jax.local_devices())
+  assert _default_batch_size(3, args()) == min(8, -(-3 // n_dev) * n_dev)
+  assert _default_batch_size(100, args()) == 8
+  assert _default_batch_size(3, args(shard_size=16)) == 8  # shards: the fixed size, every shard alike
+  assert _default_batch_size(3, args(devices=2)) == 4  # a multiple of the devices used
