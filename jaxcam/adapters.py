@@ -214,14 +214,15 @@ def _linen_model(module, variables, norm, name, model_method=None, model_kwargs=
     out = module.apply(variables, x, **given)
     return out if output is None else output(out) if callable(output) else layouts.select(out, output)
 
-  plain = shipped and method is None and output is None  # a shipped model called as it is: its layer is known
+  # a shipped model (jaxcam's own class, not a subclass of yours) called as it is: its layer and output are known
+  plain = type(module) in (models.EfficientNetLite, models.ResNet, models.VGG) and method is None and output is None
 
   def output_struct(x):  # (B, classes), read from jaxcam's cache when it is on (tracing costs a fresh process ~0.5 s)
     def trace():
       out = jax.eval_shape(forward, x)
       return [list(out.shape), str(out.dtype)]
 
-    key = ["output", type(module).__qualname__, repr(module), list(x.shape), str(x.dtype)]
+    key = ["output", compile_cache.module_key(module), list(x.shape), str(x.dtype)]
     shape, dtype = compile_cache.cached_json("shapes", key, trace)
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
 

@@ -34,7 +34,7 @@ from jaxcam._options import partition_options, resolve_options
 from jaxcam._public import public_function, public_functions
 from jaxcam.methods.table import BUILTIN_ROWS, METHODS, MethodSpec, get_method
 from jaxcam.postprocess import PostOptions
-from jaxcam.providers import get_provider
+from jaxcam.providers import BUILTIN_PROVIDERS, PROVIDERS, get_provider
 
 __all__ = ["Explanation", "explain", "explain_many", "check_images", "public_function", "public_functions", "TRACES"]
 
@@ -348,6 +348,8 @@ def program_token(tap, target: Any, statics: dict[str, Any]) -> Any:
   (host callbacks)."""
   specs = statics["specs"] if "specs" in statics else (statics["spec"],)
   if statics.get("progress") or any(BUILTIN_ROWS.get(s.name) is not s for s in specs):
+    return None
+  if any(PROVIDERS.get(n) is not p for n, p in BUILTIN_PROVIDERS.items()):  # a provider of yours replaced one
     return None
   if not compile_cache.plain_static(target):  # a score function of yours
     return None

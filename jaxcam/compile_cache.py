@@ -159,6 +159,26 @@ def _ours(cls: type) -> bool:
   return cls.__module__ == "jaxcam" or cls.__module__.startswith("jaxcam.")
 
 
+def canonical(value: Any) -> Any:
+  """JSON data that names `plain` `value` completely (classes by module and qualified name, dataclasses by class and
+  every field): what keys are made of, where a repr could leave something out."""
+  if isinstance(value, type):
+    return f"{value.__module__}.{value.__qualname__}"
+  if isinstance(value, (tuple, list)):
+    return [type(value).__name__, [canonical(v) for v in value]]
+  if isinstance(value, dict):
+    return {k: canonical(v) for k, v in sorted(value.items())}
+  if dataclasses.is_dataclass(value):
+    return [canonical(type(value)), {f.name: canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}]
+  return value
+
+
+def module_key(module: Any) -> Any:
+  """A shipped linen module's key: its class and every configuration field (not ``parent`` / ``name``)."""
+  fields = {n: canonical(getattr(module, n)) for n in module.__dataclass_fields__ if n not in ("parent", "name")}
+  return [canonical(type(module)), fields]
+
+
 def shipped_module(module: Any) -> bool:
   """Whether `module` is a linen module of a class defined in jaxcam whose fields are plain (its code is covered by
   jaxcam's source digest, its configuration by its fields)."""
@@ -195,6 +215,8 @@ def _environment() -> list[Any]:
   import jax
   import jaxlib
 
+  from jaxcam import __version__
+
   dev = jax.devices()[0]
   settings = [
     "jax_enable_x64",
@@ -204,10 +226,36 @@ def _environment() -> list[Any]:
     "jax_default_prng_impl",
     "jax_threefry_partitionable",
     "jax_softmax_custom_jvp",
+    "jax_use_shardy_partitioner",
   ]
   config = [repr(getattr(jax.config, s, None)) for s in settings]
-  return [source_digest(), jax.__version__, jaxlib.__version__, flax.__version__, dev.platform, dev.device_kind,
-          jax.device_count(), config]  # fmt: skip
+  return [source_digest(), __version__, jax.__version__, jaxlib.__version__, flax.__version__, dev.platform,
+          dev.device_kind, jax.device_count(), config]  # fmt: skip
+
+
+_BYPASS = ("jax_disable_jit", "jax_debug_nans", "jax_debug_infs", "jax_default_device")  # set: trace as usual
+
+
+def _on_default_device(leaves: list) -> bool:
+  """Whether JAX runs as it does by default (nothing of `_BYPASS` set) and every array lives on the default
+  backend's devices: the program is exported and keyed for that platform."""
+  import jax
+
+  if any(getattr(jax.config, name, None) for name in _BYPASS):
+    return False
+  platform = jax.default_backend()
+  for v in leaves:
+    devices = getattr(v, "devices", None)
+    if devices is not None and any(d.platform != platform for d in devices()):
+      return False
+  return True
+
+
+def _aval(v: Any) -> list:
+  import jax
+
+  a = jax.typeof(v) if hasattr(jax, "typeof") else jax.core.get_aval(v)
+  return [list(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False))]
 
 
 def _digest(parts: Any) -> str:
@@ -249,7 +297,7 @@ def cached_json(kind: str, key: Any, compute: Callable[[], Any]) -> Any:
   base = root()
   if base is None or key is None:
     return compute()
-  path = os.path.join(base, kind, _digest([kind, key, source_digest()]) + ".json")
+  path = os.path.join(base, kind, _digest([kind, key, _environment()]) + ".json")
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
@@ -298,23 +346,31 @@ def cached_call(jitted: Callable, args: tuple, kwargs: dict[str, Any], token: An
   from jaxcam._eager import under_trace
 
   leaves, in_tree = jax.tree_util.tree_flatten(args)
-  if under_trace(leaves):
+  if under_trace(leaves) or not _on_default_device(leaves):
     return jitted(*args, **kwargs)
-  avals = [(tuple(v.shape), str(v.dtype), bool(getattr(getattr(v, "aval", None), "weak_type", False))) for v in leaves]
-  key = _digest(["program", token, str(in_tree), avals, _environment()])
+  key = _digest(["program", token, str(in_tree), [_aval(v) for v in leaves], _environment()])
   if key in _UNEXPORTABLE:
     return jitted(*args, **kwargs)
   fn = _PROGRAMS.get(key)
   if fn is not None:
     STATS["reused"] += 1
-    return fn(*leaves)
-  fn = _load(os.path.join(base, "programs", key + ".jaxexp")) or _export(jitted, kwargs, in_tree, leaves, base, key)
+  else:
+    path = os.path.join(base, "programs", key + ".jaxexp")
+    fn = _load(path) or _export(jitted, kwargs, in_tree, leaves, path)
   if fn is None:
     _UNEXPORTABLE.add(key)
     return jitted(*args, **kwargs)
+  try:
+    out = fn(*leaves)
+  except Exception:  # a program that loads but cannot run here: never again in this process
+    STATS["failed"] += 1
+    with _LOCK:
+      _PROGRAMS.pop(key, None)
+      _UNEXPORTABLE.add(key)
+    return jitted(*args, **kwargs)
   with _LOCK:
     _PROGRAMS[key] = fn
-  return fn(*leaves)
+  return out
 
 
 def _load(path: str) -> Callable | None:
@@ -335,7 +391,7 @@ def _load(path: str) -> Callable | None:
   return jax.jit(exported.call)
 
 
-def _export(jitted: Callable, kwargs: dict[str, Any], in_tree, leaves: list, base: str, key: str) -> Callable | None:
+def _export(jitted: Callable, kwargs: dict[str, Any], in_tree, leaves: list, path: str) -> Callable | None:
   import jax
 
   _register_serializations()
@@ -350,7 +406,7 @@ def _export(jitted: Callable, kwargs: dict[str, Any], in_tree, leaves: list, bas
     STATS["failed"] += 1
     return None
   try:
-    _write_atomic(os.path.join(base, "programs", key + ".jaxexp"), bytes(blob))
+    _write_atomic(path, bytes(blob))
   except OSError:
     pass  # a read-only cache still runs the exported program
   STATS["stored"] += 1

@@ -298,3 +298,7 @@ for _p in (
   ),
 ):
   register_provider(_p)
+
+BUILTIN_PROVIDERS: dict[str, Provider] = dict(PROVIDERS)
+"""The providers jaxcam defines (before any `register_provider` of yours): `jaxcam.compile_cache` stores a built-in
+row's program only while every one of these is still the registered one (a replaced provider is your code)."""

@@ -300,7 +300,8 @@ def test_explain_an_imported_model_with_auto_detected_layer(image_dir, tmp_path,
   assert rc == 0
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["layer"] == "body_2" and manifest["model"] == "my_cnn:build"
-  assert manifest["shard_size"] == 3  # three images: one batch of three, not padded to 8
+  n_dev = len(jax.local_devices())
+  assert manifest["shard_size"] == -(-3 // n_dev) * n_dev  # three images: one batch of three, not padded to 8
   assert "layer 'body_2': the last layer whose output is a spatial grid" in capsys.readouterr().err
   entry = manifest["entries"]["chelsea.png"]
   assert entry["size"] == list(photos["chelsea"].shape[:2]) and entry["top5"][0]["name"] is None
@@ -599,5 +600,6 @@ def test_default_batch_size_is_eight_or_the_images_rounded_up_to_the_devices():
   n_dev = len(jax.local_devices())
   assert _default_batch_size(3, args()) == min(8, -(-3 // n_dev) * n_dev)
   assert _default_batch_size(100, args()) == 8
-  assert _default_batch_size(3, args(shard_size=16)) == 8  # shards: the fixed size, every shard alike
+  assert _default_batch_size(3, args(shard_size=16, devices=1)) == 8  # shards: the fixed size, every shard alike
   assert _default_batch_size(3, args(devices=2)) == 4  # a multiple of the devices used
+  assert _default_batch_size(100, args(devices=3)) == _default_batch_size(1, args(shard_size=9, devices=3)) == 9

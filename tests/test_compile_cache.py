@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxcam
-from jaxcam import compile_cache
+from jaxcam import compile_cache, providers
 from jaxcam.models import convert as convert_lib
 from jaxcam.models.resnet import ResNet
 from tests import nets
@@ -150,6 +151,32 @@ def test_a_program_is_stored_then_loaded_and_matches_tracing_it(shipped, cache_o
   np.testing.assert_allclose(out[0].maps, reference.maps, rtol=1e-5, atol=1e-6)
 
 
+def test_cached_programs_follow_the_layer_the_target_and_explain_many(shipped, cache_on, monkeypatch):
+  tap, x = shipped
+  other = jaxcam.linen_tap(tap.module, tap.variables, "layer2")
+  monkeypatch.setattr(compile_cache, "_ROOT", [])
+  expected = {
+    "layer2": jaxcam.explain("gradcam", other, x).maps,
+    "class 3": jaxcam.explain("gradcam", tap, x, target=3).maps,  # a Python int: a weakly typed leaf
+    "many": jaxcam.explain_many(["gradcam", "layercam"], tap, x),
+  }
+  monkeypatch.setattr(compile_cache, "_ROOT", [str(cache_on)])
+  for _ in range(2):  # stored, then (as in a fresh process) read back
+    compile_cache._PROGRAMS.clear()
+    got = {
+      "layer2": jaxcam.explain("gradcam", other, x).maps,
+      "class 3": jaxcam.explain("gradcam", tap, x, target=3).maps,
+      "many": jaxcam.explain_many(["gradcam", "layercam"], tap, x),
+    }
+    np.testing.assert_allclose(got["layer2"], expected["layer2"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["class 3"], expected["class 3"], rtol=1e-5, atol=1e-6)
+    for name in ("gradcam", "layercam"):
+      np.testing.assert_allclose(got["many"][name].maps, expected["many"][name].maps, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(expected["layer2"], expected["class 3"])  # the programs differ, and so do their maps
+  assert compile_cache.STATS == {"stored": 3, "loaded": 3}
+  assert len(_programs(cache_on)) == 3
+
+
 def test_what_cannot_be_named_is_traced_as_usual(shipped, cache_on, small_linen):
   tap, x = shipped
   module, variables, xs = small_linen
@@ -159,6 +186,11 @@ def test_what_cannot_be_named_is_traced_as_usual(shipped, cache_on, small_linen)
   jaxcam.explain("gradcam", tap, x, target=lambda logits: logits[:, 0] - logits[:, 1])  # a score function
   row = jaxcam.MethodSpec("my_gradcam_copy", jaxcam.get_method("gradcam").fn, "channel", needs=("grads",))
   jaxcam.explain(row, tap, x)  # a row of the user's
+  with jax.default_device(jax.devices()[0]):  # JAX not as it runs by default
+    jaxcam.explain("gradcam", tap, x)
+  with pytest.MonkeyPatch.context() as mp:  # a built-in provider replaced by the user's: built-in rows use it
+    mp.setitem(providers.PROVIDERS, "grads", dataclasses.replace(providers.PROVIDERS["grads"]))
+    jaxcam.explain("gradcam", tap, x)
   assert _programs(cache_on) == []
   assert compile_cache.STATS == {}
   assert compile_cache.shipped_module(nets.ConvNet()) is False
@@ -237,6 +269,8 @@ def test_a_shipped_module_in_explain_model_uses_its_default_layer_and_cached_out
   struct, traced = m.output_struct(x), jax.eval_shape(m.forward, x)
   assert (struct.shape, struct.dtype) == (traced.shape, traced.dtype) == ((2, 10), jnp.float32)
   assert len(os.listdir(cache_on / "shapes")) == 1
-  assert m.output_struct(x).shape == (2, 10)  # read back
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(jax, "eval_shape", lambda *a, **k: pytest.fail("traced the forward pass although it is cached"))
+    assert m.output_struct(x).shape == (2, 10)  # read back
   called = as_model((tap.module, tap.variables), model_method=lambda module, x: module(x))
   assert called.default_layer is None and called.output_struct is None  # another call: found as for any model

@@ -69,14 +69,13 @@ def cmd_explain(args) -> int:
 
 
 def _default_batch_size(n_files: int, args) -> int:
-  """8, or fewer when one shard holds every image (no --shard-size): a few images run as one batch of their own size
-  (rounded up to the device count), not padded to 8."""
+  """8 (rounded up to the device count), or fewer when one shard holds every image (no --shard-size): a few images
+  run as one batch of their own size (rounded up to the device count), not padded to 8."""
   import jax
 
-  if args.shard_size:
-    return 8
   n_dev = args.devices or len(jax.local_devices())
-  return min(8, -(-n_files // n_dev) * n_dev) if n_dev <= 8 else n_dev
+  full = -(-8 // n_dev) * n_dev  # 8 rounded up to the devices
+  return full if args.shard_size else min(full, -(-n_files // n_dev) * n_dev)
 
 
 def _check_options_trace(spec, tap, size: int, target, args) -> None:

@@ -85,7 +85,7 @@ def _variable_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[tu
 
   key = None
   if compile_cache.shipped_module(module):
-    key = [type(module).__module__, type(module).__qualname__, repr(module), list(input_shape)]
+    key = [compile_cache.module_key(module), list(input_shape)]
   table = compile_cache.cached_json("shapes", key, trace)
   return {tuple(path): jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype)) for path, shape, dtype in table}
 

@@ -99,7 +99,7 @@ class LinenTap(Tap):
     }
     if not compile_cache.plain(settings):
       return None
-    return ["LinenTap", type(self.module).__module__, type(self.module).__qualname__, repr(self.module), repr(settings)]
+    return ["LinenTap", compile_cache.module_key(self.module), compile_cache.canonical(settings)]
 
   def _apply_kwargs(self) -> dict[str, Any]:
     kwargs = dict(self.apply_kwargs)
