@@ -603,3 +603,21 @@ def test_default_batch_size_is_eight_or_the_images_rounded_up_to_the_devices():
   assert _default_batch_size(3, args(shard_size=16, devices=1)) == 8  # shards: the fixed size, every shard alike
   assert _default_batch_size(3, args(devices=2)) == 4  # a multiple of the devices used
   assert _default_batch_size(100, args(devices=3)) == _default_batch_size(1, args(shard_size=9, devices=3)) == 9
+
+
+def test_the_command_flushes_its_output_and_keeps_its_exit_status(tmp_path, capsys):
+  """`jaxcam` (`cli.run`) ends its process without Python's teardown: nothing printed may be lost, and the exit
+  status is `main`'s."""
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAXCAM_CACHE_DIR="off", PYTHONPATH=root)
+  command = [sys.executable, "-m", "jaxcam.cli"]
+  listed = subprocess.run(command + ["layers"], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+  assert listed.returncode == 0, listed.stderr[-2000:]
+  assert cli.main(["layers"]) == 0
+  assert listed.stdout == capsys.readouterr().out and len(listed.stdout.splitlines()) > 50  # a pipe: block-buffered
+  missing = [str(tmp_path / "none.png"), "--out", str(tmp_path / "out")]
+  refused = subprocess.run(command + ["explain"] + missing, capture_output=True, text=True, cwd=root, env=env)
+  assert refused.returncode == 2 and "no such file or directory" in refused.stderr

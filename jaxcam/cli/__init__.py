@@ -7,6 +7,7 @@ Outputs are deterministic (no timestamps), so reruns give byte-identical files. 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -233,6 +234,27 @@ def _add_layers(sub) -> None:
   layers.add_argument("--model", default="efficientnet_lite0", help=_MODEL_HELP)
   layers.add_argument("--size", type=int, default=224, help="input size for imported models that do not declare one")
   layers.set_defaults(func=cmd_layers)
+
+
+def run() -> None:
+  """The ``jaxcam`` command (and ``python -m jaxcam.cli``): `main`, then the end of the process.
+
+  Python's teardown of JAX's runtime takes a fresh process about 0.6 s after the work is done (measured on 2 CPU
+  cores). When `main` has returned, every output file is closed and every thread it started has finished, so the
+  command flushes its streams, runs the exit handlers (JAX's and tqdm's) and ends the process without that
+  teardown. With a thread still running (not one of jaxcam's) it exits normally."""
+  import atexit
+  import threading
+
+  rc = main()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    sys.exit(rc)
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(rc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,5 @@
 """`python -m jaxcam.cli ...` runs the `jaxcam` command."""
 
-import sys
+from jaxcam.cli import run
 
-from jaxcam.cli import main
-
-sys.exit(main())
+run()
