@@ -1,4 +1,4 @@
-"""Seconds of a fresh process: the first map with the compilation cache off, cold and warm (jaxcam.compile_cache).
+"""Seconds of a fresh process: the first map with jaxcam's caches off, cold and warm (jaxcam.compile_cache).
 
     python benchmarks/cache.py [--rounds 2] [--skip-demo] [--json out.json] [--csv out.csv]
 
