@@ -254,7 +254,7 @@ def _on_default_device(leaves: list) -> bool:
 def _aval(v: Any) -> list:
   import jax
 
-  a = jax.typeof(v) if hasattr(jax, "typeof") else jax.core.get_aval(v)
+  a = jax.typeof(v)  # Python scalars too (weakly typed)
   return [list(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False))]
 
 
