@@ -259,7 +259,8 @@ def explain_batches(
     return x, t, n_valid
 
   _checks.check_bool("progress", progress)
-  run = functools.partial(_run, _jitted(spec, post, progress, static), tap, traced, (spec, static, post, progress))
+  token = api.program_token(tap, None, {"spec": spec, "static": static, "post": post, "progress": progress})
+  run = functools.partial(_run, _jitted(spec, post, progress, static), tap, traced, token and ["batch", token])
 
   pending: dict[str, list[np.ndarray]] = {"maps": [], "logits": [], "target": [], "scores": []}
   have = 0
@@ -286,10 +287,10 @@ def explain_batches(
     yield from emit(in_flight[0])
 
 
-def _run(f, tap, traced, statics: tuple, x, t):
-  """``f(tap, x, t, traced)``, through a program kept on disk when `jaxcam.compile_cache` is on and can name it."""
-  token = api.program_token(tap, t, dict(zip(("spec", "static", "post", "progress"), statics)))
-  return compile_cache.cached_call(f, (tap, x, t, traced), {}, None if token is None else ["batch", token])
+def _run(f, tap, traced, token, x, t):
+  """``f(tap, x, t, traced)``, through a program kept on disk when `jaxcam.compile_cache` is on and can name it
+  (`token`: computed once per stream; the targets `t`, None or int ids for every batch, never change it)."""
+  return compile_cache.cached_call(f, (tap, x, t, traced), {}, token)
 
 
 @functools.cache
