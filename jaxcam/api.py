@@ -357,7 +357,7 @@ def program_token(tap, target: Any, statics: dict[str, Any]) -> Any:
   tap_token = tap.program_token() if hasattr(tap, "program_token") else None
   if tap_token is None or not compile_cache.plain(described):
     return None
-  return [[s.name for s in specs], tap_token, repr(described)]
+  return [[s.name for s in specs], tap_token, compile_cache.canonical(described)]
 
 
 def _sequence_input(tap: Any, x: Any) -> tuple[Any, bool]:
